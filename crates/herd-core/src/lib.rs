@@ -1,0 +1,17 @@
+//! The pure core of herd: the pipeline model (herd.yml), requirements and
+//! their matching, versions, and the scheduling decisions. No IO here: this
+//! crate is tested without sockets, files or processes.
+//!
+//! Architecture invariant: nothing in this crate performs IO or reads the
+//! clock; callers pass in the current time where a decision depends on it.
+
+pub mod config_error;
+pub mod duration;
+pub mod pipeline;
+pub mod requirement;
+pub mod schedule;
+pub mod state;
+pub mod version;
+
+pub use config_error::ConfigError;
+pub use pipeline::Pipeline;

@@ -1,0 +1,345 @@
+//! herd.yml: the pipeline model (builders, jobs, steps) and its parser.
+//!
+//! A builder is one column of the web page. It has either `steps:` (one job,
+//! named [`MAIN_JOB`]) or `jobs:` (several independent jobs that may run on
+//! different workers at once). A job's steps run in order, on one worker, in
+//! one workspace.
+
+use crate::config_error::ConfigError;
+use crate::duration::parse_duration;
+use crate::requirement::Requirement;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The name of the single job of a builder that has `steps:`.
+pub const MAIN_JOB: &str = "main";
+/// Largest herd.yml accepted, so that a hostile file cannot exhaust memory.
+pub const MAX_PIPELINE_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    /// Custom probes: name -> shell command printing a version.
+    pub probes: BTreeMap<String, String>,
+    pub builders: Vec<Builder>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Builder {
+    pub name: String,
+    pub requires: Vec<Requirement>,
+    pub jobs: Vec<JobDef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobDef {
+    pub name: String,
+    /// The builder's requirements followed by the job's own.
+    pub requires: Vec<Requirement>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub run: String,
+    pub timeout: Option<Duration>,
+    pub env: BTreeMap<String, String>,
+    pub always: bool,
+}
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    #[serde(default)]
+    probes: IndexMap<String, String>,
+    builders: Option<IndexMap<Spanned<String>, RawBuilder>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuilder {
+    #[serde(default)]
+    requires: Vec<Spanned<String>>,
+    steps: Option<Vec<RawStep>>,
+    jobs: Option<IndexMap<Spanned<String>, RawJob>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    #[serde(default)]
+    requires: Vec<Spanned<String>>,
+    steps: Option<Vec<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: Option<Spanned<String>>,
+    run: Spanned<String>,
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    env: IndexMap<String, Scalar>,
+    #[serde(default)]
+    always: bool,
+}
+
+/// An env value: YAML lets people write `FOO: 1` or `FOO: true`; all are text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn into_text(self) -> String {
+        match self {
+            Scalar::Text(s) => s,
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+impl Pipeline {
+    /// Parses and validates a herd.yml. `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Pipeline, ConfigError> {
+        if text.len() > MAX_PIPELINE_BYTES {
+            return Err(ConfigError::at(
+                file,
+                text,
+                0,
+                0,
+                format!(
+                    "the file is {} bytes, more than the limit of {MAX_PIPELINE_BYTES}",
+                    text.len()
+                ),
+            ));
+        }
+        let raw: RawPipeline =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::from_yaml(file, text, &e))?;
+        Lower { file, text }.pipeline(raw)
+    }
+
+    pub fn builder(&self, name: &str) -> Option<&Builder> {
+        self.builders.iter().find(|b| b.name == name)
+    }
+}
+
+struct Lower<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Lower<'_> {
+    fn err(&self, loc: &serde_saphyr::Location, msg: impl Into<String>) -> ConfigError {
+        ConfigError::at_location(self.file, self.text, loc, msg)
+    }
+
+    fn pipeline(&self, raw: RawPipeline) -> Result<Pipeline, ConfigError> {
+        let Some(raw_builders) = raw.builders else {
+            return Err(ConfigError::at(
+                self.file,
+                self.text,
+                1,
+                1,
+                "no `builders:`: a herd.yml declares at least one builder",
+            )
+            .with_help("start with:\nbuilders:\n  linux:\n    steps:\n      - run: make test"));
+        };
+        if raw_builders.is_empty() {
+            return Err(ConfigError::at(self.file, self.text, 1, 1, "`builders:` is empty")
+                .with_help("declare at least one builder with `steps:` or `jobs:`"));
+        }
+        let mut builders = Vec::new();
+        for (name, b) in raw_builders {
+            builders.push(self.builder(name, b)?);
+        }
+        Ok(Pipeline {
+            probes: raw.probes.into_iter().collect(),
+            builders,
+        })
+    }
+
+    fn builder(&self, name: Spanned<String>, raw: RawBuilder) -> Result<Builder, ConfigError> {
+        self.check_name(&name, "builder")?;
+        let requires = self.requirements(&raw.requires)?;
+        let jobs = match (raw.steps, raw.jobs) {
+            (Some(_), Some(_)) => {
+                return Err(self
+                    .err(
+                        &name.referenced,
+                        format!("builder `{}` has both `steps:` and `jobs:`", name.value),
+                    )
+                    .with_help("use `steps:` for one job, or move the steps into a job under `jobs:`"))
+            }
+            (None, None) => {
+                return Err(self
+                    .err(&name.referenced, format!("builder `{}` is empty", name.value))
+                    .with_help("give it `steps:` (one job) or `jobs:` (several jobs)"))
+            }
+            (Some(steps), None) => {
+                vec![self.job(&name, MAIN_JOB.to_string(), &requires, Vec::new(), steps)?]
+            }
+            (None, Some(raw_jobs)) => {
+                if raw_jobs.is_empty() {
+                    return Err(self
+                        .err(&name.referenced, format!("builder `{}` has no jobs", name.value))
+                        .with_help("add a job under `jobs:`"));
+                }
+                let mut jobs = Vec::new();
+                for (job_name, job) in raw_jobs {
+                    self.check_name(&job_name, "job")?;
+                    let Some(steps) = job.steps else {
+                        return Err(self
+                            .err(&job_name.referenced, format!("job `{}` is empty", job_name.value))
+                            .with_help("give it `steps:`"));
+                    };
+                    let own = self.requirements(&job.requires)?;
+                    jobs.push(self.job(&job_name, job_name.value.clone(), &requires, own, steps)?);
+                }
+                jobs
+            }
+        };
+        Ok(Builder {
+            name: name.value,
+            requires,
+            jobs,
+        })
+    }
+
+    fn job(
+        &self,
+        at: &Spanned<String>,
+        name: String,
+        builder_requires: &[Requirement],
+        own_requires: Vec<Requirement>,
+        raw_steps: Vec<RawStep>,
+    ) -> Result<JobDef, ConfigError> {
+        if raw_steps.is_empty() {
+            return Err(self
+                .err(&at.referenced, format!("`{}` has an empty list of steps", at.value))
+                .with_help("add a step such as `- run: make test`"));
+        }
+        let mut steps: Vec<Step> = Vec::new();
+        for raw in raw_steps {
+            let explicit = raw.name.is_some();
+            let mut step_name = match &raw.name {
+                Some(n) => {
+                    if n.value.trim().is_empty() {
+                        return Err(self.err(&n.referenced, "a step name cannot be empty"));
+                    }
+                    n.value.clone()
+                }
+                None => default_step_name(&raw.run.value),
+            };
+            if steps.iter().any(|s| s.name == step_name) {
+                if let (true, Some(n)) = (explicit, &raw.name) {
+                    return Err(self
+                        .err(&n.referenced, format!("duplicate step name `{step_name}`"))
+                        .with_help("every step of a job needs its own name"));
+                }
+                let base = step_name.clone();
+                let mut i = 2;
+                while steps.iter().any(|s| s.name == step_name) {
+                    step_name = format!("{base} ({i})");
+                    i += 1;
+                }
+            }
+            if raw.run.value.trim().is_empty() {
+                return Err(self.err(&raw.run.referenced, "`run:` is empty: give the command to run"));
+            }
+            let timeout = match &raw.timeout {
+                None => None,
+                Some(t) => Some(parse_duration(&t.value).map_err(|e| {
+                    self.err(&t.referenced, format!("invalid timeout `{}`: {e}", t.value))
+                        .with_help("write a duration such as 90s, 20m, 1h or 1h30m")
+                })?),
+            };
+            steps.push(Step {
+                name: step_name,
+                run: raw.run.value,
+                timeout,
+                env: raw.env.into_iter().map(|(k, v)| (k, v.into_text())).collect(),
+                always: raw.always,
+            });
+        }
+        let mut requires = builder_requires.to_vec();
+        requires.extend(own_requires);
+        Ok(JobDef {
+            name,
+            requires,
+            steps,
+        })
+    }
+
+    fn requirements(&self, raw: &[Spanned<String>]) -> Result<Vec<Requirement>, ConfigError> {
+        raw.iter()
+            .map(|r| {
+                Requirement::parse(&r.value).map_err(|e| {
+                    let loc = &r.referenced;
+                    // Point inside the requirement when it is written plainly on one line.
+                    let col = if self.plain_at(loc, &r.value) {
+                        loc.column() + e.offset as u64
+                    } else {
+                        loc.column()
+                    };
+                    ConfigError::at(
+                        self.file,
+                        self.text,
+                        loc.line(),
+                        col,
+                        format!("invalid requirement `{}`: {}", r.value, e.message),
+                    )
+                    .with_help("examples: `python3`, `!gtk`, `python3 >= 3.10`, `os == linux | os == freebsd`")
+                })
+            })
+            .collect()
+    }
+
+    /// Whether `value` stands unquoted at `loc`, so that offsets map to columns.
+    fn plain_at(&self, loc: &serde_saphyr::Location, value: &str) -> bool {
+        let Some(line) = self.text.lines().nth(loc.line().saturating_sub(1) as usize) else {
+            return false;
+        };
+        let start = loc.column().saturating_sub(1) as usize;
+        line.chars().skip(start).collect::<String>().starts_with(value)
+    }
+
+    fn check_name(&self, name: &Spanned<String>, what: &str) -> Result<(), ConfigError> {
+        let n = &name.value;
+        let ok = !n.is_empty()
+            && n.len() <= 100
+            && n.chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Ok(())
+        } else {
+            Err(self
+                .err(&name.referenced, format!("invalid {what} name `{n}`"))
+                .with_help("names use letters, digits, `-`, `_` and `.`, at most 100 characters"))
+        }
+    }
+}
+
+/// A step without a name is named after the first line of its command.
+fn default_step_name(run: &str) -> String {
+    let first = run.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    if first.chars().count() > 60 {
+        format!("{}…", first.chars().take(59).collect::<String>())
+    } else {
+        first.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests;

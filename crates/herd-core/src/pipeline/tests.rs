@@ -1,0 +1,148 @@
+use super::*;
+
+/// The example of the walking-skeleton issue, accepted as written.
+const ISSUE_EXAMPLE: &str = r#"builders:
+  osx:                          # one column of the web page
+    requires: [os == macos]     # matched in the capabilities issue; parsed and kept now
+    steps:                      # one job: steps run in order, on one worker, in one workspace
+      - name: compile
+        run: python3 setup.py build_ext -i
+        timeout: 20m
+      - name: test default reactor
+        run: python3 -m twisted.trial twisted
+        env: {PYTHONDONTWRITEBYTECODE: "1"}
+      - name: cleanup
+        run: git clean -fdx
+        always: true            # runs even after an earlier step failed
+  linux:
+    jobs:                       # several independent jobs ("test batteries"): each may run on a different worker, at the same time
+      default-reactor:
+        steps:
+          - run: python3 -m twisted.trial twisted
+      poll-reactor:
+        requires: [python3 >= 3.10]
+        steps:
+          - run: python3 -m twisted.trial --reactor=poll twisted
+"#;
+
+fn err(text: &str) -> ConfigError {
+    Pipeline::parse("herd.yml", text).expect_err("should fail")
+}
+
+#[test]
+fn issue_example_is_accepted() {
+    let p = Pipeline::parse("herd.yml", ISSUE_EXAMPLE).unwrap();
+    assert_eq!(p.builders.len(), 2);
+    let osx = &p.builders[0];
+    assert_eq!(osx.name, "osx");
+    assert_eq!(osx.jobs.len(), 1);
+    assert_eq!(osx.jobs[0].name, MAIN_JOB);
+    assert_eq!(osx.jobs[0].requires[0].to_string(), "os == macos");
+    let steps = &osx.jobs[0].steps;
+    assert_eq!(steps[0].timeout, Some(Duration::from_secs(1200)));
+    assert_eq!(steps[1].env["PYTHONDONTWRITEBYTECODE"], "1");
+    assert!(steps[2].always && !steps[1].always);
+    let linux = &p.builders[1];
+    assert_eq!(
+        linux.jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(),
+        ["default-reactor", "poll-reactor"]
+    );
+    assert_eq!(linux.jobs[1].requires[0].to_string(), "python3 >= 3.10");
+    assert_eq!(linux.jobs[0].steps[0].name, "python3 -m twisted.trial twisted");
+}
+
+#[test]
+fn misspelt_key_names_place_and_suggests() {
+    let e = err("builders:\n  a:\n    steps:\n      - run: x\n        alwys: true\n");
+    assert_eq!((e.line, e.column), (5, 9));
+    assert_eq!(e.message, "unknown key `alwys`");
+    assert!(e.help.as_deref().unwrap().contains("did you mean `always`"), "{e}");
+    let e = err("builders:\n  a:\n    setps:\n      - run: x\n");
+    assert_eq!((e.line, e.column), (3, 5));
+    assert!(e.help.as_deref().unwrap().contains("`steps`"), "{e}");
+    let shown = e.to_string();
+    assert!(shown.starts_with("herd.yml:3:5: unknown key `setps`"), "{shown}");
+    assert!(shown.contains("    setps:"), "{shown}");
+}
+
+#[test]
+fn wrong_type_names_place() {
+    let e = err("builders:\n  a:\n    steps:\n      - run: [1, 2]\n");
+    assert_eq!((e.line, e.column), (4, 14));
+    let e = err("builders:\n  a:\n    steps:\n      - run: x\n        always: maybe\n");
+    assert_eq!((e.line, e.column), (5, 17));
+    assert!(e.message.contains("boolean"), "{e}");
+    let e = err("builders:\n  a:\n    steps: nope\n");
+    assert_eq!(e.line, 3);
+}
+
+#[test]
+fn duplicates_are_errors() {
+    let e = err("builders:\n  a:\n    steps: [{run: x}]\n  a:\n    steps: [{run: y}]\n");
+    assert_eq!((e.line, e.column), (4, 3));
+    assert_eq!(e.message, "duplicate name `a`");
+    let e = err("builders:\n  a:\n    steps:\n      - {name: t, run: x}\n      - {name: t, run: y}\n");
+    assert_eq!(e.line, 5);
+    assert!(e.message.contains("duplicate step name `t`"), "{e}");
+}
+
+#[test]
+fn unnamed_steps_with_the_same_command_get_distinct_names() {
+    let p = Pipeline::parse("f", "builders:\n  a:\n    steps:\n      - run: make\n      - run: make\n").unwrap();
+    let names: Vec<_> = p.builders[0].jobs[0].steps.iter().map(|s| s.name.clone()).collect();
+    assert_eq!(names, ["make", "make (2)"]);
+}
+
+#[test]
+fn empty_things_are_errors() {
+    let e = err("builders:\n  a: {}\n");
+    assert_eq!((e.line, e.column), (2, 3));
+    assert!(e.message.contains("builder `a` is empty"), "{e}");
+    let e = err("builders:\n  a:\n    steps: []\n");
+    assert!(e.message.contains("empty list of steps"), "{e}");
+    let e = err("builders:\n  a:\n    jobs: {}\n");
+    assert!(e.message.contains("no jobs"), "{e}");
+    let e = err("builders: {}\n");
+    assert!(e.message.contains("empty"), "{e}");
+    let e = err("probes: {}\n");
+    assert!(e.message.contains("no `builders:`"), "{e}");
+    let e = err("builders:\n  a:\n    steps:\n      - run: x\n    jobs:\n      j:\n        steps: [{run: y}]\n");
+    assert!(e.message.contains("both"), "{e}");
+}
+
+#[test]
+fn bad_requirement_points_inside_it() {
+    let e = err("builders:\n  a:\n    requires: [python3 >=]\n    steps: [{run: x}]\n");
+    assert_eq!(e.line, 3);
+    assert_eq!(e.column, 16 + 10);
+    assert!(e.message.contains("invalid requirement"), "{e}");
+}
+
+#[test]
+fn bad_timeout_and_names() {
+    let e = err("builders:\n  a:\n    steps:\n      - run: x\n        timeout: 20 parsecs\n");
+    assert_eq!((e.line, e.column), (5, 18));
+    let e = err("builders:\n  \"a b\":\n    steps: [{run: x}]\n");
+    assert!(e.message.contains("invalid builder name"), "{e}");
+}
+
+#[test]
+fn env_scalars_become_text() {
+    let p = Pipeline::parse("f", "builders:\n  a:\n    steps:\n      - run: x\n        env: {A: 1, B: true, C: x}\n").unwrap();
+    let env = &p.builders[0].jobs[0].steps[0].env;
+    assert_eq!((env["A"].as_str(), env["B"].as_str(), env["C"].as_str()), ("1", "true", "x"));
+}
+
+#[test]
+fn garbage_is_an_error_not_a_panic() {
+    for text in ["", "[", "builders", "builders: [1, 2]", "\u{0}\u{1}", "builders:\n  a:\n    steps:\n      - run: x\n   bad indent: 1\n"] {
+        assert!(Pipeline::parse("f", text).is_err(), "{text:?}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn parser_never_panics(text in "\\PC{0,200}") {
+        let _ = Pipeline::parse("f", &text);
+    }
+}

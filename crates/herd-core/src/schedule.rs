@@ -1,0 +1,200 @@
+//! Scheduling decisions: which queued job goes to which worker. Pure: the
+//! server passes a snapshot of its queue and workers and applies the result.
+//!
+//! Rules: higher priority first; within a priority, builders take turns so
+//! that one builder with hundreds of queued jobs cannot starve another; a job
+//! that no free worker can run is passed over and never holds up the jobs
+//! behind it; among capable workers, one that recently ran the same builder
+//! (warm workspace) is preferred, then the one with the most free slots.
+
+use crate::requirement::{Capabilities, Requirement};
+use std::collections::{BTreeMap, VecDeque};
+
+#[derive(Debug, Clone)]
+pub struct QueuedJob {
+    pub job_id: i64,
+    /// Fairness key: `project/builder`.
+    pub builder: String,
+    pub priority: i64,
+    pub requires: Vec<Requirement>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    pub name: String,
+    pub free_slots: u32,
+    /// False while paused, draining or quarantined.
+    pub accepting: bool,
+    pub caps: Capabilities,
+    /// Builders this worker ran recently, most recent first.
+    pub recent_builders: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub job_id: i64,
+    pub worker: String,
+}
+
+/// Whether `worker` satisfies every requirement; the first unmet one's reason otherwise.
+pub fn can_run(requires: &[Requirement], caps: &Capabilities) -> Result<(), String> {
+    requires.iter().try_for_each(|r| r.check(caps))
+}
+
+/// Places queued jobs (given oldest first) on free worker slots.
+pub fn plan(queue: &[QueuedJob], workers: &[WorkerView]) -> Vec<Placement> {
+    let mut free: Vec<u32> = workers
+        .iter()
+        .map(|w| if w.accepting { w.free_slots } else { 0 })
+        .collect();
+    let mut total_free: u64 = free.iter().map(|&f| u64::from(f)).sum();
+    let mut placements = Vec::new();
+    if total_free == 0 {
+        return placements;
+    }
+    for job in fair_order(queue) {
+        if total_free == 0 {
+            break;
+        }
+        let best = workers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| free[*i] > 0)
+            .filter(|(_, w)| can_run(&job.requires, &w.caps).is_ok())
+            .max_by_key(|(i, w)| {
+                let warmth = w
+                    .recent_builders
+                    .iter()
+                    .position(|b| *b == job.builder)
+                    .map(|p| usize::MAX - p)
+                    .unwrap_or(0);
+                (warmth, free[*i], std::cmp::Reverse(*i))
+            })
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            free[i] -= 1;
+            total_free -= 1;
+            placements.push(Placement {
+                job_id: job.job_id,
+                worker: workers[i].name.clone(),
+            });
+        }
+    }
+    placements
+}
+
+/// Orders the queue: priority descending, then builders in turn (each
+/// builder's jobs keep their queue order).
+fn fair_order(queue: &[QueuedJob]) -> Vec<&QueuedJob> {
+    let mut by_priority: BTreeMap<std::cmp::Reverse<i64>, Vec<&QueuedJob>> = BTreeMap::new();
+    for job in queue {
+        by_priority
+            .entry(std::cmp::Reverse(job.priority))
+            .or_default()
+            .push(job);
+    }
+    let mut out = Vec::with_capacity(queue.len());
+    for (_, jobs) in by_priority {
+        let mut lanes: Vec<(&str, VecDeque<&QueuedJob>)> = Vec::new();
+        for job in jobs {
+            match lanes.iter_mut().find(|(b, _)| *b == job.builder) {
+                Some((_, lane)) => lane.push_back(job),
+                None => lanes.push((&job.builder, VecDeque::from([job]))),
+            }
+        }
+        loop {
+            let mut any = false;
+            for (_, lane) in lanes.iter_mut() {
+                if let Some(job) = lane.pop_front() {
+                    out.push(job);
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: i64, builder: &str, priority: i64, requires: &[&str]) -> QueuedJob {
+        QueuedJob {
+            job_id: id,
+            builder: builder.into(),
+            priority,
+            requires: requires
+                .iter()
+                .map(|r| Requirement::parse(r).unwrap())
+                .collect(),
+        }
+    }
+
+    fn worker(name: &str, slots: u32, facts: &[(&str, &str)]) -> WorkerView {
+        let mut caps = Capabilities::default();
+        for (k, v) in facts {
+            caps.set(*k, *v);
+        }
+        WorkerView {
+            name: name.into(),
+            free_slots: slots,
+            accepting: true,
+            caps,
+            recent_builders: vec![],
+        }
+    }
+
+    #[test]
+    fn unplaceable_job_does_not_block_the_queue() {
+        let q = vec![job(1, "p/mac", 0, &["os == macos"]), job(2, "p/linux", 0, &[])];
+        let w = vec![worker("a", 1, &[("os", "linux")])];
+        assert_eq!(
+            plan(&q, &w),
+            vec![Placement {
+                job_id: 2,
+                worker: "a".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn builders_take_turns() {
+        let mut q: Vec<_> = (0..100).map(|i| job(i, "p/big", 0, &[])).collect();
+        q.push(job(1000, "p/small", 0, &[]));
+        let w = vec![worker("a", 2, &[])];
+        let ids: Vec<_> = plan(&q, &w).into_iter().map(|p| p.job_id).collect();
+        assert_eq!(ids, vec![0, 1000]);
+    }
+
+    #[test]
+    fn priority_goes_first() {
+        let q = vec![job(1, "p/a", 0, &[]), job(2, "p/b", 5, &[])];
+        let w = vec![worker("a", 1, &[])];
+        assert_eq!(plan(&q, &w)[0].job_id, 2);
+    }
+
+    #[test]
+    fn warm_worker_is_preferred_and_paused_ones_skipped() {
+        let q = vec![job(1, "p/a", 0, &[])];
+        let mut cold = worker("cold", 4, &[]);
+        cold.recent_builders = vec!["p/other".into()];
+        let mut warm = worker("warm", 1, &[]);
+        warm.recent_builders = vec!["p/x".into(), "p/a".into()];
+        assert_eq!(plan(&q, &[cold.clone(), warm.clone()])[0].worker, "warm");
+        warm.accepting = false;
+        assert_eq!(plan(&q, &[cold, warm])[0].worker, "cold");
+    }
+
+    #[test]
+    fn slots_are_never_overfilled() {
+        let q: Vec<_> = (0..10).map(|i| job(i, "p/a", 0, &[])).collect();
+        let w = vec![worker("a", 2, &[]), worker("b", 3, &[])];
+        let p = plan(&q, &w);
+        assert_eq!(p.len(), 5);
+        assert_eq!(p.iter().filter(|p| p.worker == "a").count(), 2);
+    }
+}

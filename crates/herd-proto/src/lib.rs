@@ -1,0 +1,267 @@
+//! The herd worker protocol: the messages a worker and the server exchange over
+//! one WebSocket connection, and their encoding.
+//!
+//! Control messages are JSON in text frames ([`WorkerMsg`], [`ServerMsg`]); log
+//! output travels in binary frames ([`LogFrame`]) so that a step printing
+//! hundreds of megabytes costs no base64 or JSON escaping. `docs/protocol.md`
+//! documents every message; this crate is the single source of truth for them.
+//!
+//! Architecture invariant: decoding never panics on any input. Every decoder
+//! returns a [`DecodeError`], and the receiver closes that one connection.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+mod log_frame;
+pub use log_frame::{LogFrame, LOG_FRAME_HEADER_LEN, LOG_FRAME_KIND};
+
+/// Protocol versions this build speaks, oldest first. The hello negotiates the
+/// highest version both sides know.
+pub const SUPPORTED_PROTOCOLS: &[u32] = &[1];
+
+/// Largest text frame either side accepts. Larger frames close the connection.
+pub const MAX_TEXT_FRAME: usize = 1024 * 1024;
+/// Largest payload of one log frame; workers split output into chunks this big.
+pub const MAX_LOG_CHUNK: usize = 64 * 1024;
+/// Largest binary frame (a log frame with its header).
+pub const MAX_BINARY_FRAME: usize = MAX_LOG_CHUNK + LOG_FRAME_HEADER_LEN;
+
+/// Path of the worker endpoint on the server.
+pub const WORKER_ENDPOINT: &str = "/api/v1/worker/connect";
+
+pub type AttemptId = i64;
+
+/// Picks the protocol version to speak: the highest one both sides support.
+pub fn negotiate(theirs: &[u32]) -> Option<u32> {
+    SUPPORTED_PROTOCOLS
+        .iter()
+        .rev()
+        .find(|v| theirs.contains(v))
+        .copied()
+}
+
+/// Messages from a worker to the server (text frames).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WorkerMsg {
+    /// First message on every connection.
+    Hello(Hello),
+    /// A numbered event of one attempt (log output travels as [`LogFrame`]).
+    Event {
+        attempt: AttemptId,
+        seq: u64,
+        event: JobEvent,
+    },
+    /// Sent every heartbeat interval; any frame counts as a sign of life.
+    Heartbeat,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// Protocol versions the worker speaks.
+    pub protocols: Vec<u32>,
+    /// herd version of the worker binary.
+    pub version: String,
+    /// How many jobs the worker runs at once.
+    pub slots: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Facts the worker found out about its machine (os, arch, cpus ...).
+    #[serde(default)]
+    pub facts: BTreeMap<String, String>,
+    /// Attempts the worker is still running (or holds unacknowledged events
+    /// of), so that the server can resume them instead of starting over.
+    #[serde(default)]
+    pub running: Vec<RunningAttempt>,
+    /// The worker is shutting down gracefully: send it no new jobs.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunningAttempt {
+    pub attempt: AttemptId,
+    /// Lowest sequence number the worker still holds (not yet acknowledged).
+    pub first_unacked_seq: u64,
+}
+
+/// What happened in an attempt. Sequence numbers are shared with log frames:
+/// every event and every log frame of one attempt has the next number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JobEvent {
+    StepStarted {
+        step: u32,
+    },
+    StepFinished {
+        step: u32,
+        status: StepStatus,
+        exit_code: Option<i32>,
+        duration_ms: u64,
+        /// Why herd ended the step, when it did (timeout, cancel, spawn error).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    Finished {
+        result: JobResult,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Success,
+    Failure,
+    Error,
+    Cancelled,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobResult {
+    Success,
+    Failure,
+    Error,
+    Cancelled,
+}
+
+/// Messages from the server to a worker (text frames).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerMsg {
+    Welcome(Welcome),
+    Assign(Box<Assignment>),
+    /// Stop the attempt: kill its process group, run nothing more, report `cancelled`.
+    Cancel {
+        attempt: AttemptId,
+        reason: String,
+    },
+    /// The attempt is no longer the worker's (moved elsewhere, or unknown):
+    /// stop it silently and drop its buffered events.
+    Abandon {
+        attempt: AttemptId,
+        reason: String,
+    },
+    /// Every event of the attempt up to and including `seq` is stored.
+    Ack {
+        attempt: AttemptId,
+        seq: u64,
+    },
+    Heartbeat,
+    /// The server is about to close the connection, and says why.
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Welcome {
+    pub protocol: u32,
+    /// The worker's name as the server knows it (bound to its token).
+    pub worker: String,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    /// Attempts the server resumes: the worker resends events after `acked_seq`.
+    #[serde(default)]
+    pub resume: Vec<ResumeAttempt>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeAttempt {
+    pub attempt: AttemptId,
+    /// Highest sequence number the server has stored (0: none).
+    pub acked_seq: u64,
+}
+
+/// One job given to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assignment {
+    pub attempt: AttemptId,
+    pub build: i64,
+    pub project: String,
+    pub builder: String,
+    pub job: String,
+    /// The revision built (a commit id), when the project has a repository.
+    #[serde(default)]
+    pub revision: Option<String>,
+    pub steps: Vec<StepSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub name: String,
+    pub action: StepAction,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Runs even after an earlier step failed.
+    #[serde(default)]
+    pub always: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StepAction {
+    /// Check out `revision` of `repo` into the job's workspace.
+    Checkout { repo: String, revision: String },
+    /// Run a command with `sh -c`.
+    Shell { run: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame of {size} bytes is larger than the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("malformed log frame: {0}")]
+    LogFrame(&'static str),
+}
+
+fn decode_text<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, DecodeError> {
+    if text.len() > MAX_TEXT_FRAME {
+        return Err(DecodeError::TooLarge {
+            size: text.len(),
+            limit: MAX_TEXT_FRAME,
+        });
+    }
+    Ok(serde_json::from_str(text)?)
+}
+
+impl WorkerMsg {
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        decode_text(text)
+    }
+    pub fn encode(&self) -> String {
+        encode_json(self)
+    }
+}
+
+impl ServerMsg {
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        decode_text(text)
+    }
+    pub fn encode(&self) -> String {
+        encode_json(self)
+    }
+}
+
+fn encode_json<T: Serialize>(value: &T) -> String {
+    // These types hold only strings, numbers and maps with string keys, which
+    // serde_json always encodes; the fallback keeps this panic-free anyway.
+    serde_json::to_string(value)
+        .unwrap_or_else(|e| format!(r#"{{"type":"error","message":"encode failed: {e}"}}"#))
+}
+
+#[cfg(test)]
+mod tests;
