@@ -1,1 +1,154 @@
+//! The herd server: store, HTTP API, worker endpoint, scheduler, git mirrors.
+//!
+//! [`start`] opens the data directory, restores the hub from the store and
+//! serves everything on one port.
 
+pub mod api;
+pub mod auth;
+pub mod builds;
+pub mod config;
+pub mod git;
+pub mod hub;
+pub mod store;
+mod ws;
+
+use crate::config::ProjectConfig;
+use crate::hub::{Hub, Settings};
+use crate::store::{ProjectRow, Store, StoreError};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+pub struct App {
+    pub hub: Arc<Hub>,
+    pub mirrors: git::Mirrors,
+    pub data_dir: PathBuf,
+}
+
+pub struct ServerOptions {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub projects: Vec<ProjectConfig>,
+    pub settings: Settings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source} (is another server running there? choose another with --listen)")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    /// The admin token, when this start created it (first start).
+    pub new_admin_token: Option<String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting requests, closes connections and the store.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.task).await;
+        self.task.abort();
+        self.app.hub.store.close().await;
+    }
+}
+
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
+    let data_err = |source| ServerError::DataDir {
+        path: opts.data_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&opts.data_dir).map_err(data_err)?;
+    let store = Store::open_sqlite(&opts.data_dir.join("herd.db")).await?;
+    let new_admin_token = ensure_admin_token(&store, &opts.data_dir).await?;
+    for p in &opts.projects {
+        store
+            .upsert_project(&ProjectRow {
+                name: p.name.clone(),
+                repo: p.repo.clone(),
+                pipeline: p.pipeline.clone(),
+            })
+            .await?;
+    }
+    let hub = Hub::start(store, opts.settings).await?;
+    let app = Arc::new(App {
+        hub,
+        mirrors: git::Mirrors::new(opts.data_dir.join("repos")),
+        data_dir: opts.data_dir.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(&opts.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: opts.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Listen {
+        addr: opts.listen.clone(),
+        source,
+    })?;
+    let router = api::router(Arc::clone(&app));
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = rx.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!("server stopped: {e}");
+        }
+    });
+    tracing::info!("herd server listening on http://{addr}");
+    Ok(RunningServer {
+        addr,
+        app,
+        new_admin_token,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// On first start, creates the admin token and writes it to
+/// `DATA/admin-token` (mode 0600); the store keeps only its hash.
+async fn ensure_admin_token(store: &Store, data_dir: &Path) -> Result<Option<String>, ServerError> {
+    if store.count_tokens("admin").await? > 0 {
+        return Ok(None);
+    }
+    let token = auth::create_token(store, auth::TokenKind::Admin, None).await?;
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    write_private(&path, &format!("{token}\n")).map_err(|source| ServerError::DataDir {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(token))
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}

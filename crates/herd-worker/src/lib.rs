@@ -1,1 +1,76 @@
+//! The herd worker: connects out to the server (works behind NAT, no
+//! inbound port), says hello with its facts, runs the jobs it is given and
+//! streams their output back. Reconnects forever with exponential backoff
+//! and jitter; attempts keep running while the connection is down, and
+//! their buffered events are resent after it comes back.
 
+mod conn;
+pub mod exec;
+pub mod facts;
+pub mod outbox;
+
+pub use conn::run;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// `http://host:port` or `ws://host:port` of the server.
+    pub server: String,
+    pub token: String,
+    pub name: Option<String>,
+    pub workdir: PathBuf,
+    pub slots: u32,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid server address `{0}`: expected http://HOST:PORT or ws://HOST:PORT")]
+    BadServer(String),
+    #[error("cannot use work directory {path}: {source}")]
+    Workdir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The worker endpoint URL for a server address given as http(s) or ws(s).
+pub fn endpoint_url(server: &str) -> Result<String, WorkerError> {
+    let s = server.trim_end_matches('/');
+    let rest = if let Some(r) = s.strip_prefix("http://") {
+        format!("ws://{r}")
+    } else if let Some(r) = s.strip_prefix("https://") {
+        format!("wss://{r}")
+    } else if s.starts_with("ws://") || s.starts_with("wss://") {
+        s.to_string()
+    } else if !s.contains("://") && !s.is_empty() {
+        format!("ws://{s}")
+    } else {
+        return Err(WorkerError::BadServer(server.to_string()));
+    };
+    Ok(format!("{rest}{}", herd_proto::WORKER_ENDPOINT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls() {
+        assert_eq!(
+            endpoint_url("http://127.0.0.1:8080/").unwrap(),
+            "ws://127.0.0.1:8080/api/v1/worker/connect"
+        );
+        assert_eq!(
+            endpoint_url("https://ci.example.org").unwrap(),
+            "wss://ci.example.org/api/v1/worker/connect"
+        );
+        assert_eq!(
+            endpoint_url("127.0.0.1:9").unwrap(),
+            "ws://127.0.0.1:9/api/v1/worker/connect"
+        );
+        assert!(endpoint_url("ftp://x").is_err());
+    }
+}

@@ -1,1 +1,89 @@
-fn main() {}
+//! `herd`: one binary that is the server, the worker and the client.
+
+mod client;
+mod cmd;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "herd", version, about = "A build master and a herd of build workers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server, a local worker and an example project: the quickest start.
+    Up(cmd::up::UpArgs),
+    /// Run the server: HTTP API, worker endpoint and web page on one port.
+    Server(cmd::server::ServerArgs),
+    /// Run a worker that connects out to a server and runs its jobs.
+    Worker(cmd::worker::WorkerArgs),
+    /// Validate a herd.yml without a server.
+    Check {
+        /// The file to check (default: ./herd.yml).
+        file: Option<PathBuf>,
+    },
+    /// Start, show, follow and cancel builds.
+    #[command(subcommand)]
+    Build(cmd::build::BuildCommand),
+    /// List the workers the server knows.
+    Workers(ClientArgs),
+    /// Create tokens.
+    #[command(subcommand)]
+    Token(cmd::token::TokenCommand),
+}
+
+/// Where the server is and which token to present.
+#[derive(Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// Server address.
+    #[arg(long, env = "HERD_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    pub server: String,
+    /// Token for calls that change state (default: ./herd-data/admin-token when present).
+    #[arg(long, env = "HERD_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herd: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(a) => cmd::up::run(a).await,
+            Command::Server(a) => cmd::server::run(a).await,
+            Command::Worker(a) => cmd::worker::run(a).await,
+            Command::Check { file } => cmd::check::run(file),
+            Command::Build(c) => cmd::build::run(c).await,
+            Command::Workers(a) => cmd::workers::run(a).await,
+            Command::Token(c) => cmd::token::run(c).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,308 @@
+//! Handlers of the REST API.
+
+use super::{Admin, ApiError, OPENAPI};
+use crate::auth::{self, TokenKind};
+use crate::builds::{start_build, StartBuild};
+use crate::store::{BuildDetail, WorkerRow};
+use crate::App;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+type AppState = State<Arc<App>>;
+
+/// Longest a long-poll waits before answering with what it has.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Largest log range one call returns.
+const MAX_LOG_RANGE: u64 = 8 * 1024 * 1024;
+
+pub async fn index(State(app): AppState) -> Response {
+    let port_hint = "herd server";
+    let body = format!(
+        "<!doctype html><html lang=en><meta charset=utf-8><title>herd</title>\
+         <h1>herd</h1><p>{port_hint} is running. The web page is not built yet; the API is at \
+         <a href=/api/v1/builds>/api/v1/builds</a>, described by <a href=/api/v1/openapi.json>/api/v1/openapi.json</a>.</p>\
+         <p>Workers online: {}</p></html>",
+        app.hub.live_workers().len()
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+pub async fn health(State(app): AppState) -> Json<Value> {
+    Json(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "workers_online": app.hub.live_workers().len(), "queued_jobs": app.hub.queue_len() }))
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; the API is described at /api/v1/openapi.json")
+}
+
+pub async fn list_projects(State(app): AppState) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "projects": app.hub.store.projects().await? })))
+}
+
+#[derive(Deserialize)]
+pub struct BuildListQuery {
+    project: Option<String>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub async fn list_builds(
+    State(app): AppState,
+    Query(q): Query<BuildListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let builds = app
+        .hub
+        .store
+        .builds(q.project.as_deref(), q.before, limit)
+        .await?;
+    Ok(Json(json!({ "builds": builds })))
+}
+
+pub async fn create_build(
+    _: Admin,
+    State(app): AppState,
+    body: Result<Json<StartBuild>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    let id = start_build(&app, req).await?;
+    let detail = app.hub.store.build_detail(id).await?;
+    let body = detail.map(|d| build_json(&d, 0)).unwrap_or(json!({ "id": id }));
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct WaitQuery {
+    /// Answer once the server's change counter differs from this.
+    since: Option<u64>,
+    /// How long to wait for that, at most 30 s.
+    wait_ms: Option<u64>,
+}
+
+pub async fn get_build(
+    State(app): AppState,
+    Path(id): Path<i64>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(since) = q.since {
+        let wait = Duration::from_millis(q.wait_ms.unwrap_or(25_000)).min(MAX_WAIT);
+        let mut rx = app.hub.subscribe();
+        if *rx.borrow_and_update() == since {
+            let _ = tokio::time::timeout(wait, rx.changed()).await;
+        }
+    }
+    let version = *app.hub.subscribe().borrow();
+    let detail = app
+        .hub
+        .store
+        .build_detail(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    Ok(Json(build_json(&detail, version)))
+}
+
+pub async fn cancel_build(
+    _: Admin,
+    State(app): AppState,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let build = app
+        .hub
+        .store
+        .build(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    if build.state != "queued" && build.state != "running" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("build {id} has already ended ({})", build.state),
+        ));
+    }
+    app.hub.cancel_build(id).await?;
+    Ok(Json(json!({ "id": id, "cancelling": true })))
+}
+
+#[derive(Deserialize)]
+pub struct LogQuery {
+    offset: Option<u64>,
+    limit: Option<u64>,
+    /// When nothing is there yet past `offset` and the step still runs,
+    /// wait up to this long for output.
+    wait_ms: Option<u64>,
+}
+
+pub async fn get_log(
+    State(app): AppState,
+    Path((attempt, idx)): Path<(i64, i64)>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let offset = q.offset.unwrap_or(0);
+    let limit = q.limit.unwrap_or(MAX_LOG_RANGE).clamp(1, MAX_LOG_RANGE);
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    let mut rx = app.hub.subscribe();
+    loop {
+        rx.borrow_and_update();
+        let step = app
+            .hub
+            .store
+            .step(attempt, idx)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no step {idx} in attempt {attempt}")))?;
+        let done = !matches!(step.state.as_str(), "pending" | "running");
+        let attempt_live = app
+            .hub
+            .store
+            .attempt(attempt)
+            .await?
+            .is_some_and(|a| matches!(a.state.as_str(), "assigned" | "running"));
+        let size = step.log_size as u64;
+        let more_coming = !done && attempt_live;
+        if offset < size || !more_coming || tokio::time::Instant::now() >= deadline {
+            let data = if offset < size {
+                app.hub.store.read_log(attempt, idx, offset, limit).await?
+            } else {
+                Vec::new()
+            };
+            return Ok(Response::builder()
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header("x-herd-log-size", size.to_string())
+                .header("x-herd-step-state", step.state.as_str())
+                .header("x-herd-more", if more_coming { "1" } else { "0" })
+                .body(Body::from(data))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
+        }
+        let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
+    }
+}
+
+pub async fn list_workers(State(app): AppState) -> Result<Json<Value>, ApiError> {
+    let live = app.hub.live_workers();
+    let workers: Vec<Value> = app
+        .hub
+        .store
+        .workers()
+        .await?
+        .iter()
+        .map(|w| worker_json(w, live.get(&w.name)))
+        .collect();
+    Ok(Json(json!({ "workers": workers })))
+}
+
+pub async fn get_worker(State(app): AppState, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let w = app
+        .hub
+        .store
+        .worker(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no worker `{name}` has connected yet")))?;
+    let live = app.hub.live_workers();
+    Ok(Json(worker_json(&w, live.get(&name))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    kind: String,
+    worker: Option<String>,
+}
+
+pub async fn create_token(
+    _: Admin,
+    State(app): AppState,
+    body: Result<Json<CreateToken>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    if req.kind != "worker" {
+        return Err(ApiError::bad_request(format!(
+            "unknown token kind `{}`: this server creates `worker` tokens",
+            req.kind
+        )));
+    }
+    let Some(worker) = req.worker.filter(|w| valid_worker_name(w)) else {
+        return Err(ApiError::bad_request(
+            "a worker token needs `worker`: a name of letters, digits, `-`, `_` and `.`",
+        ));
+    };
+    let token = auth::create_token(&app.hub.store, TokenKind::Worker, Some(&worker)).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "token": token, "worker": worker }))).into_response())
+}
+
+pub fn valid_worker_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 100
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn worker_json(w: &WorkerRow, running: Option<&Vec<i64>>) -> Value {
+    let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(json!({}));
+    json!({
+        "name": w.name,
+        "online": running.is_some(),
+        "slots": w.slots,
+        "labels": parse(&w.labels),
+        "facts": parse(&w.facts),
+        "version": w.version,
+        "paused": w.paused,
+        "running_attempts": running.cloned().unwrap_or_default(),
+        "first_seen": w.first_seen,
+        "last_change": w.last_change,
+    })
+}
+
+fn build_json(d: &BuildDetail, version: u64) -> Value {
+    let jobs: Vec<Value> = d
+        .jobs
+        .iter()
+        .map(|j| {
+            let attempts: Vec<Value> = d
+                .attempts
+                .iter()
+                .filter(|a| a.job_id == j.id)
+                .map(|a| {
+                    let steps: Vec<Value> = d
+                        .steps
+                        .iter()
+                        .filter(|s| s.attempt_id == a.id)
+                        .map(|s| {
+                            json!({
+                                "idx": s.idx, "name": s.name, "state": s.state, "exit_code": s.exit_code,
+                                "message": s.message, "log_size": s.log_size,
+                                "started_at": s.started_at, "finished_at": s.finished_at,
+                                "duration_ms": s.started_at.zip(s.finished_at).map(|(a, b)| b - a),
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "id": a.id, "number": a.number, "worker": a.worker, "state": a.state,
+                        "reason": a.reason, "created_at": a.created_at, "finished_at": a.finished_at,
+                        "steps": steps,
+                    })
+                })
+                .collect();
+            json!({
+                "id": j.id, "builder": j.builder, "name": j.name, "state": j.state, "error": j.error,
+                "created_at": j.created_at, "started_at": j.started_at, "finished_at": j.finished_at,
+                "attempts": attempts,
+            })
+        })
+        .collect();
+    let b = &d.build;
+    json!({
+        "id": b.id, "project": b.project, "ref": b.ref_name, "revision": b.revision, "state": b.state,
+        "priority": b.priority, "reason": b.reason, "error": b.error, "created_at": b.created_at,
+        "started_at": b.started_at, "finished_at": b.finished_at, "version": version, "jobs": jobs,
+    })
+}

@@ -1,0 +1,119 @@
+//! The REST API under `/api/v1/`, JSON in and out, described by the OpenAPI
+//! document it serves at `/api/v1/openapi.json`.
+//!
+//! Reading is open; every call that changes state needs the admin token.
+
+mod handlers;
+
+use crate::auth::{self, Principal};
+use crate::store::StoreError;
+use crate::App;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::Arc;
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+/// Largest request body the API reads.
+pub const MAX_REQUEST_BODY: usize = 1024 * 1024;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(handlers::index))
+        .route("/api/v1/health", get(handlers::health))
+        .route("/api/v1/openapi.json", get(handlers::openapi))
+        .route("/api/v1/projects", get(handlers::list_projects))
+        .route("/api/v1/builds", get(handlers::list_builds).post(handlers::create_build))
+        .route("/api/v1/builds/{id}", get(handlers::get_build))
+        .route("/api/v1/builds/{id}/cancel", post(handlers::cancel_build))
+        .route("/api/v1/attempts/{id}/steps/{idx}/log", get(handlers::get_log))
+        .route("/api/v1/workers", get(handlers::list_workers))
+        .route("/api/v1/workers/{name}", get(handlers::get_worker))
+        .route("/api/v1/tokens", post(handlers::create_token))
+        .route(herd_proto::WORKER_ENDPOINT, get(crate::ws::worker_endpoint))
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        .with_state(app)
+}
+
+/// An error answer: a status and a JSON body `{"error": ..., "hint": ...}`
+/// that says what went wrong and what to do next.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, m)
+    }
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, m)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!("store error: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the server could not read or write its database: {e}; see the server log"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+/// Extractor for calls that need the admin token.
+pub struct Admin;
+
+impl FromRequestParts<Arc<App>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let presented = auth::bearer(
+            parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|h| h.to_str().ok()),
+        );
+        let Some(token) = presented else {
+            return Err(ApiError::unauthorized(
+                "this call needs the admin token: pass it as `Authorization: Bearer TOKEN` (the CLI reads HERD_TOKEN); it is in DATA/admin-token",
+            ));
+        };
+        match auth::verify(&app.hub.store, token).await? {
+            Some(Principal::Admin { .. }) => Ok(Admin),
+            Some(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this token may not make this call: it needs the admin token",
+            )),
+            None => Err(ApiError::unauthorized(
+                "the token is not valid (mistyped, revoked or expired): use the admin token from DATA/admin-token",
+            )),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Tokens: random, shown once, stored only as a hash, compared in constant time.
+//!
+//! A token reads `herd_<kind>_<id>_<secret>`: the id finds the row, the
+//! secret is checked against its stored SHA-256 hash. Tokens carry 256 bits
+//! of randomness, so a fast hash is enough (no password stretching needed).
+
+use crate::store::{now_ms, Store, StoreError, TokenRow};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    Admin,
+    Worker,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Admin => "admin",
+            TokenKind::Worker => "worker",
+        }
+    }
+}
+
+/// Who presented a valid token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Admin { token_id: String },
+    Worker { token_id: String, worker: String },
+}
+
+fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::fill(&mut buf[..]);
+    hex::encode(buf)
+}
+
+/// Creates a token, stores its hash, and returns the token text (the only
+/// time it exists in clear).
+pub async fn create_token(store: &Store, kind: TokenKind, worker: Option<&str>) -> Result<String, StoreError> {
+    let id = random_hex(8);
+    let secret = random_hex(32);
+    store
+        .insert_token(&TokenRow {
+            id: id.clone(),
+            secret_hash: hash_secret(&secret),
+            kind: kind.as_str().into(),
+            worker: worker.map(str::to_string),
+            created_at: now_ms(),
+            expires_at: None,
+            revoked_at: None,
+        })
+        .await?;
+    Ok(format!("herd_{}_{id}_{secret}", kind.as_str()))
+}
+
+/// Checks a presented token. None for anything not valid now; the caller
+/// answers 401 without saying which part was wrong.
+pub async fn verify(store: &Store, presented: &str) -> Result<Option<Principal>, StoreError> {
+    let mut parts = presented.trim().splitn(4, '_');
+    let (Some("herd"), Some(_kind), Some(id), Some(secret)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Ok(None);
+    };
+    if id.len() > 64 || secret.len() > 128 {
+        return Ok(None);
+    }
+    let Some(row) = store.token(id).await? else {
+        return Ok(None);
+    };
+    let given = hash_secret(secret);
+    if !bool::from(given.as_bytes().ct_eq(row.secret_hash.as_bytes())) {
+        return Ok(None);
+    }
+    if row.revoked_at.is_some() || row.expires_at.is_some_and(|t| t <= now_ms()) {
+        return Ok(None);
+    }
+    Ok(match (row.kind.as_str(), row.worker) {
+        ("admin", _) => Some(Principal::Admin { token_id: row.id }),
+        ("worker", Some(worker)) => Some(Principal::Worker {
+            token_id: row.id,
+            worker,
+        }),
+        _ => None,
+    })
+}
+
+/// Takes the token from an `Authorization: Bearer …` header value.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let h = header?.trim();
+    h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")).map(str::trim)
+}

@@ -1,0 +1,166 @@
+//! Starting a build: resolve the revision, read the pipeline of that
+//! revision, turn its builders into jobs, store them and queue them.
+
+use crate::api::ApiError;
+use crate::store::{JobSpec, NewBuild, NewJob};
+use crate::App;
+use herd_core::pipeline::{Pipeline, Step};
+use herd_proto::{StepAction, StepSpec};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartBuild {
+    pub project: String,
+    #[serde(default)]
+    pub builder: Option<String>,
+    #[serde(default)]
+    pub rev: Option<String>,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
+    let store = &app.hub.store;
+    let Some(project) = store.project(&req.project).await? else {
+        let known: Vec<String> = store.projects().await?.into_iter().map(|p| p.name).collect();
+        return Err(ApiError::not_found(format!(
+            "unknown project `{}`; known projects: {}",
+            req.project,
+            if known.is_empty() { "none (add one with --project NAME=REPO or in the config)".to_string() } else { known.join(", ") }
+        )));
+    };
+    let reason = req.reason.clone().unwrap_or_else(|| "started by hand".into());
+    let (revision, text, file) = match (&project.repo, &project.pipeline) {
+        (Some(repo), _) => {
+            match app.mirrors.resolve(&project.name, repo, req.rev.as_deref()).await {
+                Ok(r) => (Some(r.revision), r.pipeline_text, "herd.yml".to_string()),
+                Err(crate::git::GitError::UnknownRevision(rev)) => {
+                    return Err(ApiError::bad_request(format!(
+                        "no revision `{rev}` in the repository of project `{}`",
+                        project.name
+                    )))
+                }
+                Err(e) => {
+                    // Broken herd.yml or no herd.yml at that revision: a failed
+                    // build that shows why, not a silent refusal.
+                    return record_error_build(app, &req, None, &reason, e.to_string()).await;
+                }
+            }
+        }
+        (None, Some(text)) => (None, text.clone(), format!("pipeline of project {}", project.name)),
+        (None, None) => {
+            return Err(ApiError::bad_request(format!(
+                "project `{}` has neither a repository nor a pipeline",
+                project.name
+            )))
+        }
+    };
+    let pipeline = match Pipeline::parse(&file, &text) {
+        Ok(p) => p,
+        Err(e) => return record_error_build(app, &req, revision, &reason, e.to_string()).await,
+    };
+    let builders: Vec<_> = match &req.builder {
+        None => pipeline.builders.iter().collect(),
+        Some(b) => match pipeline.builder(b) {
+            Some(found) => vec![found],
+            None => {
+                let names: Vec<&str> = pipeline.builders.iter().map(|b| b.name.as_str()).collect();
+                return Err(ApiError::bad_request(format!(
+                    "no builder `{b}` in the herd.yml of project `{}`; builders: {}",
+                    project.name,
+                    names.join(", ")
+                )));
+            }
+        },
+    };
+    let mut jobs = Vec::new();
+    for b in builders {
+        for j in &b.jobs {
+            let mut steps = Vec::with_capacity(j.steps.len() + 1);
+            if let (Some(repo), Some(rev)) = (&project.repo, &revision) {
+                steps.push(StepSpec {
+                    name: "checkout".into(),
+                    action: StepAction::Checkout {
+                        repo: repo.clone(),
+                        revision: rev.clone(),
+                    },
+                    timeout_secs: None,
+                    env: Default::default(),
+                    always: false,
+                });
+            }
+            steps.extend(j.steps.iter().map(step_spec));
+            jobs.push(NewJob {
+                builder: b.name.clone(),
+                name: j.name.clone(),
+                spec: JobSpec {
+                    requires: j.requires.clone(),
+                    steps,
+                },
+            });
+        }
+    }
+    let new = NewBuild {
+        project: project.name.clone(),
+        ref_name: req.rev.clone(),
+        revision,
+        priority: req.priority,
+        reason,
+        error: None,
+        jobs: jobs.clone(),
+    };
+    let (build_id, job_ids) = store.create_build(&new).await?;
+    let queued = job_ids
+        .into_iter()
+        .zip(jobs)
+        .map(|(job_id, j)| crate::store::QueuedJobInfo {
+            job_id,
+            build_id,
+            project: new.project.clone(),
+            builder: j.builder,
+            job: j.name,
+            revision: new.revision.clone(),
+            priority: new.priority,
+            spec: j.spec,
+        })
+        .collect();
+    app.hub.enqueue(queued);
+    Ok(build_id)
+}
+
+async fn record_error_build(
+    app: &App,
+    req: &StartBuild,
+    revision: Option<String>,
+    reason: &str,
+    error: String,
+) -> Result<i64, ApiError> {
+    let (id, _) = app
+        .hub
+        .store
+        .create_build(&NewBuild {
+            project: req.project.clone(),
+            ref_name: req.rev.clone(),
+            revision,
+            priority: req.priority,
+            reason: reason.to_string(),
+            error: Some(error),
+            jobs: vec![],
+        })
+        .await?;
+    app.hub.changed();
+    Ok(id)
+}
+
+fn step_spec(s: &Step) -> StepSpec {
+    StepSpec {
+        name: s.name.clone(),
+        action: StepAction::Shell { run: s.run.clone() },
+        timeout_secs: s.timeout.map(|t| t.as_secs()),
+        env: s.env.clone(),
+        always: s.always,
+    }
+}

@@ -1,0 +1,514 @@
+//! The hub: the server's live view of connected workers, queued jobs and
+//! attempts whose worker went away, and the scheduler loop that joins them.
+//!
+//! Architecture invariant: the store is the source of truth. The hub holds
+//! only what can be rebuilt from it at start (the queue, the live attempts)
+//! plus the connections themselves; every decision is written to the store
+//! before a worker hears of it.
+
+use crate::store::{
+    Applied, FinishedJob, LostOutcome, QueuedJobInfo, Store, StoreError, WorkerRow,
+};
+use herd_core::requirement::Capabilities;
+use herd_core::schedule::{self, QueuedJob, WorkerView};
+use herd_proto::{
+    AttemptId, Assignment, Hello, ResumeAttempt, ServerMsg,
+};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Notify};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    /// How long a worker whose connection closed may take to come back and
+    /// resume its attempts before they move elsewhere.
+    pub reconnect_grace: Duration,
+    /// The same, from the start of the server, for attempts that were live
+    /// when the previous server process stopped.
+    pub restart_grace: Duration,
+    /// Attempts a job gets in all when workers are lost under it.
+    pub max_attempts: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(15),
+            reconnect_grace: Duration::from_secs(2),
+            restart_grace: Duration::from_secs(30),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// What the hub asks a connection task to do.
+#[derive(Debug)]
+pub enum Outbound {
+    Send(ServerMsg),
+    /// A new attempt: register it, then send the assignment.
+    Assign(Box<Assignment>),
+    Close(String),
+}
+
+struct LiveWorker {
+    conn_id: u64,
+    tx: mpsc::UnboundedSender<Outbound>,
+    slots: u32,
+    caps: Capabilities,
+    running: HashSet<AttemptId>,
+    /// Slots promised by a scheduling pass that is still writing its attempts.
+    reserved: u32,
+    recent: VecDeque<String>,
+    draining: bool,
+}
+
+struct Orphan {
+    worker: String,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct HubState {
+    workers: HashMap<String, LiveWorker>,
+    queue: Vec<QueuedJobInfo>,
+    orphans: HashMap<AttemptId, Orphan>,
+    next_conn_id: u64,
+}
+
+pub struct Hub {
+    pub store: Store,
+    pub settings: Settings,
+    state: Mutex<HubState>,
+    wake_scheduler: Notify,
+    /// Bumped on every change a reader might wait for (new build, event
+    /// stored, worker came or went). Long-polls and live pages wait on it.
+    changes: watch::Sender<u64>,
+}
+
+/// The result of a worker's hello.
+pub struct Admitted {
+    pub conn_id: u64,
+    pub resume: Vec<ResumeAttempt>,
+    pub abandon: Vec<AttemptId>,
+}
+
+impl Hub {
+    pub async fn start(store: Store, settings: Settings) -> Result<Arc<Hub>, StoreError> {
+        store.all_workers_offline().await?;
+        let queue = store.queued_jobs(None).await?;
+        let deadline = Instant::now() + settings.restart_grace;
+        let orphans = store
+            .live_attempts()
+            .await?
+            .into_iter()
+            .map(|a| (a.id, Orphan { worker: a.worker, deadline }))
+            .collect();
+        let hub = Arc::new(Hub {
+            store,
+            settings,
+            state: Mutex::new(HubState {
+                queue,
+                orphans,
+                ..HubState::default()
+            }),
+            wake_scheduler: Notify::new(),
+            changes: watch::channel(0).0,
+        });
+        tokio::spawn(scheduler_loop(Arc::clone(&hub)));
+        tokio::spawn(orphan_loop(Arc::clone(&hub)));
+        Ok(hub)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn wake(&self) {
+        self.wake_scheduler.notify_one();
+    }
+
+    pub fn enqueue(&self, jobs: Vec<QueuedJobInfo>) {
+        self.lock().queue.extend(jobs);
+        self.wake();
+        self.changed();
+    }
+
+    pub fn forget_queued(&self, build_id: i64) {
+        self.lock().queue.retain(|j| j.build_id != build_id);
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Names of connected workers with the attempts each runs.
+    pub fn live_workers(&self) -> BTreeMap<String, Vec<AttemptId>> {
+        self.lock()
+            .workers
+            .iter()
+            .map(|(n, w)| {
+                let mut r: Vec<_> = w.running.iter().copied().collect();
+                r.sort_unstable();
+                (n.clone(), r)
+            })
+            .collect()
+    }
+
+    /// Admits a worker that said hello: decides which of the attempts it
+    /// still runs it may resume, and which of its attempts were lost.
+    pub async fn admit(
+        &self,
+        name: &str,
+        hello: &Hello,
+        tx: mpsc::UnboundedSender<Outbound>,
+    ) -> Result<Admitted, StoreError> {
+        let mut resume = Vec::new();
+        let mut abandon = Vec::new();
+        let mut kept = HashSet::new();
+        for r in &hello.running {
+            match self.store.attempt(r.attempt).await? {
+                Some(a) if a.worker == name && matches!(a.state.as_str(), "assigned" | "running") => {
+                    resume.push(ResumeAttempt {
+                        attempt: a.id,
+                        acked_seq: a.last_seq as u64,
+                    });
+                    kept.insert(a.id);
+                }
+                _ => abandon.push(r.attempt),
+            }
+        }
+        // Attempts the server thinks this worker runs but the worker does
+        // not: it restarted and they died with it. They move at once.
+        let lost: Vec<AttemptId> = self
+            .store
+            .live_attempts()
+            .await?
+            .into_iter()
+            .filter(|a| a.worker == name && !kept.contains(&a.id))
+            .map(|a| a.id)
+            .collect();
+        for attempt in lost {
+            self.lock().orphans.remove(&attempt);
+            self.attempt_lost(attempt, "worker restarted").await?;
+        }
+        let caps = capabilities(hello);
+        let conn_id = {
+            let mut st = self.lock();
+            st.next_conn_id += 1;
+            let conn_id = st.next_conn_id;
+            for a in &kept {
+                st.orphans.remove(a);
+            }
+            if let Some(old) = st.workers.remove(name) {
+                let _ = old
+                    .tx
+                    .send(Outbound::Close("replaced by a new connection of the same worker".into()));
+            }
+            st.workers.insert(
+                name.to_string(),
+                LiveWorker {
+                    conn_id,
+                    tx,
+                    slots: hello.slots,
+                    caps,
+                    running: kept,
+                    reserved: 0,
+                    recent: VecDeque::new(),
+                    draining: hello.draining,
+                },
+            );
+            conn_id
+        };
+        self.store
+            .worker_online(&WorkerRow {
+                name: name.to_string(),
+                slots: i64::from(hello.slots),
+                labels: serde_json::to_string(&hello.labels).unwrap_or_else(|_| "{}".into()),
+                facts: serde_json::to_string(&hello.facts).unwrap_or_else(|_| "{}".into()),
+                version: hello.version.clone(),
+                online: true,
+                paused: false,
+                first_seen: 0,
+                last_change: 0,
+            })
+            .await?;
+        self.wake();
+        self.changed();
+        Ok(Admitted {
+            conn_id,
+            resume,
+            abandon,
+        })
+    }
+
+    /// A worker's connection ended. Its attempts wait `grace` for it to
+    /// come back before they are given to another worker.
+    pub async fn disconnected(&self, name: &str, conn_id: u64, grace: Duration) {
+        let was_current = {
+            let mut st = self.lock();
+            match st.workers.get(name) {
+                Some(w) if w.conn_id == conn_id => {
+                    let w = st.workers.remove(name);
+                    let deadline = Instant::now() + grace;
+                    for a in w.map(|w| w.running).unwrap_or_default() {
+                        st.orphans.insert(
+                            a,
+                            Orphan {
+                                worker: name.to_string(),
+                                deadline,
+                            },
+                        );
+                    }
+                    true
+                }
+                _ => false,
+            }
+        };
+        if was_current {
+            if let Err(e) = self.store.worker_offline(name).await {
+                tracing::warn!("could not mark worker {name} offline: {e}");
+            }
+            self.changed();
+        }
+    }
+
+    /// Whether `conn_id` is still the worker's live connection.
+    pub fn is_current(&self, name: &str, conn_id: u64) -> bool {
+        self.lock().workers.get(name).is_some_and(|w| w.conn_id == conn_id)
+    }
+
+    /// The worker changed its mind about taking jobs (draining on SIGTERM).
+    pub fn set_draining(&self, name: &str, draining: bool) {
+        if let Some(w) = self.lock().workers.get_mut(name) {
+            w.draining = draining;
+        }
+        self.wake();
+    }
+
+    /// A stored event batch reported outcomes: frees slots of ended attempts.
+    pub fn applied(&self, name: &str, attempt: AttemptId, applied: &Applied, builder_key: Option<&str>) {
+        match applied {
+            Applied::Stored { finished: Some(_) } | Applied::Fenced => {
+                let mut st = self.lock();
+                if let Some(w) = st.workers.get_mut(name) {
+                    w.running.remove(&attempt);
+                    if let (Applied::Stored { .. }, Some(b)) = (applied, builder_key) {
+                        w.recent.retain(|r| r != b);
+                        w.recent.push_front(b.to_string());
+                        w.recent.truncate(8);
+                    }
+                }
+                drop(st);
+                self.wake();
+            }
+            Applied::Stored { finished: None } => {}
+        }
+    }
+
+    async fn attempt_lost(&self, attempt: AttemptId, reason: &str) -> Result<(), StoreError> {
+        match self
+            .store
+            .attempt_lost(attempt, reason, self.settings.max_attempts)
+            .await?
+        {
+            LostOutcome::Requeued(job_id) => {
+                tracing::info!("attempt {attempt} lost ({reason}); job {job_id} queued again");
+                let jobs = self.store.queued_jobs(Some(job_id)).await?;
+                self.enqueue(jobs);
+            }
+            LostOutcome::GaveUp(FinishedJob { job_id, .. }) => {
+                tracing::warn!("attempt {attempt} lost ({reason}); job {job_id} gave up");
+                self.changed();
+            }
+            LostOutcome::AlreadyEnded => {}
+        }
+        Ok(())
+    }
+
+    /// Cancels a build: queued jobs end, running attempts are told to stop.
+    pub async fn cancel_build(&self, build_id: i64) -> Result<(), StoreError> {
+        self.forget_queued(build_id);
+        let (_, live) = self.store.cancel_build(build_id).await?;
+        for (attempt, worker) in live {
+            let sent = {
+                let st = self.lock();
+                st.workers.get(&worker).is_some_and(|w| {
+                    w.running.contains(&attempt)
+                        && w
+                            .tx
+                            .send(Outbound::Send(ServerMsg::Cancel {
+                                attempt,
+                                reason: "build cancelled".into(),
+                            }))
+                            .is_ok()
+                })
+            };
+            if !sent {
+                // Its worker is away: end it here; a late report is fenced.
+                self.lock().orphans.remove(&attempt);
+                self.store
+                    .end_attempt(attempt, herd_core::state::RunState::Cancelled, "build cancelled")
+                    .await?;
+            }
+        }
+        self.changed();
+        Ok(())
+    }
+
+    /// One scheduling pass: plan, write attempts, hand them to connections.
+    async fn schedule_once(&self) -> Result<bool, StoreError> {
+        let placements: Vec<(QueuedJobInfo, String, u64)> = {
+            let mut st = self.lock();
+            if st.queue.is_empty() || st.workers.is_empty() {
+                return Ok(false);
+            }
+            let workers: Vec<WorkerView> = st
+                .workers
+                .iter()
+                .map(|(name, w)| WorkerView {
+                    name: name.clone(),
+                    free_slots: w
+                        .slots
+                        .saturating_sub(w.running.len() as u32 + w.reserved),
+                    accepting: !w.draining,
+                    caps: w.caps.clone(),
+                    recent_builders: w.recent.iter().cloned().collect(),
+                })
+                .collect();
+            let queue: Vec<QueuedJob> = st
+                .queue
+                .iter()
+                .map(|j| QueuedJob {
+                    job_id: j.job_id,
+                    builder: format!("{}/{}", j.project, j.builder),
+                    priority: j.priority,
+                    requires: j.spec.requires.clone(),
+                })
+                .collect();
+            let plan = schedule::plan(&queue, &workers);
+            let mut out = Vec::with_capacity(plan.len());
+            for p in plan {
+                let Some(pos) = st.queue.iter().position(|j| j.job_id == p.job_id) else {
+                    continue;
+                };
+                let job = st.queue.remove(pos);
+                if let Some(w) = st.workers.get_mut(&p.worker) {
+                    w.reserved += 1;
+                    out.push((job, p.worker, w.conn_id));
+                }
+            }
+            out
+        };
+        if placements.is_empty() {
+            return Ok(false);
+        }
+        for (job, worker, conn_id) in placements {
+            let names: Vec<String> = job.spec.steps.iter().map(|s| s.name.clone()).collect();
+            let attempt = self.store.create_attempt(job.job_id, &worker, &names).await?;
+            let delivered = {
+                let mut st = self.lock();
+                match st.workers.get_mut(&worker) {
+                    Some(w) if w.conn_id == conn_id => {
+                        w.reserved = w.reserved.saturating_sub(1);
+                        match &attempt {
+                            Some(a) => {
+                                w.running.insert(a.id);
+                                let assignment = Assignment {
+                                    attempt: a.id,
+                                    build: job.build_id,
+                                    project: job.project.clone(),
+                                    builder: job.builder.clone(),
+                                    job: job.job.clone(),
+                                    revision: job.revision.clone(),
+                                    steps: job.spec.steps.clone(),
+                                };
+                                w.tx.send(Outbound::Assign(Box::new(assignment))).is_ok()
+                            }
+                            None => true,
+                        }
+                    }
+                    _ => false,
+                }
+            };
+            if let (Some(a), false) = (&attempt, delivered) {
+                self.attempt_lost(a.id, "worker disconnected before it got the job")
+                    .await?;
+            }
+        }
+        self.changed();
+        Ok(true)
+    }
+
+    async fn expire_orphans(&self) {
+        let now = Instant::now();
+        let expired: Vec<(AttemptId, String)> = {
+            let mut st = self.lock();
+            let ids: Vec<AttemptId> = st
+                .orphans
+                .iter()
+                .filter(|(_, o)| o.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| st.orphans.remove(&id).map(|o| (id, o.worker)))
+                .collect()
+        };
+        for (attempt, worker) in expired {
+            let reason = format!("worker lost: {worker} did not come back in time");
+            if let Err(e) = self.attempt_lost(attempt, &reason).await {
+                tracing::error!("could not move attempt {attempt}: {e}");
+            }
+        }
+    }
+}
+
+/// Facts and labels as the requirement matcher sees them.
+pub fn capabilities(hello: &Hello) -> Capabilities {
+    let mut caps = Capabilities::default();
+    for (k, v) in hello.facts.iter().chain(hello.labels.iter()) {
+        caps.set(k.clone(), v.clone());
+    }
+    caps
+}
+
+async fn scheduler_loop(hub: Arc<Hub>) {
+    loop {
+        hub.wake_scheduler.notified().await;
+        // Keep going while passes place work: a pass may leave free slots
+        // when a job was claimed elsewhere meanwhile.
+        for _ in 0..1000 {
+            match hub.schedule_once().await {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::error!("scheduling failed: {e}; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    hub.wake();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn orphan_loop(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        hub.expire_orphans().await;
+    }
+}

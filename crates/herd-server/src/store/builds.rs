@@ -1,0 +1,624 @@
+//! Builds, jobs, attempts and steps: creating them and applying what workers
+//! report, each change in one transaction.
+
+use super::{now_ms, AttemptRow, BuildRow, JobRow, Result, StepRow, Store, StoreError};
+use herd_core::requirement::Requirement;
+use herd_core::state::{AttemptState, RunState};
+use herd_proto::{StepSpec, StepStatus};
+use serde::{Deserialize, Serialize};
+use sqlx::{Any, Row, Transaction};
+
+/// What a job runs, as stored with it (JSON in `jobs.spec`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub requires: Vec<Requirement>,
+    pub steps: Vec<StepSpec>,
+}
+
+pub struct NewBuild {
+    pub project: String,
+    pub ref_name: Option<String>,
+    pub revision: Option<String>,
+    pub priority: i64,
+    pub reason: String,
+    /// Set when the build cannot run at all (e.g. a broken herd.yml): the
+    /// build is stored as `error` with no jobs.
+    pub error: Option<String>,
+    pub jobs: Vec<NewJob>,
+}
+
+#[derive(Clone)]
+pub struct NewJob {
+    pub builder: String,
+    pub name: String,
+    pub spec: JobSpec,
+}
+
+/// A job waiting for a worker, with what the scheduler and the assignment need.
+#[derive(Debug, Clone)]
+pub struct QueuedJobInfo {
+    pub job_id: i64,
+    pub build_id: i64,
+    pub project: String,
+    pub builder: String,
+    pub job: String,
+    pub revision: Option<String>,
+    pub priority: i64,
+    pub spec: JobSpec,
+}
+
+/// An event of one attempt, ready to store (log data already compressed).
+#[derive(Debug, Clone)]
+pub enum StoredEvent {
+    StepStarted {
+        step: u32,
+    },
+    StepFinished {
+        step: u32,
+        status: StepStatus,
+        exit_code: Option<i32>,
+        message: Option<String>,
+    },
+    Log {
+        step: u32,
+        offset: u64,
+        len: u64,
+        compressed: Vec<u8>,
+    },
+    Finished {
+        result: RunState,
+        error: Option<String>,
+    },
+}
+
+pub struct AttemptEvents {
+    pub attempt: i64,
+    pub worker: String,
+    /// Sequence number of the last event in `events`.
+    pub last_seq: u64,
+    pub events: Vec<StoredEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Stored; `finished` is set when the attempt's job ended.
+    Stored { finished: Option<FinishedJob> },
+    /// The attempt is not this worker's to report for (moved, cancelled,
+    /// unknown): nothing was stored.
+    Fenced,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedJob {
+    pub job_id: i64,
+    pub build_id: i64,
+    pub build_state: RunState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LostOutcome {
+    /// The job is queued again for a new attempt.
+    Requeued(i64),
+    /// The job ran out of attempts and ended `error`.
+    GaveUp(FinishedJob),
+    /// The attempt had already ended; nothing changed.
+    AlreadyEnded,
+}
+
+pub struct BuildDetail {
+    pub build: BuildRow,
+    pub jobs: Vec<JobRow>,
+    pub attempts: Vec<AttemptRow>,
+    pub steps: Vec<StepRow>,
+}
+
+fn status_state(s: StepStatus) -> &'static str {
+    match s {
+        StepStatus::Success => "success",
+        StepStatus::Failure => "failure",
+        StepStatus::Error => "error",
+        StepStatus::Cancelled => "cancelled",
+        StepStatus::Skipped => "skipped",
+    }
+}
+
+impl Store {
+    pub async fn create_build(&self, b: &NewBuild) -> Result<(i64, Vec<i64>)> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let state = if b.error.is_some() {
+            RunState::Error
+        } else {
+            RunState::Queued
+        };
+        let row = sqlx::query(
+            "INSERT INTO builds (project, ref_name, revision, state, priority, reason, error, created_at, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        )
+        .bind(&b.project)
+        .bind(&b.ref_name)
+        .bind(&b.revision)
+        .bind(state.as_str())
+        .bind(b.priority)
+        .bind(&b.reason)
+        .bind(&b.error)
+        .bind(now)
+        .bind(b.error.as_ref().map(|_| now))
+        .fetch_one(&mut *tx)
+        .await?;
+        let build_id: i64 = row.try_get("id")?;
+        let mut job_ids = Vec::with_capacity(b.jobs.len());
+        for job in &b.jobs {
+            let spec = serde_json::to_string(&job.spec)
+                .map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?;
+            let row = sqlx::query(
+                "INSERT INTO jobs (build_id, builder, name, state, spec, created_at) \
+                 VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING id",
+            )
+            .bind(build_id)
+            .bind(&job.builder)
+            .bind(&job.name)
+            .bind(spec)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            job_ids.push(row.try_get("id")?);
+        }
+        tx.commit().await?;
+        Ok((build_id, job_ids))
+    }
+
+    /// Jobs waiting for a worker, oldest first; only `job_id` when given.
+    pub async fn queued_jobs(&self, job_id: Option<i64>) -> Result<Vec<QueuedJobInfo>> {
+        let rows = sqlx::query(
+            "SELECT j.id, j.build_id, j.builder, j.name, j.spec, b.project, b.revision, b.priority \
+             FROM jobs j JOIN builds b ON b.id = j.build_id \
+             WHERE j.state = 'queued' AND ($1 IS NULL OR j.id = $1) ORDER BY j.id",
+        )
+        .bind(job_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let spec: String = r.try_get("spec")?;
+                Ok(QueuedJobInfo {
+                    job_id: r.try_get("id")?,
+                    build_id: r.try_get("build_id")?,
+                    project: r.try_get("project")?,
+                    builder: r.try_get("builder")?,
+                    job: r.try_get("name")?,
+                    revision: r.try_get("revision")?,
+                    priority: r.try_get("priority")?,
+                    spec: serde_json::from_str(&spec)
+                        .map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Starts a new attempt of a queued job on `worker`. None when the job is
+    /// no longer queued (cancelled meanwhile, or claimed by another server).
+    pub async fn create_attempt(
+        &self,
+        job_id: i64,
+        worker: &str,
+        step_names: &[String],
+    ) -> Result<Option<AttemptRow>> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let claimed = sqlx::query(
+            "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, $2) \
+             WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(job_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT COUNT(*) AS n, MAX(j.build_id) AS build_id FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.job_id = $1")
+            .bind(job_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let number: i64 = row.try_get::<i64, _>("n")? + 1;
+        let row = sqlx::query(
+            "INSERT INTO attempts (job_id, number, worker, state, last_seq, created_at) \
+             VALUES ($1, $2, $3, 'assigned', 0, $4) RETURNING id",
+        )
+        .bind(job_id)
+        .bind(number)
+        .bind(worker)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let attempt_id: i64 = row.try_get("id")?;
+        for (idx, name) in step_names.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO steps (attempt_id, idx, name, state, log_size) VALUES ($1, $2, $3, 'pending', 0)",
+            )
+            .bind(attempt_id)
+            .bind(idx as i64)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE builds SET state = 'running', started_at = COALESCE(started_at, $2) \
+             WHERE id = (SELECT build_id FROM jobs WHERE id = $1) AND state = 'queued'",
+        )
+        .bind(job_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(AttemptRow {
+            id: attempt_id,
+            job_id,
+            number,
+            worker: worker.to_string(),
+            state: AttemptState::Assigned.as_str().into(),
+            reason: None,
+            last_seq: 0,
+            created_at: now,
+            finished_at: None,
+        }))
+    }
+
+    /// Stores events of several attempts in one transaction.
+    pub async fn apply_events(&self, batch: &[AttemptEvents]) -> Result<Vec<Applied>> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for a in batch {
+            // Fencing: only the attempt's own worker, while it is live, may report.
+            let fenced = sqlx::query(
+                "UPDATE attempts SET last_seq = $1, \
+                 state = CASE WHEN state = 'assigned' THEN 'running' ELSE state END \
+                 WHERE id = $2 AND worker = $3 AND state IN ('assigned', 'running') AND last_seq < $1",
+            )
+            .bind(a.last_seq as i64)
+            .bind(a.attempt)
+            .bind(&a.worker)
+            .execute(&mut *tx)
+            .await?;
+            if fenced.rows_affected() == 0 {
+                out.push(Applied::Fenced);
+                continue;
+            }
+            let mut finished = None;
+            for ev in &a.events {
+                if let Some(f) = apply_one(&mut tx, a.attempt, ev, now).await? {
+                    finished = Some(f);
+                }
+            }
+            out.push(Applied::Stored { finished });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Ends a live attempt as lost, and queues its job again while it has
+    /// attempts left (`max_attempts` in all).
+    pub async fn attempt_lost(
+        &self,
+        attempt: i64,
+        reason: &str,
+        max_attempts: i64,
+    ) -> Result<LostOutcome> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let res = sqlx::query(
+            "UPDATE attempts SET state = 'lost', reason = $2, finished_at = $3 \
+             WHERE id = $1 AND state IN ('assigned', 'running')",
+        )
+        .bind(attempt)
+        .bind(reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Ok(LostOutcome::AlreadyEnded);
+        }
+        let row = sqlx::query("SELECT job_id, number FROM attempts WHERE id = $1")
+            .bind(attempt)
+            .fetch_one(&mut *tx)
+            .await?;
+        let job_id: i64 = row.try_get("job_id")?;
+        let number: i64 = row.try_get("number")?;
+        let outcome = if number < max_attempts {
+            sqlx::query("UPDATE jobs SET state = 'queued' WHERE id = $1 AND state = 'running'")
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            LostOutcome::Requeued(job_id)
+        } else {
+            let msg = format!("gave up after {number} attempts: {reason}");
+            LostOutcome::GaveUp(finish_job(&mut tx, job_id, RunState::Error, Some(&msg), now).await?)
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Cancels a build: queued jobs end at once; returns the live attempts,
+    /// which the caller tells their workers to stop.
+    pub async fn cancel_build(&self, build_id: i64) -> Result<(Option<RunState>, Vec<(i64, String)>)> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let queued = sqlx::query("SELECT id FROM jobs WHERE build_id = $1 AND state = 'queued'")
+            .bind(build_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut state = None;
+        for r in queued {
+            let job_id: i64 = r.try_get("id")?;
+            state = Some(
+                finish_job(&mut tx, job_id, RunState::Cancelled, Some("cancelled"), now)
+                    .await?
+                    .build_state,
+            );
+        }
+        let live = sqlx::query(
+            "SELECT a.id, a.worker FROM attempts a JOIN jobs j ON j.id = a.job_id \
+             WHERE j.build_id = $1 AND a.state IN ('assigned', 'running')",
+        )
+        .bind(build_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let live = live
+            .iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("worker")?)))
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok((state, live))
+    }
+
+    /// Ends a live attempt that its worker can no longer report on (it was
+    /// cancelled while the worker was away), together with its job.
+    pub async fn end_attempt(&self, attempt: i64, state: RunState, reason: &str) -> Result<Option<FinishedJob>> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let res = sqlx::query(
+            "UPDATE attempts SET state = $2, reason = $3, finished_at = $4 \
+             WHERE id = $1 AND state IN ('assigned', 'running')",
+        )
+        .bind(attempt)
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let job_id: i64 = sqlx::query("SELECT job_id FROM attempts WHERE id = $1")
+            .bind(attempt)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("job_id")?;
+        let f = finish_job(&mut tx, job_id, state, Some(reason), now).await?;
+        tx.commit().await?;
+        Ok(Some(f))
+    }
+
+    /// Attempts that were live when the server stopped, with their workers.
+    pub async fn live_attempts(&self) -> Result<Vec<AttemptRow>> {
+        let rows = sqlx::query("SELECT * FROM attempts WHERE state IN ('assigned', 'running') ORDER BY id")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(AttemptRow::from_row).collect()
+    }
+
+    pub async fn attempt(&self, id: i64) -> Result<Option<AttemptRow>> {
+        let row = sqlx::query("SELECT * FROM attempts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(AttemptRow::from_row).transpose()
+    }
+
+    pub async fn build(&self, id: i64) -> Result<Option<BuildRow>> {
+        let row = sqlx::query("SELECT * FROM builds WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(BuildRow::from_row).transpose()
+    }
+
+    pub async fn builds(&self, project: Option<&str>, before: Option<i64>, limit: i64) -> Result<Vec<BuildRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM builds WHERE ($1 IS NULL OR project = $1) AND ($2 IS NULL OR id < $2) \
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(project)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(BuildRow::from_row).collect()
+    }
+
+    pub async fn build_detail(&self, id: i64) -> Result<Option<BuildDetail>> {
+        let Some(build) = self.build(id).await? else {
+            return Ok(None);
+        };
+        let jobs = sqlx::query("SELECT * FROM jobs WHERE build_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(JobRow::from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let attempts = sqlx::query(
+            "SELECT a.* FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.build_id = $1 ORDER BY a.id",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(AttemptRow::from_row)
+        .collect::<Result<Vec<_>>>()?;
+        let steps = sqlx::query(
+            "SELECT s.* FROM steps s JOIN attempts a ON a.id = s.attempt_id JOIN jobs j ON j.id = a.job_id \
+             WHERE j.build_id = $1 ORDER BY s.attempt_id, s.idx",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(StepRow::from_row)
+        .collect::<Result<Vec<_>>>()?;
+        Ok(Some(BuildDetail {
+            build,
+            jobs,
+            attempts,
+            steps,
+        }))
+    }
+
+    /// Bytes of output stored so far, per step of an attempt.
+    pub async fn step_sizes(&self, attempt: i64) -> Result<std::collections::HashMap<u32, u64>> {
+        let rows = sqlx::query("SELECT idx, log_size FROM steps WHERE attempt_id = $1")
+            .bind(attempt)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let idx: i64 = r.try_get("idx")?;
+                let size: i64 = r.try_get("log_size")?;
+                Ok((idx as u32, size as u64))
+            })
+            .collect()
+    }
+
+    pub async fn step(&self, attempt: i64, idx: i64) -> Result<Option<StepRow>> {
+        let row = sqlx::query("SELECT * FROM steps WHERE attempt_id = $1 AND idx = $2")
+            .bind(attempt)
+            .bind(idx)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(StepRow::from_row).transpose()
+    }
+}
+
+async fn apply_one(
+    tx: &mut Transaction<'_, Any>,
+    attempt: i64,
+    ev: &StoredEvent,
+    now: i64,
+) -> Result<Option<FinishedJob>> {
+    match ev {
+        StoredEvent::StepStarted { step } => {
+            sqlx::query("UPDATE steps SET state = 'running', started_at = $3 WHERE attempt_id = $1 AND idx = $2")
+                .bind(attempt)
+                .bind(i64::from(*step))
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+        }
+        StoredEvent::StepFinished {
+            step,
+            status,
+            exit_code,
+            message,
+        } => {
+            sqlx::query(
+                "UPDATE steps SET state = $3, exit_code = $4, message = $5, finished_at = $6, \
+                 started_at = COALESCE(started_at, $6) WHERE attempt_id = $1 AND idx = $2",
+            )
+            .bind(attempt)
+            .bind(i64::from(*step))
+            .bind(status_state(*status))
+            .bind(exit_code.map(i64::from))
+            .bind(message)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        StoredEvent::Log {
+            step,
+            offset,
+            len,
+            compressed,
+        } => {
+            sqlx::query(
+                "INSERT INTO log_chunks (attempt_id, step, byte_offset, len, data) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(attempt)
+            .bind(i64::from(*step))
+            .bind(*offset as i64)
+            .bind(*len as i64)
+            .bind(compressed.as_slice())
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query("UPDATE steps SET log_size = $3 WHERE attempt_id = $1 AND idx = $2")
+                .bind(attempt)
+                .bind(i64::from(*step))
+                .bind((offset + len) as i64)
+                .execute(&mut **tx)
+                .await?;
+        }
+        StoredEvent::Finished { result, error } => {
+            sqlx::query("UPDATE attempts SET state = $2, finished_at = $3 WHERE id = $1")
+                .bind(attempt)
+                .bind(result.as_str())
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            let job_id: i64 = sqlx::query("SELECT job_id FROM attempts WHERE id = $1")
+                .bind(attempt)
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get("job_id")?;
+            return Ok(Some(finish_job(tx, job_id, *result, error.as_deref(), now).await?));
+        }
+    }
+    Ok(None)
+}
+
+/// Ends a job and brings its build's state up to date.
+async fn finish_job(
+    tx: &mut Transaction<'_, Any>,
+    job_id: i64,
+    state: RunState,
+    error: Option<&str>,
+    now: i64,
+) -> Result<FinishedJob> {
+    sqlx::query("UPDATE jobs SET state = $2, error = $3, finished_at = $4 WHERE id = $1")
+        .bind(job_id)
+        .bind(state.as_str())
+        .bind(error)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    let build_id: i64 = sqlx::query("SELECT build_id FROM jobs WHERE id = $1")
+        .bind(job_id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("build_id")?;
+    let states = sqlx::query("SELECT state FROM jobs WHERE build_id = $1")
+        .bind(build_id)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| {
+            let s: String = r.try_get("state")?;
+            RunState::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("job state `{s}`")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let build_state = RunState::of_build(&states);
+    sqlx::query(
+        "UPDATE builds SET state = $2, finished_at = CASE WHEN $3 = 1 THEN $4 ELSE finished_at END WHERE id = $1",
+    )
+    .bind(build_id)
+    .bind(build_state.as_str())
+    .bind(i64::from(build_state.is_finished()))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(FinishedJob {
+        job_id,
+        build_id,
+        build_state,
+    })
+}

@@ -1,0 +1,210 @@
+//! The store: everything herd keeps, behind one type that works on the
+//! embedded SQLite file (and, with the same portable SQL, on PostgreSQL).
+//!
+//! Architecture invariant: SQL here is portable between SQLite and
+//! PostgreSQL: `$N` placeholders, `RETURNING`, no backend-specific functions.
+//! Backend differences live in the migrations only.
+//!
+//! SQLite takes one writer at a time; the store therefore keeps a pool of one
+//! connection for writes and a pool of several for reads (WAL lets readers run
+//! beside the writer without blocking).
+
+mod builds;
+mod logs;
+mod rows;
+
+pub use builds::*;
+pub use logs::compress_chunk;
+pub use rows::*;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    write: AnyPool,
+    read: AnyPool,
+}
+
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and migrates it.
+    pub async fn open_sqlite(path: &Path) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let write = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(SQLITE_PRAGMAS).await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        let read = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(60))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(SQLITE_PRAGMAS).await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        Ok(Store { write, read })
+    }
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    // ---- tokens -------------------------------------------------------
+
+    pub async fn insert_token(&self, t: &TokenRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tokens (id, secret_hash, kind, worker, created_at, expires_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+        )
+        .bind(&t.id)
+        .bind(&t.secret_hash)
+        .bind(&t.kind)
+        .bind(&t.worker)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn token(&self, id: &str) -> Result<Option<TokenRow>> {
+        let row = sqlx::query("SELECT * FROM tokens WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| TokenRow::from_row(&r)).transpose()
+    }
+
+    pub async fn count_tokens(&self, kind: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE kind = $1 AND revoked_at IS NULL")
+            .bind(kind)
+            .fetch_one(&self.read)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    // ---- projects -----------------------------------------------------
+
+    pub async fn upsert_project(&self, p: &ProjectRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO projects (name, repo, pipeline, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET repo = $2, pipeline = $3, updated_at = $4",
+        )
+        .bind(&p.name)
+        .bind(&p.repo)
+        .bind(&p.pipeline)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn projects(&self) -> Result<Vec<ProjectRow>> {
+        let rows = sqlx::query("SELECT name, repo, pipeline FROM projects ORDER BY name")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(ProjectRow::from_row).collect()
+    }
+
+    pub async fn project(&self, name: &str) -> Result<Option<ProjectRow>> {
+        let row = sqlx::query("SELECT name, repo, pipeline FROM projects WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(ProjectRow::from_row).transpose()
+    }
+
+    // ---- workers ------------------------------------------------------
+
+    pub async fn worker_online(&self, w: &WorkerRow) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO workers (name, slots, labels, facts, version, online, paused, first_seen, last_change) \
+             VALUES ($1, $2, $3, $4, $5, 1, 0, $6, $6) \
+             ON CONFLICT (name) DO UPDATE SET slots = $2, labels = $3, facts = $4, version = $5, \
+             online = 1, last_change = $6",
+        )
+        .bind(&w.name)
+        .bind(w.slots)
+        .bind(&w.labels)
+        .bind(&w.facts)
+        .bind(&w.version)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn worker_offline(&self, name: &str) -> Result<()> {
+        sqlx::query("UPDATE workers SET online = 0, last_change = $2 WHERE name = $1")
+            .bind(name)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks every worker offline: at server start no connection exists yet.
+    pub async fn all_workers_offline(&self) -> Result<()> {
+        sqlx::query("UPDATE workers SET online = 0 WHERE online = 1")
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn workers(&self) -> Result<Vec<WorkerRow>> {
+        let rows = sqlx::query("SELECT * FROM workers ORDER BY name")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(WorkerRow::from_row).collect()
+    }
+
+    pub async fn worker(&self, name: &str) -> Result<Option<WorkerRow>> {
+        let row = sqlx::query("SELECT * FROM workers WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(WorkerRow::from_row).transpose()
+    }
+}
+
+pub(crate) fn get<'r, T>(row: &'r AnyRow, col: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    Ok(row.try_get(col)?)
+}

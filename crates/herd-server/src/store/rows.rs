@@ -1,0 +1,204 @@
+//! Rows as stored, one struct per table, serialized as the API shows them.
+
+use super::{get, Result};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenRow {
+    pub id: String,
+    #[serde(skip)]
+    pub secret_hash: String,
+    pub kind: String,
+    pub worker: Option<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl TokenRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(TokenRow {
+            id: get(r, "id")?,
+            secret_hash: get(r, "secret_hash")?,
+            kind: get(r, "kind")?,
+            worker: get(r, "worker")?,
+            created_at: get(r, "created_at")?,
+            expires_at: get(r, "expires_at")?,
+            revoked_at: get(r, "revoked_at")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectRow {
+    pub name: String,
+    pub repo: Option<String>,
+    #[serde(skip)]
+    pub pipeline: Option<String>,
+}
+
+impl ProjectRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(ProjectRow {
+            name: get(r, "name")?,
+            repo: get(r, "repo")?,
+            pipeline: get(r, "pipeline")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerRow {
+    pub name: String,
+    pub slots: i64,
+    /// JSON object text.
+    pub labels: String,
+    /// JSON object text.
+    pub facts: String,
+    pub version: String,
+    pub online: bool,
+    pub paused: bool,
+    pub first_seen: i64,
+    pub last_change: i64,
+}
+
+impl WorkerRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(WorkerRow {
+            name: get(r, "name")?,
+            slots: get(r, "slots")?,
+            labels: get(r, "labels")?,
+            facts: get(r, "facts")?,
+            version: get(r, "version")?,
+            online: get::<i64>(r, "online")? != 0,
+            paused: get::<i64>(r, "paused")? != 0,
+            first_seen: get(r, "first_seen")?,
+            last_change: get(r, "last_change")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildRow {
+    pub id: i64,
+    pub project: String,
+    pub ref_name: Option<String>,
+    pub revision: Option<String>,
+    pub state: String,
+    pub priority: i64,
+    pub reason: String,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl BuildRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(BuildRow {
+            id: get(r, "id")?,
+            project: get(r, "project")?,
+            ref_name: get(r, "ref_name")?,
+            revision: get(r, "revision")?,
+            state: get(r, "state")?,
+            priority: get(r, "priority")?,
+            reason: get(r, "reason")?,
+            error: get(r, "error")?,
+            created_at: get(r, "created_at")?,
+            started_at: get(r, "started_at")?,
+            finished_at: get(r, "finished_at")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub build_id: i64,
+    pub builder: String,
+    pub name: String,
+    pub state: String,
+    #[serde(skip)]
+    pub spec: String,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl JobRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(JobRow {
+            id: get(r, "id")?,
+            build_id: get(r, "build_id")?,
+            builder: get(r, "builder")?,
+            name: get(r, "name")?,
+            state: get(r, "state")?,
+            spec: get(r, "spec")?,
+            error: get(r, "error")?,
+            created_at: get(r, "created_at")?,
+            started_at: get(r, "started_at")?,
+            finished_at: get(r, "finished_at")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    pub id: i64,
+    pub job_id: i64,
+    pub number: i64,
+    pub worker: String,
+    pub state: String,
+    pub reason: Option<String>,
+    #[serde(skip)]
+    pub last_seq: i64,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl AttemptRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(AttemptRow {
+            id: get(r, "id")?,
+            job_id: get(r, "job_id")?,
+            number: get(r, "number")?,
+            worker: get(r, "worker")?,
+            state: get(r, "state")?,
+            reason: get(r, "reason")?,
+            last_seq: get(r, "last_seq")?,
+            created_at: get(r, "created_at")?,
+            finished_at: get(r, "finished_at")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    pub attempt_id: i64,
+    pub idx: i64,
+    pub name: String,
+    pub state: String,
+    pub exit_code: Option<i64>,
+    pub message: Option<String>,
+    pub log_size: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl StepRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(StepRow {
+            attempt_id: get(r, "attempt_id")?,
+            idx: get(r, "idx")?,
+            name: get(r, "name")?,
+            state: get(r, "state")?,
+            exit_code: get(r, "exit_code")?,
+            message: get(r, "message")?,
+            log_size: get(r, "log_size")?,
+            started_at: get(r, "started_at")?,
+            finished_at: get(r, "finished_at")?,
+        })
+    }
+}

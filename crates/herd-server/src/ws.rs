@@ -1,0 +1,423 @@
+//! The worker endpoint: one WebSocket per worker, authenticated by the
+//! worker's token, speaking the protocol of `herd-proto`.
+//!
+//! Events arrive numbered per attempt. A batch of frames is stored in one
+//! transaction and only then acknowledged, so a worker never drops output the
+//! server has not stored; duplicates (a resend after a reconnect) are
+//! recognised by their sequence numbers and acknowledged again.
+
+use crate::api::ApiError;
+use crate::auth::{self, Principal};
+use crate::hub::Outbound;
+use crate::store::{compress_chunk, Applied, AttemptEvents, StoredEvent};
+use crate::App;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use herd_core::state::RunState;
+use herd_proto::{
+    negotiate, AttemptId, JobEvent, JobResult, LogFrame, ServerMsg, Welcome, WorkerMsg,
+    MAX_BINARY_FRAME, MAX_TEXT_FRAME, SUPPORTED_PROTOCOLS,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Frames taken into one store transaction at most, and bytes of output.
+const BATCH_FRAMES: usize = 512;
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn worker_endpoint(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let presented = auth::bearer(headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()));
+    let worker = match presented {
+        None => None,
+        Some(t) => match auth::verify(&app.hub.store, t).await {
+            Ok(Some(Principal::Worker { worker, .. })) => Some(worker),
+            Ok(_) => None,
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+    };
+    let Some(worker) = worker else {
+        tracing::warn!("worker connection refused: missing or invalid worker token");
+        return ApiError::unauthorized(
+            "a valid worker token is required: create one with `herd token create --worker NAME`",
+        )
+        .into_response();
+    };
+    ws.max_message_size(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME))
+        .max_frame_size(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME))
+        .on_upgrade(move |socket| async move {
+            let mut conn = Connection {
+                app,
+                name: worker,
+                cursors: HashMap::new(),
+            };
+            conn.run(socket).await;
+        })
+}
+
+/// What the server knows of one attempt the connection carries.
+struct Cursor {
+    last_seq: u64,
+    step_sizes: HashMap<u32, u64>,
+    builder_key: Option<String>,
+}
+
+struct Connection {
+    app: Arc<App>,
+    name: String,
+    cursors: HashMap<AttemptId, Cursor>,
+}
+
+#[derive(Default)]
+struct Batch {
+    /// Per attempt, in arrival order: the newest seq and the new events.
+    attempts: Vec<(AttemptId, u64, Vec<StoredEvent>)>,
+    /// Attempts that only got duplicates: acknowledge again.
+    reack: Vec<AttemptId>,
+    /// Attempts the worker reported on that it does not hold.
+    unknown: Vec<AttemptId>,
+    bytes: usize,
+    frames: usize,
+}
+
+impl Batch {
+    fn push(&mut self, attempt: AttemptId, seq: u64, ev: StoredEvent) {
+        match self.attempts.iter_mut().find(|(a, _, _)| *a == attempt) {
+            Some(entry) => {
+                entry.1 = seq;
+                entry.2.push(ev);
+            }
+            None => self.attempts.push((attempt, seq, vec![ev])),
+        }
+    }
+}
+
+enum Flow {
+    Continue,
+    Stop(String),
+}
+
+impl Connection {
+    async fn run(&mut self, socket: WebSocket) {
+        let (mut sink, mut stream) = socket.split();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, stream.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => match WorkerMsg::decode(&text) {
+                Ok(WorkerMsg::Hello(h)) => h,
+                Ok(_) => return refuse(&mut sink, &self.name, "the first message must be a hello").await,
+                Err(e) => return refuse(&mut sink, &self.name, &e.to_string()).await,
+            },
+            Ok(Some(Ok(_))) => return refuse(&mut sink, &self.name, "the first message must be a hello in a text frame").await,
+            Ok(Some(Err(e))) => return refuse(&mut sink, &self.name, &e.to_string()).await,
+            Ok(None) => return,
+            Err(_) => return refuse(&mut sink, &self.name, "no hello within 10 seconds").await,
+        };
+        let Some(protocol) = negotiate(&hello.protocols) else {
+            let msg = format!(
+                "no common protocol version: the worker speaks {:?}, this server {:?}; install the server's herd version on the worker",
+                hello.protocols, SUPPORTED_PROTOCOLS
+            );
+            return refuse(&mut sink, &self.name, &msg).await;
+        };
+        if hello.slots == 0 || hello.slots > 1024 {
+            return refuse(&mut sink, &self.name, "slots must be between 1 and 1024").await;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let hub = Arc::clone(&self.app.hub);
+        let admitted = match hub.admit(&self.name, &hello, tx).await {
+            Ok(a) => a,
+            Err(e) => return refuse(&mut sink, &self.name, &format!("server error: {e}")).await,
+        };
+        for r in &admitted.resume {
+            let step_sizes = match hub.store.step_sizes(r.attempt).await {
+                Ok(s) => s,
+                Err(e) => return refuse(&mut sink, &self.name, &format!("server error: {e}")).await,
+            };
+            self.cursors.insert(
+                r.attempt,
+                Cursor {
+                    last_seq: r.acked_seq,
+                    step_sizes,
+                    builder_key: None,
+                },
+            );
+        }
+        tracing::info!(
+            "worker {} connected (protocol {protocol}, {} slots, resuming {:?})",
+            self.name,
+            hello.slots,
+            admitted.resume.iter().map(|r| r.attempt).collect::<Vec<_>>()
+        );
+        let settings = hub.settings.clone();
+        let mut outgoing = vec![ServerMsg::Welcome(Welcome {
+            protocol,
+            worker: self.name.clone(),
+            heartbeat_interval_ms: settings.heartbeat_interval.as_millis() as u64,
+            heartbeat_timeout_ms: settings.heartbeat_timeout.as_millis() as u64,
+            resume: admitted.resume.clone(),
+        })];
+        outgoing.extend(admitted.abandon.iter().map(|&attempt| ServerMsg::Abandon {
+            attempt,
+            reason: "this attempt is no longer yours".into(),
+        }));
+        for m in outgoing {
+            if sink.send(Message::Text(m.encode().into())).await.is_err() {
+                hub.disconnected(&self.name, admitted.conn_id, settings.reconnect_grace).await;
+                return;
+            }
+        }
+
+        let mut last_heard = Instant::now();
+        let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut grace = settings.reconnect_grace;
+        let end_reason: String = loop {
+            tokio::select! {
+                incoming = stream.next() => {
+                    let mut batch = Batch::default();
+                    let mut flow = match incoming {
+                        None => break "connection closed".into(),
+                        Some(Err(e)) => break format!("connection error: {e}"),
+                        Some(Ok(m)) => self.take(m, &mut batch),
+                    };
+                    last_heard = Instant::now();
+                    // Take whatever else is ready into the same transaction.
+                    while matches!(flow, Flow::Continue) && batch.frames < BATCH_FRAMES && batch.bytes < BATCH_BYTES {
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(m))) => flow = self.take(m, &mut batch),
+                            Some(Some(Err(e))) => flow = Flow::Stop(format!("connection error: {e}")),
+                            Some(None) => flow = Flow::Stop("connection closed".into()),
+                            None => break,
+                        }
+                    }
+                    // Store (and acknowledge) what arrived intact even when the
+                    // connection is about to end.
+                    let replies = match self.flush(batch).await {
+                        Ok(r) => r,
+                        Err(e) => break format!("could not store events: {e}"),
+                    };
+                    let mut send_failed = false;
+                    for m in replies {
+                        if sink.send(Message::Text(m.encode().into())).await.is_err() {
+                            send_failed = true;
+                            break;
+                        }
+                    }
+                    if let Flow::Stop(reason) = flow {
+                        let _ = sink.send(Message::Text(ServerMsg::Error { message: reason.clone() }.encode().into())).await;
+                        break reason;
+                    }
+                    if send_failed {
+                        break "connection closed while sending".into();
+                    }
+                }
+                out = rx.recv() => {
+                    let msg = match out {
+                        None => break "replaced".into(),
+                        Some(Outbound::Close(reason)) => {
+                            let _ = sink.send(Message::Text(ServerMsg::Error { message: reason.clone() }.encode().into())).await;
+                            break reason;
+                        }
+                        Some(Outbound::Send(m)) => m,
+                        Some(Outbound::Assign(a)) => {
+                            self.cursors.insert(a.attempt, Cursor {
+                                last_seq: 0,
+                                step_sizes: HashMap::new(),
+                                builder_key: Some(format!("{}/{}", a.project, a.builder)),
+                            });
+                            ServerMsg::Assign(a)
+                        }
+                    };
+                    if sink.send(Message::Text(msg.encode().into())).await.is_err() {
+                        break "connection closed while sending".into();
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > settings.heartbeat_timeout {
+                        grace = Duration::ZERO;
+                        break format!("no heartbeat for {:?}", settings.heartbeat_timeout);
+                    }
+                    if sink.send(Message::Text(ServerMsg::Heartbeat.encode().into())).await.is_err() {
+                        break "connection closed while sending".into();
+                    }
+                }
+            }
+        };
+        tracing::info!("worker {} disconnected: {end_reason}", self.name);
+        let _ = sink.close().await;
+        hub.disconnected(&self.name, admitted.conn_id, grace).await;
+    }
+
+    /// Takes one frame into the batch, checking it against the attempt's cursor.
+    fn take(&mut self, msg: Message, batch: &mut Batch) -> Flow {
+        batch.frames += 1;
+        match msg {
+            Message::Text(text) => match WorkerMsg::decode(&text) {
+                Err(e) => Flow::Stop(format!("malformed message: {e}")),
+                Ok(WorkerMsg::Hello(_)) => Flow::Stop("a second hello on one connection".into()),
+                Ok(WorkerMsg::Heartbeat) => Flow::Continue,
+                Ok(WorkerMsg::Event { attempt, seq, event }) => {
+                    let stored = match event {
+                        JobEvent::StepStarted { step } => StoredEvent::StepStarted { step },
+                        JobEvent::StepFinished { step, status, exit_code, message, .. } => {
+                            StoredEvent::StepFinished { step, status, exit_code, message }
+                        }
+                        JobEvent::Finished { result, error } => StoredEvent::Finished {
+                            result: match result {
+                                JobResult::Success => RunState::Success,
+                                JobResult::Failure => RunState::Failure,
+                                JobResult::Error => RunState::Error,
+                                JobResult::Cancelled => RunState::Cancelled,
+                            },
+                            error,
+                        },
+                    };
+                    self.accept(batch, attempt, seq, None, stored)
+                }
+            },
+            Message::Binary(bytes) => match LogFrame::decode(&bytes) {
+                Err(e) => Flow::Stop(e.to_string()),
+                Ok(frame) => {
+                    let compressed = match compress_chunk(&frame.data) {
+                        Ok(c) => c,
+                        Err(e) => return Flow::Stop(format!("could not compress output: {e}")),
+                    };
+                    batch.bytes += frame.data.len();
+                    let ev = StoredEvent::Log {
+                        step: frame.step,
+                        offset: frame.offset,
+                        len: frame.data.len() as u64,
+                        compressed,
+                    };
+                    self.accept(batch, frame.attempt, frame.seq, Some((frame.step, frame.offset, frame.data.len() as u64)), ev)
+                }
+            },
+            Message::Ping(_) | Message::Pong(_) => Flow::Continue,
+            Message::Close(_) => Flow::Stop("worker closed the connection".into()),
+        }
+    }
+
+    fn accept(
+        &mut self,
+        batch: &mut Batch,
+        attempt: AttemptId,
+        seq: u64,
+        log: Option<(u32, u64, u64)>,
+        ev: StoredEvent,
+    ) -> Flow {
+        let Some(cursor) = self.cursors.get_mut(&attempt) else {
+            if !batch.unknown.contains(&attempt) {
+                batch.unknown.push(attempt);
+            }
+            return Flow::Continue;
+        };
+        if seq <= cursor.last_seq {
+            if !batch.reack.contains(&attempt) {
+                batch.reack.push(attempt);
+            }
+            return Flow::Continue;
+        }
+        if seq != cursor.last_seq + 1 {
+            return Flow::Stop(format!(
+                "attempt {attempt}: event {seq} arrived after {}: events must come in order without gaps",
+                cursor.last_seq
+            ));
+        }
+        if let Some((step, offset, len)) = log {
+            let size = cursor.step_sizes.entry(step).or_insert(0);
+            if offset != *size {
+                return Flow::Stop(format!(
+                    "attempt {attempt} step {step}: output at byte {offset}, expected {size}"
+                ));
+            }
+            *size += len;
+        }
+        cursor.last_seq = seq;
+        batch.push(attempt, seq, ev);
+        Flow::Continue
+    }
+
+    /// Stores the batch, and returns the replies: acknowledgements, and
+    /// abandon orders for attempts that are not this worker's.
+    async fn flush(&mut self, batch: Batch) -> Result<Vec<ServerMsg>, crate::store::StoreError> {
+        let mut replies = Vec::new();
+        for attempt in batch.unknown {
+            replies.push(ServerMsg::Abandon {
+                attempt,
+                reason: "this attempt is not yours (moved to another worker or finished)".into(),
+            });
+        }
+        let hub = Arc::clone(&self.app.hub);
+        if !batch.attempts.is_empty() {
+            let events: Vec<AttemptEvents> = batch
+                .attempts
+                .into_iter()
+                .map(|(attempt, last_seq, events)| AttemptEvents {
+                    attempt,
+                    worker: self.name.clone(),
+                    last_seq,
+                    events,
+                })
+                .collect();
+            let outcomes = hub.store.apply_events(&events).await?;
+            for (a, outcome) in events.iter().zip(outcomes) {
+                let builder_key = self.cursors.get(&a.attempt).and_then(|c| c.builder_key.clone());
+                hub.applied(&self.name, a.attempt, &outcome, builder_key.as_deref());
+                match outcome {
+                    Applied::Fenced => {
+                        self.cursors.remove(&a.attempt);
+                        tracing::warn!(
+                            "refused events of attempt {} from worker {}: the attempt is not live on it",
+                            a.attempt,
+                            self.name
+                        );
+                        replies.push(ServerMsg::Abandon {
+                            attempt: a.attempt,
+                            reason: "this attempt is no longer yours".into(),
+                        });
+                    }
+                    Applied::Stored { finished } => {
+                        replies.push(ServerMsg::Ack {
+                            attempt: a.attempt,
+                            seq: a.last_seq,
+                        });
+                        if finished.is_some() {
+                            self.cursors.remove(&a.attempt);
+                        }
+                    }
+                }
+            }
+            hub.changed();
+        }
+        for attempt in batch.reack {
+            if let Some(c) = self.cursors.get(&attempt) {
+                if !replies.iter().any(|r| matches!(r, ServerMsg::Ack { attempt: a, .. } if *a == attempt)) {
+                    replies.push(ServerMsg::Ack {
+                        attempt,
+                        seq: c.last_seq,
+                    });
+                }
+            }
+        }
+        Ok(replies)
+    }
+}
+
+async fn refuse<S>(sink: &mut S, name: &str, reason: &str)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    tracing::warn!("closing connection of worker {name}: {reason}");
+    let _ = sink
+        .send(Message::Text(ServerMsg::Error { message: reason.to_string() }.encode().into()))
+        .await;
+    let _ = sink.close().await;
+}

@@ -1,0 +1,232 @@
+//! The connection to the server: hello, welcome, then assignments in and
+//! events out, heartbeats both ways; reconnects with backoff and jitter.
+
+use crate::exec::{run_job, JobContext};
+use crate::outbox::{Frame, Outbox, StopKind};
+use crate::{endpoint_url, facts, WorkerError, WorkerOptions};
+use futures_util::{SinkExt, StreamExt};
+use herd_proto::{Hello, ServerMsg, Welcome, WorkerMsg, MAX_BINARY_FRAME, MAX_TEXT_FRAME, SUPPORTED_PROTOCOLS};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Frames sent between two looks at what the server said.
+const SEND_BATCH: usize = 256;
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// Runs the worker until `shutdown` turns true. Running steps are stopped
+/// then (their jobs move to other workers on the server).
+pub async fn run(opts: WorkerOptions, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    let url = endpoint_url(&opts.server)?;
+    std::fs::create_dir_all(&opts.workdir).map_err(|source| WorkerError::Workdir {
+        path: opts.workdir.clone(),
+        source,
+    })?;
+    let outbox = Outbox::default();
+    let mut failures: u32 = 0;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        match session(&url, &opts, &outbox, &mut shutdown).await {
+            SessionEnd::Shutdown => break,
+            SessionEnd::Lost(reason) => {
+                tracing::warn!("connection to {} lost: {reason}", opts.server);
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            failures = 0;
+        }
+        let delay = backoff(failures);
+        failures = failures.saturating_add(1);
+        tracing::info!("reconnecting in {:.1}s", delay.as_secs_f64());
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    for r in outbox.running() {
+        outbox.stop(r.attempt, StopKind::Abandon);
+    }
+    Ok(())
+}
+
+/// Exponential backoff with full jitter between half and all of the step.
+fn backoff(failures: u32) -> Duration {
+    let base = BACKOFF_MIN.saturating_mul(1u32 << failures.min(10)).min(BACKOFF_MAX);
+    let jitter: f64 = 0.5 + rand::random::<f64>() * 0.5;
+    base.mul_f64(jitter)
+}
+
+async fn session(
+    url: &str,
+    opts: &WorkerOptions,
+    outbox: &Outbox,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let mut request = match url.into_client_request() {
+        Ok(r) => r,
+        Err(e) => return SessionEnd::Lost(format!("bad server URL {url}: {e}")),
+    };
+    let Ok(auth) = HeaderValue::from_str(&format!("Bearer {}", opts.token.trim())) else {
+        return SessionEnd::Lost("the token has characters that cannot be sent".into());
+    };
+    request.headers_mut().insert("authorization", auth);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME)))
+        .max_frame_size(Some(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME)));
+    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let ws = tokio::select! {
+        r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
+            Err(_) => return SessionEnd::Lost(format!("no answer from {url} within {CONNECT_TIMEOUT:?}")),
+            Ok(Err(tungstenite::Error::Http(resp))) if resp.status() == 401 => {
+                return SessionEnd::Lost("the server refused the worker token (401): check --token, or create one with `herd token create --worker NAME`".into())
+            }
+            Ok(Err(e)) => return SessionEnd::Lost(format!("cannot connect to {url}: {e}")),
+            Ok(Ok((ws, _))) => ws,
+        },
+        _ = shutdown.changed() => return SessionEnd::Shutdown,
+    };
+    let (mut sink, mut stream) = ws.split();
+    let hello = WorkerMsg::Hello(Hello {
+        protocols: SUPPORTED_PROTOCOLS.to_vec(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        slots: opts.slots,
+        labels: opts.labels.clone(),
+        facts: facts::gather(),
+        running: outbox.running(),
+        draining: false,
+    });
+    if let Err(e) = sink.send(Message::Text(hello.encode().into())).await {
+        return SessionEnd::Lost(format!("cannot send hello: {e}"));
+    }
+    let welcome: Welcome = match tokio::time::timeout(CONNECT_TIMEOUT, stream.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => match ServerMsg::decode(&t) {
+            Ok(ServerMsg::Welcome(w)) => w,
+            Ok(ServerMsg::Error { message }) => return SessionEnd::Lost(format!("the server refused us: {message}")),
+            Ok(other) => return SessionEnd::Lost(format!("expected a welcome, got {other:?}")),
+            Err(e) => return SessionEnd::Lost(format!("bad welcome: {e}")),
+        },
+        Ok(Some(Ok(other))) => return SessionEnd::Lost(format!("expected a welcome, got {other:?}")),
+        Ok(Some(Err(e))) => return SessionEnd::Lost(format!("connection error: {e}")),
+        Ok(None) => return SessionEnd::Lost("the server closed the connection".into()),
+        Err(_) => return SessionEnd::Lost("no welcome within 10s".into()),
+    };
+    let name = welcome.worker.clone();
+    if let Some(wanted) = &opts.name {
+        if wanted != &name {
+            tracing::warn!("--name {wanted} ignored: the token belongs to worker {name}");
+        }
+    }
+    tracing::info!("connected to {} as worker {name} (protocol {})", opts.server, welcome.protocol);
+    for r in &welcome.resume {
+        outbox.resume(r.attempt, r.acked_seq);
+    }
+    let ctx = Arc::new(JobContext {
+        worker_name: name,
+        workdir: opts.workdir.clone(),
+    });
+    let hb_timeout = Duration::from_millis(welcome.heartbeat_timeout_ms.max(1000));
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(welcome.heartbeat_interval_ms.max(100)));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    loop {
+        let ready = outbox.ready.notified();
+        let frames = outbox.take_unsent(SEND_BATCH);
+        let more = frames.len() == SEND_BATCH;
+        for f in frames {
+            let msg = match f {
+                Frame::Text(t) => Message::Text(t.into()),
+                Frame::Binary(b) => Message::Binary(b.into()),
+            };
+            if let Err(e) = sink.feed(msg).await {
+                return SessionEnd::Lost(format!("send failed: {e}"));
+            }
+        }
+        if let Err(e) = sink.flush().await {
+            return SessionEnd::Lost(format!("send failed: {e}"));
+        }
+        tokio::select! {
+            biased;
+            incoming = stream.next() => {
+                last_heard = Instant::now();
+                match incoming {
+                    None => return SessionEnd::Lost("the server closed the connection".into()),
+                    Some(Err(e)) => return SessionEnd::Lost(format!("connection error: {e}")),
+                    Some(Ok(Message::Text(t))) => match ServerMsg::decode(&t) {
+                        Ok(m) => {
+                            if let Some(end) = handle(m, &ctx, outbox) {
+                                return end;
+                            }
+                        }
+                        Err(e) => return SessionEnd::Lost(format!("malformed message from the server: {e}")),
+                    },
+                    Some(Ok(Message::Close(_))) => return SessionEnd::Lost("the server closed the connection".into()),
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = ready, if !more => {}
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > hb_timeout {
+                    return SessionEnd::Lost(format!("no heartbeat from the server for {hb_timeout:?}"));
+                }
+                if let Err(e) = sink.send(Message::Text(WorkerMsg::Heartbeat.encode().into())).await {
+                    return SessionEnd::Lost(format!("send failed: {e}"));
+                }
+            }
+            _ = shutdown.changed() => {
+                let _ = sink.close().await;
+                return SessionEnd::Shutdown;
+            }
+            _ = std::future::ready(()), if more => {}
+        }
+    }
+}
+
+fn handle(msg: ServerMsg, ctx: &Arc<JobContext>, outbox: &Outbox) -> Option<SessionEnd> {
+    match msg {
+        ServerMsg::Assign(job) => {
+            if outbox.running().iter().any(|r| r.attempt == job.attempt) {
+                return None;
+            }
+            tracing::info!(
+                "running attempt {} of build {} ({}/{}/{})",
+                job.attempt,
+                job.build,
+                job.project,
+                job.builder,
+                job.job
+            );
+            let stop = outbox.open(job.attempt);
+            let ctx = Arc::clone(ctx);
+            let outbox = outbox.clone();
+            tokio::spawn(async move { run_job(&ctx, *job, outbox, stop).await });
+        }
+        ServerMsg::Cancel { attempt, reason } => {
+            tracing::info!("cancelling attempt {attempt}: {reason}");
+            outbox.stop(attempt, StopKind::Cancel);
+        }
+        ServerMsg::Abandon { attempt, reason } => {
+            tracing::info!("abandoning attempt {attempt}: {reason}");
+            outbox.stop(attempt, StopKind::Abandon);
+        }
+        ServerMsg::Ack { attempt, seq } => outbox.ack(attempt, seq),
+        ServerMsg::Heartbeat | ServerMsg::Welcome(_) => {}
+        ServerMsg::Error { message } => {
+            return Some(SessionEnd::Lost(format!("the server closed the connection: {message}")))
+        }
+    }
+    None
+}

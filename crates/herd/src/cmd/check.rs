@@ -1,0 +1,32 @@
+//! `herd check [FILE]`: validate a herd.yml without a server.
+
+use herd_core::Pipeline;
+use miette::{miette, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub fn run(file: Option<PathBuf>) -> Result<ExitCode> {
+    let path = file.unwrap_or_else(|| PathBuf::from("herd.yml"));
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| miette!("cannot read {}: {e}", path.display()))?;
+    match Pipeline::parse(&path.display().to_string(), &text) {
+        Ok(p) => {
+            let jobs: usize = p.builders.iter().map(|b| b.jobs.len()).sum();
+            println!(
+                "{}: ok ({} builders, {} jobs)",
+                path.display(),
+                p.builders.len(),
+                jobs
+            );
+            for b in &p.builders {
+                let names: Vec<&str> = b.jobs.iter().map(|j| j.name.as_str()).collect();
+                println!("  {}: {}", b.name, names.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

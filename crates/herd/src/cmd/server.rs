@@ -1,0 +1,93 @@
+//! `herd server`: the build master.
+
+use clap::Args;
+use herd_server::config::{parse_project_arg, ServerConfig};
+use herd_server::hub::Settings;
+use herd_server::ServerOptions;
+use miette::{miette, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Address to serve the API, the worker endpoint and the web page on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory: the SQLite database, git mirrors, the admin token.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Config file (YAML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// NAME=REPO: a project to build, REPO a git URL or local path (repeatable).
+    #[arg(long = "project", value_name = "NAME=REPO")]
+    projects: Vec<String>,
+    /// Interval of heartbeats, e.g. 5s.
+    #[arg(long)]
+    heartbeat_interval: Option<String>,
+    /// Silence after which a worker counts as lost, e.g. 15s.
+    #[arg(long)]
+    heartbeat_timeout: Option<String>,
+}
+
+pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
+    let config = match &args.config {
+        None => ServerConfig::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| miette!("cannot read config {}: {e}", path.display()))?;
+            ServerConfig::parse(&path.display().to_string(), &text).map_err(|e| miette!("{e}"))?
+        }
+    };
+    let mut projects = config.projects.clone();
+    for p in &args.projects {
+        let p = parse_project_arg(p).map_err(|e| miette!("--project {e}"))?;
+        projects.retain(|q| q.name != p.name);
+        projects.push(p);
+    }
+    let dur = |flag: &str, v: &Option<String>| -> Result<Option<std::time::Duration>> {
+        v.as_ref()
+            .map(|s| herd_core::duration::parse_duration(s).map_err(|e| miette!("{flag} {s}: {e}")))
+            .transpose()
+    };
+    let mut settings = Settings::default();
+    if let Some(d) = dur("--heartbeat-interval", &args.heartbeat_interval)?.or(config.heartbeat_interval) {
+        settings.heartbeat_interval = d;
+    }
+    if let Some(d) = dur("--heartbeat-timeout", &args.heartbeat_timeout)?.or(config.heartbeat_timeout) {
+        settings.heartbeat_timeout = d;
+    }
+    Ok(ServerOptions {
+        listen: args
+            .listen
+            .clone()
+            .or(config.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into()),
+        data_dir: args
+            .data
+            .clone()
+            .or(config.data.map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("herd-data")),
+        projects,
+        settings,
+    })
+}
+
+pub async fn run(args: ServerArgs) -> Result<ExitCode> {
+    crate::init_logging("info");
+    let opts = load(&args)?;
+    let data_dir = opts.data_dir.clone();
+    let server = herd_server::start(opts).await.map_err(|e| miette!("{e}"))?;
+    if server.new_admin_token.is_some() {
+        eprintln!(
+            "created the admin token: {}",
+            data_dir.join(herd_server::ADMIN_TOKEN_FILE).display()
+        );
+    }
+    // The first line on stdout is the address, for scripts and tests.
+    println!("http://{}", server.addr);
+    super::stop_signal().await;
+    eprintln!("stopping");
+    server.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
