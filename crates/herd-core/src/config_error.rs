@@ -20,7 +20,11 @@ impl std::error::Error for ConfigError {}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
         if let Some(src) = &self.source_line {
             let gutter = self.line.to_string();
             let pad = " ".repeat(gutter.len());
@@ -152,7 +156,8 @@ mod tests {
     #[test]
     fn unknown_field_message_is_parsed() {
         let (u, e) =
-            parse_unknown_field("unknown field `alwys`, expected one of name, run, always").unwrap();
+            parse_unknown_field("unknown field `alwys`, expected one of name, run, always")
+                .unwrap();
         assert_eq!(u, "alwys");
         assert_eq!(e, vec!["name", "run", "always"]);
         assert_eq!(closest(&u, &e), Some("always"));

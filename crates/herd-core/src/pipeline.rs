@@ -157,8 +157,10 @@ impl Lower<'_> {
             .with_help("start with:\nbuilders:\n  linux:\n    steps:\n      - run: make test"));
         };
         if raw_builders.is_empty() {
-            return Err(ConfigError::at(self.file, self.text, 1, 1, "`builders:` is empty")
-                .with_help("declare at least one builder with `steps:` or `jobs:`"));
+            return Err(
+                ConfigError::at(self.file, self.text, 1, 1, "`builders:` is empty")
+                    .with_help("declare at least one builder with `steps:` or `jobs:`"),
+            );
         }
         let mut builders = Vec::new();
         for (name, b) in raw_builders {
@@ -180,11 +182,16 @@ impl Lower<'_> {
                         &name.referenced,
                         format!("builder `{}` has both `steps:` and `jobs:`", name.value),
                     )
-                    .with_help("use `steps:` for one job, or move the steps into a job under `jobs:`"))
+                    .with_help(
+                        "use `steps:` for one job, or move the steps into a job under `jobs:`",
+                    ))
             }
             (None, None) => {
                 return Err(self
-                    .err(&name.referenced, format!("builder `{}` is empty", name.value))
+                    .err(
+                        &name.referenced,
+                        format!("builder `{}` is empty", name.value),
+                    )
                     .with_help("give it `steps:` (one job) or `jobs:` (several jobs)"))
             }
             (Some(steps), None) => {
@@ -193,7 +200,10 @@ impl Lower<'_> {
             (None, Some(raw_jobs)) => {
                 if raw_jobs.is_empty() {
                     return Err(self
-                        .err(&name.referenced, format!("builder `{}` has no jobs", name.value))
+                        .err(
+                            &name.referenced,
+                            format!("builder `{}` has no jobs", name.value),
+                        )
                         .with_help("add a job under `jobs:`"));
                 }
                 let mut jobs = Vec::new();
@@ -201,11 +211,20 @@ impl Lower<'_> {
                     self.check_name(&job_name, "job")?;
                     let Some(steps) = job.steps else {
                         return Err(self
-                            .err(&job_name.referenced, format!("job `{}` is empty", job_name.value))
+                            .err(
+                                &job_name.referenced,
+                                format!("job `{}` is empty", job_name.value),
+                            )
                             .with_help("give it `steps:`"));
                     };
                     let own = self.requirements(&job.requires)?;
-                    jobs.push(self.job(&job_name, job_name.value.clone(), &requires, own, steps)?);
+                    jobs.push(self.job(
+                        &job_name,
+                        job_name.value.clone(),
+                        &requires,
+                        own,
+                        steps,
+                    )?);
                 }
                 jobs
             }
@@ -227,7 +246,10 @@ impl Lower<'_> {
     ) -> Result<JobDef, ConfigError> {
         if raw_steps.is_empty() {
             return Err(self
-                .err(&at.referenced, format!("`{}` has an empty list of steps", at.value))
+                .err(
+                    &at.referenced,
+                    format!("`{}` has an empty list of steps", at.value),
+                )
                 .with_help("add a step such as `- run: make test`"));
         }
         let mut steps: Vec<Step> = Vec::new();
@@ -256,7 +278,10 @@ impl Lower<'_> {
                 }
             }
             if raw.run.value.trim().is_empty() {
-                return Err(self.err(&raw.run.referenced, "`run:` is empty: give the command to run"));
+                return Err(self.err(
+                    &raw.run.referenced,
+                    "`run:` is empty: give the command to run",
+                ));
             }
             let timeout = match &raw.timeout {
                 None => None,
@@ -269,7 +294,11 @@ impl Lower<'_> {
                 name: step_name,
                 run: raw.run.value,
                 timeout,
-                env: raw.env.into_iter().map(|(k, v)| (k, v.into_text())).collect(),
+                env: raw
+                    .env
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_text()))
+                    .collect(),
                 always: raw.always,
             });
         }
@@ -312,7 +341,10 @@ impl Lower<'_> {
             return false;
         };
         let start = loc.column().saturating_sub(1) as usize;
-        line.chars().skip(start).collect::<String>().starts_with(value)
+        line.chars()
+            .skip(start)
+            .collect::<String>()
+            .starts_with(value)
     }
 
     fn check_name(&self, name: &Spanned<String>, what: &str) -> Result<(), ConfigError> {
@@ -333,7 +365,11 @@ impl Lower<'_> {
 
 /// A step without a name is named after the first line of its command.
 fn default_step_name(run: &str) -> String {
-    let first = run.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let first = run
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     if first.chars().count() > 60 {
         format!("{}…", first.chars().take(59).collect::<String>())
     } else {

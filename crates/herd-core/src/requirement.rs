@@ -221,7 +221,11 @@ fn parse_condition(part: &str, base: usize) -> Result<Condition, ParseError> {
         ));
     }
     let (negated, rest, name_start) = match trimmed.strip_prefix('!') {
-        Some(r) => (true, r.trim_start(), lead + 1 + (r.len() - r.trim_start().len())),
+        Some(r) => (
+            true,
+            r.trim_start(),
+            lead + 1 + (r.len() - r.trim_start().len()),
+        ),
         None => (false, trimmed, lead),
     };
     let name_len = rest.chars().take_while(|c| is_name_char(*c)).count();
@@ -260,9 +264,7 @@ fn parse_condition(part: &str, base: usize) -> Result<Condition, ParseError> {
     let Some((sym, op)) = ops.iter().find(|(s, _)| after_trim.starts_with(s)) else {
         return Err(err(
             op_offset,
-            format!(
-                "expected an operator (== != >= <= > <) after `{name}`, found `{after_trim}`"
-            ),
+            format!("expected an operator (== != >= <= > <) after `{name}`, found `{after_trim}`"),
         ));
     };
     let value_part = &after_trim[sym.len()..];
@@ -360,7 +362,10 @@ mod tests {
             "python3 3.9.6 does not satisfy >= 3.10"
         );
         assert_eq!(
-            Requirement::parse("pkg:gtk+-3.0").unwrap().check(&c).unwrap_err(),
+            Requirement::parse("pkg:gtk+-3.0")
+                .unwrap()
+                .check(&c)
+                .unwrap_err(),
             "pkg:gtk+-3.0 not found"
         );
         assert!(Requirement::parse("os == macos | python3")

@@ -150,7 +150,10 @@ mod tests {
 
     #[test]
     fn unplaceable_job_does_not_block_the_queue() {
-        let q = vec![job(1, "p/mac", 0, &["os == macos"]), job(2, "p/linux", 0, &[])];
+        let q = vec![
+            job(1, "p/mac", 0, &["os == macos"]),
+            job(2, "p/linux", 0, &[]),
+        ];
         let w = vec![worker("a", 1, &[("os", "linux")])];
         assert_eq!(
             plan(&q, &w),

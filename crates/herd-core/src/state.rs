@@ -89,7 +89,10 @@ impl RunState {
             RunState::Cancelled => 1,
             _ => 0,
         };
-        jobs.iter().copied().max_by_key(rank).unwrap_or(RunState::Error)
+        jobs.iter()
+            .copied()
+            .max_by_key(rank)
+            .unwrap_or(RunState::Error)
     }
 }
 

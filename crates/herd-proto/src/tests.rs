@@ -16,7 +16,10 @@ fn hello_round_trips_and_has_stable_json() {
         draining: false,
     });
     let text = hello.encode();
-    assert!(text.starts_with(r#"{"type":"hello","protocols":[1]"#), "{text}");
+    assert!(
+        text.starts_with(r#"{"type":"hello","protocols":[1]"#),
+        "{text}"
+    );
     assert_eq!(WorkerMsg::decode(&text).unwrap(), hello);
 }
 
@@ -52,7 +55,10 @@ fn unknown_fields_and_types_are_rejected() {
 
 #[test]
 fn oversized_text_is_rejected_before_parsing() {
-    let big = format!(r#"{{"type":"heartbeat","x":"{}"}}"#, "a".repeat(MAX_TEXT_FRAME));
+    let big = format!(
+        r#"{{"type":"heartbeat","x":"{}"}}"#,
+        "a".repeat(MAX_TEXT_FRAME)
+    );
     assert!(matches!(
         WorkerMsg::decode(&big),
         Err(DecodeError::TooLarge { .. })

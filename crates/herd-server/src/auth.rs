@@ -42,7 +42,11 @@ fn random_hex(bytes: usize) -> String {
 
 /// Creates a token, stores its hash, and returns the token text (the only
 /// time it exists in clear).
-pub async fn create_token(store: &Store, kind: TokenKind, worker: Option<&str>) -> Result<String, StoreError> {
+pub async fn create_token(
+    store: &Store,
+    kind: TokenKind,
+    worker: Option<&str>,
+) -> Result<String, StoreError> {
     let id = random_hex(8);
     let secret = random_hex(32);
     store
@@ -94,5 +98,7 @@ pub async fn verify(store: &Store, presented: &str) -> Result<Option<Principal>,
 /// Takes the token from an `Authorization: Bearer …` header value.
 pub fn bearer(header: Option<&str>) -> Option<&str> {
     let h = header?.trim();
-    h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")).map(str::trim)
+    h.strip_prefix("Bearer ")
+        .or_else(|| h.strip_prefix("bearer "))
+        .map(str::trim)
 }

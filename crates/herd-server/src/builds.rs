@@ -25,17 +25,33 @@ pub struct StartBuild {
 pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
     let store = &app.hub.store;
     let Some(project) = store.project(&req.project).await? else {
-        let known: Vec<String> = store.projects().await?.into_iter().map(|p| p.name).collect();
+        let known: Vec<String> = store
+            .projects()
+            .await?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
         return Err(ApiError::not_found(format!(
             "unknown project `{}`; known projects: {}",
             req.project,
-            if known.is_empty() { "none (add one with --project NAME=REPO or in the config)".to_string() } else { known.join(", ") }
+            if known.is_empty() {
+                "none (add one with --project NAME=REPO or in the config)".to_string()
+            } else {
+                known.join(", ")
+            }
         )));
     };
-    let reason = req.reason.clone().unwrap_or_else(|| "started by hand".into());
+    let reason = req
+        .reason
+        .clone()
+        .unwrap_or_else(|| "started by hand".into());
     let (revision, text, file) = match (&project.repo, &project.pipeline) {
         (Some(repo), _) => {
-            match app.mirrors.resolve(&project.name, repo, req.rev.as_deref()).await {
+            match app
+                .mirrors
+                .resolve(&project.name, repo, req.rev.as_deref())
+                .await
+            {
                 Ok(r) => (Some(r.revision), r.pipeline_text, "herd.yml".to_string()),
                 Err(crate::git::GitError::UnknownRevision(rev)) => {
                     return Err(ApiError::bad_request(format!(
@@ -50,7 +66,11 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
                 }
             }
         }
-        (None, Some(text)) => (None, text.clone(), format!("pipeline of project {}", project.name)),
+        (None, Some(text)) => (
+            None,
+            text.clone(),
+            format!("pipeline of project {}", project.name),
+        ),
         (None, None) => {
             return Err(ApiError::bad_request(format!(
                 "project `{}` has neither a repository nor a pipeline",

@@ -67,7 +67,12 @@ impl ServerConfig {
             v.as_ref()
                 .map(|s| {
                     parse_duration(&s.value).map_err(|e| {
-                        ConfigError::at_location(file, text, &s.referenced, format!("invalid duration `{}`: {e}", s.value))
+                        ConfigError::at_location(
+                            file,
+                            text,
+                            &s.referenced,
+                            format!("invalid duration `{}`: {e}", s.value),
+                        )
                     })
                 })
                 .transpose()
@@ -114,17 +119,20 @@ impl ServerConfig {
 pub fn valid_project_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 100
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !n.starts_with('.')
 }
 
 /// `NAME=REPO` from `--project`.
 pub fn parse_project_arg(arg: &str) -> Result<ProjectConfig, String> {
-    let (name, repo) = arg
-        .split_once('=')
-        .ok_or_else(|| format!("`{arg}`: expected NAME=REPO, e.g. --project herd=https://example.org/herd.git"))?;
+    let (name, repo) = arg.split_once('=').ok_or_else(|| {
+        format!("`{arg}`: expected NAME=REPO, e.g. --project herd=https://example.org/herd.git")
+    })?;
     if !valid_project_name(name) {
-        return Err(format!("`{name}`: a project name uses letters, digits, `-`, `_` and `.`"));
+        return Err(format!(
+            "`{name}`: a project name uses letters, digits, `-`, `_` and `.`"
+        ));
     }
     if repo.is_empty() {
         return Err(format!("`{arg}`: the repository is empty"));
@@ -149,7 +157,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.heartbeat_interval, Some(Duration::from_secs(2)));
         assert_eq!(c.projects.len(), 2);
-        assert!(c.projects[1].pipeline.as_deref().unwrap().contains("builders"));
+        assert!(c.projects[1]
+            .pipeline
+            .as_deref()
+            .unwrap()
+            .contains("builders"));
     }
 
     #[test]
@@ -160,6 +172,9 @@ mod tests {
         assert!(e.help.unwrap().contains("listen"));
         assert!(parse_project_arg("noequals").is_err());
         assert!(parse_project_arg("a b=x").is_err());
-        assert_eq!(parse_project_arg("a=/x").unwrap().repo.as_deref(), Some("/x"));
+        assert_eq!(
+            parse_project_arg("a=/x").unwrap().repo.as_deref(),
+            Some("/x")
+        );
     }
 }

@@ -50,18 +50,31 @@ impl Mirrors {
 
     /// Brings the mirror up to date (cloning it the first time), resolves
     /// `rev` (default: the repository's HEAD) and reads its herd.yml.
-    pub async fn resolve(&self, project: &str, repo: &str, rev: Option<&str>) -> Result<Resolved, GitError> {
+    pub async fn resolve(
+        &self,
+        project: &str,
+        repo: &str,
+        rev: Option<&str>,
+    ) -> Result<Resolved, GitError> {
         let lock = self.lock_for(project);
         let _guard = lock.lock().await;
         let mirror = self.dir.join(format!("{project}.git"));
         let rev = rev.unwrap_or("HEAD");
         let is_full_sha = rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit());
         if !mirror.join("HEAD").exists() {
-            tokio::fs::create_dir_all(&self.dir).await.map_err(GitError::Spawn)?;
+            tokio::fs::create_dir_all(&self.dir)
+                .await
+                .map_err(GitError::Spawn)?;
             let tmp = self.dir.join(format!("{project}.git.tmp"));
             let _ = tokio::fs::remove_dir_all(&tmp).await;
-            git(&self.dir, &["clone", "--mirror", "--quiet", repo, &tmp.to_string_lossy()]).await?;
-            tokio::fs::rename(&tmp, &mirror).await.map_err(GitError::Spawn)?;
+            git(
+                &self.dir,
+                &["clone", "--mirror", "--quiet", repo, &tmp.to_string_lossy()],
+            )
+            .await?;
+            tokio::fs::rename(&tmp, &mirror)
+                .await
+                .map_err(GitError::Spawn)?;
         } else if !(is_full_sha && has_commit(&mirror, rev).await) {
             git(&mirror, &["remote", "set-url", "origin", repo]).await?;
             git(&mirror, &["fetch", "--prune", "--quiet", "origin"]).await?;

@@ -11,9 +11,7 @@ use crate::store::{
 };
 use herd_core::requirement::Capabilities;
 use herd_core::schedule::{self, QueuedJob, WorkerView};
-use herd_proto::{
-    AttemptId, Assignment, Hello, ResumeAttempt, ServerMsg,
-};
+use herd_proto::{Assignment, AttemptId, Hello, ResumeAttempt, ServerMsg};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -105,7 +103,15 @@ impl Hub {
             .live_attempts()
             .await?
             .into_iter()
-            .map(|a| (a.id, Orphan { worker: a.worker, deadline }))
+            .map(|a| {
+                (
+                    a.id,
+                    Orphan {
+                        worker: a.worker,
+                        deadline,
+                    },
+                )
+            })
             .collect();
         let hub = Arc::new(Hub {
             store,
@@ -180,7 +186,9 @@ impl Hub {
         let mut kept = HashSet::new();
         for r in &hello.running {
             match self.store.attempt(r.attempt).await? {
-                Some(a) if a.worker == name && matches!(a.state.as_str(), "assigned" | "running") => {
+                Some(a)
+                    if a.worker == name && matches!(a.state.as_str(), "assigned" | "running") =>
+                {
                     resume.push(ResumeAttempt {
                         attempt: a.id,
                         acked_seq: a.last_seq as u64,
@@ -213,9 +221,9 @@ impl Hub {
                 st.orphans.remove(a);
             }
             if let Some(old) = st.workers.remove(name) {
-                let _ = old
-                    .tx
-                    .send(Outbound::Close("replaced by a new connection of the same worker".into()));
+                let _ = old.tx.send(Outbound::Close(
+                    "replaced by a new connection of the same worker".into(),
+                ));
             }
             st.workers.insert(
                 name.to_string(),
@@ -287,7 +295,10 @@ impl Hub {
 
     /// Whether `conn_id` is still the worker's live connection.
     pub fn is_current(&self, name: &str, conn_id: u64) -> bool {
-        self.lock().workers.get(name).is_some_and(|w| w.conn_id == conn_id)
+        self.lock()
+            .workers
+            .get(name)
+            .is_some_and(|w| w.conn_id == conn_id)
     }
 
     /// The worker changed its mind about taking jobs (draining on SIGTERM).
@@ -299,7 +310,13 @@ impl Hub {
     }
 
     /// A stored event batch reported outcomes: frees slots of ended attempts.
-    pub fn applied(&self, name: &str, attempt: AttemptId, applied: &Applied, builder_key: Option<&str>) {
+    pub fn applied(
+        &self,
+        name: &str,
+        attempt: AttemptId,
+        applied: &Applied,
+        builder_key: Option<&str>,
+    ) {
         match applied {
             Applied::Stored { finished: Some(_) } | Applied::Fenced => {
                 let mut st = self.lock();
@@ -347,8 +364,7 @@ impl Hub {
                 let st = self.lock();
                 st.workers.get(&worker).is_some_and(|w| {
                     w.running.contains(&attempt)
-                        && w
-                            .tx
+                        && w.tx
                             .send(Outbound::Send(ServerMsg::Cancel {
                                 attempt,
                                 reason: "build cancelled".into(),
@@ -360,7 +376,11 @@ impl Hub {
                 // Its worker is away: end it here; a late report is fenced.
                 self.lock().orphans.remove(&attempt);
                 self.store
-                    .end_attempt(attempt, herd_core::state::RunState::Cancelled, "build cancelled")
+                    .end_attempt(
+                        attempt,
+                        herd_core::state::RunState::Cancelled,
+                        "build cancelled",
+                    )
                     .await?;
             }
         }
@@ -380,9 +400,7 @@ impl Hub {
                 .iter()
                 .map(|(name, w)| WorkerView {
                     name: name.clone(),
-                    free_slots: w
-                        .slots
-                        .saturating_sub(w.running.len() as u32 + w.reserved),
+                    free_slots: w.slots.saturating_sub(w.running.len() as u32 + w.reserved),
                     accepting: !w.draining,
                     caps: w.caps.clone(),
                     recent_builders: w.recent.iter().cloned().collect(),
@@ -417,7 +435,10 @@ impl Hub {
         }
         for (job, worker, conn_id) in placements {
             let names: Vec<String> = job.spec.steps.iter().map(|s| s.name.clone()).collect();
-            let attempt = self.store.create_attempt(job.job_id, &worker, &names).await?;
+            let attempt = self
+                .store
+                .create_attempt(job.job_id, &worker, &names)
+                .await?;
             let delivered = {
                 let mut st = self.lock();
                 match st.workers.get_mut(&worker) {

@@ -101,10 +101,12 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             addr: opts.listen.clone(),
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Listen {
-        addr: opts.listen.clone(),
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: opts.listen.clone(),
+            source,
+        })?;
     let router = api::router(Arc::clone(&app));
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -36,7 +36,11 @@ pub async fn worker_endpoint(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let presented = auth::bearer(headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()));
+    let presented = auth::bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok()),
+    );
     let worker = match presented {
         None => None,
         Some(t) => match auth::verify(&app.hub.store, t).await {
@@ -112,10 +116,19 @@ impl Connection {
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, stream.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => match WorkerMsg::decode(&text) {
                 Ok(WorkerMsg::Hello(h)) => h,
-                Ok(_) => return refuse(&mut sink, &self.name, "the first message must be a hello").await,
+                Ok(_) => {
+                    return refuse(&mut sink, &self.name, "the first message must be a hello").await
+                }
                 Err(e) => return refuse(&mut sink, &self.name, &e.to_string()).await,
             },
-            Ok(Some(Ok(_))) => return refuse(&mut sink, &self.name, "the first message must be a hello in a text frame").await,
+            Ok(Some(Ok(_))) => {
+                return refuse(
+                    &mut sink,
+                    &self.name,
+                    "the first message must be a hello in a text frame",
+                )
+                .await
+            }
             Ok(Some(Err(e))) => return refuse(&mut sink, &self.name, &e.to_string()).await,
             Ok(None) => return,
             Err(_) => return refuse(&mut sink, &self.name, "no hello within 10 seconds").await,
@@ -139,7 +152,9 @@ impl Connection {
         for r in &admitted.resume {
             let step_sizes = match hub.store.step_sizes(r.attempt).await {
                 Ok(s) => s,
-                Err(e) => return refuse(&mut sink, &self.name, &format!("server error: {e}")).await,
+                Err(e) => {
+                    return refuse(&mut sink, &self.name, &format!("server error: {e}")).await
+                }
             };
             self.cursors.insert(
                 r.attempt,
@@ -154,7 +169,11 @@ impl Connection {
             "worker {} connected (protocol {protocol}, {} slots, resuming {:?})",
             self.name,
             hello.slots,
-            admitted.resume.iter().map(|r| r.attempt).collect::<Vec<_>>()
+            admitted
+                .resume
+                .iter()
+                .map(|r| r.attempt)
+                .collect::<Vec<_>>()
         );
         let settings = hub.settings.clone();
         let mut outgoing = vec![ServerMsg::Welcome(Welcome {
@@ -170,7 +189,8 @@ impl Connection {
         }));
         for m in outgoing {
             if sink.send(Message::Text(m.encode().into())).await.is_err() {
-                hub.disconnected(&self.name, admitted.conn_id, settings.reconnect_grace).await;
+                hub.disconnected(&self.name, admitted.conn_id, settings.reconnect_grace)
+                    .await;
                 return;
             }
         }
@@ -264,12 +284,25 @@ impl Connection {
                 Err(e) => Flow::Stop(format!("malformed message: {e}")),
                 Ok(WorkerMsg::Hello(_)) => Flow::Stop("a second hello on one connection".into()),
                 Ok(WorkerMsg::Heartbeat) => Flow::Continue,
-                Ok(WorkerMsg::Event { attempt, seq, event }) => {
+                Ok(WorkerMsg::Event {
+                    attempt,
+                    seq,
+                    event,
+                }) => {
                     let stored = match event {
                         JobEvent::StepStarted { step } => StoredEvent::StepStarted { step },
-                        JobEvent::StepFinished { step, status, exit_code, message, .. } => {
-                            StoredEvent::StepFinished { step, status, exit_code, message }
-                        }
+                        JobEvent::StepFinished {
+                            step,
+                            status,
+                            exit_code,
+                            message,
+                            ..
+                        } => StoredEvent::StepFinished {
+                            step,
+                            status,
+                            exit_code,
+                            message,
+                        },
                         JobEvent::Finished { result, error } => StoredEvent::Finished {
                             result: match result {
                                 JobResult::Success => RunState::Success,
@@ -297,7 +330,13 @@ impl Connection {
                         len: frame.data.len() as u64,
                         compressed,
                     };
-                    self.accept(batch, frame.attempt, frame.seq, Some((frame.step, frame.offset, frame.data.len() as u64)), ev)
+                    self.accept(
+                        batch,
+                        frame.attempt,
+                        frame.seq,
+                        Some((frame.step, frame.offset, frame.data.len() as u64)),
+                        ev,
+                    )
                 }
             },
             Message::Ping(_) | Message::Pong(_) => Flow::Continue,
@@ -369,7 +408,10 @@ impl Connection {
                 .collect();
             let outcomes = hub.store.apply_events(&events).await?;
             for (a, outcome) in events.iter().zip(outcomes) {
-                let builder_key = self.cursors.get(&a.attempt).and_then(|c| c.builder_key.clone());
+                let builder_key = self
+                    .cursors
+                    .get(&a.attempt)
+                    .and_then(|c| c.builder_key.clone());
                 hub.applied(&self.name, a.attempt, &outcome, builder_key.as_deref());
                 match outcome {
                     Applied::Fenced => {
@@ -399,7 +441,10 @@ impl Connection {
         }
         for attempt in batch.reack {
             if let Some(c) = self.cursors.get(&attempt) {
-                if !replies.iter().any(|r| matches!(r, ServerMsg::Ack { attempt: a, .. } if *a == attempt)) {
+                if !replies
+                    .iter()
+                    .any(|r| matches!(r, ServerMsg::Ack { attempt: a, .. } if *a == attempt))
+                {
                     replies.push(ServerMsg::Ack {
                         attempt,
                         seq: c.last_seq,
@@ -417,7 +462,13 @@ where
 {
     tracing::warn!("closing connection of worker {name}: {reason}");
     let _ = sink
-        .send(Message::Text(ServerMsg::Error { message: reason.to_string() }.encode().into()))
+        .send(Message::Text(
+            ServerMsg::Error {
+                message: reason.to_string(),
+            }
+            .encode()
+            .into(),
+        ))
         .await;
     let _ = sink.close().await;
 }

@@ -5,7 +5,9 @@ use crate::exec::{run_job, JobContext};
 use crate::outbox::{Frame, Outbox, StopKind};
 use crate::{endpoint_url, facts, WorkerError, WorkerOptions};
 use futures_util::{SinkExt, StreamExt};
-use herd_proto::{Hello, ServerMsg, Welcome, WorkerMsg, MAX_BINARY_FRAME, MAX_TEXT_FRAME, SUPPORTED_PROTOCOLS};
+use herd_proto::{
+    Hello, ServerMsg, Welcome, WorkerMsg, MAX_BINARY_FRAME, MAX_TEXT_FRAME, SUPPORTED_PROTOCOLS,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -27,7 +29,10 @@ enum SessionEnd {
 
 /// Runs the worker until `shutdown` turns true. Running steps are stopped
 /// then (their jobs move to other workers on the server).
-pub async fn run(opts: WorkerOptions, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+pub async fn run(
+    opts: WorkerOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
     let url = endpoint_url(&opts.server)?;
     std::fs::create_dir_all(&opts.workdir).map_err(|source| WorkerError::Workdir {
         path: opts.workdir.clone(),
@@ -65,7 +70,9 @@ pub async fn run(opts: WorkerOptions, mut shutdown: watch::Receiver<bool>) -> Re
 
 /// Exponential backoff with full jitter between half and all of the step.
 fn backoff(failures: u32) -> Duration {
-    let base = BACKOFF_MIN.saturating_mul(1u32 << failures.min(10)).min(BACKOFF_MAX);
+    let base = BACKOFF_MIN
+        .saturating_mul(1u32 << failures.min(10))
+        .min(BACKOFF_MAX);
     let jitter: f64 = 0.5 + rand::random::<f64>() * 0.5;
     base.mul_f64(jitter)
 }
@@ -115,11 +122,15 @@ async fn session(
     let welcome: Welcome = match tokio::time::timeout(CONNECT_TIMEOUT, stream.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => match ServerMsg::decode(&t) {
             Ok(ServerMsg::Welcome(w)) => w,
-            Ok(ServerMsg::Error { message }) => return SessionEnd::Lost(format!("the server refused us: {message}")),
+            Ok(ServerMsg::Error { message }) => {
+                return SessionEnd::Lost(format!("the server refused us: {message}"))
+            }
             Ok(other) => return SessionEnd::Lost(format!("expected a welcome, got {other:?}")),
             Err(e) => return SessionEnd::Lost(format!("bad welcome: {e}")),
         },
-        Ok(Some(Ok(other))) => return SessionEnd::Lost(format!("expected a welcome, got {other:?}")),
+        Ok(Some(Ok(other))) => {
+            return SessionEnd::Lost(format!("expected a welcome, got {other:?}"))
+        }
         Ok(Some(Err(e))) => return SessionEnd::Lost(format!("connection error: {e}")),
         Ok(None) => return SessionEnd::Lost("the server closed the connection".into()),
         Err(_) => return SessionEnd::Lost("no welcome within 10s".into()),
@@ -130,7 +141,11 @@ async fn session(
             tracing::warn!("--name {wanted} ignored: the token belongs to worker {name}");
         }
     }
-    tracing::info!("connected to {} as worker {name} (protocol {})", opts.server, welcome.protocol);
+    tracing::info!(
+        "connected to {} as worker {name} (protocol {})",
+        opts.server,
+        welcome.protocol
+    );
     for r in &welcome.resume {
         outbox.resume(r.attempt, r.acked_seq);
     }
@@ -139,7 +154,9 @@ async fn session(
         workdir: opts.workdir.clone(),
     });
     let hb_timeout = Duration::from_millis(welcome.heartbeat_timeout_ms.max(1000));
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(welcome.heartbeat_interval_ms.max(100)));
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(
+        welcome.heartbeat_interval_ms.max(100),
+    ));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     loop {
@@ -225,7 +242,9 @@ fn handle(msg: ServerMsg, ctx: &Arc<JobContext>, outbox: &Outbox) -> Option<Sess
         ServerMsg::Ack { attempt, seq } => outbox.ack(attempt, seq),
         ServerMsg::Heartbeat | ServerMsg::Welcome(_) => {}
         ServerMsg::Error { message } => {
-            return Some(SessionEnd::Lost(format!("the server closed the connection: {message}")))
+            return Some(SessionEnd::Lost(format!(
+                "the server closed the connection: {message}"
+            )))
         }
     }
     None

@@ -7,7 +7,9 @@
 //! TERM, a grace period, then KILL.
 
 use crate::outbox::{Outbox, Payload, StopKind};
-use herd_proto::{Assignment, JobEvent, JobResult, StepAction, StepSpec, StepStatus, MAX_LOG_CHUNK};
+use herd_proto::{
+    Assignment, JobEvent, JobResult, StepAction, StepSpec, StepStatus, MAX_LOG_CHUNK,
+};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -69,7 +71,10 @@ pub async fn run_job(
     let mut error: Option<String> = None;
     let mut cancelled = false;
     if let Err(e) = std::fs::create_dir_all(&workspace) {
-        error = Some(format!("cannot create workspace {}: {e}", workspace.display()));
+        error = Some(format!(
+            "cannot create workspace {}: {e}",
+            workspace.display()
+        ));
     }
     let mut base_env = BTreeMap::new();
     base_env.insert("HERD_BUILD_ID".to_string(), job.build.to_string());
@@ -77,23 +82,41 @@ pub async fn run_job(
     base_env.insert("HERD_BUILDER".to_string(), job.builder.clone());
     base_env.insert("HERD_JOB".to_string(), job.job.clone());
     base_env.insert("HERD_ATTEMPT".to_string(), attempt.to_string());
-    base_env.insert("HERD_REVISION".to_string(), job.revision.clone().unwrap_or_default());
+    base_env.insert(
+        "HERD_REVISION".to_string(),
+        job.revision.clone().unwrap_or_default(),
+    );
     base_env.insert("HERD_WORKER".to_string(), ctx.worker_name.clone());
 
     for (idx, step) in job.steps.iter().enumerate() {
         let idx = idx as u32;
         let skip = cancelled || (failed || error.is_some()) && !step.always;
         if skip || *stop.borrow() == Some(StopKind::Abandon) {
-            if !push(&outbox, attempt, finished(idx, StepStatus::Skipped, None, 0, None)).await {
+            if !push(
+                &outbox,
+                attempt,
+                finished(idx, StepStatus::Skipped, None, 0, None),
+            )
+            .await
+            {
                 return;
             }
             continue;
         }
-        if !push(&outbox, attempt, Payload::Event(JobEvent::StepStarted { step: idx })).await {
+        if !push(
+            &outbox,
+            attempt,
+            Payload::Event(JobEvent::StepStarted { step: idx }),
+        )
+        .await
+        {
             return;
         }
         let started = Instant::now();
-        let outcome = run_step(&workspace, step, idx, &base_env, attempt, &outbox, &mut stop).await;
+        let outcome = run_step(
+            &workspace, step, idx, &base_env, attempt, &outbox, &mut stop,
+        )
+        .await;
         let Some(outcome) = outcome else { return };
         match outcome.status {
             StepStatus::Failure => failed = true,
@@ -102,7 +125,10 @@ pub async fn run_job(
                     format!(
                         "step `{}`: {}",
                         step.name,
-                        outcome.message.clone().unwrap_or_else(|| "herd could not run it".into())
+                        outcome
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| "herd could not run it".into())
                     )
                 });
             }
@@ -110,7 +136,13 @@ pub async fn run_job(
             StepStatus::Success | StepStatus::Skipped => {}
         }
         let ms = started.elapsed().as_millis() as u64;
-        if !push(&outbox, attempt, finished(idx, outcome.status, outcome.exit_code, ms, outcome.message)).await {
+        if !push(
+            &outbox,
+            attempt,
+            finished(idx, outcome.status, outcome.exit_code, ms, outcome.message),
+        )
+        .await
+        {
             return;
         }
     }
@@ -123,10 +155,21 @@ pub async fn run_job(
     } else {
         JobResult::Success
     };
-    push(&outbox, attempt, Payload::Event(JobEvent::Finished { result, error })).await;
+    push(
+        &outbox,
+        attempt,
+        Payload::Event(JobEvent::Finished { result, error }),
+    )
+    .await;
 }
 
-fn finished(step: u32, status: StepStatus, exit_code: Option<i32>, ms: u64, message: Option<String>) -> Payload {
+fn finished(
+    step: u32,
+    status: StepStatus,
+    exit_code: Option<i32>,
+    ms: u64,
+    message: Option<String>,
+) -> Payload {
     Payload::Event(JobEvent::StepFinished {
         step,
         status,
@@ -338,7 +381,13 @@ async fn kill_group(pgid: Pid, leader: &mut tokio::process::Child) {
 fn safe(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() || s.chars().all(|c| c == '.') {
         "_".into()

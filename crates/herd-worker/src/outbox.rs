@@ -17,7 +17,11 @@ pub const ATTEMPT_BUFFER_LIMIT: usize = 32 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub enum Payload {
     Event(JobEvent),
-    Log { step: u32, offset: u64, data: Vec<u8> },
+    Log {
+        step: u32,
+        offset: u64,
+        data: Vec<u8>,
+    },
 }
 
 /// A frame ready to go out.

@@ -79,16 +79,28 @@ impl Client {
 
     pub async fn get(&self, path: &str) -> Result<Value> {
         let res = self.send(self.http.get(self.url(path))).await?;
-        res.json().await.map_err(|e| miette!("bad answer from the server: {e}"))
+        res.json()
+            .await
+            .map_err(|e| miette!("bad answer from the server: {e}"))
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
         let res = self.send(self.http.post(self.url(path)).json(body)).await?;
-        res.json().await.map_err(|e| miette!("bad answer from the server: {e}"))
+        res.json()
+            .await
+            .map_err(|e| miette!("bad answer from the server: {e}"))
     }
 
-    pub async fn log(&self, attempt: i64, step: i64, offset: u64, wait_ms: u64) -> Result<LogRange> {
-        let path = format!("/api/v1/attempts/{attempt}/steps/{step}/log?offset={offset}&wait_ms={wait_ms}");
+    pub async fn log(
+        &self,
+        attempt: i64,
+        step: i64,
+        offset: u64,
+        wait_ms: u64,
+    ) -> Result<LogRange> {
+        let path = format!(
+            "/api/v1/attempts/{attempt}/steps/{step}/log?offset={offset}&wait_ms={wait_ms}"
+        );
         let res = self.send(self.http.get(self.url(&path))).await?;
         let header = |name: &str| {
             res.headers()
@@ -96,7 +108,9 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let size = header("x-herd-log-size").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let size = header("x-herd-log-size")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let more = header("x-herd-more").as_deref() == Some("1");
         let data = res
             .bytes()

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "herd", version, about = "A build master and a herd of build workers")]
+#[command(
+    name = "herd",
+    version,
+    about = "A build master and a herd of build workers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +45,12 @@ enum Command {
 #[derive(Args, Clone, Debug)]
 pub struct ClientArgs {
     /// Server address.
-    #[arg(long, env = "HERD_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "HERD_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub server: String,
     /// Token for calls that change state (default: ./herd-data/admin-token when present).
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true, global = true)]
@@ -50,7 +59,10 @@ pub struct ClientArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("herd: cannot start the async runtime: {e}");
@@ -71,7 +83,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(report) => {
-            eprintln!("{report:?}");
+            eprintln!("error: {report}");
             ExitCode::from(1)
         }
     }

@@ -44,11 +44,18 @@ fn issue_example_is_accepted() {
     assert!(steps[2].always && !steps[1].always);
     let linux = &p.builders[1];
     assert_eq!(
-        linux.jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(),
+        linux
+            .jobs
+            .iter()
+            .map(|j| j.name.as_str())
+            .collect::<Vec<_>>(),
         ["default-reactor", "poll-reactor"]
     );
     assert_eq!(linux.jobs[1].requires[0].to_string(), "python3 >= 3.10");
-    assert_eq!(linux.jobs[0].steps[0].name, "python3 -m twisted.trial twisted");
+    assert_eq!(
+        linux.jobs[0].steps[0].name,
+        "python3 -m twisted.trial twisted"
+    );
 }
 
 #[test]
@@ -56,12 +63,18 @@ fn misspelt_key_names_place_and_suggests() {
     let e = err("builders:\n  a:\n    steps:\n      - run: x\n        alwys: true\n");
     assert_eq!((e.line, e.column), (5, 9));
     assert_eq!(e.message, "unknown key `alwys`");
-    assert!(e.help.as_deref().unwrap().contains("did you mean `always`"), "{e}");
+    assert!(
+        e.help.as_deref().unwrap().contains("did you mean `always`"),
+        "{e}"
+    );
     let e = err("builders:\n  a:\n    setps:\n      - run: x\n");
     assert_eq!((e.line, e.column), (3, 5));
     assert!(e.help.as_deref().unwrap().contains("`steps`"), "{e}");
     let shown = e.to_string();
-    assert!(shown.starts_with("herd.yml:3:5: unknown key `setps`"), "{shown}");
+    assert!(
+        shown.starts_with("herd.yml:3:5: unknown key `setps`"),
+        "{shown}"
+    );
     assert!(shown.contains("    setps:"), "{shown}");
 }
 
@@ -81,15 +94,24 @@ fn duplicates_are_errors() {
     let e = err("builders:\n  a:\n    steps: [{run: x}]\n  a:\n    steps: [{run: y}]\n");
     assert_eq!((e.line, e.column), (4, 3));
     assert_eq!(e.message, "duplicate name `a`");
-    let e = err("builders:\n  a:\n    steps:\n      - {name: t, run: x}\n      - {name: t, run: y}\n");
+    let e =
+        err("builders:\n  a:\n    steps:\n      - {name: t, run: x}\n      - {name: t, run: y}\n");
     assert_eq!(e.line, 5);
     assert!(e.message.contains("duplicate step name `t`"), "{e}");
 }
 
 #[test]
 fn unnamed_steps_with_the_same_command_get_distinct_names() {
-    let p = Pipeline::parse("f", "builders:\n  a:\n    steps:\n      - run: make\n      - run: make\n").unwrap();
-    let names: Vec<_> = p.builders[0].jobs[0].steps.iter().map(|s| s.name.clone()).collect();
+    let p = Pipeline::parse(
+        "f",
+        "builders:\n  a:\n    steps:\n      - run: make\n      - run: make\n",
+    )
+    .unwrap();
+    let names: Vec<_> = p.builders[0].jobs[0]
+        .steps
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
     assert_eq!(names, ["make", "make (2)"]);
 }
 
@@ -128,14 +150,28 @@ fn bad_timeout_and_names() {
 
 #[test]
 fn env_scalars_become_text() {
-    let p = Pipeline::parse("f", "builders:\n  a:\n    steps:\n      - run: x\n        env: {A: 1, B: true, C: x}\n").unwrap();
+    let p = Pipeline::parse(
+        "f",
+        "builders:\n  a:\n    steps:\n      - run: x\n        env: {A: 1, B: true, C: x}\n",
+    )
+    .unwrap();
     let env = &p.builders[0].jobs[0].steps[0].env;
-    assert_eq!((env["A"].as_str(), env["B"].as_str(), env["C"].as_str()), ("1", "true", "x"));
+    assert_eq!(
+        (env["A"].as_str(), env["B"].as_str(), env["C"].as_str()),
+        ("1", "true", "x")
+    );
 }
 
 #[test]
 fn garbage_is_an_error_not_a_panic() {
-    for text in ["", "[", "builders", "builders: [1, 2]", "\u{0}\u{1}", "builders:\n  a:\n    steps:\n      - run: x\n   bad indent: 1\n"] {
+    for text in [
+        "",
+        "[",
+        "builders",
+        "builders: [1, 2]",
+        "\u{0}\u{1}",
+        "builders:\n  a:\n    steps:\n      - run: x\n   bad indent: 1\n",
+    ] {
         assert!(Pipeline::parse("f", text).is_err(), "{text:?}");
     }
 }

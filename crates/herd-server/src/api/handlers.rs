@@ -36,7 +36,9 @@ pub async fn index(State(app): AppState) -> Response {
 }
 
 pub async fn health(State(app): AppState) -> Json<Value> {
-    Json(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "workers_online": app.hub.live_workers().len(), "queued_jobs": app.hub.queue_len() }))
+    Json(
+        json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "workers_online": app.hub.live_workers().len(), "queued_jobs": app.hub.queue_len() }),
+    )
 }
 
 pub async fn openapi() -> Response {
@@ -76,10 +78,13 @@ pub async fn create_build(
     State(app): AppState,
     body: Result<Json<StartBuild>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    let Json(req) = body
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
     let id = start_build(&app, req).await?;
     let detail = app.hub.store.build_detail(id).await?;
-    let body = detail.map(|d| build_json(&d, 0)).unwrap_or(json!({ "id": id }));
+    let body = detail
+        .map(|d| build_json(&d, 0))
+        .unwrap_or(json!({ "id": id }));
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -150,17 +155,15 @@ pub async fn get_log(
 ) -> Result<Response, ApiError> {
     let offset = q.offset.unwrap_or(0);
     let limit = q.limit.unwrap_or(MAX_LOG_RANGE).clamp(1, MAX_LOG_RANGE);
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
     let mut rx = app.hub.subscribe();
     loop {
         rx.borrow_and_update();
-        let step = app
-            .hub
-            .store
-            .step(attempt, idx)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("no step {idx} in attempt {attempt}")))?;
+        let step =
+            app.hub.store.step(attempt, idx).await?.ok_or_else(|| {
+                ApiError::not_found(format!("no step {idx} in attempt {attempt}"))
+            })?;
         let done = !matches!(step.state.as_str(), "pending" | "running");
         let attempt_live = app
             .hub
@@ -201,7 +204,10 @@ pub async fn list_workers(State(app): AppState) -> Result<Json<Value>, ApiError>
     Ok(Json(json!({ "workers": workers })))
 }
 
-pub async fn get_worker(State(app): AppState, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get_worker(
+    State(app): AppState,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let w = app
         .hub
         .store
@@ -224,7 +230,8 @@ pub async fn create_token(
     State(app): AppState,
     body: Result<Json<CreateToken>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    let Json(req) = body
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
     if req.kind != "worker" {
         return Err(ApiError::bad_request(format!(
             "unknown token kind `{}`: this server creates `worker` tokens",
@@ -237,13 +244,18 @@ pub async fn create_token(
         ));
     };
     let token = auth::create_token(&app.hub.store, TokenKind::Worker, Some(&worker)).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "token": token, "worker": worker }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "worker": worker })),
+    )
+        .into_response())
 }
 
 pub fn valid_worker_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 100
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn worker_json(w: &WorkerRow, running: Option<&Vec<i64>>) -> Value {

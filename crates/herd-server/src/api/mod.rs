@@ -27,10 +27,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/health", get(handlers::health))
         .route("/api/v1/openapi.json", get(handlers::openapi))
         .route("/api/v1/projects", get(handlers::list_projects))
-        .route("/api/v1/builds", get(handlers::list_builds).post(handlers::create_build))
+        .route(
+            "/api/v1/builds",
+            get(handlers::list_builds).post(handlers::create_build),
+        )
         .route("/api/v1/builds/{id}", get(handlers::get_build))
         .route("/api/v1/builds/{id}/cancel", post(handlers::cancel_build))
-        .route("/api/v1/attempts/{id}/steps/{idx}/log", get(handlers::get_log))
+        .route(
+            "/api/v1/attempts/{id}/steps/{idx}/log",
+            get(handlers::get_log),
+        )
         .route("/api/v1/workers", get(handlers::list_workers))
         .route("/api/v1/workers/{name}", get(handlers::get_worker))
         .route("/api/v1/tokens", post(handlers::create_token))
@@ -80,8 +86,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = (self.status, Json(json!({ "error": self.message }))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         res
     }
@@ -93,7 +101,10 @@ pub struct Admin;
 impl FromRequestParts<Arc<App>> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
         let presented = auth::bearer(
             parts
                 .headers

@@ -334,7 +334,9 @@ impl Store {
             LostOutcome::Requeued(job_id)
         } else {
             let msg = format!("gave up after {number} attempts: {reason}");
-            LostOutcome::GaveUp(finish_job(&mut tx, job_id, RunState::Error, Some(&msg), now).await?)
+            LostOutcome::GaveUp(
+                finish_job(&mut tx, job_id, RunState::Error, Some(&msg), now).await?,
+            )
         };
         tx.commit().await?;
         Ok(outcome)
@@ -342,7 +344,10 @@ impl Store {
 
     /// Cancels a build: queued jobs end at once; returns the live attempts,
     /// which the caller tells their workers to stop.
-    pub async fn cancel_build(&self, build_id: i64) -> Result<(Option<RunState>, Vec<(i64, String)>)> {
+    pub async fn cancel_build(
+        &self,
+        build_id: i64,
+    ) -> Result<(Option<RunState>, Vec<(i64, String)>)> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         let queued = sqlx::query("SELECT id FROM jobs WHERE build_id = $1 AND state = 'queued'")
@@ -375,7 +380,12 @@ impl Store {
 
     /// Ends a live attempt that its worker can no longer report on (it was
     /// cancelled while the worker was away), together with its job.
-    pub async fn end_attempt(&self, attempt: i64, state: RunState, reason: &str) -> Result<Option<FinishedJob>> {
+    pub async fn end_attempt(
+        &self,
+        attempt: i64,
+        state: RunState,
+        reason: &str,
+    ) -> Result<Option<FinishedJob>> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         let res = sqlx::query(
@@ -403,9 +413,11 @@ impl Store {
 
     /// Attempts that were live when the server stopped, with their workers.
     pub async fn live_attempts(&self) -> Result<Vec<AttemptRow>> {
-        let rows = sqlx::query("SELECT * FROM attempts WHERE state IN ('assigned', 'running') ORDER BY id")
-            .fetch_all(&self.read)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM attempts WHERE state IN ('assigned', 'running') ORDER BY id",
+        )
+        .fetch_all(&self.read)
+        .await?;
         rows.iter().map(AttemptRow::from_row).collect()
     }
 
@@ -425,7 +437,12 @@ impl Store {
         row.as_ref().map(BuildRow::from_row).transpose()
     }
 
-    pub async fn builds(&self, project: Option<&str>, before: Option<i64>, limit: i64) -> Result<Vec<BuildRow>> {
+    pub async fn builds(
+        &self,
+        project: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<BuildRow>> {
         let rows = sqlx::query(
             "SELECT * FROM builds WHERE ($1 IS NULL OR project = $1) AND ($2 IS NULL OR id < $2) \
              ORDER BY id DESC LIMIT $3",
@@ -570,7 +587,9 @@ async fn apply_one(
                 .fetch_one(&mut **tx)
                 .await?
                 .try_get("job_id")?;
-            return Ok(Some(finish_job(tx, job_id, *result, error.as_deref(), now).await?));
+            return Ok(Some(
+                finish_job(tx, job_id, *result, error.as_deref(), now).await?,
+            ));
         }
     }
     Ok(None)

@@ -14,7 +14,13 @@ pub fn compress_chunk(data: &[u8]) -> std::io::Result<Vec<u8>> {
 
 impl Store {
     /// Bytes `[start, start + limit)` of one step's output (fewer at the end).
-    pub async fn read_log(&self, attempt: i64, step: i64, start: u64, limit: u64) -> Result<Vec<u8>> {
+    pub async fn read_log(
+        &self,
+        attempt: i64,
+        step: i64,
+        start: u64,
+        limit: u64,
+    ) -> Result<Vec<u8>> {
         let end = start.saturating_add(limit);
         let rows = sqlx::query(
             "SELECT byte_offset, len, data FROM log_chunks \

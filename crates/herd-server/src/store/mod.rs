@@ -110,10 +110,11 @@ impl Store {
     }
 
     pub async fn count_tokens(&self, kind: &str) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE kind = $1 AND revoked_at IS NULL")
-            .bind(kind)
-            .fetch_one(&self.read)
-            .await?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE kind = $1 AND revoked_at IS NULL")
+                .bind(kind)
+                .fetch_one(&self.read)
+                .await?;
         Ok(row.try_get("n")?)
     }
 

@@ -76,7 +76,9 @@ pub async fn run(cmd: BuildCommand) -> Result<ExitCode> {
                     &json!({ "project": project, "builder": builder, "rev": rev, "priority": priority }),
                 )
                 .await?;
-            let id = b["id"].as_i64().ok_or_else(|| miette!("the server answered without a build id"))?;
+            let id = b["id"]
+                .as_i64()
+                .ok_or_else(|| miette!("the server answered without a build id"))?;
             println!("{id}");
             let _ = std::io::stdout().flush();
             if !wait {
@@ -109,7 +111,8 @@ pub async fn run(cmd: BuildCommand) -> Result<ExitCode> {
         }
         BuildCommand::Cancel { id, client } => {
             let c = Client::new(&client)?;
-            c.post(&format!("/api/v1/builds/{id}/cancel"), &json!({})).await?;
+            c.post(&format!("/api/v1/builds/{id}/cancel"), &json!({}))
+                .await?;
             eprintln!("cancelling build {id}");
             Ok(ExitCode::SUCCESS)
         }
@@ -124,9 +127,11 @@ fn finished(state: &Value) -> bool {
 async fn wait_for(c: &Client, id: i64) -> Result<Value> {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} build {prefix} [{bar:24}] {pos}/{len} jobs {elapsed} {wide_msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} build {prefix} [{bar:24}] {pos}/{len} jobs {elapsed} {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_prefix(id.to_string());
     bar.enable_steady_tick(Duration::from_millis(120));
@@ -154,12 +159,27 @@ fn current_activity(jobs: &[Value]) -> String {
     let mut parts = Vec::new();
     for j in jobs {
         if j["state"] == "queued" {
-            parts.push(format!("{}/{}: waiting for a worker", s(&j["builder"]), s(&j["name"])));
+            parts.push(format!(
+                "{}/{}: waiting for a worker",
+                s(&j["builder"]),
+                s(&j["name"])
+            ));
             continue;
         }
-        let Some(a) = j["attempts"].as_array().and_then(|a| a.last()) else { continue };
-        if let Some(step) = a["steps"].as_array().and_then(|st| st.iter().find(|x| x["state"] == "running")) {
-            parts.push(format!("{}/{}: {} ({})", s(&j["builder"]), s(&j["name"]), s(&step["name"]), s(&a["worker"])));
+        let Some(a) = j["attempts"].as_array().and_then(|a| a.last()) else {
+            continue;
+        };
+        if let Some(step) = a["steps"]
+            .as_array()
+            .and_then(|st| st.iter().find(|x| x["state"] == "running"))
+        {
+            parts.push(format!(
+                "{}/{}: {} ({})",
+                s(&j["builder"]),
+                s(&j["name"]),
+                s(&step["name"]),
+                s(&a["worker"])
+            ));
         }
     }
     parts.join("; ")
@@ -180,23 +200,46 @@ pub fn print_build(b: &Value) {
         "build {} of {} {}: {}",
         b["id"],
         s(&b["project"]),
-        b["revision"].as_str().map(|r| &r[..r.len().min(12)]).unwrap_or("(no repository)"),
+        b["revision"]
+            .as_str()
+            .map(|r| &r[..r.len().min(12)])
+            .unwrap_or("(no repository)"),
         s(&b["state"])
     );
     if let Some(e) = b["error"].as_str() {
         println!("  error: {e}");
     }
     for j in b["jobs"].as_array().into_iter().flatten() {
-        println!("  job {} {}/{}: {}", j["id"], s(&j["builder"]), s(&j["name"]), s(&j["state"]));
+        println!(
+            "  job {} {}/{}: {}",
+            j["id"],
+            s(&j["builder"]),
+            s(&j["name"]),
+            s(&j["state"])
+        );
         if let Some(e) = j["error"].as_str() {
             println!("    error: {e}");
         }
         for a in j["attempts"].as_array().into_iter().flatten() {
-            let reason = a["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
-            println!("    attempt {} on {}: {}{reason}", a["number"], s(&a["worker"]), s(&a["state"]));
+            let reason = a["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            println!(
+                "    attempt {} on {}: {}{reason}",
+                a["number"],
+                s(&a["worker"]),
+                s(&a["state"])
+            );
             for st in a["steps"].as_array().into_iter().flatten() {
-                let code = st["exit_code"].as_i64().map(|c| format!(" exit {c}")).unwrap_or_default();
-                let msg = st["message"].as_str().map(|m| format!(" — {m}")).unwrap_or_default();
+                let code = st["exit_code"]
+                    .as_i64()
+                    .map(|c| format!(" exit {c}"))
+                    .unwrap_or_default();
+                let msg = st["message"]
+                    .as_str()
+                    .map(|m| format!(" — {m}"))
+                    .unwrap_or_default();
                 println!(
                     "      {:>2} {:<32} {:<9} {:>8}{code}{msg}",
                     st["idx"],
@@ -211,11 +254,19 @@ pub fn print_build(b: &Value) {
 
 fn job_matches(j: &Value, filter: &str) -> bool {
     let full = format!("{}/{}", s(&j["builder"]), s(&j["name"]));
-    full == filter || s(&j["builder"]) == filter || j["id"].as_i64().map(|i| i.to_string()).as_deref() == Some(filter)
+    full == filter
+        || s(&j["builder"]) == filter
+        || j["id"].as_i64().map(|i| i.to_string()).as_deref() == Some(filter)
 }
 
 /// Prints the steps' output; headers go to stderr so stdout is exact.
-async fn print_log(c: &Client, id: i64, job: Option<&str>, step: Option<&str>, follow: bool) -> Result<()> {
+async fn print_log(
+    c: &Client,
+    id: i64,
+    job: Option<&str>,
+    step: Option<&str>,
+    follow: bool,
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let build = c.get(&format!("/api/v1/builds/{id}")).await?;
     let jobs: Vec<Value> = build["jobs"]
@@ -228,7 +279,13 @@ async fn print_log(c: &Client, id: i64, job: Option<&str>, step: Option<&str>, f
     if jobs.is_empty() {
         return Err(match job {
             Some(f) => miette!("build {id} has no job `{f}`"),
-            None => miette!("build {id} has no jobs{}", build["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()),
+            None => miette!(
+                "build {id} has no jobs{}",
+                build["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
         });
     }
     for j in jobs {
@@ -237,7 +294,12 @@ async fn print_log(c: &Client, id: i64, job: Option<&str>, step: Option<&str>, f
         while attempt.is_none() && follow {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let b = c.get(&format!("/api/v1/builds/{id}")).await?;
-            let j = b["jobs"].as_array().into_iter().flatten().find(|x| x["id"].as_i64() == Some(job_id)).cloned();
+            let j = b["jobs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["id"].as_i64() == Some(job_id))
+                .cloned();
             match j {
                 Some(j) if finished(&j["state"]) && latest_attempt(&j).is_none() => break,
                 Some(j) => attempt = latest_attempt(&j),
@@ -245,7 +307,12 @@ async fn print_log(c: &Client, id: i64, job: Option<&str>, step: Option<&str>, f
             }
         }
         let Some(a) = attempt else {
-            eprintln!("==> {}/{}: no attempt ({})", s(&j["builder"]), s(&j["name"]), s(&j["state"]));
+            eprintln!(
+                "==> {}/{}: no attempt ({})",
+                s(&j["builder"]),
+                s(&j["name"]),
+                s(&j["state"])
+            );
             continue;
         };
         let attempt_id = a["id"].as_i64().unwrap_or(0);
@@ -256,13 +323,22 @@ async fn print_log(c: &Client, id: i64, job: Option<&str>, step: Option<&str>, f
                     continue;
                 }
             }
-            eprintln!("==> {}/{} step {idx}: {} <==", s(&j["builder"]), s(&j["name"]), s(&st["name"]));
+            eprintln!(
+                "==> {}/{} step {idx}: {} <==",
+                s(&j["builder"]),
+                s(&j["name"]),
+                s(&st["name"])
+            );
             let mut offset = 0u64;
             loop {
-                let r = c.log(attempt_id, idx, offset, if follow { 20_000 } else { 0 }).await?;
+                let r = c
+                    .log(attempt_id, idx, offset, if follow { 20_000 } else { 0 })
+                    .await?;
                 offset += r.data.len() as u64;
-                out.write_all(&r.data).map_err(|e| miette!("cannot write output: {e}"))?;
-                out.flush().map_err(|e| miette!("cannot write output: {e}"))?;
+                out.write_all(&r.data)
+                    .map_err(|e| miette!("cannot write output: {e}"))?;
+                out.flush()
+                    .map_err(|e| miette!("cannot write output: {e}"))?;
                 let drained = offset >= r.size;
                 if drained && (!follow || !r.more) {
                     break;

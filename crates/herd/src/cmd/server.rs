@@ -51,10 +51,14 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
             .transpose()
     };
     let mut settings = Settings::default();
-    if let Some(d) = dur("--heartbeat-interval", &args.heartbeat_interval)?.or(config.heartbeat_interval) {
+    if let Some(d) =
+        dur("--heartbeat-interval", &args.heartbeat_interval)?.or(config.heartbeat_interval)
+    {
         settings.heartbeat_interval = d;
     }
-    if let Some(d) = dur("--heartbeat-timeout", &args.heartbeat_timeout)?.or(config.heartbeat_timeout) {
+    if let Some(d) =
+        dur("--heartbeat-timeout", &args.heartbeat_timeout)?.or(config.heartbeat_timeout)
+    {
         settings.heartbeat_timeout = d;
     }
     Ok(ServerOptions {

@@ -24,7 +24,10 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
         TokenCommand::Create { worker, client } => {
             let c = Client::new(&client)?;
             let res = c
-                .post("/api/v1/tokens", &json!({ "kind": "worker", "worker": worker }))
+                .post(
+                    "/api/v1/tokens",
+                    &json!({ "kind": "worker", "worker": worker }),
+                )
                 .await?;
             let token = res["token"]
                 .as_str()

@@ -80,7 +80,15 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     // The local worker's token, kept beside the data so a restart reuses it.
     let token_file = data.join("local-worker-token");
     let token = match std::fs::read_to_string(&token_file) {
-        Ok(t) if auth::verify(&server.app.hub.store, t.trim()).await.ok().flatten().is_some() => t.trim().to_string(),
+        Ok(t)
+            if auth::verify(&server.app.hub.store, t.trim())
+                .await
+                .ok()
+                .flatten()
+                .is_some() =>
+        {
+            t.trim().to_string()
+        }
         _ => {
             let t = auth::create_token(&server.app.hub.store, TokenKind::Worker, Some("local"))
                 .await
@@ -116,7 +124,10 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
 
     println!("herd is running at {url}");
     println!("  data:        {}", data.display());
-    println!("  admin token: {}", data.join(herd_server::ADMIN_TOKEN_FILE).display());
+    println!(
+        "  admin token: {}",
+        data.join(herd_server::ADMIN_TOKEN_FILE).display()
+    );
     println!("  projects:    {}", names.join(", "));
     println!("  worker:      local ({} slots)", args.slots);
     println!();
@@ -128,7 +139,10 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     println!("  herd token create --worker NAME          # prints TOKEN");
     println!("  herd worker --server {url} --token TOKEN");
     println!();
-    println!("Ctrl-C stops herd; running it again reuses {}.", data.display());
+    println!(
+        "Ctrl-C stops herd; running it again reuses {}.",
+        data.display()
+    );
 
     super::stop_signal().await;
     eprintln!("stopping");

@@ -63,6 +63,8 @@ pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
         super::stop_signal().await;
         let _ = tx.send(true);
     });
-    herd_worker::run(opts, rx).await.map_err(|e| miette!("{e}"))?;
+    herd_worker::run(opts, rx)
+        .await
+        .map_err(|e| miette!("{e}"))?;
     Ok(ExitCode::SUCCESS)
 }

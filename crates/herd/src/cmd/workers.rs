@@ -13,10 +13,20 @@ pub async fn run(args: ClientArgs) -> Result<ExitCode> {
         println!("no workers yet: create a token with `herd token create --worker NAME` and start `herd worker`");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<20} {:<8} {:>5} {:<8} {:<24} LABELS", "NAME", "STATE", "SLOTS", "RUNNING", "PLATFORM");
+    println!(
+        "{:<20} {:<8} {:>5} {:<8} {:<24} LABELS",
+        "NAME", "STATE", "SLOTS", "RUNNING", "PLATFORM"
+    );
     for w in workers {
-        let state = if w["online"].as_bool() == Some(true) { "online" } else { "offline" };
-        let running = w["running_attempts"].as_array().map(|a| a.len()).unwrap_or(0);
+        let state = if w["online"].as_bool() == Some(true) {
+            "online"
+        } else {
+            "offline"
+        };
+        let running = w["running_attempts"]
+            .as_array()
+            .map(|a| a.len())
+            .unwrap_or(0);
         let facts = &w["facts"];
         let platform = format!(
             "{} {} {}cpu",

@@ -1,0 +1,384 @@
+//! Test harness: the real `herd` binary as server and workers on 127.0.0.1,
+//! each test with its own data directory, port and git repositories.
+//! Processes are stopped by their own PIDs when the handles drop.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub const HERD: &str = env!("CARGO_BIN_EXE_herd");
+
+pub struct Server {
+    pub url: String,
+    pub data: PathBuf,
+    pub token: String,
+    child: Child,
+    pub dir: TempDir,
+    args: Vec<String>,
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        Self::start_with_pipelines(&[], extra)
+    }
+
+    /// A server whose config declares projects without repositories, each
+    /// with its pipeline inline.
+    pub fn start_with_pipelines(projects: &[(&str, &str)], extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !projects.is_empty() {
+            let mut config = String::from("projects:\n");
+            for (name, pipeline) in projects {
+                config.push_str(&format!("  {name}:\n    pipeline: |\n"));
+                for line in pipeline.lines() {
+                    config.push_str(&format!("      {line}\n"));
+                }
+            }
+            let path = dir.path().join("herd-server.yml");
+            std::fs::write(&path, config).expect("write config");
+            args.push("--config".into());
+            args.push(path.display().to_string());
+        }
+        let (child, url) = spawn_server(&data, "127.0.0.1:0", &args);
+        let token = std::fs::read_to_string(data.join("admin-token"))
+            .expect("admin token written on first start")
+            .trim()
+            .to_string();
+        Server {
+            url,
+            data,
+            token,
+            child,
+            dir,
+            args,
+        }
+    }
+
+    /// kill -9, then start again on the same port and data.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let (child, url) = spawn_server(&self.data, &addr, &self.args);
+        assert_eq!(url, self.url);
+        self.child = child;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs a `herd` client command against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(HERD)
+            .args(args)
+            .env("HERD_SERVER", &self.url)
+            .env("HERD_TOKEN", &self.token)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run herd")
+    }
+
+    pub fn worker(&self, name: &str, slots: u32, labels: &[&str]) -> Worker {
+        let out = self.cli(&["token", "create", "--worker", name]);
+        assert!(
+            out.status.success(),
+            "token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let w = Worker::spawn(
+            &self.url,
+            &token,
+            name,
+            &self.dir.path().join(format!("work-{name}")),
+            slots,
+            labels,
+        );
+        self.wait_online(name);
+        w
+    }
+
+    pub fn wait_online(&self, name: &str) {
+        wait_until(
+            Duration::from_secs(20),
+            &format!("worker {name} online"),
+            || {
+                let w = self.get(&format!("/api/v1/workers/{name}")).ok()?;
+                (w["online"] == true).then_some(())
+            },
+        );
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let res = reqwest::get(format!("{}{path}", self.url))
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = res.status();
+            let v: Value = res.json().await.map_err(|e| e.to_string())?;
+            if status.is_success() {
+                Ok(v)
+            } else {
+                Err(format!("{status}: {v}"))
+            }
+        })
+    }
+
+    pub fn post(&self, path: &str, body: Value, token: Option<&str>) -> (u16, Value) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut req = reqwest::Client::new()
+                .post(format!("{}{path}", self.url))
+                .json(&body);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let res = req.send().await.expect("post");
+            let status = res.status().as_u16();
+            (status, res.json().await.unwrap_or(json!(null)))
+        })
+    }
+
+    /// Starts a build through the CLI and returns its id.
+    pub fn start_build(&self, project: &str, extra: &[&str]) -> i64 {
+        let mut args = vec!["build", "start", project];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "build start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("build id on the first line")
+    }
+
+    pub fn build(&self, id: i64) -> Value {
+        self.get(&format!("/api/v1/builds/{id}"))
+            .expect("get build")
+    }
+
+    pub fn wait_build(&self, id: i64, limit: Duration) -> Value {
+        wait_until(limit, &format!("build {id} to finish"), || {
+            let b = self.build(id);
+            (!matches!(b["state"].as_str(), Some("queued") | Some("running"))).then_some(b)
+        })
+    }
+
+    pub fn job<'a>(&self, build: &'a Value, builder: &str, job: &str) -> &'a Value {
+        build["jobs"]
+            .as_array()
+            .and_then(|jobs| {
+                jobs.iter()
+                    .find(|j| j["builder"] == builder && j["name"] == job)
+            })
+            .unwrap_or_else(|| panic!("no job {builder}/{job} in {build}"))
+    }
+
+    /// Full output of one step of a job's last attempt, via the CLI.
+    pub fn step_log(&self, build: i64, job: &str, step: &str) -> Vec<u8> {
+        let out = self.cli(&[
+            "build",
+            "log",
+            &build.to_string(),
+            "--job",
+            job,
+            "--step",
+            step,
+        ]);
+        assert!(
+            out.status.success(),
+            "build log: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}
+
+fn spawn_server(data: &Path, listen: &str, extra: &[String]) -> (Child, String) {
+    let mut child = Command::new(HERD)
+        .args(["server", "--listen", listen, "--data"])
+        .arg(data)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn herd server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("server prints its address");
+    let url = line.trim().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "server said {url:?}");
+    (child, url)
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Worker {
+    pub name: String,
+    pub child: Child,
+    pub workdir: PathBuf,
+}
+
+impl Worker {
+    pub fn spawn(
+        url: &str,
+        token: &str,
+        name: &str,
+        workdir: &Path,
+        slots: u32,
+        labels: &[&str],
+    ) -> Worker {
+        let mut cmd = Command::new(HERD);
+        cmd.args([
+            "worker",
+            "--server",
+            url,
+            "--token",
+            token,
+            "--name",
+            name,
+            "--slots",
+            &slots.to_string(),
+            "--workdir",
+        ])
+        .arg(workdir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        for l in labels {
+            cmd.args(["--label", l]);
+        }
+        Worker {
+            name: name.to_string(),
+            child: cmd.spawn().expect("spawn herd worker"),
+            workdir: workdir.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it gives a value, at most `limit`, every 50 ms.
+pub fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A git repository with the given files, committed; returns its path.
+pub fn git_repo(root: &Path, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir repo");
+    run_git(&dir, &["init", "-q", "-b", "main"]);
+    commit(&dir, files, "initial");
+    dir
+}
+
+pub fn commit(dir: &Path, files: &[(&str, &[u8])], message: &str) -> String {
+    for (path, content) in files {
+        let p = dir.join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, content).expect("write file");
+    }
+    run_git(dir, &["add", "-A"]);
+    run_git(dir, &["commit", "-q", "--allow-empty", "-m", message]);
+    String::from_utf8_lossy(&run_git(dir, &["rev-parse", "HEAD"]).stdout)
+        .trim()
+        .to_string()
+}
+
+pub fn run_git(dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@localhost")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@localhost")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Whether a process with this PID exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            // The state follows the command name in parentheses.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            state != Some("Z")
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for byte-exact log checks.
+pub fn pseudo_random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
