@@ -108,6 +108,12 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             source,
         })?;
     let router = api::router(Arc::clone(&app));
+    // Small frames (assignments, acknowledgements) must not wait for Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {

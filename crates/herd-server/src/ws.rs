@@ -9,7 +9,7 @@
 use crate::api::ApiError;
 use crate::auth::{self, Principal};
 use crate::hub::Outbound;
-use crate::store::{compress_chunk, Applied, AttemptEvents, StoredEvent};
+use crate::store::{Applied, AttemptEvents, StoredEvent, LOG_ZSTD_LEVEL};
 use crate::App;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -59,10 +59,18 @@ pub async fn worker_endpoint(
     ws.max_message_size(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME))
         .max_frame_size(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME))
         .on_upgrade(move |socket| async move {
+            let compressor = match zstd::bulk::Compressor::new(LOG_ZSTD_LEVEL) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("cannot create a zstd compressor: {e}");
+                    return;
+                }
+            };
             let mut conn = Connection {
                 app,
                 name: worker,
                 cursors: HashMap::new(),
+                compressor,
             };
             conn.run(socket).await;
         })
@@ -79,6 +87,8 @@ struct Connection {
     app: Arc<App>,
     name: String,
     cursors: HashMap<AttemptId, Cursor>,
+    /// Reused for every log chunk of the connection (a context per chunk costs more than the chunk).
+    compressor: zstd::bulk::Compressor<'static>,
 }
 
 #[derive(Default)]
@@ -319,7 +329,7 @@ impl Connection {
             Message::Binary(bytes) => match LogFrame::decode(&bytes) {
                 Err(e) => Flow::Stop(e.to_string()),
                 Ok(frame) => {
-                    let compressed = match compress_chunk(&frame.data) {
+                    let compressed = match self.compressor.compress(&frame.data) {
                         Ok(c) => c,
                         Err(e) => return Flow::Stop(format!("could not compress output: {e}")),
                     };

@@ -25,6 +25,8 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long to keep reading output after a step's process group is gone
 /// (a process that left the group may still hold the pipe).
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How long a short read of output waits for more before it is sent.
+const COALESCE: Duration = Duration::from_millis(5);
 
 /// Shell script of the checkout step; REPO and REV come in the environment.
 const CHECKOUT_SCRIPT: &str = r#"set -e
@@ -334,8 +336,9 @@ fn signal_message(status: &std::process::ExitStatus) -> String {
     }
 }
 
-/// Copies the step's output into the outbox in chunks. False when the
-/// attempt was abandoned.
+/// Copies the step's output into the outbox in chunks. A short read is
+/// topped up for a few milliseconds, so that a step writing many small
+/// pieces costs few frames. False when the attempt was abandoned.
 async fn pump_output(
     mut reader: tokio::net::unix::pipe::Receiver,
     outbox: Outbox,
@@ -345,18 +348,33 @@ async fn pump_output(
     let mut offset: u64 = 0;
     let mut buf = vec![0u8; MAX_LOG_CHUNK];
     loop {
-        let n = match reader.read(&mut buf).await {
+        let mut filled = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return true,
             Ok(n) => n,
         };
-        let data = buf[..n].to_vec();
+        let mut eof = false;
+        let deadline = tokio::time::Instant::now() + COALESCE;
+        while filled < buf.len() {
+            match tokio::time::timeout_at(deadline, reader.read(&mut buf[filled..])).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    eof = true;
+                    break;
+                }
+                Ok(Ok(n)) => filled += n,
+                Err(_) => break,
+            }
+        }
+        let data = buf[..filled].to_vec();
         if !outbox
             .push(attempt, Payload::Log { step, offset, data })
             .await
         {
             return false;
         }
-        offset += n as u64;
+        offset += filled as u64;
+        if eof {
+            return true;
+        }
     }
 }
 

@@ -56,6 +56,7 @@ pub async fn list_projects(State(app): AppState) -> Result<Json<Value>, ApiError
 #[derive(Deserialize)]
 pub struct BuildListQuery {
     project: Option<String>,
+    state: Option<String>,
     before: Option<i64>,
     limit: Option<i64>,
 }
@@ -68,7 +69,7 @@ pub async fn list_builds(
     let builds = app
         .hub
         .store
-        .builds(q.project.as_deref(), q.before, limit)
+        .builds(q.project.as_deref(), q.state.as_deref(), q.before, limit)
         .await?;
     Ok(Json(json!({ "builds": builds })))
 }

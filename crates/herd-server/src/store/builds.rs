@@ -440,16 +440,18 @@ impl Store {
     pub async fn builds(
         &self,
         project: Option<&str>,
+        state: Option<&str>,
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<BuildRow>> {
         let rows = sqlx::query(
             "SELECT * FROM builds WHERE ($1 IS NULL OR project = $1) AND ($2 IS NULL OR id < $2) \
-             ORDER BY id DESC LIMIT $3",
+             AND ($4 IS NULL OR state = $4) ORDER BY id DESC LIMIT $3",
         )
         .bind(project)
         .bind(before)
         .bind(limit)
+        .bind(state)
         .fetch_all(&self.read)
         .await?;
         rows.iter().map(BuildRow::from_row).collect()

@@ -8,10 +8,6 @@ use sqlx::Row;
 /// prints at disk speed, and still several times smaller for text.
 pub const LOG_ZSTD_LEVEL: i32 = 1;
 
-pub fn compress_chunk(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    zstd::bulk::compress(data, LOG_ZSTD_LEVEL)
-}
-
 impl Store {
     /// Bytes `[start, start + limit)` of one step's output (fewer at the end).
     pub async fn read_log(

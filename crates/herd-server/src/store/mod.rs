@@ -14,7 +14,7 @@ mod logs;
 mod rows;
 
 pub use builds::*;
-pub use logs::compress_chunk;
+pub use logs::LOG_ZSTD_LEVEL;
 pub use rows::*;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
