@@ -64,8 +64,13 @@ impl Bench {
             .spawn()
             .expect("run herd server (build it with cargo build --release -p herd)");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap().trim().to_string();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let token = std::fs::read_to_string(dir.path().join("data/admin-token"))
+            .unwrap()
+            .trim()
+            .to_string();
         Bench {
             url: line.trim().to_string(),
             token,
@@ -89,7 +94,16 @@ impl Bench {
             .await
             .unwrap();
         let child = Command::new(herd_bin())
-            .args(["worker", "--server", &self.url, "--token", res["token"].as_str().unwrap(), "--slots", &slots.to_string(), "--workdir"])
+            .args([
+                "worker",
+                "--server",
+                &self.url,
+                "--token",
+                res["token"].as_str().unwrap(),
+                "--slots",
+                &slots.to_string(),
+                "--workdir",
+            ])
             .arg(self.dir.path().join(format!("work-{name}")))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -108,7 +122,14 @@ impl Bench {
     }
 
     async fn get(&self, path: &str) -> Value {
-        self.http.get(format!("{}{path}", self.url)).send().await.unwrap().json().await.unwrap_or(json!({}))
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(json!({}))
     }
 
     async fn start_build(&self, project: &str) -> i64 {
@@ -161,7 +182,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 async fn latency() {
@@ -186,12 +210,22 @@ async fn latency() {
     }
     samples.sort_by(|a, b| a.total_cmp(b));
     println!("trigger-to-step-start, idle worker, {LATENCY_BUILDS} builds:");
-    println!("  p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms", percentile(&samples, 0.5), percentile(&samples, 0.99), samples[samples.len() - 1]);
-    println!("memory: idle server {idle_server_mb:.1} MB, idle worker {idle_worker_mb:.1} MB (RSS)");
+    println!(
+        "  p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        samples[samples.len() - 1]
+    );
+    println!(
+        "memory: idle server {idle_server_mb:.1} MB, idle worker {idle_worker_mb:.1} MB (RSS)"
+    );
 }
 
 async fn throughput() {
-    let mut b = Bench::start(&[("triv", "builders:\n  t:\n    steps:\n      - run: \"true\"\n".to_string())]);
+    let mut b = Bench::start(&[(
+        "triv",
+        "builders:\n  t:\n    steps:\n      - run: \"true\"\n".to_string(),
+    )]);
     for i in 0..4 {
         b.add_worker(&format!("w{i}"), 1).await;
     }
@@ -217,7 +251,9 @@ async fn throughput() {
     loop {
         let q = b.get("/api/v1/builds?state=queued&limit=1").await;
         let r = b.get("/api/v1/builds?state=running&limit=1").await;
-        if q["builds"].as_array().is_some_and(|a| a.is_empty()) && r["builds"].as_array().is_some_and(|a| a.is_empty()) {
+        if q["builds"].as_array().is_some_and(|a| a.is_empty())
+            && r["builds"].as_array().is_some_and(|a| a.is_empty())
+        {
             break;
         }
         assert!(Instant::now() < deadline, "throughput run did not finish");
@@ -226,8 +262,14 @@ async fn throughput() {
     let elapsed = start.elapsed();
     let failed = b.get("/api/v1/builds?state=failure&limit=1").await;
     let errors = b.get("/api/v1/builds?state=error&limit=1").await;
-    assert!(failed["builds"].as_array().unwrap().is_empty() && errors["builds"].as_array().unwrap().is_empty());
-    println!("throughput, trivial one-step builds, 4 workers x 1 slot, {} builds:", ids.len());
+    assert!(
+        failed["builds"].as_array().unwrap().is_empty()
+            && errors["builds"].as_array().unwrap().is_empty()
+    );
+    println!(
+        "throughput, trivial one-step builds, 4 workers x 1 slot, {} builds:",
+        ids.len()
+    );
     println!(
         "  {:.0} builds/s (all posted in {:.2} s, all finished in {:.2} s); server RSS after: {:.1} MB",
         ids.len() as f64 / elapsed.as_secs_f64(),
@@ -239,7 +281,11 @@ async fn throughput() {
 
 fn time_local(cmd: &str) -> Duration {
     let t = Instant::now();
-    let st = Command::new("sh").arg("-c").arg(format!("{{ {cmd} ; }} > /dev/null")).status().unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{{ {cmd} ; }} > /dev/null"))
+        .status()
+        .unwrap();
     assert!(st.success());
     t.elapsed()
 }
@@ -252,21 +298,35 @@ async fn step_time(b: &Bench, project: &str) -> (Duration, u64) {
     assert_eq!(build["state"], "success", "{build}");
     let step = &build["jobs"][0]["attempts"][0]["steps"][0];
     let _ = wall;
-    (Duration::from_millis(step["duration_ms"].as_u64().unwrap()), step["log_size"].as_u64().unwrap())
+    (
+        Duration::from_millis(step["duration_ms"].as_u64().unwrap()),
+        step["log_size"].as_u64().unwrap(),
+    )
 }
 
 async fn logs() {
-    let burst = format!("yes 'a typical log line: compiling src/module.rs ... ok 0123456789' | head -c {LOG_BYTES}");
+    let burst = format!(
+        "yes 'a typical log line: compiling src/module.rs ... ok 0123456789' | head -c {LOG_BYTES}"
+    );
     let work = "seq 1 1500000 | awk '{ s += $1 * $1; print \"test\", $1, \"ok\", s }'".to_string();
     let mut b = Bench::start(&[
-        ("burst", format!("builders:\n  b:\n    steps:\n      - run: |\n          {burst}\n")),
-        ("work", format!("builders:\n  w:\n    steps:\n      - run: |\n          {work}\n")),
+        (
+            "burst",
+            format!("builders:\n  b:\n    steps:\n      - run: |\n          {burst}\n"),
+        ),
+        (
+            "work",
+            format!("builders:\n  w:\n    steps:\n      - run: |\n          {work}\n"),
+        ),
     ]);
     b.add_worker("w", 1).await;
     let local_burst = time_local(&burst);
     let (herd_burst, size) = step_time(&b, "burst").await;
     assert_eq!(size, LOG_BYTES);
-    println!("log ingestion, a step printing {} MB as fast as it can:", LOG_BYTES / 1_000_000);
+    println!(
+        "log ingestion, a step printing {} MB as fast as it can:",
+        LOG_BYTES / 1_000_000
+    );
     println!(
         "  {:.0} MB/s through herd ({:.2} s; the same command to /dev/null: {:.2} s)",
         LOG_BYTES as f64 / 1e6 / herd_burst.as_secs_f64(),
@@ -284,7 +344,10 @@ async fn logs() {
     }
     local.sort_by(|a, b| a.total_cmp(b));
     herd.sort_by(|a, b| a.total_cmp(b));
-    println!("a step that computes while printing {:.0} MB (median of 3):", bytes as f64 / 1e6);
+    println!(
+        "a step that computes while printing {:.0} MB (median of 3):",
+        bytes as f64 / 1e6
+    );
     println!(
         "  {:.2} s through herd vs {:.2} s to /dev/null: slow-down {:+.1} %",
         herd[1],
@@ -295,11 +358,21 @@ async fn logs() {
 
 fn main() {
     let bin = herd_bin();
-    assert!(Path::new(&bin).exists(), "no herd binary at {} (cargo build --release -p herd)", bin.display());
+    assert!(
+        Path::new(&bin).exists(),
+        "no herd binary at {} (cargo build --release -p herd)",
+        bin.display()
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let which: Vec<String> = std::env::args().skip(1).collect();
     let run = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
-    println!("herd benchmark ({}; {} cpus)", bin.display(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "herd benchmark ({}; {} cpus)",
+        bin.display(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     if run("latency") {
         rt.block_on(latency());
     }

@@ -147,6 +147,7 @@ fn a_failing_step_ends_the_job_but_always_steps_run() {
     assert_eq!(server.step_log(id, "b", "cleanup"), b"cleaning\n");
 }
 
+/// One process of the step ignores TERM: it is KILLed after the grace period.
 #[test]
 fn a_step_that_times_out_is_killed_with_its_whole_process_group() {
     let root = tempfile::tempdir().unwrap();
@@ -156,7 +157,7 @@ fn a_step_that_times_out_is_killed_with_its_whole_process_group() {
   slow:
     steps:
       - name: hang
-        run: sleep 300 & echo $! > {pids}; sh -c 'sleep 300' & echo $! >> {pids}; wait
+        run: sleep 300 & echo $! > {pids}; sh -c 'trap "" TERM; sleep 300' & echo $! >> {pids}; wait
         timeout: 1s
       - name: after
         run: echo cleanup ran
@@ -297,4 +298,68 @@ fn a_follower_sees_output_while_the_step_runs() {
         String::from_utf8_lossy(&out.stdout),
         "tick 1\ntick 2\ntick 3\ntick 4\ntick 5\n"
     );
+}
+
+#[test]
+fn a_worker_runs_as_many_jobs_at_once_as_it_has_slots() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display();
+    // Each job waits (at most 20 s) for the other to have started: they only
+    // both succeed when they run at the same time.
+    let pipeline = format!(
+        r#"builders:
+  pair:
+    jobs:
+      left:
+        steps:
+          - run: touch {dir}/left; i=0; while [ ! -e {dir}/right ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; test -e {dir}/right
+      right:
+        steps:
+          - run: touch {dir}/right; i=0; while [ ! -e {dir}/left ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; test -e {dir}/left
+"#
+    );
+    let server = Server::start_with_pipelines(&[("pair", &pipeline)], &[]);
+    let _w = server.worker("two-slots", 2, &[]);
+    let id = server.start_build("pair", &[]);
+    let b = server.wait_build(id, Duration::from_secs(60));
+    assert_eq!(b["state"], "success", "{b}");
+    for job in ["left", "right"] {
+        assert_eq!(
+            server.job(&b, "pair", job)["attempts"][0]["worker"],
+            "two-slots"
+        );
+    }
+}
+
+#[test]
+fn every_api_route_is_in_the_openapi_document() {
+    let server = Server::start(&[]);
+    let doc = server.get("/api/v1/openapi.json").unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for path in paths.keys() {
+        let concrete = path
+            .replace("{id}", "1")
+            .replace("{idx}", "0")
+            .replace("{name}", "w");
+        let res = rt
+            .block_on(reqwest::get(format!("{}{concrete}", server.url)))
+            .unwrap();
+        let status = res.status();
+        let body = rt.block_on(res.text()).unwrap();
+        assert!(
+            !body.contains("no such route"),
+            "{path} is documented but not routed ({status})"
+        );
+    }
+    // And an undocumented path is answered by the fallback.
+    let body = rt.block_on(async {
+        reqwest::get(format!("{}/api/v1/nope", server.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(body.contains("no such route"));
 }
