@@ -8,6 +8,7 @@
 pub mod config_error;
 pub mod duration;
 pub mod pipeline;
+pub mod probe;
 pub mod requirement;
 pub mod schedule;
 pub mod state;

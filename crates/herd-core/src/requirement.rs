@@ -70,6 +70,10 @@ impl Op {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
     pub entries: BTreeMap<String, Capability>,
+    /// Names asked about but not answered yet: neither present nor absent,
+    /// so no requirement on them is met (not even `!NAME`).
+    #[serde(default)]
+    pub unknown: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,33 +128,65 @@ impl Requirement {
         Ok(Requirement { alternatives })
     }
 
-    /// Ok when the worker satisfies one of the alternatives; otherwise the
-    /// reason the first alternative fails, worded for a person.
-    pub fn check(&self, caps: &Capabilities) -> Result<(), String> {
-        let mut first_reason = None;
+    /// Ok when the worker satisfies one of the alternatives; otherwise why
+    /// the first alternative fails, worded for a person.
+    pub fn check(&self, caps: &Capabilities) -> Result<(), Unmet> {
+        let mut first = None;
         for cond in &self.alternatives {
             match cond.check(caps) {
                 Ok(()) => return Ok(()),
-                Err(reason) => {
-                    first_reason.get_or_insert(reason);
+                Err(message) => {
+                    first.get_or_insert(Unmet {
+                        name: cond.name().to_string(),
+                        message,
+                    });
                 }
             }
         }
-        Err(first_reason.unwrap_or_else(|| "empty requirement".into()))
+        Err(first.unwrap_or_else(|| Unmet {
+            name: String::new(),
+            message: "empty requirement".into(),
+        }))
     }
 
     /// Every name the requirement mentions (what the worker must probe).
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.alternatives.iter().map(|c| match c {
-            Condition::Present { name }
-            | Condition::Absent { name }
-            | Condition::Compare { name, .. } => name.as_str(),
-        })
+        self.alternatives.iter().map(Condition::name)
+    }
+}
+
+/// Why a worker does not meet a requirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmet {
+    /// The fact, label or probe that failed.
+    pub name: String,
+    /// E.g. `python3 3.9.6 does not satisfy >= 3.10`.
+    pub message: String,
+}
+
+impl fmt::Display for Unmet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
 impl Condition {
     fn check(&self, caps: &Capabilities) -> Result<(), String> {
+        if caps.unknown.contains(self.name()) {
+            return Err(format!("{} not probed yet", self.name()));
+        }
+        self.check_known(caps)
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Condition::Present { name }
+            | Condition::Absent { name }
+            | Condition::Compare { name, .. } => name,
+        }
+    }
+
+    fn check_known(&self, caps: &Capabilities) -> Result<(), String> {
         match self {
             Condition::Present { name } => match caps.get(name) {
                 Some(_) => Ok(()),
@@ -358,14 +394,16 @@ mod tests {
             Requirement::parse("python3 >= 3.10")
                 .unwrap()
                 .check(&c)
-                .unwrap_err(),
+                .unwrap_err()
+                .message,
             "python3 3.9.6 does not satisfy >= 3.10"
         );
         assert_eq!(
             Requirement::parse("pkg:gtk+-3.0")
                 .unwrap()
                 .check(&c)
-                .unwrap_err(),
+                .unwrap_err()
+                .message,
             "pkg:gtk+-3.0 not found"
         );
         assert!(Requirement::parse("os == macos | python3")
@@ -373,5 +411,103 @@ mod tests {
             .check(&c)
             .is_ok());
         assert!(Requirement::parse("!gtk").unwrap().check(&c).is_ok());
+        let mut pending = c.clone();
+        pending.unknown.insert("gtk".into());
+        assert_eq!(
+            Requirement::parse("!gtk")
+                .unwrap()
+                .check(&pending)
+                .unwrap_err()
+                .message,
+            "gtk not probed yet"
+        );
+    }
+
+    fn requirement() -> impl Strategy<Value = Requirement> {
+        let name = prop_oneof![
+            Just("os"),
+            Just("python3"),
+            Just("gcc"),
+            Just("pkg:gtk+-3.0"),
+            Just("gpu")
+        ];
+        let value = prop_oneof![
+            Just("linux"),
+            Just("3.10"),
+            Just("3.9.6"),
+            Just("12.2.0"),
+            Just("a100")
+        ];
+        let op = prop_oneof![
+            Just(Op::Eq),
+            Just(Op::Ne),
+            Just(Op::Ge),
+            Just(Op::Le),
+            Just(Op::Gt),
+            Just(Op::Lt)
+        ];
+        let cond = prop_oneof![
+            name.clone()
+                .prop_map(|n| Condition::Present { name: n.into() }),
+            name.clone()
+                .prop_map(|n| Condition::Absent { name: n.into() }),
+            (name, op, value).prop_map(|(n, op, v)| Condition::Compare {
+                name: n.into(),
+                op,
+                value: v.into()
+            }),
+        ];
+        proptest::collection::vec(cond, 1..3).prop_map(|alternatives| Requirement { alternatives })
+    }
+
+    fn capabilities() -> impl Strategy<Value = Capabilities> {
+        let entry = (
+            prop_oneof![
+                Just("os"),
+                Just("python3"),
+                Just("gcc"),
+                Just("pkg:gtk+-3.0")
+            ],
+            prop_oneof![
+                Just("linux"),
+                Just("3.10"),
+                Just("3.9.6"),
+                Just("12.2.0"),
+                Just("macos")
+            ],
+        );
+        proptest::collection::vec(entry, 0..4).prop_map(|pairs| {
+            let mut c = Capabilities::default();
+            for (k, v) in pairs {
+                c.set(k, v);
+            }
+            c
+        })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A new fact (a name the worker did not have) never removes a
+        /// match, unless a requirement says `!NAME`.
+        #[test]
+        fn adding_a_fact_keeps_matches_without_negation(r in requirement(), caps in capabilities(), value in "[0-9a-z.]{1,6}") {
+            let negated = r.alternatives.iter().any(|c| matches!(c, Condition::Absent { .. }));
+            if r.check(&caps).is_ok() && !negated {
+                let mut more = caps.clone();
+                more.set("gpu", value);
+                prop_assert!(r.check(&more).is_ok() || caps.entries.contains_key("gpu"));
+            }
+        }
+
+        #[test]
+        fn display_parses_back(r in requirement()) {
+            prop_assert_eq!(Requirement::parse(&r.to_string()).unwrap(), r);
+        }
+
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,60}") {
+            let _ = Requirement::parse(&s);
+        }
     }
 }

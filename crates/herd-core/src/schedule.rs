@@ -7,7 +7,7 @@
 //! behind it; among capable workers, one that recently ran the same builder
 //! (warm workspace) is preferred, then the one with the most free slots.
 
-use crate::requirement::{Capabilities, Requirement};
+use crate::requirement::{Capabilities, Requirement, Unmet};
 use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ pub struct Placement {
 }
 
 /// Whether `worker` satisfies every requirement; the first unmet one's reason otherwise.
-pub fn can_run(requires: &[Requirement], caps: &Capabilities) -> Result<(), String> {
+pub fn can_run(requires: &[Requirement], caps: &Capabilities) -> Result<(), Unmet> {
     requires.iter().try_for_each(|r| r.check(caps))
 }
 

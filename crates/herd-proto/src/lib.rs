@@ -54,6 +54,33 @@ pub enum WorkerMsg {
     },
     /// Sent every heartbeat interval; any frame counts as a sign of life.
     Heartbeat,
+    /// Results of the probes the server asked for.
+    ProbeResults { results: Vec<ProbeResult> },
+}
+
+/// What a probe found on the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeResult {
+    pub name: String,
+    pub present: bool,
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The probe's output when it failed (at most 1 KiB), to show why.
+    #[serde(default)]
+    pub output: Option<String>,
+    /// When it was probed, in milliseconds since the Unix epoch.
+    pub probed_at: i64,
+}
+
+/// One probe to run: an executable (`NAME`), `pkg:NAME`, `py:MODULE`, or a
+/// custom probe with its shell command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeRequest {
+    pub name: String,
+    #[serde(default)]
+    pub command: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,6 +180,15 @@ pub enum ServerMsg {
         seq: u64,
     },
     Heartbeat,
+    /// Run these probes and report with `probe_results`. Sent after the
+    /// welcome and whenever the set the builders need grows; `fresh` asks
+    /// to run them all again rather than only those not yet reported on
+    /// this connection.
+    Probe {
+        probes: Vec<ProbeRequest>,
+        #[serde(default)]
+        fresh: bool,
+    },
     /// The server is about to close the connection, and says why.
     Error {
         message: String,

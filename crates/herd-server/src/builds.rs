@@ -82,6 +82,11 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
         Ok(p) => p,
         Err(e) => return record_error_build(app, &req, revision, &reason, e.to_string()).await,
     };
+    // Before the jobs are queued, so that no job is matched against a worker
+    // that was never asked about what the job needs.
+    app.hub
+        .want_probes(herd_core::probe::probes_for(&pipeline).into_values())
+        .await?;
     let builders: Vec<_> = match &req.builder {
         None => pipeline.builders.iter().collect(),
         Some(b) => match pipeline.builder(b) {

@@ -9,9 +9,12 @@
 use crate::store::{
     Applied, FinishedJob, LostOutcome, QueuedJobInfo, Store, StoreError, WorkerRow,
 };
-use herd_core::requirement::Capabilities;
+use herd_core::probe::{is_fact, ProbeSpec};
+use herd_core::requirement::{Capabilities, Capability, Requirement};
 use herd_core::schedule::{self, QueuedJob, WorkerView};
-use herd_proto::{Assignment, AttemptId, Hello, ResumeAttempt, ServerMsg};
+use herd_proto::{
+    Assignment, AttemptId, Hello, ProbeRequest, ProbeResult, ResumeAttempt, ServerMsg,
+};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -56,7 +59,10 @@ struct LiveWorker {
     conn_id: u64,
     tx: mpsc::UnboundedSender<Outbound>,
     slots: u32,
-    caps: Capabilities,
+    facts: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    /// Probe results reported on this connection.
+    probes: BTreeMap<String, ProbeResult>,
     running: HashSet<AttemptId>,
     /// Slots promised by a scheduling pass that is still writing its attempts.
     reserved: u32,
@@ -72,6 +78,8 @@ struct Orphan {
 #[derive(Default)]
 struct HubState {
     workers: HashMap<String, LiveWorker>,
+    /// Probes the builders need: name -> custom command.
+    probe_set: BTreeMap<String, Option<String>>,
     queue: Vec<QueuedJobInfo>,
     orphans: HashMap<AttemptId, Orphan>,
     next_conn_id: u64,
@@ -113,12 +121,14 @@ impl Hub {
                 )
             })
             .collect();
+        let probe_set = store.wanted_probes().await?;
         let hub = Arc::new(Hub {
             store,
             settings,
             state: Mutex::new(HubState {
                 queue,
                 orphans,
+                probe_set,
                 ..HubState::default()
             }),
             wake_scheduler: Notify::new(),
@@ -212,7 +222,6 @@ impl Hub {
             self.lock().orphans.remove(&attempt);
             self.attempt_lost(attempt, "worker restarted").await?;
         }
-        let caps = capabilities(hello);
         let conn_id = {
             let mut st = self.lock();
             st.next_conn_id += 1;
@@ -225,13 +234,22 @@ impl Hub {
                     "replaced by a new connection of the same worker".into(),
                 ));
             }
+            let probes = probe_requests(&st.probe_set);
+            if !probes.is_empty() {
+                let _ = tx.send(Outbound::Send(ServerMsg::Probe {
+                    probes,
+                    fresh: false,
+                }));
+            }
             st.workers.insert(
                 name.to_string(),
                 LiveWorker {
                     conn_id,
                     tx,
                     slots: hello.slots,
-                    caps,
+                    facts: hello.facts.clone(),
+                    labels: hello.labels.clone(),
+                    probes: BTreeMap::new(),
                     running: kept,
                     reserved: 0,
                     recent: VecDeque::new(),
@@ -388,6 +406,141 @@ impl Hub {
         Ok(())
     }
 
+    /// Adds the probes a pipeline needs to the wanted set; workers are asked
+    /// for the new ones at once.
+    pub async fn want_probes(
+        &self,
+        specs: impl IntoIterator<Item = ProbeSpec>,
+    ) -> Result<(), StoreError> {
+        let new: Vec<(String, Option<String>)> = {
+            let st = self.lock();
+            specs
+                .into_iter()
+                .filter(|p| !is_fact(&p.name))
+                .filter(|p| st.probe_set.get(&p.name) != Some(&p.command))
+                .map(|p| (p.name, p.command))
+                .collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.store.set_wanted_probes(&new).await?;
+        let mut st = self.lock();
+        for (name, command) in &new {
+            st.probe_set.insert(name.clone(), command.clone());
+        }
+        // Changed commands must run again: forget old results for them.
+        for w in st.workers.values_mut() {
+            for (name, _) in &new {
+                w.probes.remove(name);
+            }
+        }
+        let probes: Vec<ProbeRequest> = new
+            .iter()
+            .map(|(name, command)| ProbeRequest {
+                name: name.clone(),
+                command: command.clone(),
+            })
+            .collect();
+        for w in st.workers.values() {
+            let _ = w.tx.send(Outbound::Send(ServerMsg::Probe {
+                probes: probes.clone(),
+                fresh: false,
+            }));
+        }
+        Ok(())
+    }
+
+    /// A worker reported probe results.
+    pub async fn probe_results(
+        &self,
+        name: &str,
+        conn_id: u64,
+        results: Vec<ProbeResult>,
+    ) -> Result<(), StoreError> {
+        self.store.save_probe_results(name, &results).await?;
+        {
+            let mut st = self.lock();
+            if let Some(w) = st.workers.get_mut(name).filter(|w| w.conn_id == conn_id) {
+                for r in results {
+                    w.probes.insert(r.name.clone(), r);
+                }
+            }
+        }
+        self.wake();
+        self.changed();
+        Ok(())
+    }
+
+    /// Asks one worker (or all) to run every wanted probe again. Returns
+    /// the workers asked.
+    pub fn reprobe(&self, name: Option<&str>) -> Vec<String> {
+        let st = self.lock();
+        let probes = probe_requests(&st.probe_set);
+        st.workers
+            .iter()
+            .filter(|(n, _)| name.is_none_or(|want| want == n.as_str()))
+            .filter(|(_, w)| {
+                w.tx.send(Outbound::Send(ServerMsg::Probe {
+                    probes: probes.clone(),
+                    fresh: true,
+                }))
+                .is_ok()
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Why a job with these requirements is not running: per connected
+    /// worker, the first requirement it fails and what it has.
+    pub fn why_not(&self, requires: &[Requirement]) -> WhyNot {
+        let st = self.lock();
+        let mut workers: Vec<WorkerWhyNot> = st
+            .workers
+            .iter()
+            .map(|(name, w)| {
+                let caps = capabilities(w, &st.probe_set);
+                let unmet = schedule::can_run(requires, &caps).err().map(|u| u.message);
+                let full = w.running.len() as u32 + w.reserved >= w.slots;
+                let state = match (&unmet, w.draining, full) {
+                    (Some(_), _, _) => "incapable",
+                    (None, true, _) => "draining",
+                    (None, false, true) => "busy",
+                    (None, false, false) => "free",
+                };
+                WorkerWhyNot {
+                    worker: name.clone(),
+                    unmet,
+                    state,
+                }
+            })
+            .collect();
+        workers.sort_by(|a, b| a.worker.cmp(&b.worker));
+        let capable: Vec<&str> = workers
+            .iter()
+            .filter(|w| w.unmet.is_none())
+            .map(|w| w.worker.as_str())
+            .collect();
+        let summary = if workers.is_empty() {
+            "no worker is online".to_string()
+        } else if capable.is_empty() {
+            "no online worker meets the requirements".to_string()
+        } else {
+            format!("waiting for a free slot on {}", capable.join(", "))
+        };
+        WhyNot { summary, workers }
+    }
+
+    /// Connected workers that meet all of `requires`.
+    pub fn capable_workers(&self, requires: &[Requirement]) -> Vec<String> {
+        let w = self.why_not(requires);
+        w.workers
+            .into_iter()
+            .filter(|w| w.unmet.is_none())
+            .map(|w| w.worker)
+            .collect()
+    }
+
     /// One scheduling pass: plan, write attempts, hand them to connections.
     async fn schedule_once(&self) -> Result<bool, StoreError> {
         let placements: Vec<(QueuedJobInfo, String, u64)> = {
@@ -402,7 +555,7 @@ impl Hub {
                     name: name.clone(),
                     free_slots: w.slots.saturating_sub(w.running.len() as u32 + w.reserved),
                     accepting: !w.draining,
-                    caps: w.caps.clone(),
+                    caps: capabilities(w, &st.probe_set),
                     recent_builders: w.recent.iter().cloned().collect(),
                 })
                 .collect();
@@ -496,13 +649,57 @@ impl Hub {
     }
 }
 
-/// Facts and labels as the requirement matcher sees them.
-pub fn capabilities(hello: &Hello) -> Capabilities {
+/// What the requirement matcher sees of a worker: facts, then probe
+/// results, then labels (a label wins over a probe of the same name). A
+/// wanted probe the worker has not reported yet is unknown.
+fn capabilities(w: &LiveWorker, probe_set: &BTreeMap<String, Option<String>>) -> Capabilities {
     let mut caps = Capabilities::default();
-    for (k, v) in hello.facts.iter().chain(hello.labels.iter()) {
+    for (k, v) in &w.facts {
         caps.set(k.clone(), v.clone());
     }
+    for r in w.probes.values() {
+        caps.entries.insert(
+            r.name.clone(),
+            Capability {
+                present: r.present,
+                value: r.version.clone(),
+            },
+        );
+    }
+    for (k, v) in &w.labels {
+        caps.set(k.clone(), v.clone());
+    }
+    for name in probe_set.keys() {
+        if !caps.entries.contains_key(name) {
+            caps.unknown.insert(name.clone());
+        }
+    }
     caps
+}
+
+fn probe_requests(set: &BTreeMap<String, Option<String>>) -> Vec<ProbeRequest> {
+    set.iter()
+        .map(|(name, command)| ProbeRequest {
+            name: name.clone(),
+            command: command.clone(),
+        })
+        .collect()
+}
+
+/// Why a queued job waits, per worker.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WhyNot {
+    /// One line for people: "no worker is online", "every capable worker is busy" ...
+    pub summary: String,
+    pub workers: Vec<WorkerWhyNot>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerWhyNot {
+    pub worker: String,
+    /// None when the worker could run the job (it is busy or paused).
+    pub unmet: Option<String>,
+    pub state: &'static str,
 }
 
 async fn scheduler_loop(hub: Arc<Hub>) {

@@ -70,6 +70,7 @@ pub async fn worker_endpoint(
                 app,
                 name: worker,
                 cursors: HashMap::new(),
+                conn_id: 0,
                 compressor,
             };
             conn.run(socket).await;
@@ -87,6 +88,7 @@ struct Connection {
     app: Arc<App>,
     name: String,
     cursors: HashMap<AttemptId, Cursor>,
+    conn_id: u64,
     /// Reused for every log chunk of the connection (a context per chunk costs more than the chunk).
     compressor: zstd::bulk::Compressor<'static>,
 }
@@ -99,6 +101,7 @@ struct Batch {
     reack: Vec<AttemptId>,
     /// Attempts the worker reported on that it does not hold.
     unknown: Vec<AttemptId>,
+    probe_results: Vec<herd_proto::ProbeResult>,
     bytes: usize,
     frames: usize,
 }
@@ -159,6 +162,7 @@ impl Connection {
             Ok(a) => a,
             Err(e) => return refuse(&mut sink, &self.name, &format!("server error: {e}")).await,
         };
+        self.conn_id = admitted.conn_id;
         for r in &admitted.resume {
             let step_sizes = match hub.store.step_sizes(r.attempt).await {
                 Ok(s) => s,
@@ -294,6 +298,10 @@ impl Connection {
                 Err(e) => Flow::Stop(format!("malformed message: {e}")),
                 Ok(WorkerMsg::Hello(_)) => Flow::Stop("a second hello on one connection".into()),
                 Ok(WorkerMsg::Heartbeat) => Flow::Continue,
+                Ok(WorkerMsg::ProbeResults { results }) => {
+                    batch.probe_results.extend(results);
+                    Flow::Continue
+                }
                 Ok(WorkerMsg::Event {
                     attempt,
                     seq,
@@ -405,6 +413,10 @@ impl Connection {
             });
         }
         let hub = Arc::clone(&self.app.hub);
+        if !batch.probe_results.is_empty() {
+            hub.probe_results(&self.name, self.conn_id, batch.probe_results)
+                .await?;
+        }
         if !batch.attempts.is_empty() {
             let events: Vec<AttemptEvents> = batch
                 .attempts

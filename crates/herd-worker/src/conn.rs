@@ -3,11 +3,12 @@
 
 use crate::exec::{run_job, JobContext};
 use crate::outbox::{Frame, Outbox, StopKind};
-use crate::{endpoint_url, facts, WorkerError, WorkerOptions};
+use crate::{endpoint_url, facts, probe, WorkerError, WorkerOptions};
 use futures_util::{SinkExt, StreamExt};
 use herd_proto::{
     Hello, ServerMsg, Welcome, WorkerMsg, MAX_BINARY_FRAME, MAX_TEXT_FRAME, SUPPORTED_PROTOCOLS,
 };
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -159,6 +160,9 @@ async fn session(
     ));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // Messages from tasks of this session (probe results) to the server.
+    let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::unbounded_channel::<WorkerMsg>();
+    let mut probed: HashSet<String> = HashSet::new();
     loop {
         let ready = outbox.ready.notified();
         let frames = outbox.take_unsent(SEND_BATCH);
@@ -183,6 +187,19 @@ async fn session(
                     None => return SessionEnd::Lost("the server closed the connection".into()),
                     Some(Err(e)) => return SessionEnd::Lost(format!("connection error: {e}")),
                     Some(Ok(Message::Text(t))) => match ServerMsg::decode(&t) {
+                        Ok(ServerMsg::Probe { probes, fresh }) => {
+                            if fresh {
+                                probed.clear();
+                            }
+                            let todo: Vec<_> = probes.into_iter().filter(|p| probed.insert(p.name.clone())).collect();
+                            if !todo.is_empty() {
+                                let tx = ctl_tx.clone();
+                                tokio::spawn(async move {
+                                    let results = probe::run_all(todo).await;
+                                    let _ = tx.send(WorkerMsg::ProbeResults { results });
+                                });
+                            }
+                        }
                         Ok(m) => {
                             if let Some(end) = handle(m, &ctx, outbox) {
                                 return end;
@@ -195,6 +212,11 @@ async fn session(
                 }
             }
             _ = ready, if !more => {}
+            Some(msg) = ctl_rx.recv() => {
+                if let Err(e) = sink.send(Message::Text(msg.encode().into())).await {
+                    return SessionEnd::Lost(format!("send failed: {e}"));
+                }
+            }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > hb_timeout {
                     return SessionEnd::Lost(format!("no heartbeat from the server for {hb_timeout:?}"));
@@ -240,7 +262,7 @@ fn handle(msg: ServerMsg, ctx: &Arc<JobContext>, outbox: &Outbox) -> Option<Sess
             outbox.stop(attempt, StopKind::Abandon);
         }
         ServerMsg::Ack { attempt, seq } => outbox.ack(attempt, seq),
-        ServerMsg::Heartbeat | ServerMsg::Welcome(_) => {}
+        ServerMsg::Heartbeat | ServerMsg::Welcome(_) | ServerMsg::Probe { .. } => {}
         ServerMsg::Error { message } => {
             return Some(SessionEnd::Lost(format!(
                 "the server closed the connection: {message}"

@@ -8,6 +8,7 @@ mod conn;
 pub mod exec;
 pub mod facts;
 pub mod outbox;
+pub mod probe;
 
 pub use conn::run;
 

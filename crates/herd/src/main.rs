@@ -34,8 +34,8 @@ enum Command {
     /// Start, show, follow and cancel builds.
     #[command(subcommand)]
     Build(cmd::build::BuildCommand),
-    /// List the workers the server knows.
-    Workers(ClientArgs),
+    /// List the workers, show one with its capabilities, ask for new probes.
+    Workers(cmd::workers::WorkersArgs),
     /// Create tokens.
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),

@@ -3,7 +3,8 @@
 use super::{Admin, ApiError, OPENAPI};
 use crate::auth::{self, TokenKind};
 use crate::builds::{start_build, StartBuild};
-use crate::store::{BuildDetail, WorkerRow};
+use crate::hub::WhyNot;
+use crate::store::{BuildDetail, JobSpec, WorkerRow};
 use crate::App;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
@@ -13,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,7 +86,7 @@ pub async fn create_build(
     let id = start_build(&app, req).await?;
     let detail = app.hub.store.build_detail(id).await?;
     let body = detail
-        .map(|d| build_json(&d, 0))
+        .map(|d| build_json(&d, 0, &why_not_map(&app, &d)))
         .unwrap_or(json!({ "id": id }));
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -116,7 +118,23 @@ pub async fn get_build(
         .build_detail(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
-    Ok(Json(build_json(&detail, version)))
+    Ok(Json(build_json(
+        &detail,
+        version,
+        &why_not_map(&app, &detail),
+    )))
+}
+
+/// Why each queued job of the build waits.
+fn why_not_map(app: &App, d: &BuildDetail) -> HashMap<i64, WhyNot> {
+    d.jobs
+        .iter()
+        .filter(|j| j.state == "queued")
+        .filter_map(|j| {
+            let spec: JobSpec = serde_json::from_str(&j.spec).ok()?;
+            Some((j.id, app.hub.why_not(&spec.requires)))
+        })
+        .collect()
 }
 
 pub async fn cancel_build(
@@ -194,14 +212,11 @@ pub async fn get_log(
 
 pub async fn list_workers(State(app): AppState) -> Result<Json<Value>, ApiError> {
     let live = app.hub.live_workers();
-    let workers: Vec<Value> = app
-        .hub
-        .store
-        .workers()
-        .await?
-        .iter()
-        .map(|w| worker_json(w, live.get(&w.name)))
-        .collect();
+    let mut workers = Vec::new();
+    for w in app.hub.store.workers().await?.iter() {
+        let probes = app.hub.store.worker_probes(&w.name).await?;
+        workers.push(worker_json(w, live.get(&w.name), &probes));
+    }
     Ok(Json(json!({ "workers": workers })))
 }
 
@@ -216,7 +231,87 @@ pub async fn get_worker(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no worker `{name}` has connected yet")))?;
     let live = app.hub.live_workers();
-    Ok(Json(worker_json(&w, live.get(&name))))
+    let probes = app.hub.store.worker_probes(&name).await?;
+    Ok(Json(worker_json(&w, live.get(&name), &probes)))
+}
+
+#[derive(Deserialize, Default)]
+pub struct ReprobeBody {
+    worker: Option<String>,
+}
+
+/// Asks one worker (or every connected one) to run its probes again.
+pub async fn reprobe(
+    _: Admin,
+    State(app): AppState,
+    body: Option<Json<ReprobeBody>>,
+) -> Result<Json<Value>, ApiError> {
+    let worker = body.and_then(|Json(b)| b.worker);
+    let asked = app.hub.reprobe(worker.as_deref());
+    if let (Some(w), true) = (&worker, asked.is_empty()) {
+        return Err(ApiError::not_found(format!("worker `{w}` is not online")));
+    }
+    Ok(Json(json!({ "reprobing": asked })))
+}
+
+/// The builders of a project (as of its latest build) and, per job, the
+/// connected workers able to run it and why the others cannot.
+pub async fn project_builders(
+    State(app): AppState,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if app.hub.store.project(&name).await?.is_none() {
+        return Err(ApiError::not_found(format!("unknown project `{name}`")));
+    }
+    let latest = app
+        .hub
+        .store
+        .builds(Some(&name), None, None, 20)
+        .await?
+        .into_iter()
+        .find(|b| b.error.is_none());
+    let Some(latest) = latest else {
+        return Ok(Json(
+            json!({ "project": name, "build": null, "builders": [] }),
+        ));
+    };
+    let detail = app
+        .hub
+        .store
+        .build_detail(latest.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the build vanished"))?;
+    let mut builders: Vec<(String, Vec<Value>)> = Vec::new();
+    for j in &detail.jobs {
+        let spec: JobSpec = serde_json::from_str(&j.spec).unwrap_or(JobSpec {
+            requires: vec![],
+            steps: vec![],
+        });
+        let why = app.hub.why_not(&spec.requires);
+        let capable: Vec<&str> = why
+            .workers
+            .iter()
+            .filter(|w| w.unmet.is_none())
+            .map(|w| w.worker.as_str())
+            .collect();
+        let job = json!({
+            "job": j.name,
+            "requires": spec.requires.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            "capable_workers": capable,
+            "workers": why.workers,
+        });
+        match builders.iter_mut().find(|(b, _)| *b == j.builder) {
+            Some((_, jobs)) => jobs.push(job),
+            None => builders.push((j.builder.clone(), vec![job])),
+        }
+    }
+    let builders: Vec<Value> = builders
+        .into_iter()
+        .map(|(b, jobs)| json!({ "builder": b, "jobs": jobs }))
+        .collect();
+    Ok(Json(
+        json!({ "project": name, "build": latest.id, "builders": builders }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -259,7 +354,11 @@ pub fn valid_worker_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn worker_json(w: &WorkerRow, running: Option<&Vec<i64>>) -> Value {
+fn worker_json(
+    w: &WorkerRow,
+    running: Option<&Vec<i64>>,
+    probes: &[herd_proto::ProbeResult],
+) -> Value {
     let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(json!({}));
     json!({
         "name": w.name,
@@ -270,12 +369,13 @@ fn worker_json(w: &WorkerRow, running: Option<&Vec<i64>>) -> Value {
         "version": w.version,
         "paused": w.paused,
         "running_attempts": running.cloned().unwrap_or_default(),
+        "probes": probes,
         "first_seen": w.first_seen,
         "last_change": w.last_change,
     })
 }
 
-fn build_json(d: &BuildDetail, version: u64) -> Value {
+fn build_json(d: &BuildDetail, version: u64, waiting: &HashMap<i64, WhyNot>) -> Value {
     let jobs: Vec<Value> = d
         .jobs
         .iter()
@@ -308,6 +408,8 @@ fn build_json(d: &BuildDetail, version: u64) -> Value {
             json!({
                 "id": j.id, "builder": j.builder, "name": j.name, "state": j.state, "error": j.error,
                 "created_at": j.created_at, "started_at": j.started_at, "finished_at": j.finished_at,
+                "requires": serde_json::from_str::<JobSpec>(&j.spec).map(|s| s.requires.iter().map(|r| r.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
+                "waiting": waiting.get(&j.id),
                 "attempts": attempts,
             })
         })

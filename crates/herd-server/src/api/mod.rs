@@ -28,6 +28,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/openapi.json", get(handlers::openapi))
         .route("/api/v1/projects", get(handlers::list_projects))
         .route(
+            "/api/v1/projects/{name}/builders",
+            get(handlers::project_builders),
+        )
+        .route(
             "/api/v1/builds",
             get(handlers::list_builds).post(handlers::create_build),
         )
@@ -39,6 +43,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/v1/workers", get(handlers::list_workers))
         .route("/api/v1/workers/{name}", get(handlers::get_worker))
+        .route("/api/v1/workers/reprobe", post(handlers::reprobe))
         .route("/api/v1/tokens", post(handlers::create_token))
         .route(herd_proto::WORKER_ENDPOINT, get(crate::ws::worker_endpoint))
         .fallback(handlers::not_found)

@@ -11,6 +11,7 @@
 
 mod builds;
 mod logs;
+mod probes;
 mod rows;
 
 pub use builds::*;

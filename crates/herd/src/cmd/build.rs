@@ -220,6 +220,29 @@ pub fn print_build(b: &Value) {
         if let Some(e) = j["error"].as_str() {
             println!("    error: {e}");
         }
+        let w = &j["waiting"];
+        if let Some(summary) = w["summary"].as_str() {
+            let reqs: Vec<&str> = j["requires"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            println!(
+                "    waiting: {summary}{}",
+                if reqs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (requires {})", reqs.join(", "))
+                }
+            );
+            for x in w["workers"].as_array().into_iter().flatten() {
+                match x["unmet"].as_str() {
+                    Some(u) => println!("      {}: {u}", s(&x["worker"])),
+                    None => println!("      {}: {}", s(&x["worker"]), s(&x["state"])),
+                }
+            }
+        }
         for a in j["attempts"].as_array().into_iter().flatten() {
             let reason = a["reason"]
                 .as_str()

@@ -1,12 +1,104 @@
-//! `herd workers`: the workers the server knows.
+//! `herd workers [show NAME | reprobe [NAME]]`.
 
 use crate::client::Client;
 use crate::ClientArgs;
+use clap::{Args, Subcommand};
 use miette::Result;
+use serde_json::{json, Value};
 use std::process::ExitCode;
 
-pub async fn run(args: ClientArgs) -> Result<ExitCode> {
-    let c = Client::new(&args)?;
+#[derive(Args)]
+pub struct WorkersArgs {
+    #[command(subcommand)]
+    command: Option<WorkersCommand>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum WorkersCommand {
+    /// Facts, labels and probe results of one worker.
+    Show { name: String },
+    /// Run the probes again on one worker, or on every connected one.
+    Reprobe { name: Option<String> },
+}
+
+pub async fn run(args: WorkersArgs) -> Result<ExitCode> {
+    let c = Client::new(&args.client)?;
+    match args.command {
+        None => list(&c).await,
+        Some(WorkersCommand::Show { name }) => show(&c, &name).await,
+        Some(WorkersCommand::Reprobe { name }) => {
+            let res = c
+                .post("/api/v1/workers/reprobe", &json!({ "worker": name }))
+                .await?;
+            let asked: Vec<&str> = res["reprobing"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            println!(
+                "reprobing: {}",
+                if asked.is_empty() {
+                    "no worker is online".to_string()
+                } else {
+                    asked.join(", ")
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn show(c: &Client, name: &str) -> Result<ExitCode> {
+    let w = c.get(&format!("/api/v1/workers/{name}")).await?;
+    let state = if w["online"] == true {
+        "online"
+    } else {
+        "offline"
+    };
+    println!(
+        "worker {name}: {state}, {} slots, herd {}",
+        w["slots"],
+        w["version"].as_str().unwrap_or("?")
+    );
+    println!("facts:");
+    for (k, v) in w["facts"].as_object().into_iter().flatten() {
+        println!("  {k:<12} {}", v.as_str().unwrap_or(""));
+    }
+    let labels = w["labels"].as_object().cloned().unwrap_or_default();
+    if !labels.is_empty() {
+        println!("labels:");
+        for (k, v) in labels {
+            println!("  {k:<12} {}", v.as_str().unwrap_or(""));
+        }
+    }
+    let probes = w["probes"].as_array().cloned().unwrap_or_default();
+    if !probes.is_empty() {
+        println!("probes:");
+        for p in probes {
+            let what = if p["present"] == true {
+                p["version"]
+                    .as_str()
+                    .unwrap_or("present (version unknown)")
+                    .to_string()
+            } else {
+                format!(
+                    "not found{}",
+                    p["output"]
+                        .as_str()
+                        .map(|o| format!(": {}", o.lines().next().unwrap_or("")))
+                        .unwrap_or_default()
+                )
+            };
+            println!("  {:<20} {what}", p["name"].as_str().unwrap_or("?"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(c: &Client) -> Result<ExitCode> {
     let res = c.get("/api/v1/workers").await?;
     let workers = res["workers"].as_array().cloned().unwrap_or_default();
     if workers.is_empty() {

@@ -86,23 +86,32 @@ impl Server {
     }
 
     pub fn worker(&self, name: &str, slots: u32, labels: &[&str]) -> Worker {
+        self.worker_with_env(name, slots, labels, &[])
+    }
+
+    /// A worker with extra environment (a PATH with fake tools, say).
+    pub fn worker_with_env(
+        &self,
+        name: &str,
+        slots: u32,
+        labels: &[&str],
+        env: &[(&str, String)],
+    ) -> Worker {
+        let token = self.worker_token(name);
+        let workdir = self.dir.path().join(format!("work-{name}"));
+        let w = Worker::spawn_with_env(&self.url, &token, name, &workdir, slots, labels, env);
+        self.wait_online(name);
+        w
+    }
+
+    pub fn worker_token(&self, name: &str) -> String {
         let out = self.cli(&["token", "create", "--worker", name]);
         assert!(
             out.status.success(),
             "token create: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let w = Worker::spawn(
-            &self.url,
-            &token,
-            name,
-            &self.dir.path().join(format!("work-{name}")),
-            slots,
-            labels,
-        );
-        self.wait_online(name);
-        w
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     pub fn wait_online(&self, name: &str) {
@@ -254,7 +263,22 @@ impl Worker {
         slots: u32,
         labels: &[&str],
     ) -> Worker {
+        Self::spawn_with_env(url, token, name, workdir, slots, labels, &[])
+    }
+
+    pub fn spawn_with_env(
+        url: &str,
+        token: &str,
+        name: &str,
+        workdir: &Path,
+        slots: u32,
+        labels: &[&str],
+        env: &[(&str, String)],
+    ) -> Worker {
         let mut cmd = Command::new(HERD);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.args([
             "worker",
             "--server",
