@@ -56,6 +56,11 @@ pub enum WorkerMsg {
     Heartbeat,
     /// Results of the probes the server asked for.
     ProbeResults { results: Vec<ProbeResult> },
+    /// The worker is shutting down gracefully: it finishes what it runs
+    /// and wants no new jobs.
+    Draining,
+    /// The worker stops now: every attempt it ran is dead, move them at once.
+    Stopping,
 }
 
 /// What a probe found on the worker.

@@ -68,6 +68,8 @@ struct LiveWorker {
     reserved: u32,
     recent: VecDeque<String>,
     draining: bool,
+    /// Paused by an admin: no new jobs; running ones finish. Kept in the store.
+    paused: bool,
 }
 
 struct Orphan {
@@ -222,6 +224,7 @@ impl Hub {
             self.lock().orphans.remove(&attempt);
             self.attempt_lost(attempt, "worker restarted").await?;
         }
+        let paused = self.store.worker(name).await?.is_some_and(|w| w.paused);
         let conn_id = {
             let mut st = self.lock();
             st.next_conn_id += 1;
@@ -254,6 +257,7 @@ impl Hub {
                     reserved: 0,
                     recent: VecDeque::new(),
                     draining: hello.draining,
+                    paused,
                 },
             );
             conn_id
@@ -266,7 +270,7 @@ impl Hub {
                 facts: serde_json::to_string(&hello.facts).unwrap_or_else(|_| "{}".into()),
                 version: hello.version.clone(),
                 online: true,
-                paused: false,
+                paused,
                 first_seen: 0,
                 last_change: 0,
             })
@@ -317,6 +321,40 @@ impl Hub {
             .workers
             .get(name)
             .is_some_and(|w| w.conn_id == conn_id)
+    }
+
+    /// The worker stops now: its attempts died with their steps, so they
+    /// move at once instead of after the grace period.
+    pub async fn stopping(&self, name: &str, conn_id: u64) -> Result<(), StoreError> {
+        let attempts: Vec<AttemptId> = {
+            let mut st = self.lock();
+            match st.workers.get_mut(name) {
+                Some(w) if w.conn_id == conn_id => {
+                    w.draining = true;
+                    w.running.drain().collect()
+                }
+                _ => Vec::new(),
+            }
+        };
+        for a in attempts {
+            self.attempt_lost(a, &format!("worker lost: {name} stopped"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Pauses or resumes a worker (stored, so it survives restarts). False
+    /// when the server has never seen the worker.
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<bool, StoreError> {
+        if !self.store.set_paused(name, paused).await? {
+            return Ok(false);
+        }
+        if let Some(w) = self.lock().workers.get_mut(name) {
+            w.paused = paused;
+        }
+        self.wake();
+        self.changed();
+        Ok(true)
     }
 
     /// The worker changed its mind about taking jobs (draining on SIGTERM).
@@ -502,11 +540,12 @@ impl Hub {
                 let caps = capabilities(w, &st.probe_set);
                 let unmet = schedule::can_run(requires, &caps).err().map(|u| u.message);
                 let full = w.running.len() as u32 + w.reserved >= w.slots;
-                let state = match (&unmet, w.draining, full) {
-                    (Some(_), _, _) => "incapable",
-                    (None, true, _) => "draining",
-                    (None, false, true) => "busy",
-                    (None, false, false) => "free",
+                let state = match (&unmet, w.draining, w.paused, full) {
+                    (Some(_), _, _, _) => "incapable",
+                    (None, true, _, _) => "draining",
+                    (None, _, true, _) => "paused",
+                    (None, false, false, true) => "busy",
+                    (None, false, false, false) => "free",
                 };
                 WorkerWhyNot {
                     worker: name.clone(),
@@ -554,7 +593,7 @@ impl Hub {
                 .map(|(name, w)| WorkerView {
                     name: name.clone(),
                     free_slots: w.slots.saturating_sub(w.running.len() as u32 + w.reserved),
-                    accepting: !w.draining,
+                    accepting: !w.draining && !w.paused,
                     caps: capabilities(w, &st.probe_set),
                     recent_builders: w.recent.iter().cloned().collect(),
                 })

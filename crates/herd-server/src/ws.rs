@@ -102,6 +102,8 @@ struct Batch {
     /// Attempts the worker reported on that it does not hold.
     unknown: Vec<AttemptId>,
     probe_results: Vec<herd_proto::ProbeResult>,
+    /// The worker said it stops now: its attempts are dead.
+    stopping: bool,
     bytes: usize,
     frames: usize,
 }
@@ -298,6 +300,14 @@ impl Connection {
                 Err(e) => Flow::Stop(format!("malformed message: {e}")),
                 Ok(WorkerMsg::Hello(_)) => Flow::Stop("a second hello on one connection".into()),
                 Ok(WorkerMsg::Heartbeat) => Flow::Continue,
+                Ok(WorkerMsg::Draining) => {
+                    self.app.hub.set_draining(&self.name, true);
+                    Flow::Continue
+                }
+                Ok(WorkerMsg::Stopping) => {
+                    batch.stopping = true;
+                    Flow::Continue
+                }
                 Ok(WorkerMsg::ProbeResults { results }) => {
                     batch.probe_results.extend(results);
                     Flow::Continue
@@ -460,6 +470,10 @@ impl Connection {
                 }
             }
             hub.changed();
+        }
+        if batch.stopping {
+            hub.stopping(&self.name, self.conn_id).await?;
+            self.cursors.clear();
         }
         for attempt in batch.reack {
             if let Some(c) = self.cursors.get(&attempt) {

@@ -3,12 +3,14 @@
 
 use crate::exec::{run_job, JobContext};
 use crate::outbox::{Frame, Outbox, StopKind};
-use crate::{endpoint_url, facts, probe, WorkerError, WorkerOptions};
+use crate::reaper::Reaper;
+use crate::{endpoint_url, facts, probe, Shutdown, WorkerError, WorkerOptions};
 use futures_util::{SinkExt, StreamExt};
 use herd_proto::{
     Hello, ServerMsg, Welcome, WorkerMsg, MAX_BINARY_FRAME, MAX_TEXT_FRAME, SUPPORTED_PROTOCOLS,
 };
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -32,21 +34,39 @@ enum SessionEnd {
 /// then (their jobs move to other workers on the server).
 pub async fn run(
     opts: WorkerOptions,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Shutdown>,
 ) -> Result<(), WorkerError> {
     let url = endpoint_url(&opts.server)?;
     std::fs::create_dir_all(&opts.workdir).map_err(|source| WorkerError::Workdir {
         path: opts.workdir.clone(),
         source,
     })?;
+    let reaper = match &opts.herd_bin {
+        Some(bin) => match Reaper::spawn(bin) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot start the reaper ({e}): steps may outlive a crash of this worker"
+                );
+                None
+            }
+        },
+        None => None,
+    };
     let outbox = Outbox::default();
+    let executors = Arc::new(AtomicUsize::new(0));
     let mut failures: u32 = 0;
     loop {
-        if *shutdown.borrow() {
+        let mode = *shutdown.borrow();
+        if mode == Shutdown::Now || (mode == Shutdown::Drain && outbox.is_empty()) {
             break;
         }
         let started = Instant::now();
-        match session(&url, &opts, &outbox, &mut shutdown).await {
+        let shared = Shared {
+            reaper: reaper.clone(),
+            executors: Arc::clone(&executors),
+        };
+        match session(&url, &opts, &outbox, &shared, &mut shutdown).await {
             SessionEnd::Shutdown => break,
             SessionEnd::Lost(reason) => {
                 tracing::warn!("connection to {} lost: {reason}", opts.server);
@@ -61,12 +81,27 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => {}
+            _ = outbox.emptied.notified() => {}
         }
     }
     for r in outbox.running() {
         outbox.stop(r.attempt, StopKind::Abandon);
     }
+    // Let the executors stop their process groups (TERM, grace, KILL).
+    let deadline = Instant::now() + crate::exec::KILL_GRACE + Duration::from_secs(1);
+    while executors.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(r) = reaper {
+        r.finish();
+    }
     Ok(())
+}
+
+/// What every session of one worker process shares.
+struct Shared {
+    reaper: Option<Arc<Reaper>>,
+    executors: Arc<AtomicUsize>,
 }
 
 /// Exponential backoff with full jitter between half and all of the step.
@@ -82,7 +117,8 @@ async fn session(
     url: &str,
     opts: &WorkerOptions,
     outbox: &Outbox,
-    shutdown: &mut watch::Receiver<bool>,
+    shared: &Shared,
+    shutdown: &mut watch::Receiver<Shutdown>,
 ) -> SessionEnd {
     let mut request = match url.into_client_request() {
         Ok(r) => r,
@@ -115,7 +151,7 @@ async fn session(
         labels: opts.labels.clone(),
         facts: facts::gather(),
         running: outbox.running(),
-        draining: false,
+        draining: *shutdown.borrow() == Shutdown::Drain,
     });
     if let Err(e) = sink.send(Message::Text(hello.encode().into())).await {
         return SessionEnd::Lost(format!("cannot send hello: {e}"));
@@ -153,6 +189,7 @@ async fn session(
     let ctx = Arc::new(JobContext {
         worker_name: name,
         workdir: opts.workdir.clone(),
+        reaper: shared.reaper.clone(),
     });
     let hb_timeout = Duration::from_millis(welcome.heartbeat_timeout_ms.max(1000));
     let mut heartbeat = tokio::time::interval(Duration::from_millis(
@@ -164,6 +201,12 @@ async fn session(
     let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::unbounded_channel::<WorkerMsg>();
     let mut probed: HashSet<String> = HashSet::new();
     loop {
+        let draining = *shutdown.borrow() == Shutdown::Drain;
+        let emptied = outbox.emptied.notified();
+        if draining && outbox.is_empty() {
+            let _ = sink.close().await;
+            return SessionEnd::Shutdown;
+        }
         let ready = outbox.ready.notified();
         let frames = outbox.take_unsent(SEND_BATCH);
         let more = frames.len() == SEND_BATCH;
@@ -201,7 +244,7 @@ async fn session(
                             }
                         }
                         Ok(m) => {
-                            if let Some(end) = handle(m, &ctx, outbox) {
+                            if let Some(end) = handle(m, &ctx, outbox, &shared.executors) {
                                 return end;
                             }
                         }
@@ -225,16 +268,34 @@ async fn session(
                     return SessionEnd::Lost(format!("send failed: {e}"));
                 }
             }
-            _ = shutdown.changed() => {
-                let _ = sink.close().await;
-                return SessionEnd::Shutdown;
+            _ = emptied, if draining => {}
+            changed = shutdown.changed() => {
+                let mode = if changed.is_ok() { *shutdown.borrow() } else { Shutdown::Now };
+                match mode {
+                    Shutdown::Run => {}
+                    Shutdown::Drain => {
+                        tracing::info!("draining: finishing {} running job(s), taking no new ones", outbox.len());
+                        let _ = sink.send(Message::Text(WorkerMsg::Draining.encode().into())).await;
+                    }
+                    Shutdown::Now => {
+                        // Say so first, so that the server moves the jobs at once.
+                        let _ = sink.send(Message::Text(WorkerMsg::Stopping.encode().into())).await;
+                        let _ = sink.close().await;
+                        return SessionEnd::Shutdown;
+                    }
+                }
             }
             _ = std::future::ready(()), if more => {}
         }
     }
 }
 
-fn handle(msg: ServerMsg, ctx: &Arc<JobContext>, outbox: &Outbox) -> Option<SessionEnd> {
+fn handle(
+    msg: ServerMsg,
+    ctx: &Arc<JobContext>,
+    outbox: &Outbox,
+    executors: &Arc<AtomicUsize>,
+) -> Option<SessionEnd> {
     match msg {
         ServerMsg::Assign(job) => {
             if outbox.running().iter().any(|r| r.attempt == job.attempt) {
@@ -251,7 +312,12 @@ fn handle(msg: ServerMsg, ctx: &Arc<JobContext>, outbox: &Outbox) -> Option<Sess
             let stop = outbox.open(job.attempt);
             let ctx = Arc::clone(ctx);
             let outbox = outbox.clone();
-            tokio::spawn(async move { run_job(&ctx, *job, outbox, stop).await });
+            let executors = Arc::clone(executors);
+            executors.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                run_job(&ctx, *job, outbox, stop).await;
+                executors.fetch_sub(1, Ordering::SeqCst);
+            });
         }
         ServerMsg::Cancel { attempt, reason } => {
             tracing::info!("cancelling attempt {attempt}: {reason}");

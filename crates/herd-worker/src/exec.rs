@@ -47,6 +47,7 @@ echo "checked out $(git rev-parse HEAD)"
 pub struct JobContext {
     pub worker_name: String,
     pub workdir: PathBuf,
+    pub reaper: Option<std::sync::Arc<crate::reaper::Reaper>>,
 }
 
 struct StepOutcome {
@@ -116,7 +117,7 @@ pub async fn run_job(
         }
         let started = Instant::now();
         let outcome = run_step(
-            &workspace, step, idx, &base_env, attempt, &outbox, &mut stop,
+            ctx, &workspace, step, idx, &base_env, attempt, &outbox, &mut stop,
         )
         .await;
         let Some(outcome) = outcome else { return };
@@ -186,7 +187,9 @@ async fn push(outbox: &Outbox, attempt: i64, p: Payload) -> bool {
 }
 
 /// Runs one step. None when the attempt was abandoned meanwhile.
+#[allow(clippy::too_many_arguments)]
 async fn run_step(
+    ctx: &JobContext,
     workspace: &Path,
     step: &StepSpec,
     idx: u32,
@@ -237,10 +240,16 @@ async fn run_step(
         return Some(spawn_error("the step's process vanished at start".into()));
     };
     let pgid = Pid::from_raw(pid as i32);
+    if let Some(r) = &ctx.reaper {
+        r.watch(pid as i32);
+    }
     let reader = match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
         Ok(r) => r,
         Err(e) => {
             kill_group(pgid, &mut child).await;
+            if let Some(r) = &ctx.reaper {
+                r.unwatch(pid as i32);
+            }
             return Some(spawn_error(format!("cannot read the step's output: {e}")));
         }
     };
@@ -277,6 +286,9 @@ async fn run_step(
     // Whatever happened, the group goes: leftovers of a finished step too.
     kill_group(pgid, &mut child).await;
     let _ = child.wait().await;
+    if let Some(r) = &ctx.reaper {
+        r.unwatch(pid as i32);
+    }
     match tokio::time::timeout(DRAIN_LIMIT, pump).await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => return None,

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod facts;
 pub mod outbox;
 pub mod probe;
+pub mod reaper;
 
 pub use conn::run;
 
@@ -24,6 +25,19 @@ pub struct WorkerOptions {
     pub workdir: PathBuf,
     pub slots: u32,
     pub labels: BTreeMap<String, String>,
+    /// The `herd` executable, to start the reaper that stops steps if this
+    /// worker dies. None: no reaper (steps may outlive a crash).
+    pub herd_bin: Option<PathBuf>,
+}
+
+/// What the worker's owner asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    Run,
+    /// Finish the running jobs, take no new ones, then exit (first SIGTERM).
+    Drain,
+    /// Stop the steps and exit now (SIGINT, or a second SIGTERM).
+    Now,
 }
 
 #[derive(Debug, thiserror::Error)]

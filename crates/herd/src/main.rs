@@ -39,6 +39,9 @@ enum Command {
     /// Create tokens.
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
+    /// Internal: stops a dead worker's steps (started by the worker).
+    #[command(name = "__reaper", hide = true)]
+    Reaper,
 }
 
 /// Where the server is and which token to present.
@@ -59,6 +62,11 @@ pub struct ClientArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Reaper = cli.command {
+        // No runtime needed: read the worker's pipe until it closes.
+        herd_worker::reaper::run_reaper(std::io::stdin().lock(), herd_worker::exec::KILL_GRACE);
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,6 +86,7 @@ fn main() -> ExitCode {
             Command::Build(c) => cmd::build::run(c).await,
             Command::Workers(a) => cmd::workers::run(a).await,
             Command::Token(c) => cmd::token::run(c).await,
+            Command::Reaper => Ok(ExitCode::SUCCESS),
         }
     });
     match result {

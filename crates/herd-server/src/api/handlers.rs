@@ -235,6 +235,31 @@ pub async fn get_worker(
     Ok(Json(worker_json(&w, live.get(&name), &probes)))
 }
 
+pub async fn pause_worker(
+    _: Admin,
+    State(app): AppState,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(&app, &name, true).await
+}
+
+pub async fn resume_worker(
+    _: Admin,
+    State(app): AppState,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(&app, &name, false).await
+}
+
+async fn set_paused(app: &App, name: &str, paused: bool) -> Result<Json<Value>, ApiError> {
+    if !app.hub.set_paused(name, paused).await? {
+        return Err(ApiError::not_found(format!(
+            "no worker `{name}` has connected yet"
+        )));
+    }
+    Ok(Json(json!({ "worker": name, "paused": paused })))
+}
+
 #[derive(Deserialize, Default)]
 pub struct ReprobeBody {
     worker: Option<String>,

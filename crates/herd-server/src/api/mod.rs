@@ -44,6 +44,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/workers", get(handlers::list_workers))
         .route("/api/v1/workers/{name}", get(handlers::get_worker))
         .route("/api/v1/workers/reprobe", post(handlers::reprobe))
+        .route("/api/v1/workers/{name}/pause", post(handlers::pause_worker))
+        .route(
+            "/api/v1/workers/{name}/resume",
+            post(handlers::resume_worker),
+        )
         .route("/api/v1/tokens", post(handlers::create_token))
         .route(herd_proto::WORKER_ENDPOINT, get(crate::ws::worker_endpoint))
         .fallback(handlers::not_found)

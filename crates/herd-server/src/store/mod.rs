@@ -180,6 +180,16 @@ impl Store {
         Ok(())
     }
 
+    /// Pauses or resumes a worker; false when no such worker has connected yet.
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<bool> {
+        let res = sqlx::query("UPDATE workers SET paused = $2 WHERE name = $1")
+            .bind(name)
+            .bind(i64::from(paused))
+            .execute(&self.write)
+            .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
     /// Marks every worker offline: at server start no connection exists yet.
     pub async fn all_workers_offline(&self) -> Result<()> {
         sqlx::query("UPDATE workers SET online = 0 WHERE online = 1")

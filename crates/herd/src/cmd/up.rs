@@ -97,7 +97,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
             t
         }
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(herd_worker::Shutdown::Run);
     let worker = tokio::spawn(herd_worker::run(
         WorkerOptions {
             server: url.clone(),
@@ -106,6 +106,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
             workdir: data.join("work"),
             slots: args.slots,
             labels: Default::default(),
+            herd_bin: std::env::current_exe().ok(),
         },
         stop_rx,
     ));
@@ -146,7 +147,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
 
     super::stop_signal().await;
     eprintln!("stopping");
-    let _ = stop_tx.send(true);
+    let _ = stop_tx.send(herd_worker::Shutdown::Now);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), worker).await;
     server.stop().await;
     Ok(ExitCode::SUCCESS)

@@ -1,11 +1,12 @@
 //! `herd worker`: connect out to a server and run its jobs.
 
 use clap::Args;
-use herd_worker::WorkerOptions;
+use herd_worker::{Shutdown, WorkerOptions};
 use miette::{miette, IntoDiagnostic, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Args)]
 pub struct WorkerArgs {
@@ -57,14 +58,40 @@ pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
         workdir,
         slots: args.slots,
         labels: parse_labels(&args.labels)?,
+        herd_bin: std::env::current_exe().ok(),
     };
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        super::stop_signal().await;
-        let _ = tx.send(true);
-    });
+    let (tx, rx) = tokio::sync::watch::channel(Shutdown::Run);
+    tokio::spawn(shutdown_signals(tx));
     herd_worker::run(opts, rx)
         .await
         .map_err(|e| miette!("{e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM: drain (finish the running jobs, take no new ones). A second
+/// SIGTERM, or SIGINT: stop now.
+async fn shutdown_signals(tx: tokio::sync::watch::Sender<Shutdown>) {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        super::stop_signal().await;
+        let _ = tx.send(Shutdown::Now);
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {
+            eprintln!("SIGTERM: finishing the running jobs; send SIGTERM or SIGINT again to stop now");
+            let _ = tx.send(Shutdown::Drain);
+        }
+        _ = int.recv() => {
+            let _ = tx.send(Shutdown::Now);
+            return;
+        }
+    }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let _ = tx.send(Shutdown::Now);
 }

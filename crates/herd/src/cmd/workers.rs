@@ -21,6 +21,10 @@ enum WorkersCommand {
     Show { name: String },
     /// Run the probes again on one worker, or on every connected one.
     Reprobe { name: Option<String> },
+    /// No new jobs for this worker (running ones finish); survives restarts.
+    Pause { name: String },
+    /// Give a paused worker jobs again.
+    Resume { name: String },
 }
 
 pub async fn run(args: WorkersArgs) -> Result<ExitCode> {
@@ -28,6 +32,18 @@ pub async fn run(args: WorkersArgs) -> Result<ExitCode> {
     match args.command {
         None => list(&c).await,
         Some(WorkersCommand::Show { name }) => show(&c, &name).await,
+        Some(WorkersCommand::Pause { name }) => {
+            c.post(&format!("/api/v1/workers/{name}/pause"), &json!({}))
+                .await?;
+            println!("paused {name}: running jobs finish, no new ones start");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(WorkersCommand::Resume { name }) => {
+            c.post(&format!("/api/v1/workers/{name}/resume"), &json!({}))
+                .await?;
+            println!("resumed {name}");
+            Ok(ExitCode::SUCCESS)
+        }
         Some(WorkersCommand::Reprobe { name }) => {
             let res = c
                 .post("/api/v1/workers/reprobe", &json!({ "worker": name }))
@@ -110,10 +126,11 @@ async fn list(c: &Client) -> Result<ExitCode> {
         "NAME", "STATE", "SLOTS", "RUNNING", "PLATFORM"
     );
     for w in workers {
-        let state = if w["online"].as_bool() == Some(true) {
-            "online"
-        } else {
-            "offline"
+        let state = match (w["online"].as_bool() == Some(true), w["paused"] == true) {
+            (true, true) => "paused",
+            (true, false) => "online",
+            (false, true) => "offline, paused",
+            (false, false) => "offline",
         };
         let running = w["running_attempts"]
             .as_array()
