@@ -1,4 +1,4 @@
-//! Durations as people write them in herd.yml: `90s`, `20m`, `1h30m`, `2d`,
+//! Durations as people write them in herd.yml: `300ms`, `90s`, `20m`, `1h30m`, `2d`,
 //! or a bare number of seconds.
 
 use std::time::Duration;
@@ -11,35 +11,39 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total: u64 = 0;
-    let mut number = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
+    let mut total_ms: u64 = 0;
+    let chars: Vec<char> = t.chars().filter(|c| *c != ' ').collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let start = i;
+        while i < chars.len() && chars[i].is_ascii_digit() {
+            i += 1;
         }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            ' ' => continue,
-            other => return Err(format!("unknown unit `{other}` (use s, m, h or d)")),
-        };
-        if number.is_empty() {
-            return Err(format!("`{c}` must follow a number"));
+        if start == i {
+            return Err(format!("`{}` must follow a number", chars[i]));
         }
+        let number: String = chars[start..i].iter().collect();
         let n: u64 = number.parse().map_err(|_| "number too large".to_string())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
+        let unit_start = i;
+        while i < chars.len() && chars[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let unit: String = chars[unit_start..i].iter().collect();
+        let ms_per = match unit.as_str() {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => return Err(format!("`{number}` needs a unit (ms, s, m, h or d)")),
+            other => return Err(format!("unknown unit `{other}` (use ms, s, m, h or d)")),
+        };
+        total_ms = n
+            .checked_mul(ms_per)
+            .and_then(|v| total_ms.checked_add(v))
             .ok_or("duration too large")?;
-        number.clear();
     }
-    if !number.is_empty() {
-        return Err(format!("`{number}` needs a unit (s, m, h or d)"));
-    }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total_ms))
 }
 
 pub fn format_duration(d: Duration) -> String {
@@ -71,6 +75,9 @@ mod tests {
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("1h30").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5x").is_err());
     }
 
     #[test]

@@ -1,0 +1,297 @@
+//! When a worker goes away, its work moves; a restarted server loses nothing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use std::time::Duration;
+
+fn signal(pid: u32, sig: Signal) {
+    kill(Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+fn attempts(b: &Value) -> Vec<Value> {
+    b["jobs"][0]["attempts"].as_array().unwrap().clone()
+}
+
+fn pause(server: &Server, name: &str, on: bool) {
+    let verb = if on { "pause" } else { "resume" };
+    let out = server.cli(&["workers", verb, name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn killing_a_worker_mid_step_moves_its_job_and_leaves_no_process_20_times() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display();
+    let pipeline = format!(
+        "builders:
+  job:
+    requires: [pool == x]
+    steps:
+      - run: if [ \"$HERD_WORKER\" = victim ]; then sleep 300 & echo $! > {dir}/pid-$HERD_BUILD_ID; wait; fi; echo \"done on $HERD_WORKER\"
+"
+    );
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], &[]);
+    let _a = server.worker("a", 1, &["pool=x"]);
+    let _b = server.worker("b", 1, &["pool=x"]);
+    let victim_token = server.worker_token("victim");
+    let workdir = root.path().join("victim-work");
+    for round in 0..20 {
+        pause(&server, "a", true);
+        pause(&server, "b", true);
+        let mut victim = Worker::spawn(
+            &server.url,
+            &victim_token,
+            "victim",
+            &workdir,
+            1,
+            &["pool=x"],
+        );
+        server.wait_online("victim");
+        let id = server.start_build("p", &[]);
+        let pidfile = root.path().join(format!("pid-{id}"));
+        let pid: i32 = wait_until(
+            Duration::from_secs(20),
+            "the step to start on the victim",
+            || {
+                std::fs::read_to_string(&pidfile)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+            },
+        );
+        pause(&server, "a", false);
+        pause(&server, "b", false);
+        victim.kill9();
+        let b = server.wait_build(id, Duration::from_secs(30));
+        assert_eq!(b["state"], "success", "round {round}: {b}");
+        let att = attempts(&b);
+        assert_eq!(att.len(), 2, "round {round}: {b}");
+        assert_eq!(att[0]["worker"], "victim");
+        assert_eq!(att[0]["state"], "lost");
+        assert!(
+            att[0]["reason"].as_str().unwrap().contains("worker lost"),
+            "{b}"
+        );
+        assert_eq!(att[1]["state"], "success");
+        let winner = att[1]["worker"].as_str().unwrap().to_string();
+        assert!(winner == "a" || winner == "b");
+        assert_eq!(
+            server.step_log(id, "job", "0"),
+            format!("done on {winner}\n").into_bytes()
+        );
+        wait_until(
+            Duration::from_secs(10),
+            "the killed worker's step to be gone",
+            || (!alive(pid)).then_some(()),
+        );
+    }
+    // 20 builds, each succeeded once.
+    let builds = server.get("/api/v1/builds?limit=100").unwrap();
+    let builds = builds["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 20);
+    assert!(builds.iter().all(|b| b["state"] == "success"));
+}
+
+#[test]
+fn a_hung_worker_loses_its_job_after_the_heartbeat_timeout_and_its_late_report_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display();
+    let pipeline = format!(
+        "builders:
+  job:
+    steps:
+      - run: echo \"start on $HERD_WORKER\"; touch {dir}/started-$HERD_WORKER; if [ \"$HERD_WORKER\" = victim ]; then sleep 2; fi; echo \"done on $HERD_WORKER\"
+"
+    );
+    let server = Server::start_with_pipelines(
+        &[("p", &pipeline)],
+        &[
+            "--heartbeat-interval",
+            "300ms",
+            "--heartbeat-timeout",
+            "1500ms",
+        ],
+    );
+    let victim = server.worker("victim", 1, &[]);
+    let _b = server.worker("b", 1, &[]);
+    pause(&server, "b", true);
+    let id = server.start_build("p", &[]);
+    wait_until(
+        Duration::from_secs(20),
+        "the step to start on the victim",
+        || root.path().join("started-victim").exists().then_some(()),
+    );
+    pause(&server, "b", false);
+    signal(victim.pid(), Signal::SIGSTOP);
+    let b = server.wait_build(id, Duration::from_secs(20));
+    assert_eq!(b["state"], "success");
+    let att = attempts(&b);
+    assert_eq!(
+        (att[0]["worker"].as_str(), att[0]["state"].as_str()),
+        (Some("victim"), Some("lost"))
+    );
+    assert_eq!(
+        (att[1]["worker"].as_str(), att[1]["state"].as_str()),
+        (Some("b"), Some("success"))
+    );
+    // Wake the victim: it reconnects, is told the attempt is not its own,
+    // and nothing it reports changes the build.
+    signal(victim.pid(), Signal::SIGCONT);
+    server.wait_online("victim");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = server.build(id);
+    assert_eq!(after["state"], "success");
+    assert_eq!(attempts(&after).len(), 2);
+    assert_eq!(attempts(&after)[0]["state"], "lost");
+    assert_eq!(server.step_log(id, "job", "0"), b"start on b\ndone on b\n");
+}
+
+#[test]
+fn the_server_killed_with_builds_in_flight_loses_nothing() {
+    let pipeline =
+        "builders:\n  job:\n    steps:\n      - run: sleep 1; echo \"done $HERD_BUILD_ID\"\n";
+    let mut server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _workers: Vec<Worker> = (0..4)
+        .map(|i| server.worker(&format!("w{i}"), 5, &[]))
+        .collect();
+    let ids: Vec<i64> = (0..70).map(|_| server.start_build("p", &[])).collect();
+    wait_until(Duration::from_secs(30), "20 running builds", || {
+        let running = server
+            .get("/api/v1/builds?state=running&limit=100")
+            .unwrap();
+        (running["builds"].as_array().unwrap().len() >= 20).then_some(())
+    });
+    server.kill_and_restart();
+    for id in &ids {
+        let b = server.wait_build(*id, Duration::from_secs(120));
+        assert_eq!(b["state"], "success", "{b}");
+        let att = attempts(&b);
+        assert_eq!(
+            att.iter().filter(|a| a["state"] == "success").count(),
+            1,
+            "{b}"
+        );
+        assert_eq!(
+            server.step_log(*id, "job", "0"),
+            format!("done {id}\n").into_bytes()
+        );
+    }
+}
+
+#[test]
+fn a_paused_worker_gets_no_jobs_and_stays_paused_across_a_restart() {
+    let pipeline = "builders:\n  job:\n    steps:\n      - run: echo ok\n";
+    let mut server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _w = server.worker("w", 1, &[]);
+    pause(&server, "w", true);
+    let id = server.start_build("p", &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let b = server.build(id);
+    assert_eq!(b["state"], "queued");
+    assert_eq!(b["jobs"][0]["waiting"]["workers"][0]["state"], "paused");
+    let list = server.cli(&["workers"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("paused"));
+    server.kill_and_restart();
+    server.wait_online("w");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.build(id)["state"], "queued");
+    pause(&server, "w", false);
+    assert_eq!(
+        server.wait_build(id, Duration::from_secs(20))["state"],
+        "success"
+    );
+}
+
+#[test]
+fn sigterm_finishes_running_jobs_and_takes_no_new_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display();
+    let pipeline = format!("builders:\n  job:\n    steps:\n      - run: touch {dir}/started-$HERD_BUILD_ID; sleep 1; echo finished\n");
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], &[]);
+    let mut w = server.worker("w", 1, &[]);
+    let first = server.start_build("p", &[]);
+    wait_until(Duration::from_secs(20), "the first step", || {
+        root.path()
+            .join(format!("started-{first}"))
+            .exists()
+            .then_some(())
+    });
+    signal(w.pid(), Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    let second = server.start_build("p", &[]);
+    let b = server.wait_build(first, Duration::from_secs(20));
+    assert_eq!(b["state"], "success");
+    assert_eq!(server.step_log(first, "job", "0"), b"finished\n");
+    let status = wait_until(Duration::from_secs(20), "the worker to exit", || {
+        w.child.try_wait().unwrap()
+    });
+    assert!(status.success());
+    assert_eq!(
+        server.build(second)["state"],
+        "queued",
+        "a draining worker takes no new job"
+    );
+}
+
+#[test]
+fn a_second_signal_stops_at_once_and_the_job_moves_without_waiting() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display();
+    let pipeline = format!(
+        "builders:\n  job:\n    steps:\n      - run: if [ \"$HERD_WORKER\" = quitter ]; then sleep 300 & echo $! > {dir}/pid; wait; fi; echo \"done on $HERD_WORKER\"\n"
+    );
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], &[]);
+    let mut quitter = server.worker("quitter", 1, &[]);
+    let _other = server.worker("other", 1, &[]);
+    pause(&server, "other", true);
+    let id = server.start_build("p", &[]);
+    let pid: i32 = wait_until(Duration::from_secs(20), "the step", || {
+        std::fs::read_to_string(root.path().join("pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    });
+    pause(&server, "other", false);
+    signal(quitter.pid(), Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(quitter.pid(), Signal::SIGINT);
+    let status = wait_until(Duration::from_secs(20), "the worker to exit", || {
+        quitter.child.try_wait().unwrap()
+    });
+    assert!(status.success());
+    assert!(!alive(pid), "the worker stopped its step before exiting");
+    let b = server.wait_build(id, Duration::from_secs(20));
+    assert_eq!(b["state"], "success");
+    let att = attempts(&b);
+    assert_eq!(att[0]["state"], "lost");
+    assert!(
+        att[0]["reason"].as_str().unwrap().contains("stopped"),
+        "{b}"
+    );
+    assert_eq!(att[1]["worker"], "other");
+}
+
+#[test]
+fn a_job_nobody_can_run_does_not_hold_up_the_others() {
+    let pipeline = "builders:\n  never:\n    requires: [os == plan9]\n    steps:\n      - run: echo never\n  now:\n    steps:\n      - run: echo now\n";
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _w = server.worker("w", 1, &[]);
+    let blocked = server.start_build("p", &["--builder", "never"]);
+    let ids: Vec<i64> = (0..5)
+        .map(|_| server.start_build("p", &["--builder", "now"]))
+        .collect();
+    for id in ids {
+        assert_eq!(
+            server.wait_build(id, Duration::from_secs(20))["state"],
+            "success"
+        );
+    }
+    assert_eq!(server.build(blocked)["state"], "queued");
+}
