@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod failover;
+
 const LATENCY_BUILDS: usize = 200;
 const THROUGHPUT_BUILDS: usize = 2000;
 const LOG_BYTES: u64 = 100_000_000;
 const LIMIT: Duration = Duration::from_secs(300);
 
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -25,7 +27,7 @@ impl Drop for Proc {
     }
 }
 
-fn herd_bin() -> PathBuf {
+pub(crate) fn herd_bin() -> PathBuf {
     if let Ok(p) = std::env::var("HERD_BIN") {
         return p.into();
     }
@@ -33,17 +35,17 @@ fn herd_bin() -> PathBuf {
     exe.parent().unwrap().join("herd")
 }
 
-struct Bench {
-    url: String,
-    token: String,
-    http: reqwest::Client,
-    dir: tempfile::TempDir,
-    server: Proc,
-    workers: Vec<Proc>,
+pub(crate) struct Bench {
+    pub(crate) url: String,
+    pub(crate) token: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) server: Proc,
+    pub(crate) workers: Vec<Proc>,
 }
 
 impl Bench {
-    fn start(pipelines: &[(&str, String)]) -> Bench {
+    pub(crate) fn start(pipelines: &[(&str, String)]) -> Bench {
         let dir = tempfile::tempdir().unwrap();
         let mut config = String::from("projects:\n");
         for (name, p) in pipelines {
@@ -81,7 +83,7 @@ impl Bench {
         }
     }
 
-    async fn add_worker(&mut self, name: &str, slots: u32) {
+    pub(crate) async fn add_worker(&mut self, name: &str, slots: u32) {
         let res: Value = self
             .http
             .post(format!("{}/api/v1/tokens", self.url))
@@ -121,7 +123,7 @@ impl Bench {
         panic!("worker {name} did not come online");
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub(crate) async fn get(&self, path: &str) -> Value {
         self.http
             .get(format!("{}{path}", self.url))
             .send()
@@ -132,7 +134,7 @@ impl Bench {
             .unwrap_or(json!({}))
     }
 
-    async fn start_build(&self, project: &str) -> i64 {
+    pub(crate) async fn start_build(&self, project: &str) -> i64 {
         let res: Value = self
             .http
             .post(format!("{}/api/v1/builds", self.url))
@@ -147,7 +149,7 @@ impl Bench {
         res["id"].as_i64().unwrap()
     }
 
-    async fn wait_build(&self, id: i64) -> Value {
+    pub(crate) async fn wait_build(&self, id: i64) -> Value {
         let deadline = Instant::now() + LIMIT;
         let mut since: Option<u64> = None;
         while Instant::now() < deadline {
@@ -165,7 +167,7 @@ impl Bench {
     }
 }
 
-fn rss_mb(pid: u32) -> f64 {
+pub(crate) fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -176,12 +178,12 @@ fn rss_mb(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn now_ns() -> u128 {
+pub(crate) fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -381,5 +383,21 @@ fn main() {
     }
     if run("logs") {
         rt.block_on(logs());
+    }
+    if run("failover") {
+        rt.block_on(failover::kill_and_hang());
+    }
+    if run("idle") {
+        raise_fd_limit();
+        for n in [1_000, 10_000] {
+            rt.block_on(failover::idle_workers(n));
+        }
+    }
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }

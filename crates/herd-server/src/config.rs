@@ -48,8 +48,9 @@ struct RawConfig {
     data: Option<String>,
     heartbeat_interval: Option<Spanned<String>>,
     heartbeat_timeout: Option<Spanned<String>>,
+    /// `projects:` with nothing under it is allowed (null).
     #[serde(default)]
-    projects: IndexMap<Spanned<String>, RawProject>,
+    projects: Option<IndexMap<Spanned<String>, RawProject>>,
 }
 
 #[derive(Deserialize)]
@@ -78,7 +79,7 @@ impl ServerConfig {
                 .transpose()
         };
         let mut projects = Vec::new();
-        for (name, p) in raw.projects {
+        for (name, p) in raw.projects.unwrap_or_default() {
             if !valid_project_name(&name.value) {
                 return Err(ConfigError::at_location(
                     file,
@@ -162,6 +163,18 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("builders"));
+    }
+
+    #[test]
+    fn an_empty_projects_key_is_fine() {
+        assert!(ServerConfig::parse("s.yml", "projects:\n")
+            .unwrap()
+            .projects
+            .is_empty());
+        assert!(ServerConfig::parse("s.yml", "")
+            .unwrap()
+            .projects
+            .is_empty());
     }
 
     #[test]

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 const BATCH_FRAMES: usize = 512;
 const BATCH_BYTES: usize = 8 * 1024 * 1024;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_BUFFER: usize = 16 * 1024;
 
 pub async fn worker_endpoint(
     State(app): State<Arc<App>>,
@@ -58,6 +59,10 @@ pub async fn worker_endpoint(
     };
     ws.max_message_size(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME))
         .max_frame_size(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME))
+        // Thousands of mostly idle workers: small buffers per connection
+        // (the defaults are 128 KiB each way).
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             let compressor = match zstd::bulk::Compressor::new(LOG_ZSTD_LEVEL) {
                 Ok(c) => c,
@@ -225,8 +230,10 @@ impl Connection {
                         Some(Ok(m)) => self.take(m, &mut batch),
                     };
                     last_heard = Instant::now();
-                    // Take whatever else is ready into the same transaction.
-                    while matches!(flow, Flow::Continue) && batch.frames < BATCH_FRAMES && batch.bytes < BATCH_BYTES {
+                    // Take whatever else is ready into the same transaction;
+                    // a lone heartbeat need not look (it would cost a read).
+                    let busy = !batch.attempts.is_empty();
+                    while busy && matches!(flow, Flow::Continue) && batch.frames < BATCH_FRAMES && batch.bytes < BATCH_BYTES {
                         match stream.next().now_or_never() {
                             Some(Some(Ok(m))) => flow = self.take(m, &mut batch),
                             Some(Some(Err(e))) => flow = Flow::Stop(format!("connection error: {e}")),
@@ -276,11 +283,12 @@ impl Connection {
                         break "connection closed while sending".into();
                     }
                 }
+                // Silence is noticed when it reaches the timeout, not at the next tick.
+                _ = tokio::time::sleep_until((last_heard + settings.heartbeat_timeout).into()) => {
+                    grace = Duration::ZERO;
+                    break format!("no heartbeat for {:?}", settings.heartbeat_timeout);
+                }
                 _ = heartbeat.tick() => {
-                    if last_heard.elapsed() > settings.heartbeat_timeout {
-                        grace = Duration::ZERO;
-                        break format!("no heartbeat for {:?}", settings.heartbeat_timeout);
-                    }
                     if sink.send(Message::Text(ServerMsg::Heartbeat.encode().into())).await.is_err() {
                         break "connection closed while sending".into();
                     }

@@ -260,10 +260,10 @@ async fn session(
                     return SessionEnd::Lost(format!("send failed: {e}"));
                 }
             }
+            _ = tokio::time::sleep_until((last_heard + hb_timeout).into()) => {
+                return SessionEnd::Lost(format!("no heartbeat from the server for {hb_timeout:?}"));
+            }
             _ = heartbeat.tick() => {
-                if last_heard.elapsed() > hb_timeout {
-                    return SessionEnd::Lost(format!("no heartbeat from the server for {hb_timeout:?}"));
-                }
                 if let Err(e) = sink.send(Message::Text(WorkerMsg::Heartbeat.encode().into())).await {
                     return SessionEnd::Lost(format!("send failed: {e}"));
                 }

@@ -33,7 +33,8 @@ impl Reaper {
             .arg(REAPER_COMMAND)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            // It may outlive the worker by the grace period: hold no one's terminal or pipe.
+            .stderr(Stdio::null())
             .process_group(0)
             .spawn()?;
         let stdin = child.stdin.take();
