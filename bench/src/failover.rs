@@ -114,8 +114,9 @@ pub async fn kill_and_hang() {
     b.add_worker("other", 1).await;
     let mut kills = Vec::new();
     let mut leftovers = 0;
-    for _ in 0..ROUNDS {
-        b.add_worker("victim", 1).await;
+    for r in 0..ROUNDS {
+        // A new name each round: one worker losing many jobs is quarantined.
+        b.add_worker(&format!("victim{r}"), 1).await;
         let idx = b.workers.len() - 1;
         let (s, left) = round(&b, stamps.path(), idx, false).await;
         kills.push(s);
@@ -128,7 +129,7 @@ pub async fn kill_and_hang() {
         kills[kills.len() / 2],
         kills[kills.len() - 1]
     );
-    b.add_worker("victim", 1).await;
+    b.add_worker("hanger", 1).await;
     let idx = b.workers.len() - 1;
     let (s, _) = round(&b, stamps.path(), idx, true).await;
     println!("failover, SIGSTOP of a busy worker (silent hang, heartbeat timeout 15 s) until its job's step starts on another:");

@@ -32,6 +32,11 @@ pub struct Settings {
     pub restart_grace: Duration,
     /// Attempts a job gets in all when workers are lost under it.
     pub max_attempts: i64,
+    /// A worker that loses this many jobs within `quarantine_window` is
+    /// quarantined: no jobs for `quarantine_base`, doubling each time.
+    pub quarantine_after: usize,
+    pub quarantine_window: Duration,
+    pub quarantine_base: Duration,
 }
 
 impl Default for Settings {
@@ -42,6 +47,9 @@ impl Default for Settings {
             reconnect_grace: Duration::from_secs(2),
             restart_grace: Duration::from_secs(30),
             max_attempts: 3,
+            quarantine_after: 3,
+            quarantine_window: Duration::from_secs(600),
+            quarantine_base: Duration::from_secs(60),
         }
     }
 }
@@ -77,8 +85,18 @@ struct Orphan {
     deadline: Instant,
 }
 
+/// A worker's record of lost jobs.
+#[derive(Default)]
+struct Health {
+    losses: VecDeque<Instant>,
+    /// How many times it was quarantined (the next quarantine is longer).
+    level: u32,
+    until: Option<(Instant, std::time::SystemTime)>,
+}
+
 #[derive(Default)]
 struct HubState {
+    health: HashMap<String, Health>,
     workers: HashMap<String, LiveWorker>,
     /// Probes the builders need: name -> custom command.
     probe_set: BTreeMap<String, Option<String>>,
@@ -222,7 +240,9 @@ impl Hub {
             .collect();
         for attempt in lost {
             self.lock().orphans.remove(&attempt);
-            self.attempt_lost(attempt, "worker restarted").await?;
+            self.attempt_lost(attempt, "worker lost: it restarted")
+                .await?;
+            self.record_loss(name);
         }
         let paused = self.store.worker(name).await?.is_some_and(|w| w.paused);
         let conn_id = {
@@ -540,10 +560,12 @@ impl Hub {
                 let caps = capabilities(w, &st.probe_set);
                 let unmet = schedule::can_run(requires, &caps).err().map(|u| u.message);
                 let full = w.running.len() as u32 + w.reserved >= w.slots;
+                let quarantined = Self::quarantined(&st, name);
                 let state = match (&unmet, w.draining, w.paused, full) {
                     (Some(_), _, _, _) => "incapable",
                     (None, true, _, _) => "draining",
                     (None, _, true, _) => "paused",
+                    _ if quarantined => "quarantined",
                     (None, false, false, true) => "busy",
                     (None, false, false, false) => "free",
                 };
@@ -593,7 +615,7 @@ impl Hub {
                 .map(|(name, w)| WorkerView {
                     name: name.clone(),
                     free_slots: w.slots.saturating_sub(w.running.len() as u32 + w.reserved),
-                    accepting: !w.draining && !w.paused,
+                    accepting: !w.draining && !w.paused && !Self::quarantined(&st, name),
                     caps: capabilities(w, &st.probe_set),
                     recent_builders: w.recent.iter().cloned().collect(),
                 })
@@ -681,10 +703,80 @@ impl Hub {
         };
         for (attempt, worker) in expired {
             let reason = format!("worker lost: {worker} did not come back in time");
-            if let Err(e) = self.attempt_lost(attempt, &reason).await {
-                tracing::error!("could not move attempt {attempt}: {e}");
+            match self.attempt_lost(attempt, &reason).await {
+                Ok(()) => self.record_loss(&worker),
+                Err(e) => tracing::error!("could not move attempt {attempt}: {e}"),
             }
         }
+        // A quarantine that ended frees the worker for jobs.
+        let ended = {
+            let mut st = self.lock();
+            let mut ended = false;
+            for h in st.health.values_mut() {
+                if h.until.is_some_and(|(u, _)| u <= now) {
+                    h.until = None;
+                    ended = true;
+                }
+            }
+            ended
+        };
+        if ended {
+            self.wake();
+            self.changed();
+        }
+    }
+
+    /// Counts a job lost by `worker`; quarantines it when it loses them
+    /// again and again.
+    fn record_loss(&self, worker: &str) {
+        let now = Instant::now();
+        let s = &self.settings;
+        let mut st = self.lock();
+        let h = st.health.entry(worker.to_string()).or_default();
+        h.losses.push_back(now);
+        while h
+            .losses
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > s.quarantine_window)
+        {
+            h.losses.pop_front();
+        }
+        if h.losses.len() >= s.quarantine_after {
+            let length = s
+                .quarantine_base
+                .saturating_mul(1u32 << h.level.min(6))
+                .min(Duration::from_secs(3600));
+            h.level += 1;
+            h.losses.clear();
+            h.until = Some((now + length, std::time::SystemTime::now() + length));
+            tracing::warn!(
+                "worker {worker} lost {} jobs in a row: quarantined for {length:?}",
+                s.quarantine_after
+            );
+        }
+    }
+
+    fn quarantined(st: &HubState, worker: &str) -> bool {
+        st.health
+            .get(worker)
+            .and_then(|h| h.until)
+            .is_some_and(|(u, _)| u > Instant::now())
+    }
+
+    /// When the worker's quarantine ends (ms since the epoch), if it is in one.
+    pub fn quarantined_until(&self, worker: &str) -> Option<i64> {
+        let st = self.lock();
+        if !Self::quarantined(&st, worker) {
+            return None;
+        }
+        st.health
+            .get(worker)
+            .and_then(|h| h.until)
+            .map(|(_, wall)| {
+                wall.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0)
+            })
     }
 }
 

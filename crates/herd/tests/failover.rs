@@ -36,26 +36,21 @@ fn killing_a_worker_mid_step_moves_its_job_and_leaves_no_process_20_times() {
   job:
     requires: [pool == x]
     steps:
-      - run: if [ \"$HERD_WORKER\" = victim ]; then sleep 300 & echo $! > {dir}/pid-$HERD_BUILD_ID; wait; fi; echo \"done on $HERD_WORKER\"
+      - run: case \"$HERD_WORKER\" in victim*) sleep 300 & echo $! > {dir}/pid-$HERD_BUILD_ID; wait;; esac; echo \"done on $HERD_WORKER\"
 "
     );
     let server = Server::start_with_pipelines(&[("p", &pipeline)], &[]);
     let _a = server.worker("a", 1, &["pool=x"]);
     let _b = server.worker("b", 1, &["pool=x"]);
-    let victim_token = server.worker_token("victim");
     let workdir = root.path().join("victim-work");
     for round in 0..20 {
         pause(&server, "a", true);
         pause(&server, "b", true);
-        let mut victim = Worker::spawn(
-            &server.url,
-            &victim_token,
-            "victim",
-            &workdir,
-            1,
-            &["pool=x"],
-        );
-        server.wait_online("victim");
+        // A new name each round: one worker losing 20 jobs would be quarantined.
+        let name = format!("victim{round}");
+        let token = server.worker_token(&name);
+        let mut victim = Worker::spawn(&server.url, &token, &name, &workdir, 1, &["pool=x"]);
+        server.wait_online(&name);
         let id = server.start_build("p", &[]);
         let pidfile = root.path().join(format!("pid-{id}"));
         let pid: i32 = wait_until(
@@ -74,7 +69,7 @@ fn killing_a_worker_mid_step_moves_its_job_and_leaves_no_process_20_times() {
         assert_eq!(b["state"], "success", "round {round}: {b}");
         let att = attempts(&b);
         assert_eq!(att.len(), 2, "round {round}: {b}");
-        assert_eq!(att[0]["worker"], "victim");
+        assert_eq!(att[0]["worker"], name.as_str());
         assert_eq!(att[0]["state"], "lost");
         assert!(
             att[0]["reason"].as_str().unwrap().contains("worker lost"),
@@ -294,4 +289,48 @@ fn a_job_nobody_can_run_does_not_hold_up_the_others() {
         );
     }
     assert_eq!(server.build(blocked)["state"], "queued");
+}
+
+#[test]
+fn a_worker_that_keeps_losing_jobs_is_quarantined() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display();
+    let pipeline = format!(
+        "builders:\n  job:\n    steps:\n      - run: sleep 300 & echo $! > {dir}/pid-$HERD_BUILD_ID; wait\n"
+    );
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], &["--retries", "0"]);
+    let token = server.worker_token("flaky");
+    let workdir = root.path().join("work");
+    for round in 0..3 {
+        let mut w = Worker::spawn(&server.url, &token, "flaky", &workdir, 1, &[]);
+        server.wait_online("flaky");
+        let id = server.start_build("p", &[]);
+        wait_until(Duration::from_secs(20), "the step", || {
+            root.path().join(format!("pid-{id}")).exists().then_some(())
+        });
+        w.kill9();
+        let b = server.wait_build(id, Duration::from_secs(20));
+        // --retries 0: a lost job is not tried again.
+        assert_eq!(b["state"], "error", "round {round}: {b}");
+        assert!(
+            b["jobs"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("gave up after 1 attempts"),
+            "{b}"
+        );
+    }
+    let _w = Worker::spawn(&server.url, &token, "flaky", &workdir, 1, &[]);
+    server.wait_online("flaky");
+    let w = server.get("/api/v1/workers/flaky").unwrap();
+    assert!(w["quarantined_until"].is_i64(), "{w}");
+    let id = server.start_build("p", &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let b = server.build(id);
+    assert_eq!(b["state"], "queued");
+    assert_eq!(
+        b["jobs"][0]["waiting"]["workers"][0]["state"],
+        "quarantined"
+    );
+    assert!(String::from_utf8_lossy(&server.cli(&["workers"]).stdout).contains("quarantined"));
 }

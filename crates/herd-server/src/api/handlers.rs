@@ -215,7 +215,9 @@ pub async fn list_workers(State(app): AppState) -> Result<Json<Value>, ApiError>
     let mut workers = Vec::new();
     for w in app.hub.store.workers().await?.iter() {
         let probes = app.hub.store.worker_probes(&w.name).await?;
-        workers.push(worker_json(w, live.get(&w.name), &probes));
+        let mut j = worker_json(w, live.get(&w.name), &probes);
+        j["quarantined_until"] = json!(app.hub.quarantined_until(&w.name));
+        workers.push(j);
     }
     Ok(Json(json!({ "workers": workers })))
 }
@@ -232,7 +234,9 @@ pub async fn get_worker(
         .ok_or_else(|| ApiError::not_found(format!("no worker `{name}` has connected yet")))?;
     let live = app.hub.live_workers();
     let probes = app.hub.store.worker_probes(&name).await?;
-    Ok(Json(worker_json(&w, live.get(&name), &probes)))
+    let mut j = worker_json(&w, live.get(&name), &probes);
+    j["quarantined_until"] = json!(app.hub.quarantined_until(&name));
+    Ok(Json(j))
 }
 
 pub async fn pause_worker(

@@ -28,6 +28,10 @@ pub struct ServerArgs {
     /// Silence after which a worker counts as lost, e.g. 15s.
     #[arg(long)]
     heartbeat_timeout: Option<String>,
+    /// Extra attempts a job gets when its worker is lost (a step that fails
+    /// on its own is never retried).
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
 }
 
 pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
@@ -50,7 +54,10 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
             .map(|s| herd_core::duration::parse_duration(s).map_err(|e| miette!("{flag} {s}: {e}")))
             .transpose()
     };
-    let mut settings = Settings::default();
+    let mut settings = Settings {
+        max_attempts: i64::from(args.retries) + 1,
+        ..Settings::default()
+    };
     if let Some(d) =
         dur("--heartbeat-interval", &args.heartbeat_interval)?.or(config.heartbeat_interval)
     {

@@ -127,6 +127,7 @@ async fn list(c: &Client) -> Result<ExitCode> {
     );
     for w in workers {
         let state = match (w["online"].as_bool() == Some(true), w["paused"] == true) {
+            _ if w["quarantined_until"].is_i64() => "quarantined",
             (true, true) => "paused",
             (true, false) => "online",
             (false, true) => "offline, paused",
