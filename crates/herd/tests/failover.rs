@@ -334,3 +334,93 @@ fn a_worker_that_keeps_losing_jobs_is_quarantined() {
     );
     assert!(String::from_utf8_lossy(&server.cli(&["workers"]).stdout).contains("quarantined"));
 }
+
+/// Heartbeats every 300 ms, lost after 2 s of silence.
+const FAST: &[&str] = &["--heartbeat-interval", "300ms", "--heartbeat-timeout", "2s"];
+
+#[test]
+fn a_short_network_outage_is_ridden_out_with_one_attempt_and_a_whole_log() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display();
+    let pipeline = format!(
+        "builders:\n  job:\n    steps:\n      - run: touch {dir}/started; for i in $(seq 1 30); do echo $i; sleep 0.1; done\n"
+    );
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], FAST);
+    let proxy = Proxy::start(&server.url);
+    let token = server.worker_token("behind-proxy");
+    let _w = Worker::spawn(
+        &proxy.url,
+        &token,
+        "behind-proxy",
+        &root.path().join("w"),
+        1,
+        &[],
+    );
+    server.wait_online("behind-proxy");
+    let id = server.start_build("p", &[]);
+    wait_until(Duration::from_secs(20), "the step", || {
+        root.path().join("started").exists().then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    proxy.stall(true);
+    std::thread::sleep(Duration::from_millis(1200));
+    proxy.stall(false);
+    let b = server.wait_build(id, Duration::from_secs(30));
+    assert_eq!(b["state"], "success");
+    assert_eq!(attempts(&b).len(), 1, "{b}");
+    let want: String = (1..=30).map(|i| format!("{i}\n")).collect();
+    assert_eq!(
+        String::from_utf8(server.step_log(id, "job", "0")).unwrap(),
+        want
+    );
+}
+
+#[test]
+fn a_long_network_outage_moves_the_job_and_then_stops_the_stale_worker() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display();
+    let pipeline = format!(
+        "builders:\n  job:\n    steps:\n      - run: case \"$HERD_WORKER\" in cut-off) sleep 300 & echo $! > {dir}/pid; wait;; esac; echo \"done on $HERD_WORKER\"\n"
+    );
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], FAST);
+    let proxy = Proxy::start(&server.url);
+    let token = server.worker_token("cut-off");
+    let _victim = Worker::spawn(
+        &proxy.url,
+        &token,
+        "cut-off",
+        &root.path().join("v"),
+        1,
+        &[],
+    );
+    server.wait_online("cut-off");
+    let _b = server.worker("direct", 1, &[]);
+    pause(&server, "direct", true);
+    let id = server.start_build("p", &[]);
+    let pid: i32 = wait_until(Duration::from_secs(20), "the step", || {
+        std::fs::read_to_string(root.path().join("pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    });
+    pause(&server, "direct", false);
+    proxy.stall(true);
+    let b = server.wait_build(id, Duration::from_secs(20));
+    assert_eq!(b["state"], "success");
+    let att = attempts(&b);
+    assert_eq!(
+        (att[0]["worker"].as_str(), att[0]["state"].as_str()),
+        (Some("cut-off"), Some("lost"))
+    );
+    assert_eq!(att[1]["worker"], "direct");
+    assert!(alive(pid), "the cut-off worker does not know yet");
+    proxy.stall(false);
+    // It comes back, is told the job moved, and stops its step.
+    wait_until(
+        Duration::from_secs(30),
+        "the stale step to be stopped",
+        || (!alive(pid)).then_some(()),
+    );
+    let after = server.build(id);
+    assert_eq!(attempts(&after).len(), 2);
+    assert_eq!(server.step_log(id, "job", "0"), b"done on direct\n");
+}

@@ -406,3 +406,86 @@ pub fn pseudo_random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// A TCP proxy on 127.0.0.1 that can go silent: while stalled it forwards
+/// nothing and accepts nothing, without closing anything (a network that
+/// drops traffic), then carries on.
+pub struct Proxy {
+    pub url: String,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Proxy {
+    pub fn start(target_url: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let target = target_url.trim_start_matches("http://").to_string();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("proxy runtime");
+        let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy addr");
+        let flag = std::sync::Arc::clone(&stalled);
+        runtime.spawn(async move {
+            loop {
+                while flag.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = upstream.set_nodelay(true);
+                let (cr, cw) = client.into_split();
+                let (ur, uw) = upstream.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(uw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    ),
+                    (Box::new(ur), Box::new(cw)),
+                ] {
+                    let flag = std::sync::Arc::clone(&flag);
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            while flag.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    while flag.load(Ordering::SeqCst) {
+                                        tokio::time::sleep(Duration::from_millis(10)).await;
+                                    }
+                                    if to.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = to.shutdown().await;
+                    });
+                }
+            }
+        });
+        Proxy {
+            url: format!("http://{addr}"),
+            stalled,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn stall(&self, on: bool) {
+        self.stalled.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
