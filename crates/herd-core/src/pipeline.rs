@@ -31,6 +31,8 @@ pub struct Builder {
     pub name: String,
     pub requires: Vec<Requirement>,
     pub jobs: Vec<JobDef>,
+    /// At most this many of the builder's jobs run at once (all builds).
+    pub max_concurrent: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +69,7 @@ struct RawBuilder {
     requires: Vec<Spanned<String>>,
     steps: Option<Vec<RawStep>>,
     jobs: Option<IndexMap<Spanned<String>, RawJob>>,
+    max_concurrent: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -229,10 +232,18 @@ impl Lower<'_> {
                 jobs
             }
         };
+        if let Some(m) = &raw.max_concurrent {
+            if m.value == 0 {
+                return Err(self
+                    .err(&m.referenced, "`max_concurrent` must be at least 1")
+                    .with_help("leave it out for no limit"));
+            }
+        }
         Ok(Builder {
             name: name.value,
             requires,
             jobs,
+            max_concurrent: raw.max_concurrent.map(|m| m.value),
         })
     }
 

@@ -8,7 +8,7 @@
 //! (warm workspace) is preferred, then the one with the most free slots.
 
 use crate::requirement::{Capabilities, Requirement, Unmet};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 #[derive(Debug, Clone)]
 pub struct QueuedJob {
@@ -17,6 +17,8 @@ pub struct QueuedJob {
     pub builder: String,
     pub priority: i64,
     pub requires: Vec<Requirement>,
+    /// The builder's `max_concurrent`: jobs of this builder running at once.
+    pub cap: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,8 +43,14 @@ pub fn can_run(requires: &[Requirement], caps: &Capabilities) -> Result<(), Unme
     requires.iter().try_for_each(|r| r.check(caps))
 }
 
-/// Places queued jobs (given oldest first) on free worker slots.
-pub fn plan(queue: &[QueuedJob], workers: &[WorkerView]) -> Vec<Placement> {
+/// Places queued jobs (given oldest first) on free worker slots. `running`
+/// counts the jobs of each builder that run now (for `max_concurrent`).
+pub fn plan(
+    queue: &[QueuedJob],
+    workers: &[WorkerView],
+    running: &HashMap<String, u32>,
+) -> Vec<Placement> {
+    let mut running = running.clone();
     let mut free: Vec<u32> = workers
         .iter()
         .map(|w| if w.accepting { w.free_slots } else { 0 })
@@ -55,6 +63,10 @@ pub fn plan(queue: &[QueuedJob], workers: &[WorkerView]) -> Vec<Placement> {
     for job in fair_order(queue) {
         if total_free == 0 {
             break;
+        }
+        let now = running.get(&job.builder).copied().unwrap_or(0);
+        if job.cap.is_some_and(|cap| now >= cap) {
+            continue;
         }
         let best = workers
             .iter()
@@ -74,6 +86,7 @@ pub fn plan(queue: &[QueuedJob], workers: &[WorkerView]) -> Vec<Placement> {
         if let Some(i) = best {
             free[i] -= 1;
             total_free -= 1;
+            *running.entry(job.builder.clone()).or_insert(0) += 1;
             placements.push(Placement {
                 job_id: job.job_id,
                 worker: workers[i].name.clone(),
@@ -131,6 +144,7 @@ mod tests {
                 .iter()
                 .map(|r| Requirement::parse(r).unwrap())
                 .collect(),
+            cap: None,
         }
     }
 
@@ -156,7 +170,7 @@ mod tests {
         ];
         let w = vec![worker("a", 1, &[("os", "linux")])];
         assert_eq!(
-            plan(&q, &w),
+            plan(&q, &w, &HashMap::new()),
             vec![Placement {
                 job_id: 2,
                 worker: "a".into()
@@ -169,7 +183,10 @@ mod tests {
         let mut q: Vec<_> = (0..100).map(|i| job(i, "p/big", 0, &[])).collect();
         q.push(job(1000, "p/small", 0, &[]));
         let w = vec![worker("a", 2, &[])];
-        let ids: Vec<_> = plan(&q, &w).into_iter().map(|p| p.job_id).collect();
+        let ids: Vec<_> = plan(&q, &w, &HashMap::new())
+            .into_iter()
+            .map(|p| p.job_id)
+            .collect();
         assert_eq!(ids, vec![0, 1000]);
     }
 
@@ -177,7 +194,7 @@ mod tests {
     fn priority_goes_first() {
         let q = vec![job(1, "p/a", 0, &[]), job(2, "p/b", 5, &[])];
         let w = vec![worker("a", 1, &[])];
-        assert_eq!(plan(&q, &w)[0].job_id, 2);
+        assert_eq!(plan(&q, &w, &HashMap::new())[0].job_id, 2);
     }
 
     #[test]
@@ -187,16 +204,40 @@ mod tests {
         cold.recent_builders = vec!["p/other".into()];
         let mut warm = worker("warm", 1, &[]);
         warm.recent_builders = vec!["p/x".into(), "p/a".into()];
-        assert_eq!(plan(&q, &[cold.clone(), warm.clone()])[0].worker, "warm");
+        assert_eq!(
+            plan(&q, &[cold.clone(), warm.clone()], &HashMap::new())[0].worker,
+            "warm"
+        );
         warm.accepting = false;
-        assert_eq!(plan(&q, &[cold, warm])[0].worker, "cold");
+        assert_eq!(plan(&q, &[cold, warm], &HashMap::new())[0].worker, "cold");
+    }
+
+    #[test]
+    fn a_builder_cap_limits_its_running_jobs() {
+        let mut q: Vec<_> = (0..5).map(|i| job(i, "p/capped", 0, &[])).collect();
+        for j in &mut q {
+            j.cap = Some(2);
+        }
+        q.push(job(9, "p/free", 0, &[]));
+        let w = vec![worker("a", 10, &[])];
+        let ids: Vec<_> = plan(&q, &w, &HashMap::new())
+            .into_iter()
+            .map(|p| p.job_id)
+            .collect();
+        assert_eq!(ids, vec![0, 9, 1]);
+        let running = HashMap::from([("p/capped".to_string(), 2)]);
+        let ids: Vec<_> = plan(&q, &w, &running)
+            .into_iter()
+            .map(|p| p.job_id)
+            .collect();
+        assert_eq!(ids, vec![9]);
     }
 
     #[test]
     fn slots_are_never_overfilled() {
         let q: Vec<_> = (0..10).map(|i| job(i, "p/a", 0, &[])).collect();
         let w = vec![worker("a", 2, &[]), worker("b", 3, &[])];
-        let p = plan(&q, &w);
+        let p = plan(&q, &w, &HashMap::new());
         assert_eq!(p.len(), 5);
         assert_eq!(p.iter().filter(|p| p.worker == "a").count(), 2);
     }

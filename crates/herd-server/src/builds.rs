@@ -124,6 +124,7 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
                 spec: JobSpec {
                     requires: j.requires.clone(),
                     steps,
+                    cap: b.max_concurrent,
                 },
             });
         }

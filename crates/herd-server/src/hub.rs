@@ -604,6 +604,14 @@ impl Hub {
 
     /// One scheduling pass: plan, write attempts, hand them to connections.
     async fn schedule_once(&self) -> Result<bool, StoreError> {
+        // Only builders with `max_concurrent` need the count, from the store
+        // (the truth, whatever happened to attempts meanwhile).
+        let capped = self.lock().queue.iter().any(|j| j.spec.cap.is_some());
+        let running = if capped {
+            self.store.running_per_builder().await?
+        } else {
+            HashMap::new()
+        };
         let placements: Vec<(QueuedJobInfo, String, u64)> = {
             let mut st = self.lock();
             if st.queue.is_empty() || st.workers.is_empty() {
@@ -628,9 +636,10 @@ impl Hub {
                     builder: format!("{}/{}", j.project, j.builder),
                     priority: j.priority,
                     requires: j.spec.requires.clone(),
+                    cap: j.spec.cap,
                 })
                 .collect();
-            let plan = schedule::plan(&queue, &workers);
+            let plan = schedule::plan(&queue, &workers, &running);
             let mut out = Vec::with_capacity(plan.len());
             for p in plan {
                 let Some(pos) = st.queue.iter().position(|j| j.job_id == p.job_id) else {

@@ -424,3 +424,22 @@ fn a_long_network_outage_moves_the_job_and_then_stops_the_stale_worker() {
     assert_eq!(attempts(&after).len(), 2);
     assert_eq!(server.step_log(id, "job", "0"), b"done on direct\n");
 }
+
+#[test]
+fn max_concurrent_caps_a_builder_whatever_the_free_slots() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display();
+    // mkdir is atomic: a second job running at the same time would fail.
+    let step = format!("mkdir {dir}/lock && sleep 0.3 && rmdir {dir}/lock");
+    let pipeline = format!(
+        "builders:\n  one-at-a-time:\n    max_concurrent: 1\n    jobs:\n      a:\n        steps: [{{run: '{step}'}}]\n      b:\n        steps: [{{run: '{step}'}}]\n      c:\n        steps: [{{run: '{step}'}}]\n"
+    );
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], &[]);
+    let _w = server.worker("big", 3, &[]);
+    let _v = server.worker("bigger", 3, &[]);
+    let ids: Vec<i64> = (0..2).map(|_| server.start_build("p", &[])).collect();
+    for id in ids {
+        let b = server.wait_build(id, Duration::from_secs(30));
+        assert_eq!(b["state"], "success", "{b}");
+    }
+}

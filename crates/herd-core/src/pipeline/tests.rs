@@ -182,3 +182,17 @@ proptest::proptest! {
         let _ = Pipeline::parse("f", &text);
     }
 }
+
+#[test]
+fn max_concurrent_is_kept_and_checked() {
+    let p = Pipeline::parse(
+        "f",
+        "builders:\n  a:\n    max_concurrent: 2\n    steps: [{run: x}]\n",
+    )
+    .unwrap();
+    assert_eq!(p.builders[0].max_concurrent, Some(2));
+    let e = err("builders:\n  a:\n    max_concurrent: 0\n    steps: [{run: x}]\n");
+    assert_eq!((e.line, e.column), (3, 21));
+    let e = err("builders:\n  a:\n    max_concurrent: lots\n    steps: [{run: x}]\n");
+    assert_eq!(e.line, 3);
+}

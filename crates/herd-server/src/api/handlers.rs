@@ -315,6 +315,7 @@ pub async fn project_builders(
         let spec: JobSpec = serde_json::from_str(&j.spec).unwrap_or(JobSpec {
             requires: vec![],
             steps: vec![],
+            cap: None,
         });
         let why = app.hub.why_not(&spec.requires);
         let capable: Vec<&str> = why

@@ -13,6 +13,9 @@ use sqlx::{Any, Row, Transaction};
 pub struct JobSpec {
     pub requires: Vec<Requirement>,
     pub steps: Vec<StepSpec>,
+    /// The builder's `max_concurrent`.
+    #[serde(default)]
+    pub cap: Option<u32>,
 }
 
 pub struct NewBuild {
@@ -493,6 +496,24 @@ impl Store {
             attempts,
             steps,
         }))
+    }
+
+    /// Running jobs per `project/builder` (for `max_concurrent`).
+    pub async fn running_per_builder(&self) -> Result<std::collections::HashMap<String, u32>> {
+        let rows = sqlx::query(
+            "SELECT b.project, j.builder, COUNT(*) AS n FROM jobs j JOIN builds b ON b.id = j.build_id \
+             WHERE j.state = 'running' GROUP BY b.project, j.builder",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let project: String = r.try_get("project")?;
+                let builder: String = r.try_get("builder")?;
+                let n: i64 = r.try_get("n")?;
+                Ok((format!("{project}/{builder}"), n as u32))
+            })
+            .collect()
     }
 
     /// Bytes of output stored so far, per step of an attempt.
