@@ -2,7 +2,7 @@
 //! events out, heartbeats both ways; reconnects with backoff and jitter.
 
 use crate::exec::{run_job, JobContext};
-use crate::outbox::{Frame, Outbox, StopKind};
+use crate::outbox::{Frame, Limits, Outbox, StopKind};
 use crate::reaper::Reaper;
 use crate::{endpoint_url, facts, probe, Shutdown, WorkerError, WorkerOptions};
 use futures_util::{SinkExt, StreamExt};
@@ -53,7 +53,17 @@ pub async fn run(
         },
         None => None,
     };
-    let outbox = Outbox::default();
+    let spill_dir = opts.workdir.join(".outbox");
+    let outbox = match Outbox::with_spill_dir(spill_dir.clone(), Limits::default()) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(
+                "cannot use {} for buffered output ({e}): buffering in memory only",
+                spill_dir.display()
+            );
+            Outbox::default()
+        }
+    };
     let executors = Arc::new(AtomicUsize::new(0));
     let mut failures: u32 = 0;
     loop {

@@ -2,17 +2,37 @@
 //! numbered per attempt and kept until the server acknowledges it.
 //!
 //! The connection sends what is new; after a reconnect it resends from what
-//! the server says it has. Memory is bounded per attempt: when the server is
-//! out of reach for long, producers wait, so the step's output pipe fills and
-//! the step itself pauses instead of the worker growing without limit.
+//! the server says it has. While the server is out of reach the steps keep
+//! running: an attempt's first few MiB wait in memory, the rest in a spill
+//! file on disk (`WORKDIR/.outbox/ATTEMPT.spill`). Only past the disk limit
+//! do producers wait, so that the step's output pipe fills and the step
+//! pauses instead of the worker growing without bound.
 
 use herd_proto::{AttemptId, JobEvent, LogFrame, RunningAttempt, WorkerMsg};
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{watch, Notify};
 
-/// Unacknowledged bytes an attempt may hold before its producer waits.
-pub const ATTEMPT_BUFFER_LIMIT: usize = 32 * 1024 * 1024;
+/// How much an attempt may hold unacknowledged.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// In memory; past this, entries go to the spill file.
+    pub memory: usize,
+    /// On disk; past this, producers wait.
+    pub disk: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 8 * 1024 * 1024,
+            disk: 2 * 1024 * 1024 * 1024,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub enum Payload {
@@ -24,15 +44,42 @@ pub enum Payload {
     },
 }
 
+impl Payload {
+    /// Bytes it stands for in the limits.
+    fn size(&self) -> usize {
+        match self {
+            Payload::Log { data, .. } => data.len(),
+            Payload::Event(_) => 64,
+        }
+    }
+}
+
 /// A frame ready to go out.
 pub enum Frame {
     Text(String),
     Binary(Vec<u8>),
 }
 
+enum Stored {
+    Memory(Payload),
+    /// The encoded frame, at `offset` in the attempt's spill file.
+    Disk {
+        offset: u64,
+        len: usize,
+        binary: bool,
+    },
+}
+
 struct Entry {
     seq: u64,
-    payload: Payload,
+    stored: Stored,
+    size: usize,
+}
+
+struct Spill {
+    file: File,
+    path: PathBuf,
+    end: u64,
 }
 
 struct AttemptBox {
@@ -40,11 +87,21 @@ struct AttemptBox {
     entries: VecDeque<Entry>,
     /// Highest seq handed to the current connection.
     sent: u64,
-    bytes: usize,
+    memory_bytes: usize,
+    disk_bytes: u64,
+    spill: Option<Spill>,
     /// The attempt's last event (Finished) has been queued.
     finished: bool,
     /// Set to stop the attempt's process group (cancel or abandon).
     stop: watch::Sender<Option<StopKind>>,
+}
+
+impl Drop for AttemptBox {
+    fn drop(&mut self) {
+        if let Some(s) = &self.spill {
+            let _ = std::fs::remove_file(&s.path);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +126,24 @@ pub struct Outbox {
     space: Arc<Notify>,
     /// Wakes whoever waits for the outbox to empty (drain, shutdown).
     pub emptied: Arc<Notify>,
+    /// Where spill files go; None keeps everything in memory.
+    spill_dir: Option<Arc<PathBuf>>,
+    limits: Limits,
 }
 
 impl Outbox {
+    /// An outbox that spills to `dir` (emptied first: spill files of an
+    /// earlier process belong to attempts that died with it).
+    pub fn with_spill_dir(dir: PathBuf, limits: Limits) -> std::io::Result<Outbox> {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Outbox {
+            spill_dir: Some(Arc::new(dir)),
+            limits,
+            ..Outbox::default()
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -85,7 +157,9 @@ impl Outbox {
                 next_seq: 1,
                 entries: VecDeque::new(),
                 sent: 0,
-                bytes: 0,
+                memory_bytes: 0,
+                disk_bytes: 0,
+                spill: None,
                 finished: false,
                 stop: tx,
             },
@@ -93,13 +167,13 @@ impl Outbox {
         rx
     }
 
-    /// Queues a payload, waiting while the attempt's buffer is full. Returns
-    /// false when the attempt was abandoned (the producer should stop).
+    /// Queues a payload, waiting while the attempt's buffers are full.
+    /// Returns false when the attempt was abandoned (the producer should stop).
     pub async fn push(&self, attempt: AttemptId, payload: Payload) -> bool {
-        let size = match &payload {
-            Payload::Log { data, .. } => data.len(),
-            Payload::Event(_) => 64,
-        };
+        let size = payload.size();
+        let finishing = matches!(payload, Payload::Event(JobEvent::Finished { .. }));
+        let limits = self.limits.memory;
+        let mut payload = Some(payload);
         loop {
             let space = self.space.notified();
             {
@@ -107,14 +181,34 @@ impl Outbox {
                 let Some(b) = inner.attempts.get_mut(&attempt) else {
                     return false;
                 };
-                if b.bytes + size <= ATTEMPT_BUFFER_LIMIT || b.entries.is_empty() {
-                    if matches!(payload, Payload::Event(JobEvent::Finished { .. })) {
-                        b.finished = true;
+                let seq = b.next_seq;
+                let stored = if b.memory_bytes + size <= limits || b.entries.is_empty() {
+                    payload.take().map(Stored::Memory)
+                } else {
+                    match (&self.spill_dir, &payload) {
+                        (Some(dir), Some(p)) if b.disk_bytes + size as u64 <= self.limits.disk => {
+                            match spill(b, dir, attempt, seq, p) {
+                                Ok(stored) => {
+                                    payload = None;
+                                    Some(stored)
+                                }
+                                Err(e) => {
+                                    tracing::warn!("cannot spill output of attempt {attempt} to disk: {e}; waiting for the server");
+                                    None
+                                }
+                            }
+                        }
+                        _ => None,
                     }
-                    let seq = b.next_seq;
+                };
+                if let Some(stored) = stored {
+                    match &stored {
+                        Stored::Memory(_) => b.memory_bytes += size,
+                        Stored::Disk { .. } => b.disk_bytes += size as u64,
+                    }
                     b.next_seq += 1;
-                    b.bytes += size;
-                    b.entries.push_back(Entry { seq, payload });
+                    b.finished |= finishing;
+                    b.entries.push_back(Entry { seq, stored, size });
                     drop(inner);
                     self.ready.notify_one();
                     return true;
@@ -134,7 +228,29 @@ impl Outbox {
                 if out.len() >= max {
                     break;
                 }
-                out.push(encode(attempt, e));
+                let frame = match &e.stored {
+                    Stored::Memory(p) => encode(attempt, e.seq, p),
+                    Stored::Disk {
+                        offset,
+                        len,
+                        binary,
+                    } => {
+                        let Some(spill) = &b.spill else { break };
+                        let mut buf = vec![0u8; *len];
+                        if let Err(err) = spill.file.read_exact_at(&mut buf, *offset) {
+                            tracing::error!(
+                                "cannot read the spill file of attempt {attempt}: {err}"
+                            );
+                            break;
+                        }
+                        if *binary {
+                            Frame::Binary(buf)
+                        } else {
+                            Frame::Text(String::from_utf8_lossy(&buf).into_owned())
+                        }
+                    }
+                };
+                out.push(frame);
                 b.sent = e.seq;
             }
         }
@@ -148,10 +264,18 @@ impl Outbox {
         if let Some(b) = inner.attempts.get_mut(&attempt) {
             while b.entries.front().is_some_and(|e| e.seq <= seq) {
                 if let Some(e) = b.entries.pop_front() {
-                    b.bytes -= match &e.payload {
-                        Payload::Log { data, .. } => data.len(),
-                        Payload::Event(_) => 64,
-                    };
+                    match e.stored {
+                        Stored::Memory(_) => b.memory_bytes -= e.size,
+                        Stored::Disk { .. } => b.disk_bytes -= e.size as u64,
+                    }
+                }
+            }
+            // Nothing left on disk: start the spill file over.
+            if b.disk_bytes == 0 {
+                if let Some(s) = &mut b.spill {
+                    if s.end > 0 && s.file.set_len(0).is_ok() {
+                        s.end = 0;
+                    }
                 }
             }
             done = b.finished && b.entries.is_empty();
@@ -216,14 +340,54 @@ impl Outbox {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes held on disk, over all attempts.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.lock().attempts.values().map(|b| b.disk_bytes).sum()
+    }
 }
 
-fn encode(attempt: AttemptId, e: &Entry) -> Frame {
-    match &e.payload {
+/// Appends the encoded frame to the attempt's spill file.
+fn spill(
+    b: &mut AttemptBox,
+    dir: &std::path::Path,
+    attempt: AttemptId,
+    seq: u64,
+    p: &Payload,
+) -> std::io::Result<Stored> {
+    if b.spill.is_none() {
+        let path = dir.join(format!("{attempt}.spill"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        b.spill = Some(Spill { file, path, end: 0 });
+    }
+    let Some(s) = b.spill.as_mut() else {
+        return Err(std::io::Error::other("no spill file"));
+    };
+    let (bytes, binary) = match encode(attempt, seq, p) {
+        Frame::Text(t) => (t.into_bytes(), false),
+        Frame::Binary(b) => (b, true),
+    };
+    s.file.write_all_at(&bytes, s.end)?;
+    let stored = Stored::Disk {
+        offset: s.end,
+        len: bytes.len(),
+        binary,
+    };
+    s.end += bytes.len() as u64;
+    Ok(stored)
+}
+
+fn encode(attempt: AttemptId, seq: u64, p: &Payload) -> Frame {
+    match p {
         Payload::Event(ev) => Frame::Text(
             WorkerMsg::Event {
                 attempt,
-                seq: e.seq,
+                seq,
                 event: ev.clone(),
             }
             .encode(),
@@ -231,7 +395,7 @@ fn encode(attempt: AttemptId, e: &Entry) -> Frame {
         Payload::Log { step, offset, data } => Frame::Binary(
             LogFrame {
                 attempt,
-                seq: e.seq,
+                seq,
                 step: *step,
                 offset: *offset,
                 data: data.clone(),
@@ -291,7 +455,7 @@ mod tests {
     async fn producers_wait_when_the_buffer_is_full() {
         let ob = Outbox::default();
         let _stop = ob.open(1);
-        assert!(ob.push(1, log(ATTEMPT_BUFFER_LIMIT)).await);
+        assert!(ob.push(1, log(Limits::default().memory)).await);
         let ob2 = ob.clone();
         let blocked = tokio::spawn(async move { ob2.push(1, log(1)).await });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -301,10 +465,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn past_the_memory_limit_output_goes_to_disk_and_comes_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill_dir = dir.path().join(".outbox");
+        let ob = Outbox::with_spill_dir(
+            spill_dir.clone(),
+            Limits {
+                memory: 100,
+                disk: 1000,
+            },
+        )
+        .unwrap();
+        let _stop = ob.open(3);
+        // 10 chunks of 60 bytes: the first two fit in memory (the first always does).
+        for i in 0..10u8 {
+            let p = Payload::Log {
+                step: 0,
+                offset: u64::from(i) * 60,
+                data: vec![i; 60],
+            };
+            assert!(ob.push(3, p).await);
+        }
+        assert!(ob.spilled_bytes() >= 480);
+        assert!(spill_dir.join("3.spill").exists());
+        let frames = ob.take_unsent(100);
+        assert_eq!(frames.len(), 10);
+        for (i, f) in frames.iter().enumerate() {
+            let Frame::Binary(b) = f else {
+                panic!("a log frame")
+            };
+            let lf = LogFrame::decode(b).unwrap();
+            assert_eq!((lf.seq, lf.data[0]), (i as u64 + 1, i as u8));
+        }
+        // The disk limit holds producers back until acknowledgements come.
+        for i in 10..17u8 {
+            let p = Payload::Log {
+                step: 0,
+                offset: u64::from(i) * 60,
+                data: vec![i; 60],
+            };
+            assert!(ob.push(3, p).await);
+        }
+        let ob2 = ob.clone();
+        let blocked = tokio::spawn(async move {
+            ob2.push(
+                3,
+                Payload::Log {
+                    step: 0,
+                    offset: 960,
+                    data: vec![9; 60],
+                },
+            )
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!blocked.is_finished());
+        ob.ack(3, 17);
+        assert!(blocked.await.unwrap());
+        assert_eq!(ob.spilled_bytes(), 0, "the last entry went to memory again");
+        ob.stop(3, StopKind::Abandon);
+        assert!(
+            !spill_dir.join("3.spill").exists(),
+            "an abandoned attempt leaves no file"
+        );
+    }
+
+    #[tokio::test]
     async fn abandon_drops_events_and_wakes_producers() {
         let ob = Outbox::default();
         let mut stop = ob.open(1);
-        ob.push(1, log(ATTEMPT_BUFFER_LIMIT)).await;
+        ob.push(1, log(Limits::default().memory)).await;
         let ob2 = ob.clone();
         let blocked = tokio::spawn(async move { ob2.push(1, log(1)).await });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

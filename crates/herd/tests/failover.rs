@@ -443,3 +443,47 @@ fn max_concurrent_caps_a_builder_whatever_the_free_slots() {
         assert_eq!(b["state"], "success", "{b}");
     }
 }
+
+#[test]
+fn a_cut_off_worker_keeps_running_and_buffers_its_output_on_disk() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("out.bin");
+    std::fs::write(&data, pseudo_random_bytes(24_000_000, 5)).unwrap();
+    let dir = root.path().display();
+    let pipeline = format!(
+        "builders:\n  job:\n    steps:\n      - run: touch {dir}/started; sleep 0.5; cat {}; touch {dir}/finished\n",
+        data.display()
+    );
+    // Timeouts long enough that nobody gives up during the outage.
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], &["--heartbeat-timeout", "20s"]);
+    let proxy = Proxy::start(&server.url);
+    let token = server.worker_token("island");
+    let work = root.path().join("w");
+    let _w = Worker::spawn(&proxy.url, &token, "island", &work, 1, &[]);
+    server.wait_online("island");
+    let id = server.start_build("p", &[]);
+    wait_until(Duration::from_secs(20), "the step", || {
+        root.path().join("started").exists().then_some(())
+    });
+    proxy.stall(true);
+    // 24 MB is more than the outbox keeps in memory: the step finishes
+    // anyway, its output waiting on disk.
+    wait_until(
+        Duration::from_secs(30),
+        "the step to finish while cut off",
+        || root.path().join("finished").exists().then_some(()),
+    );
+    let spilled: u64 = std::fs::read_dir(work.join(".outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(spilled > 8_000_000, "spilled {spilled} bytes");
+    proxy.stall(false);
+    let b = server.wait_build(id, Duration::from_secs(60));
+    assert_eq!(b["state"], "success");
+    assert_eq!(attempts(&b).len(), 1);
+    assert!(
+        server.step_log(id, "job", "0") == std::fs::read(&data).unwrap(),
+        "log differs"
+    );
+}
