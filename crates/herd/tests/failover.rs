@@ -487,3 +487,32 @@ fn a_cut_off_worker_keeps_running_and_buffers_its_output_on_disk() {
         "log differs"
     );
 }
+
+#[test]
+fn a_restarted_worker_says_it_runs_nothing_and_its_job_moves_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display();
+    let pipeline = format!(
+        "builders:\n  job:\n    steps:\n      - run: if [ ! -e {dir}/once ]; then touch {dir}/once; sleep 300; fi; echo second time\n"
+    );
+    // The restarted worker reports that it runs nothing: no waiting for the grace period.
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], &[]);
+    let token = server.worker_token("phoenix");
+    let work = root.path().join("w");
+    let mut w = Worker::spawn(&server.url, &token, "phoenix", &work, 1, &[]);
+    server.wait_online("phoenix");
+    let id = server.start_build("p", &[]);
+    wait_until(Duration::from_secs(20), "the step", || {
+        root.path().join("once").exists().then_some(())
+    });
+    w.kill9();
+    // Restarted at once, as a service manager would.
+    let _w = Worker::spawn(&server.url, &token, "phoenix", &work, 1, &[]);
+    let b = server.wait_build(id, Duration::from_secs(30));
+    assert_eq!(b["state"], "success");
+    let att = attempts(&b);
+    assert_eq!(att[0]["state"], "lost");
+    assert_eq!(att[0]["reason"], "worker lost: it restarted");
+    assert_eq!(att[1]["worker"], "phoenix");
+    assert_eq!(server.step_log(id, "job", "0"), b"second time\n");
+}
