@@ -5,25 +5,12 @@ use crate::{now_ns, rss_mb, Bench};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const ROUNDS: usize = 5;
-
-async fn post(b: &Bench, path: &str, body: Value) -> Value {
-    b.http
-        .post(format!("{}{path}", b.url))
-        .bearer_auth(&b.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap_or(json!({}))
-}
 
 async fn wait_file(path: &std::path::Path, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
@@ -61,7 +48,7 @@ async fn round(
     victim_index: usize,
     hang: bool,
 ) -> (f64, bool) {
-    let _ = post(b, "/api/v1/workers/other/pause", json!({})).await;
+    let _ = b.post("/api/v1/workers/other/pause", json!({})).await;
     let id = b.start_build("fo").await;
     let pidfile = stamps.join(format!("pid-{id}"));
     let pid: i32 = wait_file(&pidfile, Duration::from_secs(30))
@@ -69,7 +56,7 @@ async fn round(
         .trim()
         .parse()
         .unwrap();
-    let _ = post(b, "/api/v1/workers/other/resume", json!({})).await;
+    let _ = b.post("/api/v1/workers/other/resume", json!({})).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let worker_pid = b.workers[victim_index].0.id() as i32;
     let t0 = now_ns();
@@ -145,12 +132,12 @@ pub async fn idle_workers(n: usize) {
     let b_ref = &b;
     for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
         let futs = chunk.iter().map(|i| async move {
-            let v = post(
-                b_ref,
-                "/api/v1/tokens",
-                json!({"kind": "worker", "worker": format!("sim-{i}")}),
-            )
-            .await;
+            let v = b_ref
+                .post(
+                    "/api/v1/tokens",
+                    json!({"kind": "worker", "worker": format!("sim-{i}")}),
+                )
+                .await;
             v["token"].as_str().unwrap().to_string()
         });
         tokens.extend(futures_util::future::join_all(futs).await);

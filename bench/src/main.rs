@@ -83,18 +83,24 @@ impl Bench {
         }
     }
 
-    pub(crate) async fn add_worker(&mut self, name: &str, slots: u32) {
-        let res: Value = self
-            .http
-            .post(format!("{}/api/v1/tokens", self.url))
+    /// An admin call.
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Value {
+        self.http
+            .post(format!("{}{path}", self.url))
             .bearer_auth(&self.token)
-            .json(&json!({"kind": "worker", "worker": name}))
+            .json(&body)
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
+            .unwrap_or(json!({}))
+    }
+
+    pub(crate) async fn add_worker(&mut self, name: &str, slots: u32) {
+        let res = self
+            .post("/api/v1/tokens", json!({"kind": "worker", "worker": name}))
+            .await;
         let child = Command::new(herd_bin())
             .args([
                 "worker",
@@ -135,17 +141,9 @@ impl Bench {
     }
 
     pub(crate) async fn start_build(&self, project: &str) -> i64 {
-        let res: Value = self
-            .http
-            .post(format!("{}/api/v1/builds", self.url))
-            .bearer_auth(&self.token)
-            .json(&json!({"project": project}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let res = self
+            .post("/api/v1/builds", json!({"project": project}))
+            .await;
         res["id"].as_i64().unwrap()
     }
 

@@ -283,6 +283,12 @@ impl Outbox {
         if done {
             inner.attempts.remove(&attempt);
         }
+        self.freed(inner);
+    }
+
+    /// After acknowledgements or a removal: wake producers waiting for
+    /// space, and whoever waits for the outbox to empty.
+    fn freed(&self, inner: MutexGuard<'_, Inner>) {
         let empty = inner.attempts.is_empty();
         drop(inner);
         self.space.notify_waiters();
@@ -324,12 +330,7 @@ impl Outbox {
         }
         if kind == StopKind::Abandon {
             inner.attempts.remove(&attempt);
-            let empty = inner.attempts.is_empty();
-            drop(inner);
-            self.space.notify_waiters();
-            if empty {
-                self.emptied.notify_waiters();
-            }
+            self.freed(inner);
         }
     }
 

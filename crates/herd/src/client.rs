@@ -120,3 +120,12 @@ impl Client {
         Ok(LogRange { data, size, more })
     }
 }
+
+/// The strings of a JSON array (nothing for anything else).
+pub fn str_list(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}

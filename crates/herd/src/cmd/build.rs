@@ -222,12 +222,7 @@ pub fn print_build(b: &Value) {
         }
         let w = &j["waiting"];
         if let Some(summary) = w["summary"].as_str() {
-            let reqs: Vec<&str> = j["requires"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
+            let reqs: Vec<&str> = crate::client::str_list(&j["requires"]);
             println!(
                 "    waiting: {summary}{}",
                 if reqs.is_empty() {

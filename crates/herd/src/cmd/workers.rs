@@ -4,7 +4,7 @@ use crate::client::Client;
 use crate::ClientArgs;
 use clap::{Args, Subcommand};
 use miette::Result;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::process::ExitCode;
 
 #[derive(Args)]
@@ -48,12 +48,7 @@ pub async fn run(args: WorkersArgs) -> Result<ExitCode> {
             let res = c
                 .post("/api/v1/workers/reprobe", &json!({ "worker": name }))
                 .await?;
-            let asked: Vec<&str> = res["reprobing"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
+            let asked: Vec<&str> = crate::client::str_list(&res["reprobing"]);
             println!(
                 "reprobing: {}",
                 if asked.is_empty() {
