@@ -204,7 +204,12 @@ pub async fn idle_workers(n: usize) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pid = b.server.0.id();
     let cpu0 = cpu_ticks(pid);
-    let window = Duration::from_secs(20);
+    let window = Duration::from_secs(
+        std::env::var("HERD_BENCH_WINDOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20),
+    );
     tokio::time::sleep(window).await;
     let cpu1 = cpu_ticks(pid);
     let ticks_per_s = 100.0; // USER_HZ on Linux

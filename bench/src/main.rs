@@ -387,7 +387,12 @@ fn main() {
     }
     if run("idle") {
         raise_fd_limit();
-        for n in [1_000, 10_000] {
+        // HERD_BENCH_IDLE=10000 measures one size only (e.g. to profile it).
+        let sizes: Vec<usize> = std::env::var("HERD_BENCH_IDLE")
+            .ok()
+            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![1_000, 10_000]);
+        for n in sizes {
             rt.block_on(failover::idle_workers(n));
         }
     }

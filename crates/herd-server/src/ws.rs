@@ -216,9 +216,12 @@ impl Connection {
             }
         }
 
-        let mut last_heard = Instant::now();
         let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Silence is noticed when it reaches the timeout, not at the next tick.
+        let silence = tokio::time::sleep(settings.heartbeat_timeout);
+        tokio::pin!(silence);
+        let mut last_sent = Instant::now();
         let mut grace = settings.reconnect_grace;
         let end_reason: String = loop {
             tokio::select! {
@@ -229,7 +232,7 @@ impl Connection {
                         Some(Err(e)) => break format!("connection error: {e}"),
                         Some(Ok(m)) => self.take(m, &mut batch),
                     };
-                    last_heard = Instant::now();
+                    silence.as_mut().reset((Instant::now() + settings.heartbeat_timeout).into());
                     // Take whatever else is ready into the same transaction;
                     // a lone heartbeat need not look (it would cost a read).
                     let busy = !batch.attempts.is_empty();
@@ -248,6 +251,17 @@ impl Connection {
                         Err(e) => break format!("could not store events: {e}"),
                     };
                     let mut send_failed = false;
+                    let mut replies = replies;
+                    // Answer a worker's heartbeat with ours when ours is due
+                    // within half an interval: one wake-up per interval for
+                    // an idle worker instead of two.
+                    if replies.is_empty() && last_sent.elapsed() >= settings.heartbeat_interval / 2 {
+                        replies.push(ServerMsg::Heartbeat);
+                    }
+                    if !replies.is_empty() {
+                        last_sent = Instant::now();
+                        heartbeat.reset();
+                    }
                     for m in replies {
                         if sink.send(Message::Text(m.encode().into())).await.is_err() {
                             send_failed = true;
@@ -283,12 +297,12 @@ impl Connection {
                         break "connection closed while sending".into();
                     }
                 }
-                // Silence is noticed when it reaches the timeout, not at the next tick.
-                _ = tokio::time::sleep_until((last_heard + settings.heartbeat_timeout).into()) => {
+                _ = &mut silence => {
                     grace = Duration::ZERO;
                     break format!("no heartbeat for {:?}", settings.heartbeat_timeout);
                 }
                 _ = heartbeat.tick() => {
+                    last_sent = Instant::now();
                     if sink.send(Message::Text(ServerMsg::Heartbeat.encode().into())).await.is_err() {
                         break "connection closed while sending".into();
                     }
