@@ -293,6 +293,8 @@ impl Connection {
                             ServerMsg::Assign(a)
                         }
                     };
+                    last_sent = Instant::now();
+                    heartbeat.reset();
                     if sink.send(Message::Text(msg.encode().into())).await.is_err() {
                         break "connection closed while sending".into();
                     }

@@ -173,6 +173,13 @@ fn state_changes_need_the_admin_token() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    // The admin token file is the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(server.data.join("admin-token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
     // The admin token is stored only as a hash.
     let db = std::fs::read(server.data.join("herd.db")).unwrap();
     let secret = server.token.rsplit('_').next().unwrap();
