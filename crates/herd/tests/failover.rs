@@ -147,6 +147,11 @@ fn a_hung_worker_loses_its_job_after_the_heartbeat_timeout_and_its_late_report_i
     assert_eq!(attempts(&after).len(), 2);
     assert_eq!(attempts(&after)[0]["state"], "lost");
     assert_eq!(server.step_log(id, "job", "0"), b"start on b\ndone on b\n");
+    // The lost attempt keeps its log.
+    let out = server.cli(&["build", "log", &id.to_string(), "--attempt", "1"]);
+    assert_eq!(out.stdout, b"start on victim\n");
+    let out = server.cli(&["build", "log", &id.to_string(), "--attempt", "7"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no attempt 7"));
 }
 
 #[test]

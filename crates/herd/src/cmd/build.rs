@@ -45,6 +45,9 @@ pub enum BuildCommand {
         /// Only this step (its index or name).
         #[arg(long)]
         step: Option<String>,
+        /// This attempt (1, 2, ...) instead of the latest: lost attempts keep their logs.
+        #[arg(long)]
+        attempt: Option<i64>,
         /// Follow output live until the build ends.
         #[arg(long, short)]
         follow: bool,
@@ -102,11 +105,17 @@ pub async fn run(cmd: BuildCommand) -> Result<ExitCode> {
             id,
             job,
             step,
+            attempt,
             follow,
             client,
         } => {
             let c = Client::new(&client)?;
-            print_log(&c, id, job.as_deref(), step.as_deref(), follow).await?;
+            let which = LogSelection {
+                job: job.as_deref(),
+                step: step.as_deref(),
+                attempt,
+            };
+            print_log(&c, id, &which, follow).await?;
             Ok(ExitCode::SUCCESS)
         }
         BuildCommand::Cancel { id, client } => {
@@ -277,14 +286,16 @@ fn job_matches(j: &Value, filter: &str) -> bool {
         || j["id"].as_i64().map(|i| i.to_string()).as_deref() == Some(filter)
 }
 
+/// Which part of a build's output to print.
+struct LogSelection<'a> {
+    job: Option<&'a str>,
+    step: Option<&'a str>,
+    attempt: Option<i64>,
+}
+
 /// Prints the steps' output; headers go to stderr so stdout is exact.
-async fn print_log(
-    c: &Client,
-    id: i64,
-    job: Option<&str>,
-    step: Option<&str>,
-    follow: bool,
-) -> Result<()> {
+async fn print_log(c: &Client, id: i64, which: &LogSelection<'_>, follow: bool) -> Result<()> {
+    let (job, step) = (which.job, which.step);
     let mut out = std::io::stdout().lock();
     let build = c.get(&format!("/api/v1/builds/{id}")).await?;
     let jobs: Vec<Value> = build["jobs"]
@@ -308,7 +319,28 @@ async fn print_log(
     }
     for j in jobs {
         let job_id = j["id"].as_i64().unwrap_or(0);
-        let mut attempt = latest_attempt(&j);
+        if let Some(n) = which.attempt {
+            let found = j["attempts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a["number"].as_i64() == Some(n));
+            if !found {
+                return Err(miette!(
+                    "job {}/{} has no attempt {n}",
+                    s(&j["builder"]),
+                    s(&j["name"])
+                ));
+            }
+        }
+        let pick = |j: &Value| match which.attempt {
+            None => latest_attempt(j),
+            Some(n) => j["attempts"]
+                .as_array()
+                .and_then(|a| a.iter().find(|a| a["number"].as_i64() == Some(n)))
+                .cloned(),
+        };
+        let mut attempt = pick(&j);
         while attempt.is_none() && follow {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let b = c.get(&format!("/api/v1/builds/{id}")).await?;
@@ -319,8 +351,8 @@ async fn print_log(
                 .find(|x| x["id"].as_i64() == Some(job_id))
                 .cloned();
             match j {
-                Some(j) if finished(&j["state"]) && latest_attempt(&j).is_none() => break,
-                Some(j) => attempt = latest_attempt(&j),
+                Some(j) if finished(&j["state"]) && pick(&j).is_none() => break,
+                Some(j) => attempt = pick(&j),
                 None => break,
             }
         }
