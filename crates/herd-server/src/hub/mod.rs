@@ -6,15 +6,18 @@
 //! plus the connections themselves; every decision is written to the store
 //! before a worker hears of it.
 
+mod capabilities;
+mod health;
+
+use capabilities::{capabilities, probe_requests};
+pub use capabilities::{WhyNot, WorkerWhyNot};
+use health::Health;
+
 use crate::store::{
     Applied, FinishedJob, LostOutcome, QueuedJobInfo, Store, StoreError, WorkerRow,
 };
-use herd_core::probe::{is_fact, ProbeSpec};
-use herd_core::requirement::{Capabilities, Capability, Requirement};
 use herd_core::schedule::{self, QueuedJob, WorkerView};
-use herd_proto::{
-    Assignment, AttemptId, Hello, ProbeRequest, ProbeResult, ResumeAttempt, ServerMsg,
-};
+use herd_proto::{Assignment, AttemptId, Hello, ProbeResult, ResumeAttempt, ServerMsg};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -83,15 +86,6 @@ struct LiveWorker {
 struct Orphan {
     worker: String,
     deadline: Instant,
-}
-
-/// A worker's record of lost jobs.
-#[derive(Default)]
-struct Health {
-    losses: VecDeque<Instant>,
-    /// How many times it was quarantined (the next quarantine is longer).
-    level: u32,
-    until: Option<(Instant, std::time::SystemTime)>,
 }
 
 #[derive(Default)]
@@ -464,144 +458,6 @@ impl Hub {
         Ok(())
     }
 
-    /// Adds the probes a pipeline needs to the wanted set; workers are asked
-    /// for the new ones at once.
-    pub async fn want_probes(
-        &self,
-        specs: impl IntoIterator<Item = ProbeSpec>,
-    ) -> Result<(), StoreError> {
-        let new: Vec<(String, Option<String>)> = {
-            let st = self.lock();
-            specs
-                .into_iter()
-                .filter(|p| !is_fact(&p.name))
-                .filter(|p| st.probe_set.get(&p.name) != Some(&p.command))
-                .map(|p| (p.name, p.command))
-                .collect()
-        };
-        if new.is_empty() {
-            return Ok(());
-        }
-        self.store.set_wanted_probes(&new).await?;
-        let mut st = self.lock();
-        for (name, command) in &new {
-            st.probe_set.insert(name.clone(), command.clone());
-        }
-        // Changed commands must run again: forget old results for them.
-        for w in st.workers.values_mut() {
-            for (name, _) in &new {
-                w.probes.remove(name);
-            }
-        }
-        let probes: Vec<ProbeRequest> = new
-            .iter()
-            .map(|(name, command)| ProbeRequest {
-                name: name.clone(),
-                command: command.clone(),
-            })
-            .collect();
-        for w in st.workers.values() {
-            let _ = w.tx.send(Outbound::Send(ServerMsg::Probe {
-                probes: probes.clone(),
-                fresh: false,
-            }));
-        }
-        Ok(())
-    }
-
-    /// A worker reported probe results.
-    pub async fn probe_results(
-        &self,
-        name: &str,
-        conn_id: u64,
-        results: Vec<ProbeResult>,
-    ) -> Result<(), StoreError> {
-        self.store.save_probe_results(name, &results).await?;
-        {
-            let mut st = self.lock();
-            if let Some(w) = st.workers.get_mut(name).filter(|w| w.conn_id == conn_id) {
-                for r in results {
-                    w.probes.insert(r.name.clone(), r);
-                }
-            }
-        }
-        self.wake();
-        self.changed();
-        Ok(())
-    }
-
-    /// Asks one worker (or all) to run every wanted probe again. Returns
-    /// the workers asked.
-    pub fn reprobe(&self, name: Option<&str>) -> Vec<String> {
-        let st = self.lock();
-        let probes = probe_requests(&st.probe_set);
-        st.workers
-            .iter()
-            .filter(|(n, _)| name.is_none_or(|want| want == n.as_str()))
-            .filter(|(_, w)| {
-                w.tx.send(Outbound::Send(ServerMsg::Probe {
-                    probes: probes.clone(),
-                    fresh: true,
-                }))
-                .is_ok()
-            })
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
-    /// Why a job with these requirements is not running: per connected
-    /// worker, the first requirement it fails and what it has.
-    pub fn why_not(&self, requires: &[Requirement]) -> WhyNot {
-        let st = self.lock();
-        let mut workers: Vec<WorkerWhyNot> = st
-            .workers
-            .iter()
-            .map(|(name, w)| {
-                let caps = capabilities(w, &st.probe_set);
-                let unmet = schedule::can_run(requires, &caps).err().map(|u| u.message);
-                let full = w.running.len() as u32 + w.reserved >= w.slots;
-                let quarantined = Self::quarantined(&st, name);
-                let state = match (&unmet, w.draining, w.paused, full) {
-                    (Some(_), _, _, _) => "incapable",
-                    (None, true, _, _) => "draining",
-                    (None, _, true, _) => "paused",
-                    _ if quarantined => "quarantined",
-                    (None, false, false, true) => "busy",
-                    (None, false, false, false) => "free",
-                };
-                WorkerWhyNot {
-                    worker: name.clone(),
-                    unmet,
-                    state,
-                }
-            })
-            .collect();
-        workers.sort_by(|a, b| a.worker.cmp(&b.worker));
-        let capable: Vec<&str> = workers
-            .iter()
-            .filter(|w| w.unmet.is_none())
-            .map(|w| w.worker.as_str())
-            .collect();
-        let summary = if workers.is_empty() {
-            "no worker is online".to_string()
-        } else if capable.is_empty() {
-            "no online worker meets the requirements".to_string()
-        } else {
-            format!("waiting for a free slot on {}", capable.join(", "))
-        };
-        WhyNot { summary, workers }
-    }
-
-    /// Connected workers that meet all of `requires`.
-    pub fn capable_workers(&self, requires: &[Requirement]) -> Vec<String> {
-        let w = self.why_not(requires);
-        w.workers
-            .into_iter()
-            .filter(|w| w.unmet.is_none())
-            .map(|w| w.worker)
-            .collect()
-    }
-
     /// One scheduling pass: plan, write attempts, hand them to connections.
     async fn schedule_once(&self) -> Result<bool, StoreError> {
         // Only builders with `max_concurrent` need the count, from the store
@@ -734,112 +590,6 @@ impl Hub {
             self.changed();
         }
     }
-
-    /// Counts a job lost by `worker`; quarantines it when it loses them
-    /// again and again.
-    fn record_loss(&self, worker: &str) {
-        let now = Instant::now();
-        let s = &self.settings;
-        let mut st = self.lock();
-        let h = st.health.entry(worker.to_string()).or_default();
-        h.losses.push_back(now);
-        while h
-            .losses
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > s.quarantine_window)
-        {
-            h.losses.pop_front();
-        }
-        if h.losses.len() >= s.quarantine_after {
-            let length = s
-                .quarantine_base
-                .saturating_mul(1u32 << h.level.min(6))
-                .min(Duration::from_secs(3600));
-            h.level += 1;
-            h.losses.clear();
-            h.until = Some((now + length, std::time::SystemTime::now() + length));
-            tracing::warn!(
-                "worker {worker} lost {} jobs in a row: quarantined for {length:?}",
-                s.quarantine_after
-            );
-        }
-    }
-
-    fn quarantined(st: &HubState, worker: &str) -> bool {
-        st.health
-            .get(worker)
-            .and_then(|h| h.until)
-            .is_some_and(|(u, _)| u > Instant::now())
-    }
-
-    /// When the worker's quarantine ends (ms since the epoch), if it is in one.
-    pub fn quarantined_until(&self, worker: &str) -> Option<i64> {
-        let st = self.lock();
-        if !Self::quarantined(&st, worker) {
-            return None;
-        }
-        st.health
-            .get(worker)
-            .and_then(|h| h.until)
-            .map(|(_, wall)| {
-                wall.duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0)
-            })
-    }
-}
-
-/// What the requirement matcher sees of a worker: facts, then probe
-/// results, then labels (a label wins over a probe of the same name). A
-/// wanted probe the worker has not reported yet is unknown.
-fn capabilities(w: &LiveWorker, probe_set: &BTreeMap<String, Option<String>>) -> Capabilities {
-    let mut caps = Capabilities::default();
-    for (k, v) in &w.facts {
-        caps.set(k.clone(), v.clone());
-    }
-    for r in w.probes.values() {
-        caps.entries.insert(
-            r.name.clone(),
-            Capability {
-                present: r.present,
-                value: r.version.clone(),
-            },
-        );
-    }
-    for (k, v) in &w.labels {
-        caps.set(k.clone(), v.clone());
-    }
-    for name in probe_set.keys() {
-        if !caps.entries.contains_key(name) {
-            caps.unknown.insert(name.clone());
-        }
-    }
-    caps
-}
-
-fn probe_requests(set: &BTreeMap<String, Option<String>>) -> Vec<ProbeRequest> {
-    set.iter()
-        .map(|(name, command)| ProbeRequest {
-            name: name.clone(),
-            command: command.clone(),
-        })
-        .collect()
-}
-
-/// Why a queued job waits, per worker.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WhyNot {
-    /// One line for people: "no worker is online", "every capable worker is busy" ...
-    pub summary: String,
-    pub workers: Vec<WorkerWhyNot>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WorkerWhyNot {
-    pub worker: String,
-    /// None when the worker could run the job (it is busy or paused).
-    pub unmet: Option<String>,
-    pub state: &'static str,
 }
 
 async fn scheduler_loop(hub: Arc<Hub>) {

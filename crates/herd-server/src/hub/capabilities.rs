@@ -1,0 +1,206 @@
+//! What workers can do: the wanted probe set, probe results, and why a job
+//! waits (per worker, the first requirement it fails).
+
+use super::{Hub, LiveWorker, Outbound};
+use crate::store::StoreError;
+use herd_core::probe::{is_fact, ProbeSpec};
+use herd_core::requirement::{Capabilities, Capability, Requirement};
+use herd_core::schedule;
+use herd_proto::{ProbeRequest, ProbeResult, ServerMsg};
+use std::collections::BTreeMap;
+
+impl Hub {
+    /// Adds the probes a pipeline needs to the wanted set; workers are asked
+    /// for the new ones at once.
+    pub async fn want_probes(
+        &self,
+        specs: impl IntoIterator<Item = ProbeSpec>,
+    ) -> Result<(), StoreError> {
+        let new: Vec<(String, Option<String>)> = {
+            let st = self.lock();
+            specs
+                .into_iter()
+                .filter(|p| !is_fact(&p.name))
+                .filter(|p| st.probe_set.get(&p.name) != Some(&p.command))
+                .map(|p| (p.name, p.command))
+                .collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.store.set_wanted_probes(&new).await?;
+        let mut st = self.lock();
+        for (name, command) in &new {
+            st.probe_set.insert(name.clone(), command.clone());
+        }
+        // Changed commands must run again: forget old results for them.
+        for w in st.workers.values_mut() {
+            for (name, _) in &new {
+                w.probes.remove(name);
+            }
+        }
+        let probes: Vec<ProbeRequest> = new
+            .iter()
+            .map(|(name, command)| ProbeRequest {
+                name: name.clone(),
+                command: command.clone(),
+            })
+            .collect();
+        for w in st.workers.values() {
+            let _ = w.tx.send(Outbound::Send(ServerMsg::Probe {
+                probes: probes.clone(),
+                fresh: false,
+            }));
+        }
+        Ok(())
+    }
+
+    /// A worker reported probe results.
+    pub async fn probe_results(
+        &self,
+        name: &str,
+        conn_id: u64,
+        results: Vec<ProbeResult>,
+    ) -> Result<(), StoreError> {
+        self.store.save_probe_results(name, &results).await?;
+        {
+            let mut st = self.lock();
+            if let Some(w) = st.workers.get_mut(name).filter(|w| w.conn_id == conn_id) {
+                for r in results {
+                    w.probes.insert(r.name.clone(), r);
+                }
+            }
+        }
+        self.wake();
+        self.changed();
+        Ok(())
+    }
+
+    /// Asks one worker (or all) to run every wanted probe again. Returns
+    /// the workers asked.
+    pub fn reprobe(&self, name: Option<&str>) -> Vec<String> {
+        let st = self.lock();
+        let probes = probe_requests(&st.probe_set);
+        st.workers
+            .iter()
+            .filter(|(n, _)| name.is_none_or(|want| want == n.as_str()))
+            .filter(|(_, w)| {
+                w.tx.send(Outbound::Send(ServerMsg::Probe {
+                    probes: probes.clone(),
+                    fresh: true,
+                }))
+                .is_ok()
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Why a job with these requirements is not running: per connected
+    /// worker, the first requirement it fails and what it has.
+    pub fn why_not(&self, requires: &[Requirement]) -> WhyNot {
+        let st = self.lock();
+        let mut workers: Vec<WorkerWhyNot> = st
+            .workers
+            .iter()
+            .map(|(name, w)| {
+                let caps = capabilities(w, &st.probe_set);
+                let unmet = schedule::can_run(requires, &caps).err().map(|u| u.message);
+                let full = w.running.len() as u32 + w.reserved >= w.slots;
+                let quarantined = Self::quarantined(&st, name);
+                let state = match (&unmet, w.draining, w.paused, full) {
+                    (Some(_), _, _, _) => "incapable",
+                    (None, true, _, _) => "draining",
+                    (None, _, true, _) => "paused",
+                    _ if quarantined => "quarantined",
+                    (None, false, false, true) => "busy",
+                    (None, false, false, false) => "free",
+                };
+                WorkerWhyNot {
+                    worker: name.clone(),
+                    unmet,
+                    state,
+                }
+            })
+            .collect();
+        workers.sort_by(|a, b| a.worker.cmp(&b.worker));
+        let capable: Vec<&str> = workers
+            .iter()
+            .filter(|w| w.unmet.is_none())
+            .map(|w| w.worker.as_str())
+            .collect();
+        let summary = if workers.is_empty() {
+            "no worker is online".to_string()
+        } else if capable.is_empty() {
+            "no online worker meets the requirements".to_string()
+        } else {
+            format!("waiting for a free slot on {}", capable.join(", "))
+        };
+        WhyNot { summary, workers }
+    }
+
+    /// Connected workers that meet all of `requires`.
+    pub fn capable_workers(&self, requires: &[Requirement]) -> Vec<String> {
+        let w = self.why_not(requires);
+        w.workers
+            .into_iter()
+            .filter(|w| w.unmet.is_none())
+            .map(|w| w.worker)
+            .collect()
+    }
+}
+
+/// What the requirement matcher sees of a worker: facts, then probe
+/// results, then labels (a label wins over a probe of the same name). A
+/// wanted probe the worker has not reported yet is unknown.
+pub(super) fn capabilities(
+    w: &LiveWorker,
+    probe_set: &BTreeMap<String, Option<String>>,
+) -> Capabilities {
+    let mut caps = Capabilities::default();
+    for (k, v) in &w.facts {
+        caps.set(k.clone(), v.clone());
+    }
+    for r in w.probes.values() {
+        caps.entries.insert(
+            r.name.clone(),
+            Capability {
+                present: r.present,
+                value: r.version.clone(),
+            },
+        );
+    }
+    for (k, v) in &w.labels {
+        caps.set(k.clone(), v.clone());
+    }
+    for name in probe_set.keys() {
+        if !caps.entries.contains_key(name) {
+            caps.unknown.insert(name.clone());
+        }
+    }
+    caps
+}
+
+pub(super) fn probe_requests(set: &BTreeMap<String, Option<String>>) -> Vec<ProbeRequest> {
+    set.iter()
+        .map(|(name, command)| ProbeRequest {
+            name: name.clone(),
+            command: command.clone(),
+        })
+        .collect()
+}
+
+/// Why a queued job waits, per worker.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WhyNot {
+    /// One line for people: "no worker is online", "every capable worker is busy" ...
+    pub summary: String,
+    pub workers: Vec<WorkerWhyNot>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerWhyNot {
+    pub worker: String,
+    /// None when the worker could run the job (it is busy or paused).
+    pub unmet: Option<String>,
+    pub state: &'static str,
+}
