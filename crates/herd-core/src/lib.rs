@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod probe;
 pub mod requirement;
 pub mod schedule;
+pub mod split;
 pub mod state;
 pub mod version;
 
