@@ -247,7 +247,8 @@ impl Connection {
                     // Store (and acknowledge) what arrived intact even when the
                     // connection is about to end.
                     let replies = match self.flush(batch).await {
-                        Ok(r) => r,
+                        Ok((_, true)) => break "out of step with the store: reconnect to resume".into(),
+                        Ok((r, false)) => r,
                         Err(e) => break format!("could not store events: {e}"),
                     };
                     let mut send_failed = false;
@@ -438,8 +439,14 @@ impl Connection {
 
     /// Stores the batch, and returns the replies: acknowledgements, and
     /// abandon orders for attempts that are not this worker's.
-    async fn flush(&mut self, batch: Batch) -> Result<Vec<ServerMsg>, crate::store::StoreError> {
+    /// The second value is true when the connection must end so that the
+    /// worker resumes from what the store has (see [`Applied::Behind`]).
+    async fn flush(
+        &mut self,
+        batch: Batch,
+    ) -> Result<(Vec<ServerMsg>, bool), crate::store::StoreError> {
         let mut replies = Vec::new();
+        let mut resync = false;
         for attempt in batch.unknown {
             replies.push(ServerMsg::Abandon {
                 attempt,
@@ -470,6 +477,11 @@ impl Connection {
                     .and_then(|c| c.builder_key.clone());
                 hub.applied(&self.name, a.attempt, &outcome, builder_key.as_deref());
                 match outcome {
+                    Applied::Behind => {
+                        // Our cursor is ahead of the store: start over from
+                        // what the store has, through a new connection.
+                        resync = true;
+                    }
                     Applied::Fenced => {
                         self.cursors.remove(&a.attempt);
                         tracing::warn!(
@@ -512,7 +524,7 @@ impl Connection {
                 }
             }
         }
-        Ok(replies)
+        Ok((replies, resync))
     }
 }
 

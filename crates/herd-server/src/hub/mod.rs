@@ -401,7 +401,7 @@ impl Hub {
                 drop(st);
                 self.wake();
             }
-            Applied::Stored { finished: None } => {}
+            Applied::Stored { finished: None } | Applied::Behind => {}
         }
     }
 

@@ -89,6 +89,10 @@ pub enum Applied {
     /// The attempt is not this worker's to report for (moved, cancelled,
     /// unknown): nothing was stored.
     Fenced,
+    /// The attempt is this worker's, but the store already has these
+    /// events (another connection of the same worker stored them first):
+    /// nothing was stored; the connection must resynchronise.
+    Behind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,7 +290,18 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if fenced.rows_affected() == 0 {
-                out.push(Applied::Fenced);
+                let live = sqlx::query(
+                    "SELECT 1 AS one FROM attempts WHERE id = $1 AND worker = $2 AND state IN ('assigned', 'running')",
+                )
+                .bind(a.attempt)
+                .bind(&a.worker)
+                .fetch_optional(&mut *tx)
+                .await?;
+                out.push(if live.is_some() {
+                    Applied::Behind
+                } else {
+                    Applied::Fenced
+                });
                 continue;
             }
             let mut finished = None;
