@@ -153,6 +153,19 @@ pub enum StepStatus {
     Skipped,
 }
 
+impl StepStatus {
+    /// The name on the wire, which is also the step's stored state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Success => "success",
+            StepStatus::Failure => "failure",
+            StepStatus::Error => "error",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobResult {

@@ -66,6 +66,22 @@ fn oversized_text_is_rejected_before_parsing() {
 }
 
 #[test]
+fn step_status_names_match_the_wire() {
+    for s in [
+        StepStatus::Success,
+        StepStatus::Failure,
+        StepStatus::Error,
+        StepStatus::Cancelled,
+        StepStatus::Skipped,
+    ] {
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            format!("\"{}\"", s.as_str())
+        );
+    }
+}
+
+#[test]
 fn negotiation_picks_highest_common_version() {
     assert_eq!(negotiate(&[1, 2, 3]), Some(1));
     assert_eq!(negotiate(&[5]), None);

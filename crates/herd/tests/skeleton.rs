@@ -332,7 +332,7 @@ fn a_worker_runs_as_many_jobs_at_once_as_it_has_slots() {
 }
 
 #[test]
-fn every_api_route_is_in_the_openapi_document() {
+fn every_path_in_the_openapi_document_is_served() {
     let server = Server::start(&[]);
     let doc = server.get("/api/v1/openapi.json").unwrap();
     let paths = doc["paths"].as_object().unwrap();

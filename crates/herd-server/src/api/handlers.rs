@@ -213,8 +213,9 @@ pub async fn get_log(
 pub async fn list_workers(State(app): AppState) -> Result<Json<Value>, ApiError> {
     let live = app.hub.live_workers();
     let mut workers = Vec::new();
+    let mut probes = app.hub.store.probes_by_worker(None).await?;
     for w in app.hub.store.workers().await?.iter() {
-        let probes = app.hub.store.worker_probes(&w.name).await?;
+        let probes = probes.remove(&w.name).unwrap_or_default();
         let mut j = worker_json(w, live.get(&w.name), &probes);
         j["quarantined_until"] = json!(app.hub.quarantined_until(&w.name));
         workers.push(j);

@@ -137,16 +137,6 @@ impl Hub {
         };
         WhyNot { summary, workers }
     }
-
-    /// Connected workers that meet all of `requires`.
-    pub fn capable_workers(&self, requires: &[Requirement]) -> Vec<String> {
-        let w = self.why_not(requires);
-        w.workers
-            .into_iter()
-            .filter(|w| w.unmet.is_none())
-            .map(|w| w.worker)
-            .collect()
-    }
 }
 
 /// What the requirement matcher sees of a worker: facts, then probe

@@ -122,7 +122,7 @@ impl Hub {
         let queue = store.queued_jobs(None).await?;
         let deadline = Instant::now() + settings.restart_grace;
         let orphans = store
-            .live_attempts()
+            .live_attempts(None)
             .await?
             .into_iter()
             .map(|a| {
@@ -226,10 +226,10 @@ impl Hub {
         // not: it restarted and they died with it. They move at once.
         let lost: Vec<AttemptId> = self
             .store
-            .live_attempts()
+            .live_attempts(Some(name))
             .await?
             .into_iter()
-            .filter(|a| a.worker == name && !kept.contains(&a.id))
+            .filter(|a| !kept.contains(&a.id))
             .map(|a| a.id)
             .collect();
         for attempt in lost {
@@ -327,14 +327,6 @@ impl Hub {
             }
             self.changed();
         }
-    }
-
-    /// Whether `conn_id` is still the worker's live connection.
-    pub fn is_current(&self, name: &str, conn_id: u64) -> bool {
-        self.lock()
-            .workers
-            .get(name)
-            .is_some_and(|w| w.conn_id == conn_id)
     }
 
     /// The worker stops now: its attempts died with their steps, so they

@@ -119,16 +119,6 @@ pub struct BuildDetail {
     pub steps: Vec<StepRow>,
 }
 
-fn status_state(s: StepStatus) -> &'static str {
-    match s {
-        StepStatus::Success => "success",
-        StepStatus::Failure => "failure",
-        StepStatus::Error => "error",
-        StepStatus::Cancelled => "cancelled",
-        StepStatus::Skipped => "skipped",
-    }
-}
-
 impl Store {
     pub async fn create_build(&self, b: &NewBuild) -> Result<(i64, Vec<i64>)> {
         let now = now_ms();
@@ -429,11 +419,13 @@ impl Store {
         Ok(Some(f))
     }
 
-    /// Attempts that were live when the server stopped, with their workers.
-    pub async fn live_attempts(&self) -> Result<Vec<AttemptRow>> {
+    /// Live attempts (of one worker, when given), with their workers.
+    pub async fn live_attempts(&self, worker: Option<&str>) -> Result<Vec<AttemptRow>> {
         let rows = sqlx::query(
-            "SELECT * FROM attempts WHERE state IN ('assigned', 'running') ORDER BY id",
+            "SELECT * FROM attempts WHERE state IN ('assigned', 'running') \
+             AND ($1 IS NULL OR worker = $1) ORDER BY id",
         )
+        .bind(worker)
         .fetch_all(&self.read)
         .await?;
         rows.iter().map(AttemptRow::from_row).collect()
@@ -583,7 +575,7 @@ async fn apply_one(
             )
             .bind(attempt)
             .bind(i64::from(*step))
-            .bind(status_state(*status))
+            .bind(status.as_str())
             .bind(exit_code.map(i64::from))
             .bind(message)
             .bind(now)

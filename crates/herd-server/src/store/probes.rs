@@ -56,22 +56,36 @@ impl Store {
     }
 
     pub async fn worker_probes(&self, worker: &str) -> Result<Vec<ProbeResult>> {
+        Ok(self
+            .probes_by_worker(Some(worker))
+            .await?
+            .remove(worker)
+            .unwrap_or_default())
+    }
+
+    /// Probe results per worker (of one worker, when given), in one query.
+    pub async fn probes_by_worker(
+        &self,
+        worker: Option<&str>,
+    ) -> Result<BTreeMap<String, Vec<ProbeResult>>> {
         let rows = sqlx::query(
-            "SELECT name, present, version, output, probed_at FROM worker_probes WHERE worker = $1 ORDER BY name",
+            "SELECT worker, name, present, version, output, probed_at FROM worker_probes \
+             WHERE ($1 IS NULL OR worker = $1) ORDER BY worker, name",
         )
         .bind(worker)
         .fetch_all(&self.read)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ProbeResult {
-                    name: r.try_get("name")?,
-                    present: r.try_get::<i64, _>("present")? != 0,
-                    version: r.try_get("version")?,
-                    output: r.try_get("output")?,
-                    probed_at: r.try_get("probed_at")?,
-                })
-            })
-            .collect()
+        let mut out: BTreeMap<String, Vec<ProbeResult>> = BTreeMap::new();
+        for r in &rows {
+            let worker: String = r.try_get("worker")?;
+            out.entry(worker).or_default().push(ProbeResult {
+                name: r.try_get("name")?,
+                present: r.try_get::<i64, _>("present")? != 0,
+                version: r.try_get("version")?,
+                output: r.try_get("output")?,
+                probed_at: r.try_get("probed_at")?,
+            });
+        }
+        Ok(out)
     }
 }
