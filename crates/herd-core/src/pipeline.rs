@@ -46,11 +46,33 @@ pub struct JobDef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub name: String,
+    /// The command; for a split step, its `split.run`.
     pub run: String,
+    /// Set on a step that splits a test suite over several workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitDef>,
     pub timeout: Option<Duration>,
     pub env: BTreeMap<String, String>,
     pub always: bool,
 }
+
+/// `split:` on a step: one test suite spread over several workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitDef {
+    /// Prints one test id per line.
+    pub list: String,
+    /// Runs a subset: `{tests}`, `{junit}` and `$HERD_TESTS_FILE`.
+    pub run: String,
+    /// Where `run` writes a JUnit report, relative to the workspace.
+    pub junit: Option<String>,
+    /// At most this many workers run the suite at once.
+    pub workers: u32,
+    /// Whether a test that failed then passed fails the build.
+    pub flaky_fails: bool,
+}
+
+/// Most workers one split step may use.
+pub const MAX_SPLIT_WORKERS: u32 = 64;
 
 // ---- the file as written -------------------------------------------------
 
@@ -84,12 +106,23 @@ struct RawJob {
 #[serde(deny_unknown_fields)]
 struct RawStep {
     name: Option<Spanned<String>>,
-    run: Spanned<String>,
+    run: Option<Spanned<String>>,
+    split: Option<Spanned<RawSplit>>,
     timeout: Option<Spanned<String>>,
     #[serde(default)]
     env: IndexMap<String, Scalar>,
     #[serde(default)]
     always: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSplit {
+    list: Spanned<String>,
+    run: Spanned<String>,
+    junit: Option<Spanned<String>>,
+    workers: Option<Spanned<u32>>,
+    flaky: Option<Spanned<String>>,
 }
 
 /// An env value: YAML lets people write `FOO: 1` or `FOO: true`; all are text.
@@ -264,7 +297,10 @@ impl Lower<'_> {
                 .with_help("add a step such as `- run: make test`"));
         }
         let mut steps: Vec<Step> = Vec::new();
+        // Where the split step is, once seen: only `always` steps may follow.
+        let mut split_at: Option<String> = None;
         for raw in raw_steps {
+            let (run, split) = self.step_action(at, &raw)?;
             let explicit = raw.name.is_some();
             let mut step_name = match &raw.name {
                 Some(n) => {
@@ -273,7 +309,8 @@ impl Lower<'_> {
                     }
                     n.value.clone()
                 }
-                None => default_step_name(&raw.run.value),
+                None if split.is_some() => "tests".to_string(),
+                None => default_step_name(&run),
             };
             if steps.iter().any(|s| s.name == step_name) {
                 if let (true, Some(n)) = (explicit, &raw.name) {
@@ -288,11 +325,33 @@ impl Lower<'_> {
                     i += 1;
                 }
             }
-            if raw.run.value.trim().is_empty() {
-                return Err(self.err(
-                    &raw.run.referenced,
-                    "`run:` is empty: give the command to run",
-                ));
+            let loc = raw
+                .run
+                .as_ref()
+                .map(|r| r.referenced)
+                .or(raw.split.as_ref().map(|s| s.referenced))
+                .unwrap_or(at.referenced);
+            if let Some(first) = &split_at {
+                if split.is_some() {
+                    return Err(self
+                        .err(&loc, format!("`{}` has a second `split:` step", at.value))
+                        .with_help(
+                            "a job splits one suite; put the other suite in a job of its own",
+                        ));
+                }
+                if !raw.always {
+                    return Err(self
+                        .err(
+                            &loc,
+                            format!(
+                                "step `{step_name}` follows the split step `{first}` but is not `always: true`"
+                            ),
+                        )
+                        .with_help("only cleanup steps (`always: true`) may follow a split step; make another job for the rest"));
+                }
+            }
+            if split.is_some() {
+                split_at = Some(step_name.clone());
             }
             let timeout = match &raw.timeout {
                 None => None,
@@ -303,7 +362,8 @@ impl Lower<'_> {
             };
             steps.push(Step {
                 name: step_name,
-                run: raw.run.value,
+                run,
+                split,
                 timeout,
                 env: raw
                     .env
@@ -320,6 +380,104 @@ impl Lower<'_> {
             requires,
             steps,
         })
+    }
+
+    /// A step's command, or its split: exactly one of `run:` and `split:`.
+    fn step_action(
+        &self,
+        at: &Spanned<String>,
+        raw: &RawStep,
+    ) -> Result<(String, Option<SplitDef>), ConfigError> {
+        let nonempty = |s: &Spanned<String>, what: &str| {
+            if s.value.trim().is_empty() {
+                Err(self.err(
+                    &s.referenced,
+                    format!("`{what}` is empty: give the command to run"),
+                ))
+            } else {
+                Ok(s.value.clone())
+            }
+        };
+        match (&raw.run, &raw.split) {
+            (Some(run), None) => Ok((nonempty(run, "run:")?, None)),
+            (None, Some(split)) => {
+                let sp = &split.value;
+                let list = nonempty(&sp.list, "list:")?;
+                let run = nonempty(&sp.run, "run:")?;
+                if !run.contains("{tests}") && !run.contains("HERD_TESTS_FILE") {
+                    return Err(self
+                        .err(&sp.run.referenced, "the split's `run:` names no tests")
+                        .with_help("put `{tests}` (the ids, shell-quoted) or `@$HERD_TESTS_FILE` (a file with one id per line) in the command"));
+                }
+                if run.contains("{junit}") && sp.junit.is_none() {
+                    return Err(self
+                        .err(&sp.run.referenced, "`run:` uses `{junit}` but the split has no `junit:`")
+                        .with_help("add `junit: reports/junit.xml` (where the runner writes its JUnit report)"));
+                }
+                let junit = match &sp.junit {
+                    None => None,
+                    Some(j) => {
+                        let p = j.value.trim();
+                        if p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                            return Err(self
+                                .err(
+                                    &j.referenced,
+                                    format!("invalid `junit:` path `{}`", j.value),
+                                )
+                                .with_help(
+                                    "give a path inside the workspace, such as reports/junit.xml",
+                                ));
+                        }
+                        Some(p.to_string())
+                    }
+                };
+                let workers = match &sp.workers {
+                    None => 2,
+                    Some(w) if w.value == 0 || w.value > MAX_SPLIT_WORKERS => {
+                        return Err(self
+                            .err(
+                                &w.referenced,
+                                format!("`workers: {}` is out of range", w.value),
+                            )
+                            .with_help(format!("give a number from 1 to {MAX_SPLIT_WORKERS}")))
+                    }
+                    Some(w) => w.value,
+                };
+                let flaky_fails = match &sp.flaky {
+                    None => false,
+                    Some(f) => match f.value.as_str() {
+                        "pass" => false,
+                        "fail" => true,
+                        other => {
+                            return Err(self
+                                .err(&f.referenced, format!("invalid `flaky: {other}`"))
+                                .with_help("`flaky: pass` (the default: a test that failed then passed does not fail the build) or `flaky: fail`"))
+                        }
+                    },
+                };
+                Ok((
+                    run.clone(),
+                    Some(SplitDef {
+                        list,
+                        run,
+                        junit,
+                        workers,
+                        flaky_fails,
+                    }),
+                ))
+            }
+            (Some(run), Some(_)) => Err(self
+                .err(&run.referenced, "a step has both `run:` and `split:`")
+                .with_help(
+                    "a split step runs `split.run`; make the other command a step of its own",
+                )),
+            (None, None) => Err(self
+                .err(
+                    &at.referenced,
+                    format!("a step of `{}` has neither `run:` nor `split:`", at.value),
+                )
+                .with_help("give the step a command: `- run: make test`")),
+        }
     }
 
     fn requirements(&self, raw: &[Spanned<String>]) -> Result<Vec<Requirement>, ConfigError> {

@@ -19,6 +19,9 @@ pub struct QueuedJob {
     pub requires: Vec<Requirement>,
     /// The builder's `max_concurrent`: jobs of this builder running at once.
     pub cap: Option<u32>,
+    /// Jobs with the same spread key (the shards of one split step) never
+    /// run on the same worker at once.
+    pub spread: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -30,6 +33,8 @@ pub struct WorkerView {
     pub caps: Capabilities,
     /// Builders this worker ran recently, most recent first.
     pub recent_builders: Vec<String>,
+    /// Spread keys of the jobs it runs now.
+    pub spreads: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +61,7 @@ pub fn plan(
         .map(|w| if w.accepting { w.free_slots } else { 0 })
         .collect();
     let mut total_free: u64 = free.iter().map(|&f| u64::from(f)).sum();
+    let mut spreads: Vec<Vec<String>> = workers.iter().map(|w| w.spreads.clone()).collect();
     let mut placements = Vec::new();
     if total_free == 0 {
         return placements;
@@ -72,6 +78,7 @@ pub fn plan(
             .iter()
             .enumerate()
             .filter(|(i, _)| free[*i] > 0)
+            .filter(|(i, _)| job.spread.as_ref().is_none_or(|k| !spreads[*i].contains(k)))
             .filter(|(_, w)| can_run(&job.requires, &w.caps).is_ok())
             .max_by_key(|(i, w)| {
                 let warmth = w
@@ -86,6 +93,9 @@ pub fn plan(
         if let Some(i) = best {
             free[i] -= 1;
             total_free -= 1;
+            if let Some(k) = &job.spread {
+                spreads[i].push(k.clone());
+            }
             *running.entry(job.builder.clone()).or_insert(0) += 1;
             placements.push(Placement {
                 job_id: job.job_id,
@@ -145,6 +155,7 @@ mod tests {
                 .map(|r| Requirement::parse(r).unwrap())
                 .collect(),
             cap: None,
+            spread: None,
         }
     }
 
@@ -159,6 +170,7 @@ mod tests {
             accepting: true,
             caps,
             recent_builders: vec![],
+            spreads: vec![],
         }
     }
 
@@ -240,5 +252,20 @@ mod tests {
         let p = plan(&q, &w, &HashMap::new());
         assert_eq!(p.len(), 5);
         assert_eq!(p.iter().filter(|p| p.worker == "a").count(), 2);
+    }
+
+    #[test]
+    fn shards_of_one_split_spread_over_workers() {
+        let mut q: Vec<_> = (0..4).map(|i| job(i, "p/a", 0, &[])).collect();
+        for j in &mut q {
+            j.spread = Some("build1/tests".into());
+        }
+        let mut busy = worker("busy", 4, &[]);
+        busy.spreads = vec!["build1/tests".into()];
+        let w = vec![worker("a", 4, &[]), worker("b", 4, &[]), busy];
+        let p = plan(&q, &w, &HashMap::new());
+        let mut on: Vec<&str> = p.iter().map(|p| p.worker.as_str()).collect();
+        on.sort();
+        assert_eq!(on, ["a", "b"], "one shard per worker, none where one runs");
     }
 }

@@ -36,6 +36,8 @@ string_enum!(
         Failure => "failure",
         Error => "error",
         Cancelled => "cancelled",
+        // A shard of a split job that was not needed: the others ran every test.
+        Skipped => "skipped",
     }
 );
 
@@ -71,7 +73,7 @@ impl RunState {
 
     /// A build's state from its jobs' states: running while any job is not
     /// finished (queued if none started), then the worst outcome, where
-    /// error > failure > cancelled > success.
+    /// error > failure > cancelled > success (a skipped shard counts as success).
     pub fn of_build(jobs: &[RunState]) -> RunState {
         if jobs.is_empty() {
             return RunState::Error;
@@ -89,10 +91,10 @@ impl RunState {
             RunState::Cancelled => 1,
             _ => 0,
         };
-        jobs.iter()
-            .copied()
-            .max_by_key(rank)
-            .unwrap_or(RunState::Error)
+        match jobs.iter().copied().max_by_key(rank) {
+            Some(RunState::Skipped) | None => RunState::Success,
+            Some(worst) => worst,
+        }
     }
 }
 
@@ -110,6 +112,8 @@ mod tests {
         assert_eq!(RunState::of_build(&[Failure, Error]), Error);
         assert_eq!(RunState::of_build(&[Cancelled, Success]), Cancelled);
         assert_eq!(RunState::of_build(&[]), Error);
+        assert_eq!(RunState::of_build(&[Success, Skipped]), Success);
+        assert_eq!(RunState::of_build(&[Skipped, Failure]), Failure);
     }
 
     #[test]

@@ -61,6 +61,78 @@ pub enum WorkerMsg {
     Draining,
     /// The worker stops now: every attempt it ran is dead, move them at once.
     Stopping,
+    /// A shard of a split step asks for tests to run, reporting the batch
+    /// it ran before. The server answers with [`ServerMsg::Split`] carrying
+    /// the same `req`; asking again (after a lost answer) is harmless.
+    Split(SplitRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitRequest {
+    pub attempt: AttemptId,
+    pub step: u32,
+    /// Chosen by the worker; the answer repeats it.
+    pub req: u64,
+    /// The test ids the `list` command printed (first request only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<Vec<String>>,
+    /// How long the `list` command took, a hint of the runner's start-up cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_secs: Option<f64>,
+    /// The batch this shard ran since its last request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<BatchReport>,
+}
+
+/// What a worker reports when a batch of a split step ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchReport {
+    pub batch: u64,
+    pub exit_code: Option<i32>,
+    pub wall_secs: f64,
+    /// Per-test results from the runner's JUnit report; None when the step
+    /// has no `junit:` (then the exit code decides for every test).
+    #[serde(default)]
+    pub tests: Option<Vec<TestRun>>,
+}
+
+/// What a runner's report said about one test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestRun {
+    pub id: String,
+    pub outcome: RunOutcome,
+    #[serde(default)]
+    pub secs: Option<f64>,
+    /// The failure's message (clipped by the server).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    Passed,
+    Failed,
+    Skipped,
+}
+
+/// The server's answer to a [`SplitRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SplitReply {
+    /// Run these tests, then ask again with the report.
+    Batch { id: u64, tests: Vec<String> },
+    /// Nothing to run now, but batches run elsewhere and may come back: ask
+    /// again after `ms`.
+    Wait { ms: u64 },
+    /// Every test has its outcome; `failed` when one that this shard ran
+    /// fails the build. `summary` is for the log.
+    Done { failed: bool, summary: String },
+    /// The split step fails on this worker (e.g. its list differs).
+    Fail { message: String },
 }
 
 /// What a probe found on the worker.
@@ -207,6 +279,13 @@ pub enum ServerMsg {
         #[serde(default)]
         fresh: bool,
     },
+    /// The answer to a [`WorkerMsg::Split`] request.
+    Split {
+        attempt: AttemptId,
+        step: u32,
+        req: u64,
+        reply: SplitReply,
+    },
     /// The server is about to close the connection, and says why.
     Error {
         message: String,
@@ -270,6 +349,15 @@ pub enum StepAction {
     Checkout { repo: String, revision: String },
     /// Run a command with `sh -c`.
     Shell { run: String },
+    /// Run one share of a test suite: `list` prints the test ids; `run`
+    /// runs a batch of them (`{tests}`, `{junit}`, `$HERD_TESTS_FILE`), as
+    /// often as the server hands out batches.
+    Split {
+        list: String,
+        run: String,
+        #[serde(default)]
+        junit: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! revision, turn its builders into jobs, store them and queue them.
 
 use crate::api::ApiError;
-use crate::store::{JobSpec, NewBuild, NewJob};
+use crate::store::{JobSpec, NewBuild, NewJob, Shard};
 use crate::App;
 use herd_core::pipeline::{Pipeline, Step};
 use herd_proto::{StepAction, StepSpec};
@@ -117,16 +117,46 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
                     always: false,
                 });
             }
+            let offset = steps.len();
             steps.extend(j.steps.iter().map(step_spec));
-            jobs.push(NewJob {
-                builder: b.name.clone(),
-                name: j.name.clone(),
-                spec: JobSpec {
-                    requires: j.requires.clone(),
-                    steps,
-                    cap: b.max_concurrent,
-                },
-            });
+            let split = j
+                .steps
+                .iter()
+                .enumerate()
+                .find_map(|(i, s)| s.split.as_ref().map(|d| (i, s, d)));
+            let spec = JobSpec {
+                requires: j.requires.clone(),
+                steps,
+                cap: b.max_concurrent,
+                shard: None,
+            };
+            match split {
+                None => jobs.push(NewJob {
+                    builder: b.name.clone(),
+                    name: j.name.clone(),
+                    spec,
+                }),
+                // One job per shard: each runs the steps before the split,
+                // then batches of the suite, then its `always` steps.
+                Some((i, step, def)) => {
+                    for index in 1..=def.workers {
+                        let mut spec = spec.clone();
+                        spec.shard = Some(Shard {
+                            job: j.name.clone(),
+                            index,
+                            of: def.workers,
+                            step: (offset + i) as u32,
+                            step_name: step.name.clone(),
+                            flaky_fails: def.flaky_fails,
+                        });
+                        jobs.push(NewJob {
+                            builder: b.name.clone(),
+                            name: shard_job_name(&j.name, index),
+                            spec,
+                        });
+                    }
+                }
+            }
         }
     }
     let new = NewBuild {
@@ -181,10 +211,23 @@ async fn record_error_build(
     Ok(id)
 }
 
+/// `tests#2`: the second shard of job `tests`.
+pub fn shard_job_name(job: &str, index: u32) -> String {
+    format!("{job}#{index}")
+}
+
 fn step_spec(s: &Step) -> StepSpec {
+    let action = match &s.split {
+        Some(d) => StepAction::Split {
+            list: d.list.clone(),
+            run: d.run.clone(),
+            junit: d.junit.clone(),
+        },
+        None => StepAction::Shell { run: s.run.clone() },
+    };
     StepSpec {
         name: s.name.clone(),
-        action: StepAction::Shell { run: s.run.clone() },
+        action,
         timeout_secs: s.timeout.map(|t| t.as_secs()),
         env: s.env.clone(),
         always: s.always,

@@ -107,6 +107,8 @@ struct Batch {
     /// Attempts the worker reported on that it does not hold.
     unknown: Vec<AttemptId>,
     probe_results: Vec<herd_proto::ProbeResult>,
+    /// Requests of split-step shards, answered after the events are stored.
+    splits: Vec<herd_proto::SplitRequest>,
     /// The worker said it stops now: its attempts are dead.
     stopping: bool,
     bytes: usize,
@@ -337,6 +339,10 @@ impl Connection {
                     batch.probe_results.extend(results);
                     Flow::Continue
                 }
+                Ok(WorkerMsg::Split(req)) => {
+                    batch.splits.push(req);
+                    Flow::Continue
+                }
                 Ok(WorkerMsg::Event {
                     attempt,
                     seq,
@@ -506,6 +512,23 @@ impl Connection {
                 }
             }
             hub.changed();
+        }
+        for req in batch.splits {
+            let reply = hub.split_request(&self.name, &req).await?;
+            if let herd_proto::SplitReply::Fail { message } = &reply {
+                tracing::warn!(
+                    "split request of worker {} for attempt {} refused: {}",
+                    self.name,
+                    req.attempt,
+                    message.lines().next().unwrap_or("")
+                );
+            }
+            replies.push(ServerMsg::Split {
+                attempt: req.attempt,
+                step: req.step,
+                req: req.req,
+                reply,
+            });
         }
         if batch.stopping {
             hub.stopping(&self.name, self.conn_id).await?;

@@ -4,6 +4,7 @@
 use crate::exec::{run_job, JobContext};
 use crate::outbox::{Frame, Limits, Outbox, StopKind};
 use crate::reaper::Reaper;
+use crate::split::SplitLink;
 use crate::{endpoint_url, facts, probe, Shutdown, WorkerError, WorkerOptions};
 use futures_util::{SinkExt, StreamExt};
 use herd_proto::{
@@ -65,6 +66,7 @@ pub async fn run(
         }
     };
     let executors = Arc::new(AtomicUsize::new(0));
+    let split = Arc::new(SplitLink::default());
     let mut failures: u32 = 0;
     loop {
         let mode = *shutdown.borrow();
@@ -75,6 +77,7 @@ pub async fn run(
         let shared = Shared {
             reaper: reaper.clone(),
             executors: Arc::clone(&executors),
+            split: Arc::clone(&split),
         };
         match session(&url, &opts, &outbox, &shared, &mut shutdown).await {
             SessionEnd::Shutdown => break,
@@ -112,6 +115,7 @@ pub async fn run(
 struct Shared {
     reaper: Option<Arc<Reaper>>,
     executors: Arc<AtomicUsize>,
+    split: Arc<SplitLink>,
 }
 
 /// Exponential backoff with full jitter between half and all of the step.
@@ -200,7 +204,10 @@ async fn session(
         worker_name: name,
         workdir: opts.workdir.clone(),
         reaper: shared.reaper.clone(),
+        split: Arc::clone(&shared.split),
     });
+    // This connection sends the split requests of all running steps.
+    let mut split_rx = shared.split.rx.lock().await;
     let hb_timeout = Duration::from_millis(welcome.heartbeat_timeout_ms.max(1000));
     let mut heartbeat = tokio::time::interval(Duration::from_millis(
         welcome.heartbeat_interval_ms.max(100),
@@ -265,6 +272,11 @@ async fn session(
                 }
             }
             _ = ready, if !more => {}
+            Some(msg) = split_rx.recv() => {
+                if let Err(e) = sink.send(Message::Text(msg.encode().into())).await {
+                    return SessionEnd::Lost(format!("send failed: {e}"));
+                }
+            }
             Some(msg) = ctl_rx.recv() => {
                 if let Err(e) = sink.send(Message::Text(msg.encode().into())).await {
                     return SessionEnd::Lost(format!("send failed: {e}"));
@@ -338,6 +350,12 @@ fn handle(
             outbox.stop(attempt, StopKind::Abandon);
         }
         ServerMsg::Ack { attempt, seq } => outbox.ack(attempt, seq),
+        ServerMsg::Split {
+            attempt,
+            req,
+            reply,
+            ..
+        } => ctx.split.deliver(attempt, req, reply),
         ServerMsg::Heartbeat | ServerMsg::Welcome(_) | ServerMsg::Probe { .. } => {}
         ServerMsg::Error { message } => {
             return Some(SessionEnd::Lost(format!(

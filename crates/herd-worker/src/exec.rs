@@ -46,14 +46,16 @@ echo "checked out $(git rev-parse HEAD)"
 
 pub struct JobContext {
     pub worker_name: String,
+    /// Where split steps ask the server for batches.
+    pub split: std::sync::Arc<crate::split::SplitLink>,
     pub workdir: PathBuf,
     pub reaper: Option<std::sync::Arc<crate::reaper::Reaper>>,
 }
 
-struct StepOutcome {
-    status: StepStatus,
-    exit_code: Option<i32>,
-    message: Option<String>,
+pub(crate) struct StepOutcome {
+    pub status: StepStatus,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
 }
 
 /// Runs a job to its end and queues all its events; returns when the
@@ -199,6 +201,8 @@ async fn run_step(
     stop: &mut watch::Receiver<Option<StopKind>>,
 ) -> Option<StepOutcome> {
     let mut env = base_env.clone();
+    let timeout = step.timeout_secs.map(Duration::from_secs);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let (script, failure_status) = match &step.action {
         StepAction::Shell { run } => (run.as_str(), StepStatus::Failure),
         StepAction::Checkout { repo, revision } => {
@@ -208,93 +212,41 @@ async fn run_step(
             // A failed checkout is herd's failure to run the job, not the step's.
             (CHECKOUT_SCRIPT, StepStatus::Error)
         }
+        StepAction::Split { list, run, junit } => {
+            env.extend(step.env.clone());
+            let cmd = StepRunner {
+                ctx,
+                workspace,
+                env: &env,
+                attempt,
+                outbox,
+                step: idx,
+                deadline,
+            };
+            let split = crate::split::SplitStep {
+                list,
+                run,
+                junit: junit.as_deref(),
+                timeout,
+            };
+            return split.run(&cmd, stop).await;
+        }
     };
     env.extend(step.env.clone());
-    let (reader, writer) = match std::io::pipe() {
-        Ok(p) => p,
-        Err(e) => return Some(spawn_error(format!("cannot create a pipe: {e}"))),
+    let cmd = StepRunner {
+        ctx,
+        workspace,
+        env: &env,
+        attempt,
+        outbox,
+        step: idx,
+        deadline,
     };
-    let writer2 = match writer.try_clone() {
-        Ok(w) => w,
-        Err(e) => return Some(spawn_error(format!("cannot duplicate a pipe: {e}"))),
-    };
-    let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg(script)
-        .current_dir(workspace)
-        .envs(&env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(writer))
-        .stderr(Stdio::from(writer2))
-        .process_group(0)
-        .kill_on_drop(false);
-    let spawned = cmd.spawn();
-    // Close our copies of the pipe's write end, so that EOF comes when the
-    // step's processes are done with it.
-    drop(cmd);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => return Some(spawn_error(format!("cannot start `sh`: {e}"))),
-    };
-    let Some(pid) = child.id() else {
-        return Some(spawn_error("the step's process vanished at start".into()));
-    };
-    let pgid = Pid::from_raw(pid as i32);
-    if let Some(r) = &ctx.reaper {
-        r.watch(pid as i32);
-    }
-    let reader = match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
+    let ran = match cmd.run(script, 0, false, stop).await {
         Ok(r) => r,
-        Err(e) => {
-            kill_group(pgid, &mut child).await;
-            if let Some(r) = &ctx.reaper {
-                r.unwatch(pid as i32);
-            }
-            return Some(spawn_error(format!("cannot read the step's output: {e}")));
-        }
+        Err(message) => return Some(spawn_error(message)),
     };
-    let pump = tokio::spawn(pump_output(reader, outbox.clone(), attempt, idx));
-
-    let timeout = step.timeout_secs.map(Duration::from_secs);
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let sleep_until = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(sleep_until);
-    enum End {
-        Exited(std::io::Result<std::process::ExitStatus>),
-        TimedOut,
-        Stopped(StopKind),
-    }
-    let end = loop {
-        tokio::select! {
-            status = child.wait() => break End::Exited(status),
-            _ = &mut sleep_until => break End::TimedOut,
-            changed = stop.changed() => {
-                match (changed, *stop.borrow()) {
-                    (Ok(()), Some(kind)) => break End::Stopped(kind),
-                    (Ok(()), None) => continue,
-                    // The outbox dropped the attempt: treat as abandoned.
-                    (Err(_), _) => break End::Stopped(StopKind::Abandon),
-                }
-            }
-        }
-    };
-    // Whatever happened, the group goes: leftovers of a finished step too.
-    kill_group(pgid, &mut child).await;
-    let _ = child.wait().await;
-    if let Some(r) = &ctx.reaper {
-        r.unwatch(pid as i32);
-    }
-    match tokio::time::timeout(DRAIN_LIMIT, pump).await {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return None,
-        Ok(Err(_)) | Err(_) => {}
-    }
-    let outcome = match end {
+    let outcome = match ran.end {
         End::Exited(Ok(status)) => match status.code() {
             Some(0) => StepOutcome {
                 status: StepStatus::Success,
@@ -314,25 +266,231 @@ async fn run_step(
             },
         },
         End::Exited(Err(e)) => spawn_error(format!("cannot wait for the step: {e}")),
-        End::TimedOut => StepOutcome {
-            status: StepStatus::Failure,
-            exit_code: None,
-            message: Some(format!(
-                "timed out after {}",
-                herd_core::duration::format_duration(timeout.unwrap_or_default())
-            )),
-        },
-        End::Stopped(StopKind::Cancel) => StepOutcome {
-            status: StepStatus::Cancelled,
-            exit_code: None,
-            message: Some("cancelled".into()),
-        },
-        End::Stopped(StopKind::Abandon) => return None,
+        End::TimedOut => timed_out(timeout),
+        End::Stopped(StopKind::Cancel) => cancelled(),
+        End::Stopped(StopKind::Abandon) | End::Abandoned => return None,
     };
     Some(outcome)
 }
 
-fn spawn_error(message: String) -> StepOutcome {
+pub(crate) fn timed_out(timeout: Option<Duration>) -> StepOutcome {
+    StepOutcome {
+        status: StepStatus::Failure,
+        exit_code: None,
+        message: Some(format!(
+            "timed out after {}",
+            herd_core::duration::format_duration(timeout.unwrap_or_default())
+        )),
+    }
+}
+
+pub(crate) fn cancelled() -> StepOutcome {
+    StepOutcome {
+        status: StepStatus::Cancelled,
+        exit_code: None,
+        message: Some("cancelled".into()),
+    }
+}
+
+/// How a command of a step ended.
+pub(crate) enum End {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Stopped(StopKind),
+    /// The outbox dropped the attempt while its output was being sent.
+    Abandoned,
+}
+
+pub(crate) struct Ran {
+    pub end: End,
+    /// Bytes of the step's log after this command.
+    pub offset: u64,
+    /// The command's standard output, when captured (not logged).
+    pub stdout: Vec<u8>,
+}
+
+/// Runs the commands of one step: each in its own process group, output
+/// appended to the step's log.
+#[derive(Clone, Copy)]
+pub(crate) struct StepRunner<'a> {
+    pub ctx: &'a JobContext,
+    pub workspace: &'a Path,
+    pub env: &'a BTreeMap<String, String>,
+    pub attempt: i64,
+    pub outbox: &'a Outbox,
+    pub step: u32,
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+/// Most standard output kept from a captured command (a test list).
+const MAX_CAPTURE: usize = 64 * 1024 * 1024;
+
+impl StepRunner<'_> {
+    /// Appends herd's own text to the step's log. False when abandoned.
+    pub async fn note(&self, offset: &mut u64, text: &str) -> bool {
+        let data = text.as_bytes().to_vec();
+        let len = data.len() as u64;
+        if !self
+            .outbox
+            .push(
+                self.attempt,
+                Payload::Log {
+                    step: self.step,
+                    offset: *offset,
+                    data,
+                },
+            )
+            .await
+        {
+            return false;
+        }
+        *offset += len;
+        true
+    }
+
+    /// Runs `script` with `sh -c` in a new process group; output goes to the
+    /// log from `offset` on (stdout kept apart when `capture`). Err: it
+    /// could not start.
+    pub async fn run(
+        &self,
+        script: &str,
+        offset: u64,
+        capture: bool,
+        stop: &mut watch::Receiver<Option<StopKind>>,
+    ) -> Result<Ran, String> {
+        let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+        let writer2 = writer
+            .try_clone()
+            .map_err(|e| format!("cannot duplicate a pipe: {e}"))?;
+        let (out_reader, stdout) = if capture {
+            let (r, w) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+            (Some(r), Stdio::from(w))
+        } else {
+            (None, Stdio::from(writer))
+        };
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(script)
+            .current_dir(self.workspace)
+            .envs(self.env)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::from(writer2))
+            .process_group(0)
+            .kill_on_drop(false);
+        let spawned = cmd.spawn();
+        // Close our copies of the pipes' write ends, so that EOF comes when
+        // the step's processes are done with them.
+        drop(cmd);
+        let mut child = spawned.map_err(|e| format!("cannot start `sh`: {e}"))?;
+        let Some(pid) = child.id() else {
+            return Err("the step's process vanished at start".into());
+        };
+        let pgid = Pid::from_raw(pid as i32);
+        if let Some(r) = &self.ctx.reaper {
+            r.watch(pid as i32);
+        }
+        let receivers = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
+            .and_then(|r| {
+                out_reader
+                    .map(|o| tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(o)))
+                    .transpose()
+                    .map(|o| (r, o))
+            });
+        let (reader, out_reader) = match receivers {
+            Ok(r) => r,
+            Err(e) => {
+                kill_group(pgid, &mut child).await;
+                if let Some(r) = &self.ctx.reaper {
+                    r.unwatch(pid as i32);
+                }
+                return Err(format!("cannot read the step's output: {e}"));
+            }
+        };
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(offset));
+        let mut pump = tokio::spawn(pump_output(
+            reader,
+            self.outbox.clone(),
+            self.attempt,
+            self.step,
+            std::sync::Arc::clone(&written),
+        ));
+        let capture_task = out_reader.map(|mut r| {
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) if out.len() + n <= MAX_CAPTURE => out.extend_from_slice(&buf[..n]),
+                        Ok(_) => {} // past the limit: drain, keep nothing more
+                    }
+                }
+                out
+            })
+        });
+        let deadline = self.deadline;
+        let sleep_until = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(sleep_until);
+        let end = loop {
+            tokio::select! {
+                status = child.wait() => break End::Exited(status),
+                _ = &mut sleep_until => break End::TimedOut,
+                changed = stop.changed() => {
+                    match (changed, *stop.borrow()) {
+                        (Ok(()), Some(kind)) => break End::Stopped(kind),
+                        (Ok(()), None) => continue,
+                        // The outbox dropped the attempt: treat as abandoned.
+                        (Err(_), _) => break End::Stopped(StopKind::Abandon),
+                    }
+                }
+            }
+        };
+        // Whatever happened, the group goes: leftovers of a finished step too.
+        kill_group(pgid, &mut child).await;
+        let _ = child.wait().await;
+        if let Some(r) = &self.ctx.reaper {
+            r.unwatch(pid as i32);
+        }
+        let offset = match tokio::time::timeout(DRAIN_LIMIT, &mut pump).await {
+            Ok(Ok(true)) => written.load(std::sync::atomic::Ordering::SeqCst),
+            Ok(Ok(false)) => {
+                return Ok(Ran {
+                    end: End::Abandoned,
+                    offset,
+                    stdout: Vec::new(),
+                })
+            }
+            // The pipe is held by a process that left the group: stop
+            // reading it; the log goes on after what was sent.
+            Ok(Err(_)) | Err(_) => {
+                pump.abort();
+                let _ = pump.await;
+                written.load(std::sync::atomic::Ordering::SeqCst)
+            }
+        };
+        let stdout = match capture_task {
+            Some(t) => tokio::time::timeout(DRAIN_LIMIT, t)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        Ok(Ran {
+            end,
+            offset,
+            stdout,
+        })
+    }
+}
+
+pub(crate) fn spawn_error(message: String) -> StepOutcome {
     StepOutcome {
         status: StepStatus::Error,
         exit_code: None,
@@ -340,7 +498,7 @@ fn spawn_error(message: String) -> StepOutcome {
     }
 }
 
-fn signal_message(status: &std::process::ExitStatus) -> String {
+pub(crate) fn signal_message(status: &std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status.signal() {
         Some(sig) => format!("killed by signal {sig}"),
@@ -348,16 +506,19 @@ fn signal_message(status: &std::process::ExitStatus) -> String {
     }
 }
 
-/// Copies the step's output into the outbox in chunks. A short read is
-/// topped up for a few milliseconds, so that a step writing many small
-/// pieces costs few frames. False when the attempt was abandoned.
+/// Copies the step's output into the outbox in chunks, from `offset` on. A
+/// short read is topped up for a few milliseconds, so that a step writing
+/// many small pieces costs few frames. `written` follows the log's end (it
+/// is exact even when the pump is aborted). False when the attempt was
+/// abandoned.
 async fn pump_output(
     mut reader: tokio::net::unix::pipe::Receiver,
     outbox: Outbox,
     attempt: i64,
     step: u32,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> bool {
-    let mut offset: u64 = 0;
+    let mut offset = written.load(std::sync::atomic::Ordering::SeqCst);
     let mut buf = vec![0u8; MAX_LOG_CHUNK];
     loop {
         let mut filled = match reader.read(&mut buf).await {
@@ -383,7 +544,9 @@ async fn pump_output(
         {
             return false;
         }
+        // No await between the push and this store: an abort cannot split them.
         offset += filled as u64;
+        written.store(offset, std::sync::atomic::Ordering::SeqCst);
         if eof {
             return true;
         }

@@ -7,9 +7,11 @@
 mod conn;
 pub mod exec;
 pub mod facts;
+pub mod junit;
 pub mod outbox;
 pub mod probe;
 pub mod reaper;
+mod split;
 
 pub use conn::run;
 

@@ -196,3 +196,78 @@ fn max_concurrent_is_kept_and_checked() {
     let e = err("builders:\n  a:\n    max_concurrent: lots\n    steps: [{run: x}]\n");
     assert_eq!(e.line, 3);
 }
+
+/// The example of the splitting issue, accepted as written.
+const SPLIT_EXAMPLE: &str = r#"builders:
+  linux:
+    steps:
+      - run: python3 setup.py build_ext -i
+      - name: tests
+        split:
+          list: python3 -m twisted.trial -n --reporter=bwverbose twisted | sed -n 's/ \.\.\. .*//p'
+          run: python3 -m twisted.trial {tests}
+          workers: 4
+      - name: cleanup
+        run: git clean -fdx
+        always: true
+  pytest:
+    steps:
+      - name: tests
+        split:
+          list: python3 -m pytest --collect-only -q | grep '::'
+          run: python3 -m pytest --junitxml={junit} @$HERD_TESTS_FILE
+          junit: reports/junit.xml    # optional: where run writes a JUnit report; gives per-test results and timings
+          workers: 8
+"#;
+
+#[test]
+fn split_example_is_accepted() {
+    let p = Pipeline::parse("herd.yml", SPLIT_EXAMPLE).unwrap();
+    let linux = &p.builders[0].jobs[0];
+    let split = linux.steps[1].split.as_ref().expect("a split step");
+    assert_eq!(split.workers, 4);
+    assert_eq!(split.junit, None);
+    assert!(!split.flaky_fails);
+    assert!(linux.steps[2].always);
+    let py = p.builders[1].jobs[0].steps[0].split.as_ref().unwrap();
+    assert_eq!(py.junit.as_deref(), Some("reports/junit.xml"));
+    assert_eq!(py.workers, 8);
+}
+
+#[test]
+fn split_mistakes_are_errors_with_places() {
+    let head = "builders:\n  a:\n    steps:\n      - split:\n          list: ls\n";
+    let e = err(&format!(
+        "{head}          run: t {{tests}}\n      - run: make docs\n"
+    ));
+    assert_eq!(e.line, 7);
+    assert!(e.message.contains("is not `always: true`"), "{e}");
+    assert!(e.help.as_deref().unwrap().contains("another job"), "{e}");
+    let e = err(&format!("{head}          run: t\n"));
+    assert_eq!(e.line, 6);
+    assert!(e.message.contains("names no tests"), "{e}");
+    let e = err(&format!(
+        "{head}          run: t {{tests}}\n          workers: 0\n"
+    ));
+    assert_eq!((e.line, e.column), (7, 20));
+    let e = err(&format!(
+        "{head}          run: t {{tests}}\n          flaky: maybe\n"
+    ));
+    assert!(e.message.contains("flaky: maybe"), "{e}");
+    let e = err(&format!("{head}          run: t {{tests}} {{junit}}\n"));
+    assert!(e.message.contains("no `junit:`"), "{e}");
+    let e = err(&format!(
+        "{head}          run: t {{tests}}\n          junit: ../x.xml\n"
+    ));
+    assert!(e.message.contains("invalid `junit:`"), "{e}");
+    let e = err(&format!(
+        "{head}          run: t {{tests}}\n        run: y\n"
+    ));
+    assert!(e.message.contains("both `run:` and `split:`"), "{e}");
+    let e = err("builders:\n  a:\n    steps:\n      - name: x\n");
+    assert!(e.message.contains("neither `run:` nor `split:`"), "{e}");
+    let e = err(&format!(
+        "{head}          run: t {{tests}}\n          wrokers: 2\n"
+    ));
+    assert!(e.help.as_deref().unwrap().contains("`workers`"), "{e}");
+}

@@ -118,11 +118,10 @@ pub async fn get_build(
         .build_detail(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
-    Ok(Json(build_json(
-        &detail,
-        version,
-        &why_not_map(&app, &detail),
-    )))
+    let mut out = build_json(&detail, version, &why_not_map(&app, &detail));
+    let splits = app.hub.store.splits_of_build(id).await?;
+    out["splits"] = Value::Array(super::splits::split_summaries(&splits));
+    Ok(Json(out))
 }
 
 /// Why each queued job of the build waits.
@@ -313,11 +312,7 @@ pub async fn project_builders(
         .ok_or_else(|| ApiError::not_found("the build vanished"))?;
     let mut builders: Vec<(String, Vec<Value>)> = Vec::new();
     for j in &detail.jobs {
-        let spec: JobSpec = serde_json::from_str(&j.spec).unwrap_or(JobSpec {
-            requires: vec![],
-            steps: vec![],
-            cap: None,
-        });
+        let spec: JobSpec = serde_json::from_str(&j.spec).unwrap_or_default();
         let why = app.hub.why_not(&spec.requires);
         let capable: Vec<&str> = why
             .workers

@@ -4,6 +4,7 @@
 //! Reading is open; every call that changes state needs the admin token.
 
 mod handlers;
+mod splits;
 
 use crate::auth::{self, Principal};
 use crate::store::StoreError;
@@ -37,6 +38,8 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/v1/builds/{id}", get(handlers::get_build))
         .route("/api/v1/builds/{id}/cancel", post(handlers::cancel_build))
+        .route("/api/v1/builds/{id}/tests", get(splits::build_tests))
+        .route("/api/v1/splits/{id}/junit.xml", get(splits::junit))
         .route(
             "/api/v1/attempts/{id}/steps/{idx}/log",
             get(handlers::get_log),

@@ -75,6 +75,8 @@ struct LiveWorker {
     /// Probe results reported on this connection.
     probes: BTreeMap<String, ProbeResult>,
     running: HashSet<AttemptId>,
+    /// Spread keys of running shard attempts (see `schedule::QueuedJob::spread`).
+    spreads: HashMap<AttemptId, String>,
     /// Slots promised by a scheduling pass that is still writing its attempts.
     reserved: u32,
     recent: VecDeque<String>,
@@ -180,6 +182,24 @@ impl Hub {
         self.lock().queue.retain(|j| j.build_id != build_id);
     }
 
+    /// A shard of a split step asks for work (see `Store::split_request`).
+    pub async fn split_request(
+        &self,
+        worker: &str,
+        req: &herd_proto::SplitRequest,
+    ) -> Result<herd_proto::SplitReply, StoreError> {
+        let answer = self.store.split_request(worker, req).await?;
+        if !answer.skipped.is_empty() {
+            self.lock()
+                .queue
+                .retain(|j| !answer.skipped.contains(&j.job_id));
+        }
+        if !matches!(answer.reply, herd_proto::SplitReply::Wait { .. }) {
+            self.changed();
+        }
+        Ok(answer.reply)
+    }
+
     pub fn queue_len(&self) -> usize {
         self.lock().queue.len()
     }
@@ -268,6 +288,7 @@ impl Hub {
                     labels: hello.labels.clone(),
                     probes: BTreeMap::new(),
                     running: kept,
+                    spreads: HashMap::new(),
                     reserved: 0,
                     recent: VecDeque::new(),
                     draining: hello.draining,
@@ -469,6 +490,11 @@ impl Hub {
                 .workers
                 .iter()
                 .map(|(name, w)| WorkerView {
+                    spreads: w
+                        .running
+                        .iter()
+                        .filter_map(|a| w.spreads.get(a).cloned())
+                        .collect(),
                     name: name.clone(),
                     free_slots: w.slots.saturating_sub(w.running.len() as u32 + w.reserved),
                     accepting: !w.draining && !w.paused && !Self::quarantined(&st, name),
@@ -485,6 +511,11 @@ impl Hub {
                     priority: j.priority,
                     requires: j.spec.requires.clone(),
                     cap: j.spec.cap,
+                    spread: j
+                        .spec
+                        .shard
+                        .as_ref()
+                        .map(|s| s.spread_key(j.build_id, &j.builder)),
                 })
                 .collect();
             let plan = schedule::plan(&queue, &workers, &running);
@@ -518,6 +549,12 @@ impl Hub {
                         match &attempt {
                             Some(a) => {
                                 w.running.insert(a.id);
+                                let running = &w.running;
+                                w.spreads.retain(|id, _| running.contains(id));
+                                if let Some(s) = &job.spec.shard {
+                                    w.spreads
+                                        .insert(a.id, s.spread_key(job.build_id, &job.builder));
+                                }
                                 let assignment = Assignment {
                                     attempt: a.id,
                                     build: job.build_id,

@@ -9,13 +9,37 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Any, Row, Transaction};
 
 /// What a job runs, as stored with it (JSON in `jobs.spec`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct JobSpec {
     pub requires: Vec<Requirement>,
     pub steps: Vec<StepSpec>,
     /// The builder's `max_concurrent`.
     #[serde(default)]
     pub cap: Option<u32>,
+    /// Set on the shards of a job with a split step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+/// One shard of a split job: which split it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    /// The job as named in herd.yml.
+    pub job: String,
+    /// 1-based.
+    pub index: u32,
+    pub of: u32,
+    /// Index of the split step among the job's steps (checkout included).
+    pub step: u32,
+    pub step_name: String,
+    pub flaky_fails: bool,
+}
+
+impl Shard {
+    /// Shards with the same key never share a worker.
+    pub fn spread_key(&self, build_id: i64, builder: &str) -> String {
+        format!("{build_id}/{builder}/{}", self.job)
+    }
 }
 
 pub struct NewBuild {
@@ -328,6 +352,7 @@ impl Store {
         if res.rows_affected() == 0 {
             return Ok(LostOutcome::AlreadyEnded);
         }
+        super::splits::release_attempt(&mut tx, attempt, reason, now).await?;
         let row = sqlx::query("SELECT job_id, number FROM attempts WHERE id = $1")
             .bind(attempt)
             .fetch_one(&mut *tx)
@@ -409,6 +434,7 @@ impl Store {
         if res.rows_affected() == 0 {
             return Ok(None);
         }
+        super::splits::release_attempt(&mut tx, attempt, reason, now).await?;
         let job_id: i64 = sqlx::query("SELECT job_id FROM attempts WHERE id = $1")
             .bind(attempt)
             .fetch_one(&mut *tx)
@@ -606,6 +632,13 @@ async fn apply_one(
                 .await?;
         }
         StoredEvent::Finished { result, error } => {
+            super::splits::release_attempt(
+                tx,
+                attempt,
+                "the job ended while it held the batch",
+                now,
+            )
+            .await?;
             sqlx::query("UPDATE attempts SET state = $2, finished_at = $3 WHERE id = $1")
                 .bind(attempt)
                 .bind(result.as_str())
@@ -626,7 +659,7 @@ async fn apply_one(
 }
 
 /// Ends a job and brings its build's state up to date.
-async fn finish_job(
+pub(super) async fn finish_job(
     tx: &mut Transaction<'_, Any>,
     job_id: i64,
     state: RunState,
@@ -665,6 +698,9 @@ async fn finish_job(
     .bind(now)
     .execute(&mut **tx)
     .await?;
+    if build_state.is_finished() {
+        super::splits::finalize_build(tx, build_id, now).await?;
+    }
     Ok(FinishedJob {
         job_id,
         build_id,

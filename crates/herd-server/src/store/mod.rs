@@ -13,10 +13,12 @@ mod builds;
 mod logs;
 mod probes;
 mod rows;
+mod splits;
 
 pub use builds::*;
 pub use logs::LOG_ZSTD_LEVEL;
 pub use rows::*;
+pub use splits::{SplitAnswer, SplitRow, SPLIT_WAIT_MS};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};

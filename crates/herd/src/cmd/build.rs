@@ -277,6 +277,17 @@ pub fn print_build(b: &Value) {
             }
         }
     }
+    for sp in b["splits"].as_array().into_iter().flatten() {
+        println!(
+            "  tests {}/{} step {} ({}): {}",
+            s(&sp["builder"]),
+            s(&sp["job"]),
+            s(&sp["step"]),
+            s(&sp["state"]),
+            s(&sp["summary"])
+        );
+        println!("    merged JUnit report: {}", s(&sp["junit"]));
+    }
 }
 
 fn job_matches(j: &Value, filter: &str) -> bool {

@@ -144,6 +144,26 @@ impl Server {
         })
     }
 
+    /// The body of a GET as text (for answers that are not JSON).
+    pub fn get_text(&self, path: &str) -> Result<String, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let res = reqwest::get(format!("{}{path}", self.url))
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = res.status();
+            let text = res.text().await.map_err(|e| e.to_string())?;
+            if status.is_success() {
+                Ok(text)
+            } else {
+                Err(format!("{status}: {text}"))
+            }
+        })
+    }
+
     pub fn post(&self, path: &str, body: Value, token: Option<&str>) -> (u16, Value) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

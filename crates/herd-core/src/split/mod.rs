@@ -13,14 +13,18 @@
 //!   different workers is halved; a single test lost on two workers fails
 //!   as "worker lost while running".
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
+
+mod state;
+pub use state::*;
 
 /// A batch is never planned shorter than this many start-ups of the runner.
 pub const MIN_BATCH_FACTOR: f64 = 2.0;
 /// Estimate for tests when nothing at all is known.
 pub const DEFAULT_ESTIMATE_SECS: f64 = 1.0;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     pub id: u64,
     pub tests: Vec<String>,
@@ -29,13 +33,16 @@ pub struct Batch {
     pub estimate_secs: f64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pending {
     tests: Vec<String>,
     lost_on: BTreeSet<String>,
+    /// Workers that should not get these tests while another can take
+    /// them: where they were lost, or where they failed (a retry goes elsewhere).
+    avoid: BTreeSet<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SplitQueue {
     /// Returned batches, served before fresh tests.
     returned: VecDeque<Pending>,
@@ -131,15 +138,35 @@ impl SplitQueue {
         self.returned.is_empty() && self.fresh.is_empty()
     }
 
+    /// Whether something is left that `worker` need not avoid.
+    pub fn has_for(&self, worker: &str) -> bool {
+        !self.fresh.is_empty() || self.returned.iter().any(|p| !p.avoid.contains(worker))
+    }
+
+    /// Drops everything not handed out yet.
+    pub fn clear(&mut self) {
+        self.returned.clear();
+        self.fresh.clear();
+    }
+
+    /// Tests to run once more (they failed, or the report did not mention
+    /// them), in a batch of their own, preferably not on `worker`.
+    pub fn retry(&mut self, tests: Vec<String>, worker: &str) {
+        if tests.is_empty() {
+            return;
+        }
+        self.returned.push_back(Pending {
+            tests,
+            lost_on: BTreeSet::new(),
+            avoid: BTreeSet::from([worker.to_string()]),
+        });
+    }
+
     /// The next batch for a worker that asks, or None when nothing is left.
     /// A returned batch is not given back to a worker it was lost on when
     /// fresh tests remain for that worker instead.
     pub fn next_batch(&mut self, worker: &str) -> Option<Batch> {
-        if let Some(pos) = self
-            .returned
-            .iter()
-            .position(|p| !p.lost_on.contains(worker))
-        {
+        if let Some(pos) = self.returned.iter().position(|p| !p.avoid.contains(worker)) {
             let p = self.returned.remove(pos)?;
             return Some(self.batch(p.tests, p.lost_on));
         }
@@ -186,6 +213,7 @@ impl SplitQueue {
         if lost_on.len() < 2 {
             self.returned.push_front(Pending {
                 tests: batch.tests,
+                avoid: lost_on.clone(),
                 lost_on,
             });
             return Vec::new();
@@ -196,14 +224,13 @@ impl SplitQueue {
         let mut first = batch.tests;
         let second = first.split_off(first.len() / 2);
         // Each half starts afresh: it has not been lost as a half yet.
-        self.returned.push_front(Pending {
-            tests: second,
-            lost_on: BTreeSet::new(),
-        });
-        self.returned.push_front(Pending {
-            tests: first,
-            lost_on: BTreeSet::new(),
-        });
+        for tests in [second, first] {
+            self.returned.push_front(Pending {
+                tests,
+                lost_on: BTreeSet::new(),
+                avoid: BTreeSet::new(),
+            });
+        }
         Vec::new()
     }
 }

@@ -1,0 +1,381 @@
+//! A split step on the worker: list the tests, then ask the server for
+//! batches and run them until it says every test has its outcome.
+//!
+//! Requests go through [`SplitLink`], which outlives connections: a
+//! request whose answer does not come is sent again (the server answers a
+//! repeat with the same batch), so a reconnect costs a delay, not a test.
+
+use crate::exec::{cancelled, spawn_error, timed_out, End, StepOutcome, StepRunner};
+use crate::junit;
+use crate::outbox::StopKind;
+use herd_proto::{AttemptId, BatchReport, SplitReply, SplitRequest, StepStatus, WorkerMsg};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How long a request waits for its answer before it is sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(10);
+/// A substituted `run` longer than this goes to a script file: one
+/// argument of `sh -c` may not exceed 128 KiB on Linux.
+const MAX_INLINE_SCRIPT: usize = 64 * 1024;
+
+/// The split requests of all running steps, across reconnects.
+pub struct SplitLink {
+    tx: mpsc::UnboundedSender<WorkerMsg>,
+    /// Taken by the current connection, which sends what arrives.
+    pub(crate) rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<WorkerMsg>>,
+    waiters: Mutex<HashMap<(AttemptId, u64), oneshot::Sender<SplitReply>>>,
+    next_req: AtomicU64,
+}
+
+impl Default for SplitLink {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        SplitLink {
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+            waiters: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Why a request got no answer.
+enum Interrupted {
+    Stop(StopKind),
+    TimedOut,
+}
+
+impl SplitLink {
+    fn waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(AttemptId, u64), oneshot::Sender<SplitReply>>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection got an answer.
+    pub(crate) fn deliver(&self, attempt: AttemptId, req: u64, reply: SplitReply) {
+        if let Some(w) = self.waiters().remove(&(attempt, req)) {
+            let _ = w.send(reply);
+        }
+    }
+
+    async fn request(
+        &self,
+        mut req: SplitRequest,
+        stop: &mut watch::Receiver<Option<StopKind>>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<SplitReply, Interrupted> {
+        req.req = self.next_req.fetch_add(1, Ordering::SeqCst);
+        let key = (req.attempt, req.req);
+        let (tx, mut rx) = oneshot::channel();
+        self.waiters().insert(key, tx);
+        let result = loop {
+            let _ = self.tx.send(WorkerMsg::Split(req.clone()));
+            let until_deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                reply = &mut rx => match reply {
+                    Ok(r) => break Ok(r),
+                    // The sender went away: cannot happen while registered; ask again.
+                    Err(_) => {
+                        let (tx, new_rx) = oneshot::channel();
+                        self.waiters().insert(key, tx);
+                        rx = new_rx;
+                    }
+                },
+                _ = tokio::time::sleep(RESEND_AFTER) => {}
+                _ = until_deadline => break Err(Interrupted::TimedOut),
+                changed = stop.changed() => {
+                    match (changed, *stop.borrow()) {
+                        (Ok(()), Some(kind)) => break Err(Interrupted::Stop(kind)),
+                        (Ok(()), None) => {}
+                        (Err(_), _) => break Err(Interrupted::Stop(StopKind::Abandon)),
+                    }
+                }
+            }
+        };
+        self.waiters().remove(&key);
+        result
+    }
+}
+
+pub(crate) struct SplitStep<'a> {
+    pub list: &'a str,
+    pub run: &'a str,
+    pub junit: Option<&'a str>,
+    pub timeout: Option<Duration>,
+}
+
+impl SplitStep<'_> {
+    /// Runs this worker's share of the suite. None when abandoned.
+    pub async fn run(
+        &self,
+        cmd: &StepRunner<'_>,
+        stop: &mut watch::Receiver<Option<StopKind>>,
+    ) -> Option<StepOutcome> {
+        let mut offset = 0u64;
+        if !cmd.note(&mut offset, &format!("$ {}\n", self.list)).await {
+            return None;
+        }
+        let started = Instant::now();
+        let ran = match cmd.run(self.list, offset, true, stop).await {
+            Ok(r) => r,
+            Err(m) => return Some(spawn_error(m)),
+        };
+        offset = ran.offset;
+        match ran.end {
+            End::Exited(Ok(status)) if status.success() => {}
+            End::Exited(Ok(status)) => {
+                return Some(StepOutcome {
+                    status: StepStatus::Failure,
+                    exit_code: status.code(),
+                    message: Some(match status.code() {
+                        Some(c) => format!("the list command failed with exit code {c}"),
+                        None => format!(
+                            "the list command was {}",
+                            crate::exec::signal_message(&status)
+                        ),
+                    }),
+                })
+            }
+            End::Exited(Err(e)) => {
+                return Some(spawn_error(format!(
+                    "cannot wait for the list command: {e}"
+                )))
+            }
+            other => return self.interrupted(other),
+        }
+        let list_secs = started.elapsed().as_secs_f64();
+        let ids: Vec<String> = String::from_utf8_lossy(&ran.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if ids.is_empty() {
+            let _ = cmd
+                .note(&mut offset, "the list command printed no test ids\n")
+                .await;
+            return Some(failure("the list command printed no test ids".into()));
+        }
+        if !cmd
+            .note(&mut offset, &format!("listed {} tests\n", ids.len()))
+            .await
+        {
+            return None;
+        }
+        let tests_file = cmd
+            .ctx
+            .workdir
+            .join(".split")
+            .join(format!("{}-{}.txt", cmd.attempt, cmd.step));
+        if let Some(parent) = tests_file.parent() {
+            if let Err(e) = std::fs::create_dir_all(parent) {
+                return Some(spawn_error(format!(
+                    "cannot create {}: {e}",
+                    parent.display()
+                )));
+            }
+        }
+        let mut req = SplitRequest {
+            attempt: cmd.attempt,
+            step: cmd.step,
+            req: 0,
+            list: Some(ids),
+            list_secs: Some(list_secs),
+            done: None,
+        };
+        loop {
+            let reply = match cmd.ctx.split.request(req.clone(), stop, cmd.deadline).await {
+                Ok(r) => r,
+                Err(Interrupted::TimedOut) => return Some(timed_out(self.timeout)),
+                Err(Interrupted::Stop(StopKind::Cancel)) => return Some(cancelled()),
+                Err(Interrupted::Stop(StopKind::Abandon)) => return None,
+            };
+            req.list = None;
+            req.list_secs = None;
+            req.done = None;
+            match reply {
+                SplitReply::Batch { id, tests } => {
+                    let (report, next_offset) =
+                        match self.batch(cmd, stop, &tests_file, id, &tests, offset).await {
+                            Ok(r) => r,
+                            Err(outcome) => return outcome,
+                        };
+                    offset = next_offset;
+                    req.done = Some(report);
+                }
+                SplitReply::Wait { ms } => {
+                    let wait = Duration::from_millis(ms.clamp(50, 5_000));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        changed = stop.changed() => {
+                            match (changed, *stop.borrow()) {
+                                (Ok(()), Some(StopKind::Cancel)) => return Some(cancelled()),
+                                (Ok(()), None) => {}
+                                _ => return None,
+                            }
+                        }
+                    }
+                }
+                SplitReply::Done { failed, summary } => {
+                    let _ = std::fs::remove_file(&tests_file);
+                    if !cmd.note(&mut offset, &format!("{summary}\n")).await {
+                        return None;
+                    }
+                    return Some(if failed {
+                        failure(summary)
+                    } else {
+                        StepOutcome {
+                            status: StepStatus::Success,
+                            exit_code: Some(0),
+                            message: Some(summary),
+                        }
+                    });
+                }
+                SplitReply::Fail { message } => {
+                    let _ = cmd.note(&mut offset, &format!("{message}\n")).await;
+                    return Some(failure(message));
+                }
+            }
+        }
+    }
+
+    /// Runs one batch; its report and the log's new end. Err: the step ends.
+    async fn batch(
+        &self,
+        cmd: &StepRunner<'_>,
+        stop: &mut watch::Receiver<Option<StopKind>>,
+        tests_file: &std::path::Path,
+        id: u64,
+        tests: &[String],
+        mut offset: u64,
+    ) -> Result<(BatchReport, u64), Option<StepOutcome>> {
+        let mut file_text = tests.join("\n");
+        file_text.push('\n');
+        if let Err(e) = std::fs::write(tests_file, file_text) {
+            return Err(Some(spawn_error(format!(
+                "cannot write {}: {e}",
+                tests_file.display()
+            ))));
+        }
+        let junit_path = self.junit.map(|j| cmd.workspace.join(j));
+        if let Some(p) = &junit_path {
+            // A report left from an earlier batch must not count for this one.
+            let _ = std::fs::remove_file(p);
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+        }
+        let quoted: Vec<String> = tests
+            .iter()
+            .map(|t| {
+                shlex::try_quote(t)
+                    .map(|q| q.into_owned())
+                    .unwrap_or_else(|_| String::new())
+            })
+            .collect();
+        let mut script = self.run.replace("{tests}", &quoted.join(" "));
+        if let Some(j) = self.junit {
+            script = script.replace(
+                "{junit}",
+                &shlex::try_quote(j)
+                    .map(|q| q.into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+        let mut env: BTreeMap<String, String> = cmd.env.clone();
+        env.insert(
+            "HERD_TESTS_FILE".into(),
+            tests_file.to_string_lossy().into_owned(),
+        );
+        env.insert("HERD_BATCH".into(), id.to_string());
+        if script.len() > MAX_INLINE_SCRIPT {
+            let path = tests_file.with_extension("sh");
+            if let Err(e) = std::fs::write(&path, &script) {
+                return Err(Some(spawn_error(format!(
+                    "cannot write {}: {e}",
+                    path.display()
+                ))));
+            }
+            script = format!(
+                ". {}",
+                shlex::try_quote(&path.to_string_lossy()).unwrap_or_default()
+            );
+        }
+        let header = format!("── batch {id}: {} tests ──\n", tests.len());
+        if !cmd.note(&mut offset, &header).await {
+            return Err(None);
+        }
+        let runner = StepRunner { env: &env, ..*cmd };
+        let started = Instant::now();
+        let ran = runner
+            .run(&script, offset, false, stop)
+            .await
+            .map_err(|m| Some(spawn_error(m)))?;
+        let wall_secs = started.elapsed().as_secs_f64();
+        let exit_code = match ran.end {
+            End::Exited(Ok(status)) => status.code(),
+            End::Exited(Err(e)) => {
+                return Err(Some(spawn_error(format!("cannot wait for the batch: {e}"))))
+            }
+            other => return Err(self.interrupted(other)),
+        };
+        offset = ran.offset;
+        let tests_report = match &junit_path {
+            None => None,
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(xml) => match junit::results(&xml, tests) {
+                    Ok(runs) => Some(runs),
+                    Err(e) => {
+                        let msg = format!("cannot read the JUnit report {}: {e}\n", p.display());
+                        if !cmd.note(&mut offset, &msg).await {
+                            return Err(None);
+                        }
+                        Some(Vec::new())
+                    }
+                },
+                Err(e) => {
+                    let msg = format!("no JUnit report at {} ({e})\n", p.display());
+                    if !cmd.note(&mut offset, &msg).await {
+                        return Err(None);
+                    }
+                    Some(Vec::new())
+                }
+            },
+        };
+        Ok((
+            BatchReport {
+                batch: id,
+                exit_code,
+                wall_secs,
+                tests: tests_report,
+            },
+            offset,
+        ))
+    }
+
+    fn interrupted(&self, end: End) -> Option<StepOutcome> {
+        match end {
+            End::TimedOut => Some(timed_out(self.timeout)),
+            End::Stopped(StopKind::Cancel) => Some(cancelled()),
+            End::Stopped(StopKind::Abandon) | End::Abandoned => None,
+            End::Exited(_) => Some(spawn_error("the command ended unexpectedly".into())),
+        }
+    }
+}
+
+fn failure(message: String) -> StepOutcome {
+    StepOutcome {
+        status: StepStatus::Failure,
+        exit_code: None,
+        message: Some(message),
+    }
+}

@@ -1,0 +1,359 @@
+//! One test suite split over several workers by its timings: every test
+//! runs once, a lost worker's batch runs elsewhere, a test that fails once
+//! is flaky, and the results come back as one.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+/// A fake test runner: `list` prints the ids; `run JUNIT FILE` runs the ids
+/// in FILE (sleeping each test's duration), writes a JUnit report
+/// and records which worker ran which tests in RAN_DIR.
+const RUNNER: &str = r#"
+import os, sys, time
+N = int(os.environ.get("SUITE_SIZE", "300"))
+ran_dir = os.environ["RAN_DIR"]
+def duration(t):
+    if os.environ.get("SLOW"):
+        return float(os.environ["SLOW"])
+    n = int(t[1:])
+    return 0.3 if n % 97 == 0 else (n % 7) * 0.002
+if sys.argv[1] == "list":
+    for i in range(N):
+        print("t%03d" % i)
+    if os.environ.get("HERD_WORKER") == os.environ.get("ODD_WORKER"):
+        print("extra")
+    sys.exit(0)
+ids = [l.strip() for l in open(sys.argv[3]) if l.strip()]
+worker = os.environ["HERD_WORKER"]
+with open(os.path.join(ran_dir, "started-%s-%s" % (worker, os.environ["HERD_BATCH"])), "w") as f:
+    f.write("\n".join(ids) + "\n")
+if worker == os.environ.get("HANG_WORKER"):
+    open(os.path.join(ran_dir, "hanging"), "w").write(str(os.getpid()))
+    time.sleep(300)
+cases = []
+for t in ids:
+    time.sleep(duration(t))
+    body = ""
+    if t == os.environ.get("FLAKY_TEST"):
+        marker = os.path.join(ran_dir, "flaky-failed-once")
+        if not os.path.exists(marker):
+            open(marker, "w").write(worker)
+            body = '<failure message="first run fails">boom</failure>'
+    if t == os.environ.get("BROKEN_TEST"):
+        body = '<failure message="always fails">assert 1 == 2</failure>'
+    cases.append('<testcase classname="suite" name="%s" time="%.3f">%s</testcase>' % (t, duration(t), body))
+os.makedirs(os.path.dirname(sys.argv[2]) or ".", exist_ok=True)
+with open(sys.argv[2], "w") as f:
+    f.write('<?xml version="1.0"?><testsuites name="fake"><testsuite name="suite" tests="%d">%s</testsuite></testsuites>' % (len(cases), "".join(cases)))
+with open(os.path.join(ran_dir, "ran-%s-%s" % (worker, os.environ["HERD_BATCH"])), "w") as f:
+    f.write("\n".join(ids) + "\n")
+failed = any("<failure" in c for c in cases)
+sys.exit(1 if failed else 0)
+"#;
+
+struct Suite {
+    _root: tempfile::TempDir,
+    runner: String,
+    ran: std::path::PathBuf,
+}
+
+fn suite() -> Suite {
+    let root = tempfile::tempdir().unwrap();
+    let runner = root.path().join("runner.py");
+    std::fs::write(&runner, RUNNER).unwrap();
+    let ran = root.path().join("ran");
+    std::fs::create_dir_all(&ran).unwrap();
+    Suite {
+        runner: runner.display().to_string(),
+        ran,
+        _root: root,
+    }
+}
+
+fn pipeline(s: &Suite, workers: u32, env: &[(&str, &str)]) -> String {
+    let mut envs = format!("RAN_DIR: {}", s.ran.display());
+    for (k, v) in env {
+        envs.push_str(&format!(", {k}: \"{v}\""));
+    }
+    format!(
+        "builders:
+  suite:
+    steps:
+      - run: echo setup on $HERD_WORKER
+      - name: tests
+        split:
+          list: python3 {r} list
+          run: python3 {r} run {{junit}} \"$HERD_TESTS_FILE\"
+          junit: reports/junit.xml
+          workers: {workers}
+        env: {{{envs}}}
+      - name: cleanup
+        run: echo cleanup
+        always: true
+",
+        r = s.runner
+    )
+}
+
+/// Test id -> workers that ran it to the end (from the runner's records).
+fn ran(dir: &Path, prefix: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let worker = rest.rsplit_once('-').unwrap().0.to_string();
+        for t in std::fs::read_to_string(dir.join(&name)).unwrap().lines() {
+            out.entry(t.to_string()).or_default().push(worker.clone());
+        }
+    }
+    out
+}
+
+fn tests_of(server: &Server, build: i64) -> Value {
+    let t = server
+        .get(&format!("/api/v1/builds/{build}/tests"))
+        .unwrap();
+    assert_eq!(t["splits"].as_array().unwrap().len(), 1, "{t}");
+    t["splits"][0].clone()
+}
+
+fn outcome_map(split: &Value) -> BTreeMap<String, Value> {
+    split["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap().to_string(), t.clone()))
+        .collect()
+}
+
+fn workers(server: &Server, n: usize) -> Vec<Worker> {
+    (0..n)
+        .map(|i| {
+            let name = format!("w{i}");
+            let w = server.worker(&name, 1, &[]);
+            server.wait_online(&name);
+            w
+        })
+        .collect()
+}
+
+#[test]
+fn a_suite_split_over_four_workers_runs_every_test_exactly_once() {
+    let s = suite();
+    let server = Server::start_with_pipelines(&[("p", &pipeline(&s, 4, &[]))], &[]);
+    let _w = workers(&server, 4);
+    let id = server.start_build("p", &[]);
+    let b = server.wait_build(id, Duration::from_secs(120));
+    assert_eq!(b["state"], "success", "{b:#}");
+    let runs = ran(&s.ran, "ran-");
+    assert_eq!(runs.len(), 300);
+    assert!(
+        runs.values().all(|w| w.len() == 1),
+        "a test ran twice: {:?}",
+        runs.iter().find(|(_, w)| w.len() > 1)
+    );
+    let by_worker: BTreeSet<&String> = runs.values().flatten().collect();
+    assert!(
+        by_worker.len() >= 2,
+        "the suite was not spread: {by_worker:?}"
+    );
+
+    let split = tests_of(&server, id);
+    assert_eq!(split["state"], "done");
+    assert_eq!(split["counts"]["passed"], 300, "{}", split["summary"]);
+    let tests = outcome_map(&split);
+    assert!(tests
+        .values()
+        .all(|t| t["runs"] == 1 && t["outcome"] == "passed"));
+    assert_eq!(
+        tests["t097"]["secs"].as_f64(),
+        Some(0.3),
+        "time from the JUnit report"
+    );
+    // The timeline: each worker's batches in time order, covering every test.
+    let lanes = split["workers"].as_array().unwrap();
+    let mut total = 0;
+    for lane in lanes {
+        let starts: Vec<i64> = lane["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["started_ms"].as_i64().unwrap())
+            .collect();
+        assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{lane}");
+        total += lane["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["tests"].as_u64().unwrap())
+            .sum::<u64>();
+    }
+    assert_eq!(total, 300);
+    // Every shard ran its setup and its cleanup; none that was started failed.
+    for j in b["jobs"].as_array().unwrap() {
+        assert!(j["state"] == "success" || j["state"] == "skipped", "{j:#}");
+    }
+    // One merged JUnit report.
+    let xml = server
+        .get_text(&format!("/api/v1/splits/{}/junit.xml", split["id"]))
+        .unwrap();
+    assert_eq!(
+        xml.matches("<testcase ").count(),
+        300,
+        "{}",
+        &xml[..xml.len().min(500)]
+    );
+    // The CLI shows the summary.
+    let out = server.cli(&["build", "show", &id.to_string()]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("300 tests: 300 passed"), "{shown}");
+
+    // A second build uses the timings of the first: the long tests go first.
+    let id2 = server.start_build("p", &[]);
+    let b2 = server.wait_build(id2, Duration::from_secs(120));
+    assert_eq!(b2["state"], "success");
+    let mut batches: Vec<Value> = tests_of(&server, id2)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["batches"].as_array().unwrap().clone())
+        .collect();
+    batches.sort_by_key(|b| b["batch"].as_u64());
+    let order: Vec<String> = batches
+        .iter()
+        .flat_map(|b| b["ids"].as_array().unwrap().clone())
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let head: BTreeSet<&str> = order[..4].iter().map(String::as_str).collect();
+    assert_eq!(
+        head,
+        BTreeSet::from(["t000", "t097", "t194", "t291"]),
+        "the longest tests (known from the first build) go first: {:?}",
+        &order[..8]
+    );
+}
+
+#[test]
+fn a_test_that_fails_once_is_flaky_and_one_that_always_fails_fails_the_build() {
+    let s = suite();
+    let env = [
+        ("SUITE_SIZE", "40"),
+        ("FLAKY_TEST", "t013"),
+        ("BROKEN_TEST", "t020"),
+    ];
+    let server = Server::start_with_pipelines(&[("p", &pipeline(&s, 2, &env))], &[]);
+    let _w = workers(&server, 2);
+    let id = server.start_build("p", &[]);
+    let b = server.wait_build(id, Duration::from_secs(120));
+    assert_eq!(b["state"], "failure", "{b:#}");
+    let split = tests_of(&server, id);
+    let tests = outcome_map(&split);
+    assert_eq!(tests["t013"]["outcome"], "flaky", "{:#}", tests["t013"]);
+    assert_eq!(tests["t013"]["runs"], 2);
+    assert_eq!(tests["t020"]["outcome"], "failed");
+    assert_eq!(tests["t020"]["runs"], 2);
+    assert!(tests["t020"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("always fails"));
+    assert_eq!(split["counts"]["passed"], 38);
+    assert_eq!(split["counts"]["flaky"], 1);
+    assert_eq!(split["counts"]["failed"], 1);
+    // Failures and flaky tests come first.
+    let order: Vec<&str> = split["tests"].as_array().unwrap()[..2]
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["t020", "t013"]);
+    // The retry ran on the other worker (both are free by then).
+    let started = ran(&s.ran, "ran-");
+    let flaky_on = &started["t013"];
+    assert_eq!(flaky_on.len(), 2);
+    assert_ne!(flaky_on[0], flaky_on[1], "the retry goes to another worker");
+    // The failing shard says why; the build's summary shows both.
+    let summary = split["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("1 flaky (t013)") && summary.contains("1 failed (t020)"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn killing_a_worker_mid_batch_moves_its_batch_and_every_test_gets_one_outcome() {
+    let s = suite();
+    let env = [("SUITE_SIZE", "60"), ("HANG_WORKER", "victim")];
+    let server = Server::start_with_pipelines(&[("p", &pipeline(&s, 3, &env))], &[]);
+    let mut victim = server.worker("victim", 1, &[]);
+    server.wait_online("victim");
+    let _w = workers(&server, 2);
+    let id = server.start_build("p", &[]);
+    wait_until(
+        Duration::from_secs(60),
+        "the victim to start a batch",
+        || s.ran.join("hanging").exists().then_some(()),
+    );
+    let held = ran(&s.ran, "started-");
+    let victim_tests: Vec<String> = held
+        .iter()
+        .filter(|(_, w)| w.contains(&"victim".to_string()))
+        .map(|(t, _)| t.clone())
+        .collect();
+    assert!(!victim_tests.is_empty());
+    victim.kill9();
+    let b = server.wait_build(id, Duration::from_secs(120));
+    assert_eq!(b["state"], "success", "{b:#}");
+    let split = tests_of(&server, id);
+    let tests = outcome_map(&split);
+    assert_eq!(tests.len(), 60);
+    assert!(
+        tests.values().all(|t| t["outcome"] == "passed"),
+        "{}",
+        split["summary"]
+    );
+    let finished = ran(&s.ran, "ran-");
+    for t in &victim_tests {
+        let on = &finished[t];
+        assert_eq!(on.len(), 1, "{t} ran to the end once: {on:?}");
+        assert_ne!(on[0], "victim");
+    }
+    let victim_lane = split["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["worker"] == "victim")
+        .expect("the victim's lane");
+    assert_eq!(victim_lane["batches"][0]["state"], "lost");
+}
+
+#[test]
+fn shards_that_list_different_tests_fail_with_the_difference() {
+    let s = suite();
+    let env = [("SUITE_SIZE", "20"), ("ODD_WORKER", "w1"), ("SLOW", "0.1")];
+    let server = Server::start_with_pipelines(&[("p", &pipeline(&s, 2, &env))], &[]);
+    let _w = workers(&server, 2);
+    // Each test takes long enough that both shards list before the end.
+    let id = server.start_build("p", &[]);
+    let b = server.wait_build(id, Duration::from_secs(120));
+    assert_eq!(b["state"], "failure", "{b:#}");
+    let messages: Vec<String> = b["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|j| j["attempts"].as_array().unwrap().clone())
+        .flat_map(|a| a["steps"].as_array().unwrap().clone())
+        .filter_map(|st| st["message"].as_str().map(String::from))
+        .collect();
+    let diff = messages
+        .iter()
+        .find(|m| m.contains("listed other tests"))
+        .unwrap_or_else(|| panic!("no mismatch message in {messages:?}"));
+    assert!(diff.contains("extra"), "{diff}");
+}
