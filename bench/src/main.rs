@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod failover;
+mod split;
 
 const LATENCY_BUILDS: usize = 200;
 const THROUGHPUT_BUILDS: usize = 2000;
@@ -384,6 +385,9 @@ fn main() {
     }
     if run("failover") {
         rt.block_on(failover::kill_and_hang());
+    }
+    if run("split") {
+        split::run();
     }
     if run("idle") {
         raise_fd_limit();

@@ -21,6 +21,12 @@ pub use state::*;
 
 /// A batch is never planned shorter than this many start-ups of the runner.
 pub const MIN_BATCH_FACTOR: f64 = 2.0;
+/// Share of the suite the first round of batches hands out, with every
+/// timing known, and with none known; later rounds hand out this share of
+/// what is left.
+pub const FIRST_ROUND_KNOWN: f64 = 0.9;
+pub const FIRST_ROUND_UNKNOWN: f64 = 0.5;
+pub const LATER_ROUNDS: f64 = 0.5;
 /// Estimate for tests when nothing at all is known.
 pub const DEFAULT_ESTIMATE_SECS: f64 = 1.0;
 
@@ -52,6 +58,16 @@ pub struct SplitQueue {
     workers: usize,
     startup_secs: f64,
     next_id: u64,
+    /// Share of the tests whose timing is known.
+    known_share: f64,
+    /// Tests with no timing of their own: estimated at `guess`, which
+    /// follows the mean of what this run has measured so far.
+    guessed: BTreeSet<String>,
+    guess: f64,
+    observed: (f64, u64),
+    /// Batches left in the current round, and their size.
+    round_left: usize,
+    round_target: f64,
 }
 
 impl SplitQueue {
@@ -104,19 +120,45 @@ impl SplitQueue {
             .position(|t| estimates[t] < median)
             .unwrap_or(ordered.len());
         let mut fresh: VecDeque<String> = ordered[..cut].iter().cloned().collect();
-        fresh.extend(unknown);
+        fresh.extend(unknown.iter().cloned());
         fresh.extend(ordered[cut..].iter().cloned());
+        let guessed: BTreeSet<String> = unknown.iter().cloned().collect();
+        let known_share = if estimates.is_empty() {
+            0.0
+        } else {
+            ordered.len() as f64 / estimates.len() as f64
+        };
         SplitQueue {
             returned: VecDeque::new(),
             fresh,
             estimates,
+            known_share,
+            guessed,
+            guess: median,
+            observed: (0.0, 0),
             workers: workers.max(1),
             startup_secs: startup_secs.max(0.0),
             next_id: 0,
+            round_left: 0,
+            round_target: 0.0,
         }
     }
 
+    /// A test of this suite took `secs`: tests without a timing of their
+    /// own are estimated at the mean of what was measured.
+    pub fn observe(&mut self, secs: f64) {
+        if !secs.is_finite() || secs < 0.0 || self.guessed.is_empty() {
+            return;
+        }
+        self.observed.0 += secs;
+        self.observed.1 += 1;
+        self.guess = self.observed.0 / self.observed.1 as f64;
+    }
+
     fn estimate(&self, test: &str) -> f64 {
+        if self.guessed.contains(test) {
+            return self.guess;
+        }
         self.estimates
             .get(test)
             .copied()
@@ -175,20 +217,41 @@ impl SplitQueue {
             let p = self.returned.pop_front()?;
             return Some(self.batch(p.tests, p.lost_on));
         }
-        let target = (self.remaining_secs() / (2.0 * self.workers as f64))
-            .max(self.startup_secs * MIN_BATCH_FACTOR);
+        if self.round_left == 0 {
+            // A round is one batch per worker. The first hands out most of
+            // the suite when its timings are known (they are reliable), half
+            // when they are not; later rounds half of what is left.
+            let share = if self.next_id == 0 {
+                FIRST_ROUND_UNKNOWN + (FIRST_ROUND_KNOWN - FIRST_ROUND_UNKNOWN) * self.known_share
+            } else {
+                LATER_ROUNDS
+            };
+            self.round_target = (self.remaining_secs() * share / self.workers as f64)
+                .max(self.startup_secs * MIN_BATCH_FACTOR);
+            self.round_left = self.workers;
+        }
+        self.round_left -= 1;
+        let target = self.round_target;
+        // First fit, longest first: a test too long for what is left of
+        // the batch stays for a later one, smaller ones fill the gap.
         let mut tests = Vec::new();
+        let mut rest = VecDeque::with_capacity(self.fresh.len());
         let mut total = 0.0;
-        while let Some(t) = self.fresh.front() {
-            let e = self.estimate(t);
-            if !tests.is_empty() && total + e > target {
+        while let Some(t) = self.fresh.pop_front() {
+            if total >= target {
+                rest.push_back(t);
+                rest.extend(self.fresh.drain(..));
                 break;
             }
-            total += e;
-            if let Some(t) = self.fresh.pop_front() {
+            let e = self.estimate(&t);
+            if tests.is_empty() || total + e <= target {
+                total += e;
                 tests.push(t);
+            } else {
+                rest.push_back(t);
             }
         }
+        self.fresh = rest;
         Some(self.batch(tests, BTreeSet::new()))
     }
 
@@ -401,5 +464,36 @@ mod tests {
                 "{workers}: {makespan} vs naive {naive}"
             );
         }
+    }
+
+    #[test]
+    fn a_long_test_that_does_not_fit_leaves_room_for_short_ones() {
+        let timings = HashMap::from([
+            ("long1".to_string(), 6.0),
+            ("long2".to_string(), 5.0),
+            ("s1".to_string(), 1.0),
+            ("s2".to_string(), 1.0),
+            ("s3".to_string(), 1.0),
+        ]);
+        let ids: Vec<String> = timings.keys().cloned().collect();
+        // Known timings: the first round hands out 90% of 14 s over 2 workers.
+        let mut q = SplitQueue::new(ids, &timings, 2, 0.0);
+        let b = q.next_batch("w1").unwrap();
+        assert_eq!(
+            b.tests,
+            ["long1"],
+            "6 s fills most of 6.3 s; long2 does not fit"
+        );
+        let b = q.next_batch("w2").unwrap();
+        assert_eq!(b.tests, ["long2", "s1"], "5 + 1 fits 6.3");
+    }
+
+    #[test]
+    fn tests_without_timings_follow_what_this_run_measured() {
+        let mut q = SplitQueue::new(ids(10), &HashMap::new(), 2, 0.0);
+        assert_eq!(q.remaining_secs(), 10.0 * DEFAULT_ESTIMATE_SECS);
+        q.observe(0.1);
+        q.observe(0.3);
+        assert!((q.remaining_secs() - 2.0).abs() < 1e-9);
     }
 }

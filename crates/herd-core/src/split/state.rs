@@ -302,6 +302,7 @@ impl SplitState {
                     None => "its batch was killed".to_string(),
                 });
                 for t in &tests {
+                    self.queue.observe(share);
                     if self.apply(t, outcome, Some(share), message.clone(), job, &worker) {
                         again.push(t.clone());
                     }
@@ -316,6 +317,9 @@ impl SplitState {
                         Some(r) => {
                             let secs = r.secs.filter(|s| s.is_finite() && *s >= 0.0);
                             test_secs += secs.unwrap_or(0.0);
+                            if let Some(s) = secs {
+                                self.queue.observe(s);
+                            }
                             if self.apply(t, r.outcome, secs, r.message.clone(), job, &worker) {
                                 again.push(t.clone());
                             }
