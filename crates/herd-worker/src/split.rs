@@ -8,7 +8,9 @@
 use crate::exec::{cancelled, spawn_error, timed_out, End, StepOutcome, StepRunner};
 use crate::junit;
 use crate::outbox::StopKind;
-use herd_proto::{AttemptId, BatchReport, SplitReply, SplitRequest, StepStatus, WorkerMsg};
+use herd_proto::{
+    AttemptId, BatchReport, SplitReply, SplitRequest, StepStatus, WorkerMsg, MAX_TEXT_FRAME,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -46,6 +48,38 @@ impl Default for SplitLink {
 enum Interrupted {
     Stop(StopKind),
     TimedOut,
+    /// It cannot be sent: larger than a frame even without messages.
+    TooLarge(usize),
+}
+
+/// Makes a request fit in one text frame: failure messages are shortened,
+/// then dropped. Err when even that is not enough (a huge list).
+fn fit_in_a_frame(req: &mut SplitRequest) -> Result<(), Interrupted> {
+    let size = |r: &SplitRequest| WorkerMsg::Split(r.clone()).encode().len();
+    if size(req) <= MAX_TEXT_FRAME {
+        return Ok(());
+    }
+    for limit in [512usize, 0] {
+        if let Some(tests) = req.done.as_mut().and_then(|d| d.tests.as_mut()) {
+            for t in tests.iter_mut() {
+                if let Some(m) = &mut t.message {
+                    if limit == 0 {
+                        t.message = None;
+                    } else if m.len() > limit {
+                        let mut end = limit;
+                        while !m.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        m.truncate(end);
+                    }
+                }
+            }
+        }
+        if size(req) <= MAX_TEXT_FRAME {
+            return Ok(());
+        }
+    }
+    Err(Interrupted::TooLarge(size(req)))
 }
 
 impl SplitLink {
@@ -69,6 +103,7 @@ impl SplitLink {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<SplitReply, Interrupted> {
         req.req = self.next_req.fetch_add(1, Ordering::SeqCst);
+        fit_in_a_frame(&mut req)?;
         let key = (req.attempt, req.req);
         let (tx, mut rx) = oneshot::channel();
         self.waiters().insert(key, tx);
@@ -198,6 +233,13 @@ impl SplitStep<'_> {
                 Err(Interrupted::TimedOut) => return Some(timed_out(self.timeout)),
                 Err(Interrupted::Stop(StopKind::Cancel)) => return Some(cancelled()),
                 Err(Interrupted::Stop(StopKind::Abandon)) => return None,
+                Err(Interrupted::TooLarge(n)) => {
+                    let msg = format!(
+                        "the test list is too large to send: {n} bytes, the protocol's limit is {MAX_TEXT_FRAME}; split the suite into several jobs, or list shorter ids"
+                    );
+                    let _ = cmd.note(&mut offset, &format!("{msg}\n")).await;
+                    return Some(failure(msg));
+                }
             };
             req.list = None;
             req.list_secs = None;
@@ -377,5 +419,70 @@ fn failure(message: String) -> StepOutcome {
         status: StepStatus::Failure,
         exit_code: None,
         message: Some(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_proto::{RunOutcome, TestRun};
+
+    fn request(tests: usize, message: usize, list: usize) -> SplitRequest {
+        SplitRequest {
+            attempt: 1,
+            step: 1,
+            req: 1,
+            list: (list > 0).then(|| {
+                (0..list)
+                    .map(|i| format!("tests/test_{i:08}.py::t"))
+                    .collect()
+            }),
+            list_secs: None,
+            done: Some(BatchReport {
+                batch: 1,
+                exit_code: Some(1),
+                wall_secs: 1.0,
+                tests: Some(
+                    (0..tests)
+                        .map(|i| TestRun {
+                            id: format!("t{i}"),
+                            outcome: RunOutcome::Failed,
+                            secs: Some(0.1),
+                            message: Some("x".repeat(message)),
+                        })
+                        .collect(),
+                ),
+            }),
+        }
+    }
+
+    #[test]
+    fn long_failure_messages_are_cut_to_fit_a_frame() {
+        let mut small = request(10, 100, 0);
+        assert!(fit_in_a_frame(&mut small).is_ok());
+        assert_eq!(
+            small.done.as_ref().unwrap().tests.as_ref().unwrap()[0]
+                .message
+                .as_ref()
+                .unwrap()
+                .len(),
+            100
+        );
+        let mut big = request(1000, 4096, 0);
+        assert!(fit_in_a_frame(&mut big).is_ok());
+        assert!(WorkerMsg::Split(big.clone()).encode().len() <= MAX_TEXT_FRAME);
+        assert_eq!(
+            big.done.unwrap().tests.unwrap().len(),
+            1000,
+            "no result is dropped"
+        );
+    }
+
+    #[test]
+    fn a_list_too_large_for_a_frame_is_refused_not_sent() {
+        let mut huge = request(0, 0, 100_000);
+        assert!(
+            matches!(fit_in_a_frame(&mut huge), Err(Interrupted::TooLarge(n)) if n > MAX_TEXT_FRAME)
+        );
     }
 }

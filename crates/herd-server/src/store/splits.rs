@@ -134,6 +134,7 @@ impl Store {
         .bind(i64::from(shard.step))
         .fetch_optional(&mut *tx)
         .await?;
+        let created = existing.is_none();
         let (split_id, mut state) = match (existing, &req.list) {
             (Some(r), list) => {
                 let split = SplitRow::from_row(&r)?;
@@ -182,15 +183,21 @@ impl Store {
                 ))
             }
         };
-        if let Some(done) = &req.done {
-            state.report(req.attempt, done, now);
-        }
+        let reported = req
+            .done
+            .as_ref()
+            .is_some_and(|done| state.report(req.attempt, done, now));
         let reply = match state.next(job_id, req.attempt, worker, now) {
             Next::Batch { id, tests } => SplitReply::Batch { id, tests },
             Next::Wait => SplitReply::Wait { ms: SPLIT_WAIT_MS },
             Next::Done { failed, summary } => SplitReply::Done { failed, summary },
         };
-        let skipped = persist(&mut tx, split_id, &state, now).await?;
+        // A shard that only waits changes nothing: no write for it.
+        let skipped = if created || reported || !matches!(reply, SplitReply::Wait { .. }) {
+            persist(&mut tx, split_id, &state, now).await?
+        } else {
+            Vec::new()
+        };
         tx.commit().await?;
         Ok(SplitAnswer { reply, skipped })
     }
