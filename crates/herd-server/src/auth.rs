@@ -12,6 +12,8 @@ use subtle::ConstantTimeEq;
 pub enum TokenKind {
     Admin,
     Worker,
+    /// Trades for a worker token once per use (`herd worker install`).
+    Enroll,
 }
 
 impl TokenKind {
@@ -19,8 +21,71 @@ impl TokenKind {
         match self {
             TokenKind::Admin => "admin",
             TokenKind::Worker => "worker",
+            TokenKind::Enroll => "enroll",
         }
     }
+}
+
+/// Options of a new token.
+#[derive(Debug, Clone, Default)]
+pub struct NewToken {
+    pub worker: Option<String>,
+    pub expires_at: Option<i64>,
+    pub uses: Option<i64>,
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Why an enrollment token cannot be used, in words for the installer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollRefusal {
+    Invalid,
+    Revoked,
+    Expired,
+    UsedUp,
+}
+
+impl EnrollRefusal {
+    pub fn message(&self) -> &'static str {
+        match self {
+            EnrollRefusal::Invalid => {
+                "the enrollment token is not valid (mistyped, or not an enrollment token)"
+            }
+            EnrollRefusal::Revoked => "the enrollment token was revoked",
+            EnrollRefusal::Expired => "the enrollment token has expired",
+            EnrollRefusal::UsedUp => {
+                "the enrollment token is used up (it enrolled as many workers as it was made for)"
+            }
+        }
+    }
+}
+
+/// The labels an enrollment token gives, once its secret is checked.
+pub async fn check_enroll(
+    store: &Store,
+    presented: &str,
+) -> Result<Result<(TokenRow, std::collections::BTreeMap<String, String>), EnrollRefusal>, StoreError>
+{
+    let Some(row) = matching_row(store, presented).await? else {
+        return Ok(Err(EnrollRefusal::Invalid));
+    };
+    if row.kind != "enroll" {
+        return Ok(Err(EnrollRefusal::Invalid));
+    }
+    if row.revoked_at.is_some() {
+        return Ok(Err(EnrollRefusal::Revoked));
+    }
+    if row.expires_at.is_some_and(|t| t <= now_ms()) {
+        return Ok(Err(EnrollRefusal::Expired));
+    }
+    if row.uses_left.is_some_and(|n| n <= 0) {
+        return Ok(Err(EnrollRefusal::UsedUp));
+    }
+    let labels = row
+        .labels
+        .as_deref()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    Ok(Ok((row, labels)))
 }
 
 /// Who presented a valid token.
@@ -47,6 +112,22 @@ pub async fn create_token(
     kind: TokenKind,
     worker: Option<&str>,
 ) -> Result<String, StoreError> {
+    create_token_with(
+        store,
+        kind,
+        NewToken {
+            worker: worker.map(str::to_string),
+            ..NewToken::default()
+        },
+    )
+    .await
+}
+
+pub async fn create_token_with(
+    store: &Store,
+    kind: TokenKind,
+    opts: NewToken,
+) -> Result<String, StoreError> {
     let id = random_hex(8);
     let secret = random_hex(32);
     store
@@ -54,10 +135,14 @@ pub async fn create_token(
             id: id.clone(),
             secret_hash: hash_secret(&secret),
             kind: kind.as_str().into(),
-            worker: worker.map(str::to_string),
+            worker: opts.worker,
             created_at: now_ms(),
-            expires_at: None,
+            expires_at: opts.expires_at,
             revoked_at: None,
+            uses_left: opts.uses,
+            labels: opts
+                .labels
+                .map(|l| serde_json::to_string(&l).unwrap_or_else(|_| "{}".into())),
         })
         .await?;
     Ok(format!("herd_{}_{id}_{secret}", kind.as_str()))
@@ -66,6 +151,24 @@ pub async fn create_token(
 /// Checks a presented token. None for anything not valid now; the caller
 /// answers 401 without saying which part was wrong.
 pub async fn verify(store: &Store, presented: &str) -> Result<Option<Principal>, StoreError> {
+    let Some(row) = matching_row(store, presented).await? else {
+        return Ok(None);
+    };
+    if row.revoked_at.is_some() || row.expires_at.is_some_and(|t| t <= now_ms()) {
+        return Ok(None);
+    }
+    Ok(match (row.kind.as_str(), row.worker) {
+        ("admin", _) => Some(Principal::Admin { token_id: row.id }),
+        ("worker", Some(worker)) => Some(Principal::Worker {
+            token_id: row.id,
+            worker,
+        }),
+        _ => None,
+    })
+}
+
+/// The stored token whose id and secret match what was presented.
+async fn matching_row(store: &Store, presented: &str) -> Result<Option<TokenRow>, StoreError> {
     let mut parts = presented.trim().splitn(4, '_');
     let (Some("herd"), Some(_kind), Some(id), Some(secret)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -82,17 +185,7 @@ pub async fn verify(store: &Store, presented: &str) -> Result<Option<Principal>,
     if !bool::from(given.as_bytes().ct_eq(row.secret_hash.as_bytes())) {
         return Ok(None);
     }
-    if row.revoked_at.is_some() || row.expires_at.is_some_and(|t| t <= now_ms()) {
-        return Ok(None);
-    }
-    Ok(match (row.kind.as_str(), row.worker) {
-        ("admin", _) => Some(Principal::Admin { token_id: row.id }),
-        ("worker", Some(worker)) => Some(Principal::Worker {
-            token_id: row.id,
-            worker,
-        }),
-        _ => None,
-    })
+    Ok(Some(row))
 }
 
 /// Takes the token from an `Authorization: Bearer …` header value.

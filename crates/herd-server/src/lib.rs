@@ -24,11 +24,15 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub mirrors: git::Mirrors,
     pub data_dir: PathBuf,
+    /// Where `herd-OS-ARCH` executables for other platforms are found.
+    pub dist_dir: Option<PathBuf>,
 }
 
 pub struct ServerOptions {
     pub listen: String,
     pub data_dir: PathBuf,
+    /// `--dist DIR`: executables served to installers of other platforms.
+    pub dist_dir: Option<PathBuf>,
     pub projects: Vec<ProjectConfig>,
     pub settings: Settings,
 }
@@ -94,6 +98,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         hub,
         mirrors: git::Mirrors::new(opts.data_dir.join("repos")),
         data_dir: opts.data_dir.clone(),
+        dist_dir: opts.dist_dir.clone(),
     });
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await

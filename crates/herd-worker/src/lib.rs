@@ -7,6 +7,7 @@
 mod conn;
 pub mod exec;
 pub mod facts;
+pub mod install;
 pub mod junit;
 pub mod outbox;
 pub mod probe;

@@ -345,6 +345,15 @@ pub async fn project_builders(
 pub struct CreateToken {
     kind: String,
     worker: Option<String>,
+    /// Enrollment tokens: how many workers it may enroll.
+    #[serde(default)]
+    uses: Option<i64>,
+    /// Enrollment tokens: a duration such as 24h.
+    #[serde(default)]
+    expires: Option<String>,
+    /// Enrollment tokens: labels the workers get.
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 pub async fn create_token(
@@ -354,9 +363,18 @@ pub async fn create_token(
 ) -> Result<Response, ApiError> {
     let Json(req) = body
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    if req.kind == "enroll" {
+        let opts = super::enroll::enroll_options(req.uses, req.expires.as_deref(), req.labels)?;
+        let token = auth::create_token_with(&app.hub.store, TokenKind::Enroll, opts).await?;
+        return Ok((
+            StatusCode::CREATED,
+            Json(json!({ "token": token, "kind": "enroll" })),
+        )
+            .into_response());
+    }
     if req.kind != "worker" {
         return Err(ApiError::bad_request(format!(
-            "unknown token kind `{}`: this server creates `worker` tokens",
+            "unknown token kind `{}`: this server creates `worker` and `enroll` tokens",
             req.kind
         )));
     }

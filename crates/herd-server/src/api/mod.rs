@@ -3,6 +3,7 @@
 //!
 //! Reading is open; every call that changes state needs the admin token.
 
+mod enroll;
 mod handlers;
 mod splits;
 
@@ -52,7 +53,16 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v1/workers/{name}/resume",
             post(handlers::resume_worker),
         )
-        .route("/api/v1/tokens", post(handlers::create_token))
+        .route(
+            "/api/v1/tokens",
+            get(enroll::list_tokens).post(handlers::create_token),
+        )
+        .route("/api/v1/tokens/{id}/revoke", post(enroll::revoke_token))
+        .route("/api/v1/enroll", post(enroll::enroll))
+        .route("/api/v1/whoami", get(enroll::whoami))
+        .route("/api/v1/workers/{name}/forget", post(enroll::forget_worker))
+        .route("/install.sh", get(enroll::install_sh))
+        .route("/download/{file}", get(enroll::download))
         .route(herd_proto::WORKER_ENDPOINT, get(crate::ws::worker_endpoint))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))

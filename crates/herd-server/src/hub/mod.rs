@@ -182,6 +182,13 @@ impl Hub {
         self.lock().queue.retain(|j| j.build_id != build_id);
     }
 
+    /// Closes a worker's connection (its token was revoked, it was removed).
+    pub fn close_worker(&self, name: &str, reason: &str) {
+        if let Some(w) = self.lock().workers.get(name) {
+            let _ = w.tx.send(Outbound::Close(reason.to_string()));
+        }
+    }
+
     /// A shard of a split step asks for work (see `Store::split_request`).
     pub async fn split_request(
         &self,

@@ -90,8 +90,8 @@ impl Store {
 
     pub async fn insert_token(&self, t: &TokenRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO tokens (id, secret_hash, kind, worker, created_at, expires_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+            "INSERT INTO tokens (id, secret_hash, kind, worker, created_at, expires_at, revoked_at, uses_left, labels) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8)",
         )
         .bind(&t.id)
         .bind(&t.secret_hash)
@@ -99,8 +99,70 @@ impl Store {
         .bind(&t.worker)
         .bind(t.created_at)
         .bind(t.expires_at)
+        .bind(t.uses_left)
+        .bind(&t.labels)
         .execute(&self.write)
         .await?;
+        Ok(())
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenRow>> {
+        let rows = sqlx::query("SELECT * FROM tokens ORDER BY created_at, id")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(TokenRow::from_row).collect()
+    }
+
+    /// Revokes a token now. False when there is no such live token.
+    pub async fn revoke_token(&self, id: &str) -> Result<Option<TokenRow>> {
+        let res =
+            sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(now_ms())
+                .execute(&self.write)
+                .await?;
+        if res.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT * FROM tokens WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.write)
+            .await?;
+        Ok(Some(TokenRow::from_row(&row)?))
+    }
+
+    /// Takes one use of an enrollment token, in one statement so that two
+    /// machines cannot both take the last one. False when none is left.
+    pub async fn take_enroll_use(&self, id: &str) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE tokens SET uses_left = CASE WHEN uses_left IS NULL THEN NULL ELSE uses_left - 1 END \
+             WHERE id = $1 AND kind = 'enroll' AND revoked_at IS NULL \
+             AND (uses_left IS NULL OR uses_left > 0) AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Forgets a worker: its tokens are revoked and its row removed.
+    pub async fn forget_worker(&self, name: &str) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE worker = $1 AND revoked_at IS NULL")
+            .bind(name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM worker_probes WHERE worker = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM workers WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 

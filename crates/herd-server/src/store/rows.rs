@@ -14,6 +14,10 @@ pub struct TokenRow {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// Enrollment tokens: workers it may still enroll (None: no limit).
+    pub uses_left: Option<i64>,
+    /// Enrollment tokens: labels for the workers it enrolls (JSON object).
+    pub labels: Option<String>,
 }
 
 impl TokenRow {
@@ -26,6 +30,8 @@ impl TokenRow {
             created_at: get(r, "created_at")?,
             expires_at: get(r, "expires_at")?,
             revoked_at: get(r, "revoked_at")?,
+            uses_left: get(r, "uses_left")?,
+            labels: get(r, "labels")?,
         })
     }
 }

@@ -32,6 +32,10 @@ pub struct ServerArgs {
     /// on its own is never retried).
     #[arg(long, default_value_t = 2)]
     retries: u32,
+    /// Directory of `herd-OS-ARCH` executables that installers of other
+    /// platforms download (this server's own platform is served from itself).
+    #[arg(long, value_name = "DIR")]
+    dist: Option<PathBuf>,
 }
 
 pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
@@ -69,6 +73,7 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
         settings.heartbeat_timeout = d;
     }
     Ok(ServerOptions {
+        dist_dir: args.dist.clone(),
         listen: args
             .listen
             .clone()

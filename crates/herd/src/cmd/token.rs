@@ -1,6 +1,7 @@
-//! `herd token create --worker NAME`.
+//! `herd token create|list|revoke`.
 
 use crate::client::Client;
+use crate::cmd::worker::parse_labels;
 use crate::ClientArgs;
 use clap::Subcommand;
 use miette::{miette, Result};
@@ -11,17 +12,54 @@ use std::process::ExitCode;
 pub enum TokenCommand {
     /// Create a token; it is printed once and stored only as a hash.
     Create {
-        /// Create a worker token for the worker of this name.
+        /// A worker token for the worker of this name.
+        #[arg(long, conflicts_with = "enroll", required_unless_present = "enroll")]
+        worker: Option<String>,
+        /// An enrollment token: `curl …/install.sh?token=TOKEN | sudo sh`
+        /// on a machine makes it a worker.
         #[arg(long)]
-        worker: String,
+        enroll: bool,
+        /// How many workers it may enroll (default: no limit).
+        #[arg(long, requires = "enroll")]
+        uses: Option<i64>,
+        /// How long it is valid, e.g. 24h or 7d (default: until revoked).
+        #[arg(long, requires = "enroll")]
+        expires: Option<String>,
+        /// KEY=VALUE labels the enrolled workers get (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", requires = "enroll")]
+        labels: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every token: id, kind, worker, expiry, uses left, revoked (never the secret).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token at once (by the id `herd token list` shows); a
+    /// revoked worker is disconnected.
+    Revoke {
+        id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
 }
 
+fn when(v: &serde_json::Value) -> String {
+    v.as_i64()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
 pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
     match cmd {
-        TokenCommand::Create { worker, client } => {
+        TokenCommand::Create {
+            worker: Some(worker),
+            enroll: false,
+            client,
+            ..
+        } => {
             let c = Client::new(&client)?;
             let res = c
                 .post(
@@ -37,6 +75,65 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
                 "start the worker with:\n  herd worker --server {} --token {token} --name {worker}",
                 client.server
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Create {
+            uses,
+            expires,
+            labels,
+            client,
+            ..
+        } => {
+            let c = Client::new(&client)?;
+            let labels = parse_labels(&labels)?;
+            let res = c
+                .post(
+                    "/api/v1/tokens",
+                    &json!({ "kind": "enroll", "uses": uses, "expires": expires, "labels": labels }),
+                )
+                .await?;
+            let token = res["token"]
+                .as_str()
+                .ok_or_else(|| miette!("the server answered without a token"))?;
+            println!("{token}");
+            let server = client.server.trim_end_matches('/');
+            eprintln!(
+                "on the machine to lend, run:\n  curl -fsSL '{server}/install.sh?token={token}' | sudo sh\n\
+                 (without sudo it installs for the current user). It creates the service user `herd`,\n\
+                 checks git, a shell, disk and the clock, downloads herd, registers, detects capabilities,\n\
+                 installs a service that starts at boot, and waits until the worker is online."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::List { client } => {
+            let c = Client::new(&client)?;
+            let res = c.get("/api/v1/tokens").await?;
+            println!(
+                "{:<18} {:<7} {:<16} {:<17} {:<17} {:>5} REVOKED",
+                "ID", "KIND", "WORKER", "CREATED", "EXPIRES", "USES"
+            );
+            for t in res["tokens"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<18} {:<7} {:<16} {:<17} {:<17} {:>5} {}",
+                    t["id"].as_str().unwrap_or(""),
+                    t["kind"].as_str().unwrap_or(""),
+                    t["worker"].as_str().unwrap_or("-"),
+                    when(&t["created_at"]),
+                    when(&t["expires_at"]),
+                    t["uses_left"]
+                        .as_i64()
+                        .map(|u| u.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    when(&t["revoked_at"]),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Revoke { id, client } => {
+            let c = Client::new(&client)?;
+            c.post(&format!("/api/v1/tokens/{id}/revoke"), &json!({}))
+                .await?;
+            eprintln!("revoked token {id}");
             Ok(ExitCode::SUCCESS)
         }
     }

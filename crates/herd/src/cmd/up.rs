@@ -70,6 +70,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let server = herd_server::start(ServerOptions {
         listen: args.listen.clone(),
         data_dir: data.clone(),
+        dist_dir: None,
         projects,
         settings: Settings::default(),
     })

@@ -9,25 +9,120 @@ use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct WorkerArgs {
+    #[command(subcommand)]
+    command: Option<WorkerCommand>,
+    /// Read server, token, name, workdir, slots and labels from this file
+    /// (written by `herd worker install`); flags given too win.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Server address, e.g. http://ci.example.org:8080.
     #[arg(long, env = "HERD_SERVER")]
-    server: String,
+    server: Option<String>,
     /// This worker's token (from `herd token create --worker NAME`).
     #[arg(long, env = "HERD_WORKER_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
     /// Worker name; the token decides, this only checks.
     #[arg(long)]
     name: Option<String>,
-    /// Where workspaces live.
-    #[arg(long, default_value = "./herd-work")]
-    workdir: PathBuf,
-    /// Jobs run at once.
-    #[arg(long, default_value_t = 1)]
-    slots: u32,
+    /// Where workspaces live (default ./herd-work).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// Jobs run at once (default 1).
+    #[arg(long)]
+    slots: Option<u32>,
     /// KEY=VALUE labels matched by `requires:` (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum WorkerCommand {
+    /// Make this machine a worker that starts at boot: service user,
+    /// prerequisites, executable, registration, service, online.
+    Install {
+        /// Server address, e.g. http://ci.example.org:8080.
+        #[arg(long)]
+        server: String,
+        /// An enrollment token (`herd token create --enroll`).
+        #[arg(long, hide_env_values = true, env = "HERD_ENROLL_TOKEN")]
+        token: String,
+        /// Worker name (default: from the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// KEY=VALUE labels (repeatable), beside the token's.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Jobs run at once.
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+        /// The service user (as root).
+        #[arg(long, default_value = "herd")]
+        user: String,
+        /// Where workspaces live (default: the user's home/work).
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// Where the executable goes (default /usr/local/bin, or ~/.local/bin).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// The config file (default /etc/herd/worker.yml, or ~/.config/herd/worker.yml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Stop and remove the service; with --purge also the user, the files
+    /// and the worker's registration on the server.
+    Uninstall {
+        #[arg(long)]
+        purge: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Replace the executable by the server's and restart (running jobs
+    /// finish first).
+    Upgrade {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+async fn run_command(cmd: WorkerCommand) -> Result<ExitCode> {
+    let result = match cmd {
+        WorkerCommand::Install {
+            server,
+            token,
+            name,
+            labels,
+            slots,
+            user,
+            workdir,
+            bin_dir,
+            config,
+        } => {
+            if slots == 0 || slots > 1024 {
+                return Err(miette!("--slots must be between 1 and 1024"));
+            }
+            herd_worker::install::install(herd_worker::install::InstallOptions {
+                server,
+                token,
+                name,
+                labels: parse_labels(&labels)?,
+                slots,
+                user,
+                workdir,
+                bin_dir,
+                config,
+                online_timeout: std::time::Duration::from_secs(60),
+            })
+            .await
+        }
+        WorkerCommand::Uninstall { purge, config } => {
+            herd_worker::install::uninstall(config.as_deref(), purge).await
+        }
+        WorkerCommand::Upgrade { config } => herd_worker::install::upgrade(config.as_deref()).await,
+    };
+    result.map_err(|e| miette!("{e}"))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
@@ -46,18 +141,44 @@ pub fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
+    if let Some(cmd) = args.command {
+        return run_command(cmd).await;
+    }
     crate::init_logging("info");
-    if args.slots == 0 || args.slots > 1024 {
+    let file = match &args.config {
+        Some(p) => Some(herd_worker::install::WorkerConfig::load(p).map_err(|e| miette!("{e}"))?),
+        None => None,
+    };
+    let server = args
+        .server
+        .or(file.as_ref().map(|f| f.server.clone()))
+        .ok_or_else(|| miette!("no server: give --server URL (or --config FILE)"))?;
+    let token = args
+        .token
+        .or(file.as_ref().map(|f| f.token.clone()))
+        .ok_or_else(|| {
+            miette!(
+                "no token: give --token (from `herd token create --worker NAME`) or --config FILE"
+            )
+        })?;
+    let slots = args.slots.or(file.as_ref().map(|f| f.slots)).unwrap_or(1);
+    if slots == 0 || slots > 1024 {
         return Err(miette!("--slots must be between 1 and 1024"));
     }
-    let workdir = std::path::absolute(&args.workdir).into_diagnostic()?;
+    let workdir = args
+        .workdir
+        .or(file.as_ref().map(|f| f.workdir.clone()))
+        .unwrap_or_else(|| PathBuf::from("./herd-work"));
+    let workdir = std::path::absolute(&workdir).into_diagnostic()?;
+    let mut labels = file.as_ref().map(|f| f.labels.clone()).unwrap_or_default();
+    labels.extend(parse_labels(&args.labels)?);
     let opts = WorkerOptions {
-        server: args.server,
-        token: args.token,
-        name: args.name,
+        server,
+        token,
+        name: args.name.or(file.as_ref().map(|f| f.name.clone())),
         workdir,
-        slots: args.slots,
-        labels: parse_labels(&args.labels)?,
+        slots,
+        labels,
         herd_bin: std::env::current_exe().ok(),
     };
     let (tx, rx) = tokio::sync::watch::channel(Shutdown::Run);
