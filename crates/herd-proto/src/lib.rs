@@ -303,6 +303,9 @@ pub struct Welcome {
     /// Attempts the server resumes: the worker resends events after `acked_seq`.
     #[serde(default)]
     pub resume: Vec<ResumeAttempt>,
+    /// The server's herd version: a worker older than it says so in its log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

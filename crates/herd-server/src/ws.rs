@@ -188,6 +188,16 @@ impl Connection {
                 },
             );
         }
+        if herd_core::version::compare_versions(&hello.version, env!("CARGO_PKG_VERSION"))
+            == std::cmp::Ordering::Less
+        {
+            tracing::warn!(
+                "worker {} runs herd {}, older than this server's {}: upgrade it with `herd worker upgrade`",
+                self.name,
+                hello.version,
+                env!("CARGO_PKG_VERSION")
+            );
+        }
         tracing::info!(
             "worker {} connected (protocol {protocol}, {} slots, resuming {:?})",
             self.name,
@@ -205,6 +215,7 @@ impl Connection {
             heartbeat_interval_ms: settings.heartbeat_interval.as_millis() as u64,
             heartbeat_timeout_ms: settings.heartbeat_timeout.as_millis() as u64,
             resume: admitted.resume.clone(),
+            server_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         })];
         outgoing.extend(admitted.abandon.iter().map(|&attempt| ServerMsg::Abandon {
             attempt,

@@ -197,6 +197,16 @@ async fn session(
         opts.server,
         welcome.protocol
     );
+    if let Some(v) = &welcome.server_version {
+        if herd_core::version::compare_versions(env!("CARGO_PKG_VERSION"), v)
+            == std::cmp::Ordering::Less
+        {
+            tracing::warn!(
+                "this worker runs herd {}, older than the server's {v}: upgrade it with `herd worker upgrade` (running jobs finish first)",
+                env!("CARGO_PKG_VERSION")
+            );
+        }
+    }
     for r in &welcome.resume {
         outbox.resume(r.attempt, r.acked_seq);
     }

@@ -422,3 +422,157 @@ fn the_served_install_script_passes_shellcheck() {
         .unwrap_err()
         .contains("--dist"));
 }
+
+#[test]
+fn without_root_it_installs_for_the_user_and_says_how_it_starts() {
+    require_root(); // to create the user that installs without root
+    let server = Server::start(&[]);
+    let user = format!("herdu{}", std::process::id() % 100_000);
+    let home = PathBuf::from("/home").join(&user);
+    let ok = Command::new("useradd")
+        .args(["--create-home", "--home-dir"])
+        .arg(&home)
+        .args(["--shell", "/bin/sh", &user])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    struct Cleanup(String, PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            // The worker this test started, by the pid it recorded.
+            if let Some(pid) = std::fs::read_to_string(self.1.join(".local/share/herd/worker.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = Command::new("userdel").args(["-r", &self.0]).output();
+        }
+    }
+    let _cleanup = Cleanup(user.clone(), home.clone());
+    let token = enroll_token(&server, &[]);
+    let as_user = |script: &str| {
+        Command::new("runuser")
+            .args(["-u", &user, "--", "env"])
+            .arg(format!("HOME={}", home.display()))
+            .args(["PATH=/usr/local/bin:/usr/bin:/bin", "sh", "-c", script])
+            .current_dir(&home)
+            .output()
+            .unwrap()
+    };
+    let out = as_user(&format!(
+        "curl -fsSL '{}/install.sh?token={token}' | sh -s -- --name lent-by-a-user",
+        server.url
+    ));
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        !report.contains("Creating service user"),
+        "no user is created: {report}"
+    );
+    assert!(
+        report.contains("crontab @reboot line")
+            || report.contains("will NOT start again after a reboot"),
+        "it says how (or that) it starts at boot: {report}"
+    );
+    let bin = home.join(".local/bin/herd");
+    let config = home.join(".config/herd/worker.yml");
+    let account = nix::unistd::User::from_name(&user).unwrap().unwrap();
+    assert!(bin.is_file());
+    let m = std::fs::metadata(&config).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (account.uid.as_raw(), 0o600));
+    let w = server.get("/api/v1/workers/lent-by-a-user").unwrap();
+    assert_eq!(w["online"], true);
+    let pid: i32 = std::fs::read_to_string(home.join(".local/share/herd/worker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(uid_of_pid(pid), account.uid.as_raw());
+    let out = as_user("~/.local/bin/herd worker uninstall --purge");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!config.exists() && !bin.exists());
+    assert!(!home.join(".local/share/herd").exists());
+    assert!(server.get("/api/v1/workers/lent-by-a-user").is_err());
+}
+
+#[test]
+fn upgrade_replaces_the_executable_and_restarts_without_losing_the_running_job() {
+    let dist = open_dir();
+    let pipeline = "builders:\n  slow:\n    steps:\n      - run: sleep 3; echo finished\n";
+    let dist_arg = dist.path().display().to_string();
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &["--dist", &dist_arg]);
+    let inst = Install::new("c");
+    let token = enroll_token(&server, &[]);
+    let args = inst.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = curl_sh(&server, &token, &args, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old_pid: i32 = std::fs::read_to_string(inst.home().join("worker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // A "newer" herd appears on the server: the same program with a marker
+    // appended (an ELF loader ignores trailing bytes).
+    let mut newer = std::fs::read(inst.bin_dir().join("herd")).unwrap();
+    newer.extend_from_slice(b"\nherd-upgrade-marker\n");
+    let file = format!("herd-{}-{}", std::env::consts::OS, std::env::consts::ARCH);
+    std::fs::write(dist.path().join(&file), &newer).unwrap();
+    std::fs::set_permissions(
+        dist.path().join(&file),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let id = server.start_build("p", &[]);
+    wait_until(Duration::from_secs(30), "the slow step to start", || {
+        let b = server.build(id);
+        (b["jobs"][0]["attempts"][0]["steps"][0]["state"] == "running").then_some(())
+    });
+    let out = Command::new(inst.bin_dir().join("herd"))
+        .args(["worker", "upgrade", "--config"])
+        .arg(inst.config())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = server.wait_build(id, Duration::from_secs(60));
+    assert_eq!(b["state"], "success", "{b:#}");
+    assert_eq!(
+        b["jobs"][0]["attempts"].as_array().unwrap().len(),
+        1,
+        "the job ran once, to its end"
+    );
+    assert_eq!(std::fs::read(inst.bin_dir().join("herd")).unwrap(), newer);
+    let new_pid: i32 = std::fs::read_to_string(inst.home().join("worker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, old_pid, "restarted");
+    assert!(!alive(old_pid));
+    let name = std::fs::read_to_string(inst.config())
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("name: ").map(|n| n.trim().to_string()))
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the upgraded worker online",
+        || (server.get(&format!("/api/v1/workers/{name}")).ok()?["online"] == true).then_some(()),
+    );
+}
