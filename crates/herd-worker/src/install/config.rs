@@ -37,6 +37,9 @@ pub struct InstallInfo {
     pub manager: Manager,
     #[serde(default)]
     pub service_file: Option<PathBuf>,
+    /// Whether the installer created `user` (only then does --purge remove it).
+    #[serde(default)]
+    pub created_user: bool,
 }
 
 impl WorkerConfig {
@@ -78,6 +81,7 @@ mod tests {
                 bin: "/usr/local/bin/herd".into(),
                 manager: Manager::Systemd,
                 service_file: Some("/etc/systemd/system/herd-worker.service".into()),
+                created_user: true,
             }),
         };
         let text = serde_saphyr::to_string(&c).unwrap();

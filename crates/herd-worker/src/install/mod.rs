@@ -128,9 +128,14 @@ pub async fn install(opts: InstallOptions) -> Result<(), String> {
     }
     done("done");
 
+    let mut created_user = existing
+        .as_ref()
+        .and_then(|c| c.install.as_ref())
+        .is_some_and(|i| i.created_user && i.user == layout.user);
     if layout.system {
         step(&format!("Creating service user {}", layout.user));
         let created = system::ensure_user(&layout.user, &layout.home).map_err(|e| failed(&e))?;
+        created_user |= created;
         done(if created { "done" } else { "exists" });
     }
     let account = system::user(&layout.user)?;
@@ -211,6 +216,7 @@ pub async fn install(opts: InstallOptions) -> Result<(), String> {
             bin: layout.bin.clone(),
             manager,
             service_file: service_file.clone(),
+            created_user,
         }),
     };
     let config_changed = config.save(&layout.config, &account)?;
@@ -353,11 +359,12 @@ pub async fn uninstall(config_path: Option<&Path>, purge: bool) -> Result<(), St
     let _ = std::fs::remove_dir_all(&config.workdir);
     let _ = std::fs::remove_file(&info.bin);
     done("done");
-    if layout.system && info.user != "root" {
+    if layout.system && info.created_user && info.user != "root" {
         step(&format!("Removing user {}", info.user));
         system::remove_user(&info.user, &info.home).map_err(|e| failed(&e))?;
         done("done");
     } else {
+        // A user the installer did not create stays; herd's files go.
         let _ = std::fs::remove_dir_all(&info.home);
     }
     Ok(())
