@@ -45,6 +45,7 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
         .reason
         .clone()
         .unwrap_or_else(|| "started by hand".into());
+    let mut commit: (Option<String>, Option<String>) = (None, None);
     let (revision, text, file) = match (&project.repo, &project.pipeline) {
         (Some(repo), _) => {
             match app
@@ -52,7 +53,10 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
                 .resolve(&project.name, repo, req.rev.as_deref())
                 .await
             {
-                Ok(r) => (Some(r.revision), r.pipeline_text, "herd.yml".to_string()),
+                Ok(r) => {
+                    commit = (Some(r.author), Some(r.message));
+                    (Some(r.revision), r.pipeline_text, "herd.yml".to_string())
+                }
                 Err(crate::git::GitError::UnknownRevision(rev)) => {
                     return Err(ApiError::bad_request(format!(
                         "no revision `{rev}` in the repository of project `{}`",
@@ -167,6 +171,8 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
         reason,
         error: None,
         jobs: jobs.clone(),
+        author: commit.0,
+        message: commit.1,
     };
     let (build_id, job_ids) = store.create_build(&new).await?;
     let queued = job_ids
@@ -205,6 +211,8 @@ async fn record_error_build(
             reason: reason.to_string(),
             error: Some(error),
             jobs: vec![],
+            author: None,
+            message: None,
         })
         .await?;
     app.hub.changed();

@@ -33,6 +33,9 @@ pub struct Mirrors {
 pub struct Resolved {
     pub revision: String,
     pub pipeline_text: String,
+    /// The commit's author and first line of its message.
+    pub author: String,
+    pub message: String,
 }
 
 impl Mirrors {
@@ -85,12 +88,20 @@ impl Mirrors {
             .map_err(|_| GitError::UnknownRevision(rev.to_string()))?
             .trim()
             .to_string();
+        let info = git(&mirror, &["show", "-s", "--format=%an%x00%s", &revision])
+            .await
+            .unwrap_or_default();
+        let mut parts = info.trim_end_matches('\n').splitn(2, '\0');
+        let author = parts.next().unwrap_or("").to_string();
+        let message = parts.next().unwrap_or("").to_string();
         let pipeline_text = git(&mirror, &["show", &format!("{revision}:herd.yml")])
             .await
             .map_err(|_| GitError::NoPipeline(revision.clone()))?;
         Ok(Resolved {
             revision,
             pipeline_text,
+            author,
+            message,
         })
     }
 }

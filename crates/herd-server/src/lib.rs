@@ -10,6 +10,7 @@ pub mod config;
 pub mod git;
 pub mod hub;
 pub mod store;
+pub mod web;
 mod ws;
 
 use crate::config::ProjectConfig;
@@ -26,6 +27,8 @@ pub struct App {
     pub data_dir: PathBuf,
     /// Where `herd-OS-ARCH` executables for other platforms are found.
     pub dist_dir: Option<PathBuf>,
+    /// Signed-in web sessions.
+    pub sessions: web::Sessions,
 }
 
 pub struct ServerOptions {
@@ -99,6 +102,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         mirrors: git::Mirrors::new(opts.data_dir.join("repos")),
         data_dir: opts.data_dir.clone(),
         dist_dir: opts.dist_dir.clone(),
+        sessions: web::Sessions::default(),
     });
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await

@@ -25,18 +25,6 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Largest log range one call returns.
 const MAX_LOG_RANGE: u64 = 8 * 1024 * 1024;
 
-pub async fn index(State(app): AppState) -> Response {
-    let port_hint = "herd server";
-    let body = format!(
-        "<!doctype html><html lang=en><meta charset=utf-8><title>herd</title>\
-         <h1>herd</h1><p>{port_hint} is running. The web page is not built yet; the API is at \
-         <a href=/api/v1/builds>/api/v1/builds</a>, described by <a href=/api/v1/openapi.json>/api/v1/openapi.json</a>.</p>\
-         <p>Workers online: {}</p></html>",
-        app.hub.live_workers().len()
-    );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
-}
-
 pub async fn health(State(app): AppState) -> Json<Value> {
     Json(
         json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "workers_online": app.hub.live_workers().len(), "queued_jobs": app.hub.queue_len() }),

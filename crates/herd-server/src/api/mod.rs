@@ -25,7 +25,6 @@ pub const MAX_REQUEST_BODY: usize = 1024 * 1024;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/", get(handlers::index))
         .route("/api/v1/health", get(handlers::health))
         .route("/api/v1/openapi.json", get(handlers::openapi))
         .route("/api/v1/projects", get(handlers::list_projects))
@@ -64,6 +63,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/install.sh", get(enroll::install_sh))
         .route("/download/{file}", get(enroll::download))
         .route(herd_proto::WORKER_ENDPOINT, get(crate::ws::worker_endpoint))
+        .merge(crate::web::router())
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .with_state(app)

@@ -52,6 +52,9 @@ pub struct NewBuild {
     /// build is stored as `error` with no jobs.
     pub error: Option<String>,
     pub jobs: Vec<NewJob>,
+    /// The commit's author and subject, when known.
+    pub author: Option<String>,
+    pub message: Option<String>,
 }
 
 #[derive(Clone)]
@@ -153,8 +156,8 @@ impl Store {
             RunState::Queued
         };
         let row = sqlx::query(
-            "INSERT INTO builds (project, ref_name, revision, state, priority, reason, error, created_at, finished_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            "INSERT INTO builds (project, ref_name, revision, state, priority, reason, error, created_at, finished_at, author, message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(&b.project)
         .bind(&b.ref_name)
@@ -165,6 +168,8 @@ impl Store {
         .bind(&b.error)
         .bind(now)
         .bind(b.error.as_ref().map(|_| now))
+        .bind(&b.author)
+        .bind(&b.message)
         .fetch_one(&mut *tx)
         .await?;
         let build_id: i64 = row.try_get("id")?;
@@ -529,6 +534,33 @@ impl Store {
             attempts,
             steps,
         }))
+    }
+
+    /// The jobs of several builds (the grid), in id order.
+    pub async fn jobs_of_builds(&self, ids: &[i64]) -> Result<Vec<JobRow>> {
+        let (Some(lo), Some(hi)) = (ids.iter().min(), ids.iter().max()) else {
+            return Ok(Vec::new());
+        };
+        let rows =
+            sqlx::query("SELECT * FROM jobs WHERE build_id >= $1 AND build_id <= $2 ORDER BY id")
+                .bind(lo)
+                .bind(hi)
+                .fetch_all(&self.read)
+                .await?;
+        let wanted: std::collections::HashSet<i64> = ids.iter().copied().collect();
+        rows.iter()
+            .map(JobRow::from_row)
+            .filter(|j| j.as_ref().map_or(true, |j| wanted.contains(&j.build_id)))
+            .collect()
+    }
+
+    /// The build a job belongs to.
+    pub async fn job_build(&self, job_id: i64) -> Result<i64> {
+        Ok(sqlx::query("SELECT build_id FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(&self.read)
+            .await?
+            .try_get("build_id")?)
     }
 
     /// Running jobs per `project/builder` (for `max_concurrent`).

@@ -98,6 +98,8 @@ pub struct BuildRow {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    pub author: Option<String>,
+    pub message: Option<String>,
 }
 
 impl BuildRow {
@@ -112,6 +114,8 @@ impl BuildRow {
             reason: get(r, "reason")?,
             error: get(r, "error")?,
             created_at: get(r, "created_at")?,
+            author: get(r, "author")?,
+            message: get(r, "message")?,
             started_at: get(r, "started_at")?,
             finished_at: get(r, "finished_at")?,
         })

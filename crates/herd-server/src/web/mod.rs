@@ -1,0 +1,83 @@
+//! The web page: server-rendered HTML (askama templates in `templates/`),
+//! a little hand-written CSS and JS embedded in the binary, live updates
+//! over server-sent events. Reading is open; actions need a sign-in (the
+//! admin token) and carry a CSRF token.
+//!
+//! Architecture invariant: every text that comes from a build (commit
+//! messages, log output, test names) reaches the page through askama's
+//! escaping or `ansi::to_html`, never raw.
+
+mod ansi;
+mod pages;
+mod session;
+
+use crate::App;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::stream::{self, Stream};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use session::Sessions;
+
+const APP_CSS: &str = include_str!("static/app.css");
+const APP_JS: &str = include_str!("static/app.js");
+
+pub fn router() -> Router<Arc<App>> {
+    Router::new()
+        .route("/", get(pages::grid))
+        .route("/builds/{id}", get(pages::build))
+        .route("/builds/{id}/cancel", post(pages::cancel))
+        .route("/builds/{id}/rebuild", post(pages::rebuild))
+        .route("/attempts/{id}/steps/{idx}", get(pages::log))
+        .route("/workers", get(pages::workers))
+        .route(
+            "/workers/add",
+            get(pages::add_worker).post(pages::make_install_command),
+        )
+        .route("/workers/{name}", get(pages::worker))
+        .route("/workers/{name}/pause", post(pages::pause))
+        .route("/workers/{name}/resume", post(pages::resume))
+        .route("/login", get(session::login_form).post(session::login))
+        .route("/logout", post(session::logout))
+        .route("/events", get(events))
+        .route(
+            "/static/app.css",
+            get(|| async { asset(APP_CSS, "text/css") }),
+        )
+        .route(
+            "/static/app.js",
+            get(|| async { asset(APP_JS, "text/javascript") }),
+        )
+}
+
+fn asset(body: &'static str, kind: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /events`: one event per change of the server's state (at most four
+/// a second); pages refetch what they show.
+async fn events(State(app): State<Arc<App>>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = app.hub.subscribe();
+    let s = stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        let v = *rx.borrow_and_update();
+        // Coalesce bursts: one refetch per quarter second is plenty.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rx.borrow_and_update();
+        Some((Ok(Event::default().data(v.to_string())), rx))
+    });
+    Sse::new(s).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,243 @@
+//! Sign-in for the page's actions: the admin token, traded for a session
+//! cookie (HttpOnly, SameSite=Strict) and a CSRF token that every form
+//! carries. Sessions live in memory: a server restart signs everyone out.
+
+use super::pages::Page;
+use crate::auth::{self, Principal};
+use crate::App;
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+const COOKIE: &str = "herd_session";
+const LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Failed sign-ins allowed per minute (all clients together).
+const MAX_FAILURES_PER_MINUTE: usize = 20;
+
+struct Session {
+    csrf: String,
+    expires: Instant,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    inner: Mutex<HashMap<String, Session>>,
+    failures: Mutex<Vec<Instant>>,
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand::fill(&mut b[..]);
+    hex::encode(b)
+}
+
+/// Who is looking at a page: signed in (with the form's CSRF token) or not.
+#[derive(Clone, Default)]
+pub struct Viewer {
+    pub signed_in: bool,
+    pub csrf: String,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn viewer(&self, headers: &HeaderMap) -> Viewer {
+        let Some(id) = cookie(headers) else {
+            return Viewer::default();
+        };
+        let mut map = self.lock();
+        map.retain(|_, s| s.expires > Instant::now());
+        match map.get(&id) {
+            Some(s) => Viewer {
+                signed_in: true,
+                csrf: s.csrf.clone(),
+            },
+            None => Viewer::default(),
+        }
+    }
+
+    /// Whether a form post comes from a signed-in page of this server.
+    pub fn check(&self, headers: &HeaderMap, csrf: &str) -> bool {
+        let v = self.viewer(headers);
+        v.signed_in && !csrf.is_empty() && bool::from(v.csrf.as_bytes().ct_eq(csrf.as_bytes()))
+    }
+
+    fn create(&self) -> String {
+        let id = random_hex(32);
+        self.lock().insert(
+            id.clone(),
+            Session {
+                csrf: random_hex(32),
+                expires: Instant::now() + LIFETIME,
+            },
+        );
+        id
+    }
+
+    fn remove(&self, headers: &HeaderMap) {
+        if let Some(id) = cookie(headers) {
+            self.lock().remove(&id);
+        }
+    }
+
+    fn too_many_failures(&self) -> bool {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.retain(|t| t.elapsed() < Duration::from_secs(60));
+        f.len() >= MAX_FAILURES_PER_MINUTE
+    }
+
+    fn failed(&self) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Instant::now());
+    }
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct Login {
+    page: Page,
+    error: Option<String>,
+    next: String,
+}
+
+#[derive(Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+/// Only local paths: a sign-in never sends the browser elsewhere.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        _ => "/".into(),
+    }
+}
+
+pub async fn login_form(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Response {
+    let page = Page::new(&app, &headers, false);
+    render(&Login {
+        page,
+        error: None,
+        next: safe_next(q.next.as_deref()),
+    })
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+pub async fn login(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let next = safe_next(f.next.as_deref());
+    let refuse = |msg: &str, status: StatusCode| {
+        let page = Page::new(&app, &headers, false);
+        let mut r = render(&Login {
+            page,
+            error: Some(msg.to_string()),
+            next: next.clone(),
+        });
+        *r.status_mut() = status;
+        r
+    };
+    if app.sessions.too_many_failures() {
+        return refuse(
+            "too many failed sign-ins in the last minute: wait a minute",
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    match auth::verify(&app.hub.store, f.token.trim()).await {
+        Ok(Some(Principal::Admin { .. })) => {
+            let id = app.sessions.create();
+            (
+                [(
+                    header::SET_COOKIE,
+                    format!(
+                        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+                        LIFETIME.as_secs()
+                    ),
+                )],
+                Redirect::to(&next),
+            )
+                .into_response()
+        }
+        Ok(_) => {
+            app.sessions.failed();
+            refuse(
+                "that is not the admin token (it is in DATA/admin-token on the server)",
+                StatusCode::UNAUTHORIZED,
+            )
+        }
+        Err(e) => refuse(
+            &format!("server error: {e}"),
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+pub async fn logout(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if app.sessions.check(&headers, &f.csrf) {
+        app.sessions.remove(&headers);
+    }
+    (
+        [(
+            header::SET_COOKIE,
+            format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        )],
+        Redirect::to("/"),
+    )
+        .into_response()
+}
+
+pub fn render<T: Template>(t: &T) -> Response {
+    match t.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render the page: {e}"),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,113 @@
+// herd: live pages and the log follower. The pages work without this file.
+"use strict";
+
+// A live page refetches itself on each change the server announces and
+// swaps its <main>; the rest of the page (and the scroll) stays.
+function livePage() {
+  if (document.body.dataset.live !== "true" || !window.EventSource) return;
+  let busy = false, again = false;
+  async function refresh() {
+    if (busy) { again = true; return; }
+    busy = true;
+    try {
+      const r = await fetch(location.href, { headers: { "X-Herd-Fragment": "1" } });
+      if (r.ok) {
+        const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+        const fresh = doc.getElementById("main");
+        const main = document.getElementById("main");
+        // Keep open <details> open across refreshes.
+        const open = new Set([...main.querySelectorAll("details[open]")].map(d => d.parentElement && d.parentElement.textContent));
+        if (fresh && main) {
+          main.replaceWith(fresh);
+          fresh.querySelectorAll("details").forEach(d => { if (d.parentElement && open.has(d.parentElement.textContent)) d.open = true; });
+        }
+      }
+    } catch (e) { /* the next event retries */ }
+    busy = false;
+    if (again) { again = false; refresh(); }
+  }
+  new EventSource("/events").onmessage = refresh;
+}
+
+// ANSI SGR colours to spans, as the server renders them (web/ansi.rs).
+function Renderer(pre, firstLine) {
+  let line = firstLine, fg = null, bold = false, cur = null, span = null;
+  const last = pre.lastElementChild;
+  function cls() { const c = []; if (fg !== null) c.push("c" + fg); if (bold) c.push("b"); return c.join(" "); }
+  function newSpan() { const c = cls(); span = null; if (c) { span = document.createElement("span"); span.className = c; cur.appendChild(span); } }
+  function newLine() {
+    cur = document.createElement("span"); cur.className = "ln"; cur.id = "L" + line;
+    const a = document.createElement("a"); a.href = "#L" + line; a.dataset.n = line; a.setAttribute("aria-hidden", "true");
+    cur.appendChild(a); pre.appendChild(cur); pre.appendChild(document.createTextNode("\n")); newSpan();
+  }
+  // Continue the last (unfinished) line of the server-rendered page.
+  if (last && last.classList.contains("ln") && !(last.nextSibling && last.nextSibling.nodeValue === "\n")) {
+    cur = last; line = parseInt(last.id.slice(1), 10); span = null;
+  }
+  function text(t) { if (!t) return; if (!cur) newLine(); (span || cur).appendChild(document.createTextNode(t)); }
+  function sgr(params) {
+    for (const p of (params || "0").split(";")) {
+      const n = parseInt(p || "0", 10);
+      if (n === 0) { fg = null; bold = false; } else if (n === 1) bold = true; else if (n === 22) bold = false;
+      else if (n >= 30 && n <= 37) fg = n - 30; else if (n >= 90 && n <= 97) fg = n - 82; else if (n === 39) fg = null;
+    }
+    if (cur) newSpan();
+  }
+  let pending = "";
+  this.feed = function (s) {
+    s = pending + s; pending = "";
+    let i = 0, start = 0;
+    while (i < s.length) {
+      const c = s[i];
+      if (c === "\x1b") {
+        text(s.slice(start, i));
+        const m = /^\x1b\[([0-9;]*)([A-Za-z])/.exec(s.slice(i));
+        if (!m) { if (s.length - i < 16) { pending = s.slice(i); return; } i++; start = i; continue; }
+        if (m[2] === "m") sgr(m[1]);
+        i += m[0].length; start = i; continue;
+      }
+      if (c === "\n") {
+        text(s.slice(start, i));
+        if (!cur) newLine();
+        line++; cur = null; span = null; i++; start = i; continue;
+      }
+      if (c === "\r") { text(s.slice(start, i)); i++; start = i; continue; }
+      i++;
+    }
+    text(s.slice(start));
+  };
+}
+
+// The log view follows a running step: it asks for what comes after what
+// it has, waiting on the server, and scrolls along when at the bottom.
+async function followLog(pre) {
+  const attempt = pre.dataset.attempt, step = pre.dataset.step;
+  let offset = parseInt(pre.dataset.end, 10);
+  const r = new Renderer(pre, parseInt(pre.dataset.line, 10) + pre.querySelectorAll(".ln").length);
+  const decoder = new TextDecoder();
+  const note = document.getElementById("following");
+  for (let i = 0; i < 100000; i++) {
+    let res;
+    try {
+      res = await fetch(`/api/v1/attempts/${attempt}/steps/${step}/log?offset=${offset}&wait_ms=20000&limit=1048576`);
+    } catch (e) { await new Promise(ok => setTimeout(ok, 2000)); continue; }
+    if (!res.ok) break;
+    const buf = await res.arrayBuffer();
+    const atBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
+    if (buf.byteLength > 0) {
+      offset += buf.byteLength;
+      r.feed(decoder.decode(buf, { stream: true }));
+      if (atBottom) window.scrollTo(0, document.body.scrollHeight);
+    }
+    if (res.headers.get("x-herd-more") === "0" && offset >= parseInt(res.headers.get("x-herd-log-size") || "0", 10)) {
+      if (note) note.textContent = "The step ended (" + res.headers.get("x-herd-step-state") + ").";
+      break;
+    }
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  livePage();
+  const log = document.getElementById("log");
+  if (log && log.dataset.follow === "true") followLog(log);
+});
