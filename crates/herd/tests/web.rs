@@ -1,0 +1,318 @@
+//! The web page in a real headless Chromium (Debian's chromium and
+//! chromium-driver, driven with fantoccini) against a real server and
+//! workers. Screenshots of the main pages go to docs/screenshots/.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts chromedriver on a free port of 127.0.0.1.
+fn chromedriver() -> Driver {
+    for _ in 0..20 {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver) is needed");
+        let mut d = Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return d;
+            }
+            if let Ok(Some(_)) = d.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = d.child.kill();
+    }
+    panic!("chromedriver did not start");
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"]
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+/// Waits (bounded) until the page has an element matching `css`.
+async fn wait_for(c: &Client, css: &str, limit: Duration) -> fantoccini::elements::Element {
+    let start = Instant::now();
+    loop {
+        if let Ok(e) = c.find(Locator::Css(css)).await {
+            return e;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no `{css}` on {} within {limit:?}:\n{}",
+            c.current_url()
+                .await
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            c.source().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+/// Runs a blocking harness call (it has a runtime of its own) off the
+/// browser's runtime thread.
+fn off<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn the_grid_shows_a_new_build_without_reload_and_a_script_in_a_commit_message_is_text() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(
+        root.path(),
+        "app",
+        &[(
+            "herd.yml",
+            b"builders:\n  linux:\n    steps:\n      - run: echo built\n  docs:\n    steps:\n      - run: echo docs; exit 3\n",
+        )],
+    );
+    commit(
+        &repo,
+        &[("README", b"x")],
+        "<script>alert(1)</script> & <b>bold</b>",
+    );
+    let server = Server::start(&["--project", &format!("app={}", repo.display())]);
+    let _w = server.worker("grid-worker", 2, &[]);
+    server.wait_online("grid-worker");
+    let driver = chromedriver();
+    runtime().block_on(async {
+        let c = browser(&driver).await;
+        c.goto(&format!("{}/", server.url)).await.unwrap();
+        wait_for(&c, "p.empty", Duration::from_secs(10)).await;
+        // A build started elsewhere appears without a reload.
+        let id = off(|| server.start_build("app", &[]));
+        let row = wait_for(
+            &c,
+            &format!("a[href='/builds/{id}']"),
+            Duration::from_secs(15),
+        )
+        .await;
+        assert_eq!(row.text().await.unwrap(), format!("#{id}"));
+        off(|| server.wait_build(id, Duration::from_secs(30)));
+        // Its cells end green and red, live.
+        wait_for(&c, "td.cell a.job.st-failure", Duration::from_secs(15)).await;
+        wait_for(&c, "td.cell a.job.st-success", Duration::from_secs(15)).await;
+        let msg = c.find(Locator::Css("span.msg")).await.unwrap();
+        assert_eq!(
+            msg.text().await.unwrap(),
+            "<script>alert(1)</script> & <b>bold</b>",
+            "shown as text"
+        );
+        assert!(c.get_alert_text().await.is_err(), "no script ran");
+        assert!(
+            c.find(Locator::Css("span.msg b")).await.is_err(),
+            "no markup made"
+        );
+        let header = c.find(Locator::Css("th.builder")).await.unwrap();
+        assert!(header.text().await.unwrap().contains("1 capable"));
+        screenshot(&c, "grid").await;
+        c.goto(&format!("{}/builds/{id}", server.url))
+            .await
+            .unwrap();
+        wait_for(&c, ".timeline svg rect", Duration::from_secs(5)).await;
+        assert!(c.get_alert_text().await.is_err());
+        screenshot(&c, "build").await;
+        c.goto(&format!("{}/workers/grid-worker", server.url))
+            .await
+            .unwrap();
+        wait_for(&c, "table.probes", Duration::from_secs(5)).await;
+        screenshot(&c, "worker").await;
+        c.close().await.unwrap();
+    });
+}
+
+#[test]
+fn the_log_view_follows_a_running_step() {
+    let pipeline = "builders:\n  slow:\n    steps:\n      - run: for i in $(seq 1 40); do printf '\\033[32mline\\033[0m %s\\n' $i; sleep 0.1; done\n";
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _w = server.worker("log-worker", 1, &[]);
+    server.wait_online("log-worker");
+    let id = server.start_build("p", &[]);
+    let attempt = wait_until(Duration::from_secs(20), "the step to run", || {
+        let b = server.build(id);
+        let a = &b["jobs"][0]["attempts"][0];
+        (a["steps"][0]["state"] == "running" && a["steps"][0]["log_size"].as_u64() > Some(0))
+            .then(|| a["id"].as_i64().unwrap())
+    });
+    let driver = chromedriver();
+    runtime().block_on(async {
+        let c = browser(&driver).await;
+        c.goto(&format!("{}/attempts/{attempt}/steps/0", server.url))
+            .await
+            .unwrap();
+        wait_for(&c, "#following", Duration::from_secs(5)).await;
+        // Lines written after the page loaded arrive, coloured, with anchors.
+        let last = wait_for(&c, "#L40", Duration::from_secs(20)).await;
+        assert!(last.text().await.unwrap().contains("line 40"));
+        let green = c.find(Locator::Css("#L40 span.c2")).await.unwrap();
+        assert_eq!(green.text().await.unwrap(), "line");
+        let ended = wait_for(&c, "#following", Duration::from_secs(5)).await;
+        let start = Instant::now();
+        while !ended.text().await.unwrap().contains("ended") {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the follower notices the end"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        screenshot(&c, "log").await;
+        c.close().await.unwrap();
+    });
+}
+
+#[test]
+fn actions_need_sign_in_and_cancel_works() {
+    let pipeline = "builders:\n  long:\n    steps:\n      - run: sleep 60\n";
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _w = server.worker("cancel-worker", 1, &[]);
+    server.wait_online("cancel-worker");
+    let id = server.start_build("p", &[]);
+    wait_until(Duration::from_secs(20), "the step to run", || {
+        (server.build(id)["jobs"][0]["attempts"][0]["steps"][0]["state"] == "running").then_some(())
+    });
+    // A form post without a session changes nothing.
+    let rt = runtime();
+    let status = rt.block_on(async {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(format!("{}/builds/{id}/cancel", server.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("csrf=guess")
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_redirection(), "{status}");
+    assert_eq!(server.build(id)["state"], "running");
+    let driver = chromedriver();
+    rt.block_on(async {
+        let c = browser(&driver).await;
+        c.goto(&format!("{}/builds/{id}", server.url))
+            .await
+            .unwrap();
+        wait_for(&c, "#cancel", Duration::from_secs(5))
+            .await
+            .click()
+            .await
+            .unwrap();
+        // Not signed in: the sign-in page, and the build still runs.
+        wait_for(&c, "#sign-in", Duration::from_secs(5)).await;
+        assert_eq!(off(|| server.build(id))["state"], "running");
+        c.find(Locator::Css("#token"))
+            .await
+            .unwrap()
+            .send_keys("herd_admin_0_wrong")
+            .await
+            .unwrap();
+        c.find(Locator::Css("#sign-in"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let err = wait_for(&c, "p.error", Duration::from_secs(5)).await;
+        assert!(err.text().await.unwrap().contains("not the admin token"));
+        screenshot(&c, "sign-in").await;
+        c.find(Locator::Css("#token"))
+            .await
+            .unwrap()
+            .send_keys(&server.token)
+            .await
+            .unwrap();
+        c.find(Locator::Css("#sign-in"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        // Back on the build page, signed in: cancel works.
+        wait_for(&c, "#cancel", Duration::from_secs(5))
+            .await
+            .click()
+            .await
+            .unwrap();
+        let b = off(|| server.wait_build(id, Duration::from_secs(20)));
+        assert_eq!(b["state"], "cancelled", "{b:#}");
+        wait_for(&c, "h1 .st-cancelled", Duration::from_secs(10)).await;
+        // Add a worker: a one-line install command with a fresh token.
+        c.goto(&format!("{}/workers/add", server.url))
+            .await
+            .unwrap();
+        wait_for(&c, "#make-token", Duration::from_secs(5))
+            .await
+            .click()
+            .await
+            .unwrap();
+        let line = wait_for(&c, "#oneliner", Duration::from_secs(5)).await;
+        let text = line.text().await.unwrap();
+        assert!(
+            text.starts_with(&format!(
+                "curl -fsSL '{}/install.sh?token=herd_enroll_",
+                server.url
+            )),
+            "{text}"
+        );
+        screenshot(&c, "add-worker").await;
+        c.close().await.unwrap();
+    });
+}
