@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod failover;
 mod split;
+mod web;
 
 const LATENCY_BUILDS: usize = 200;
 const THROUGHPUT_BUILDS: usize = 2000;
@@ -385,6 +386,9 @@ fn main() {
     }
     if run("failover") {
         rt.block_on(failover::kill_and_hang());
+    }
+    if run("web") {
+        rt.block_on(web::pages());
     }
     if run("split") {
         split::run();

@@ -92,6 +92,37 @@ async fn wait_for(c: &Client, css: &str, limit: Duration) -> fantoccini::element
     }
 }
 
+/// The text of the first element matching `css`, read in one step (a live
+/// page may swap elements between a find and a read).
+async fn text(c: &Client, css: &str) -> String {
+    let v = c
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+            vec![serde_json::json!(css)],
+        )
+        .await
+        .unwrap();
+    v.as_str()
+        .unwrap_or_else(|| panic!("no `{css}` on the page"))
+        .to_string()
+}
+
+/// Clicks `css`; a live page may swap the element meanwhile: find it again.
+async fn click(c: &Client, css: &str) {
+    let start = Instant::now();
+    loop {
+        let e = wait_for(c, css, Duration::from_secs(10)).await;
+        match e.click().await {
+            Ok(()) => return,
+            Err(err) if start.elapsed() < Duration::from_secs(10) => {
+                let _ = err;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("cannot click {css}: {err}"),
+        }
+    }
+}
+
 async fn screenshot(c: &Client, name: &str) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
@@ -146,12 +177,32 @@ fn the_grid_shows_a_new_build_without_reload_and_a_script_in_a_commit_message_is
         .await;
         assert_eq!(row.text().await.unwrap(), format!("#{id}"));
         off(|| server.wait_build(id, Duration::from_secs(30)));
-        // Its cells end green and red, live.
-        wait_for(&c, "td.cell a.job.st-failure", Duration::from_secs(15)).await;
-        wait_for(&c, "td.cell a.job.st-success", Duration::from_secs(15)).await;
-        let msg = c.find(Locator::Css("span.msg")).await.unwrap();
+        // Its cells end green and red, live: a glyph and a colour each.
+        let start = Instant::now();
+        loop {
+            let texts = c
+                .execute(
+                    &format!("return [...document.querySelectorAll(\"tr[data-b='{id}'] td\")].map(td => td.textContent)"),
+                    vec![],
+                )
+                .await
+                .unwrap();
+            if texts == serde_json::json!(["✓", "✗"]) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "cells: {texts:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let colours = c
+            .execute(
+                &format!("return [...document.querySelectorAll(\"tr[data-b='{id}'] td\")].map(td => getComputedStyle(td).backgroundColor)"),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(colours, serde_json::json!(["rgb(46, 139, 71)", "rgb(192, 57, 43)"]));
         assert_eq!(
-            msg.text().await.unwrap(),
+            text(&c, "span.msg").await,
             "<script>alert(1)</script> & <b>bold</b>",
             "shown as text"
         );
@@ -160,8 +211,7 @@ fn the_grid_shows_a_new_build_without_reload_and_a_script_in_a_commit_message_is
             c.find(Locator::Css("span.msg b")).await.is_err(),
             "no markup made"
         );
-        let header = c.find(Locator::Css("th.builder")).await.unwrap();
-        assert!(header.text().await.unwrap().contains("1 capable"));
+        assert!(text(&c, "th.builder").await.contains("1 capable"));
         screenshot(&c, "grid").await;
         c.goto(&format!("{}/builds/{id}", server.url))
             .await
@@ -199,13 +249,11 @@ fn the_log_view_follows_a_running_step() {
             .unwrap();
         wait_for(&c, "#following", Duration::from_secs(5)).await;
         // Lines written after the page loaded arrive, coloured, with anchors.
-        let last = wait_for(&c, "#L40", Duration::from_secs(20)).await;
-        assert!(last.text().await.unwrap().contains("line 40"));
-        let green = c.find(Locator::Css("#L40 span.c2")).await.unwrap();
-        assert_eq!(green.text().await.unwrap(), "line");
-        let ended = wait_for(&c, "#following", Duration::from_secs(5)).await;
+        wait_for(&c, "#L40", Duration::from_secs(20)).await;
+        assert!(text(&c, "#L40").await.contains("line 40"));
+        assert_eq!(text(&c, "#L40 span.c2").await, "line");
         let start = Instant::now();
-        while !ended.text().await.unwrap().contains("ended") {
+        while !text(&c, "#following").await.contains("ended") {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "the follower notices the end"
@@ -250,11 +298,7 @@ fn actions_need_sign_in_and_cancel_works() {
         c.goto(&format!("{}/builds/{id}", server.url))
             .await
             .unwrap();
-        wait_for(&c, "#cancel", Duration::from_secs(5))
-            .await
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#cancel").await;
         // Not signed in: the sign-in page, and the build still runs.
         wait_for(&c, "#sign-in", Duration::from_secs(5)).await;
         assert_eq!(off(|| server.build(id))["state"], "running");
@@ -270,8 +314,8 @@ fn actions_need_sign_in_and_cancel_works() {
             .click()
             .await
             .unwrap();
-        let err = wait_for(&c, "p.error", Duration::from_secs(5)).await;
-        assert!(err.text().await.unwrap().contains("not the admin token"));
+        wait_for(&c, "p.error", Duration::from_secs(5)).await;
+        assert!(text(&c, "p.error").await.contains("not the admin token"));
         screenshot(&c, "sign-in").await;
         c.find(Locator::Css("#token"))
             .await
@@ -286,11 +330,7 @@ fn actions_need_sign_in_and_cancel_works() {
             .await
             .unwrap();
         // Back on the build page, signed in: cancel works.
-        wait_for(&c, "#cancel", Duration::from_secs(5))
-            .await
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#cancel").await;
         let b = off(|| server.wait_build(id, Duration::from_secs(20)));
         assert_eq!(b["state"], "cancelled", "{b:#}");
         wait_for(&c, "h1 .st-cancelled", Duration::from_secs(10)).await;
@@ -298,11 +338,7 @@ fn actions_need_sign_in_and_cancel_works() {
         c.goto(&format!("{}/workers/add", server.url))
             .await
             .unwrap();
-        wait_for(&c, "#make-token", Duration::from_secs(5))
-            .await
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#make-token").await;
         let line = wait_for(&c, "#oneliner", Duration::from_secs(5)).await;
         let text = line.text().await.unwrap();
         assert!(

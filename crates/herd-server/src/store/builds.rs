@@ -536,7 +536,76 @@ impl Store {
         }))
     }
 
-    /// The jobs of several builds (the grid), in id order.
+    /// What the grid needs of the jobs of builds `lo..=hi`, without their
+    /// specs: (id, build, builder, name, state), in id order.
+    pub async fn grid_jobs(
+        &self,
+        lo: i64,
+        hi: i64,
+    ) -> Result<Vec<(i64, i64, String, String, String)>> {
+        // One row per build (the `grid_cells` view): decoding 20,000 rows
+        // one by one costs more than the whole page may.
+        let rows = sqlx::query(
+            "SELECT build_id, cells FROM grid_cells WHERE build_id >= $1 AND build_id <= $2",
+        )
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&self.read)
+        .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let build: i64 = r.try_get("build_id")?;
+            let cells: Option<String> = r.try_get("cells")?;
+            for cell in cells
+                .as_deref()
+                .unwrap_or("")
+                .split(';')
+                .filter(|c| !c.is_empty())
+            {
+                let mut parts = cell.splitn(4, ':');
+                let (Some(id), Some(builder), Some(name), Some(state)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(StoreError::Corrupt(format!("grid cell `{cell}`")));
+                };
+                let id: i64 = id
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("grid cell `{cell}`")))?;
+                out.push((
+                    id,
+                    build,
+                    builder.to_string(),
+                    name.to_string(),
+                    state.to_string(),
+                ));
+            }
+        }
+        out.sort_unstable_by_key(|j| j.0);
+        Ok(out)
+    }
+
+    /// The spec of the newest job of each builder among builds `lo..=hi`.
+    pub async fn latest_specs(&self, lo: i64, hi: i64) -> Result<Vec<(String, JobSpec)>> {
+        let rows = sqlx::query(
+            "SELECT builder, spec FROM jobs WHERE id IN \
+             (SELECT MAX(id) FROM jobs WHERE build_id >= $1 AND build_id <= $2 GROUP BY builder)",
+        )
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let spec: String = r.try_get("spec")?;
+                Ok((
+                    r.try_get("builder")?,
+                    serde_json::from_str(&spec).unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The jobs of several builds, in id order.
     pub async fn jobs_of_builds(&self, ids: &[i64]) -> Result<Vec<JobRow>> {
         let (Some(lo), Some(hi)) = (ids.iter().min(), ids.iter().max()) else {
             return Ok(Vec::new());

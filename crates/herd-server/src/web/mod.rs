@@ -18,7 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,9 +68,12 @@ fn asset(body: &'static str, kind: &'static str) -> Response {
 }
 
 /// `GET /events`: one event per change of the server's state (at most four
-/// a second); pages refetch what they show.
+/// a second); pages refetch what they show. The first event comes at once:
+/// a change between the page's render and this subscription is not missed.
 async fn events(State(app): State<Arc<App>>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let rx = app.hub.subscribe();
+    let mut rx = app.hub.subscribe();
+    let first = *rx.borrow_and_update();
+    let head = stream::once(async move { Ok(Event::default().data(first.to_string())) });
     let s = stream::unfold(rx, |mut rx| async move {
         rx.changed().await.ok()?;
         let v = *rx.borrow_and_update();
@@ -79,5 +82,5 @@ async fn events(State(app): State<Arc<App>>) -> Sse<impl Stream<Item = Result<Ev
         rx.borrow_and_update();
         Some((Ok(Event::default().data(v.to_string())), rx))
     });
-    Sse::new(s).keep_alive(KeepAlive::default())
+    Sse::new(head.chain(s)).keep_alive(KeepAlive::default())
 }

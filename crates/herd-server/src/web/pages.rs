@@ -92,13 +92,6 @@ fn short(rev: &Option<String>) -> String {
 
 // ---- grid -----------------------------------------------------------------
 
-pub struct GridJob {
-    pub id: i64,
-    pub state: String,
-    pub label: String,
-    pub title: String,
-}
-
 pub struct GridRow {
     pub id: i64,
     pub state: String,
@@ -107,7 +100,10 @@ pub struct GridRow {
     pub author: String,
     pub when: String,
     pub project: String,
-    pub cells: Vec<Vec<GridJob>>,
+    /// The row's most common cell state (its cells need no class of their own).
+    pub common: &'static str,
+    /// The row's cells, prerendered: a grid of 200 x 100 must stay small.
+    pub cells: String,
 }
 
 pub struct GridColumn {
@@ -151,6 +147,33 @@ pub async fn grid(
     }
 }
 
+/// One-letter cell classes (the stylesheet colours them): a cell costs a
+/// few bytes, so that 20,000 of them make a page that loads at once.
+fn cell_class(state: &str) -> &'static str {
+    match state {
+        "success" => "s",
+        "failure" => "f",
+        "error" => "e",
+        "running" => "r",
+        "queued" => "q",
+        "cancelled" => "c",
+        "skipped" => "k",
+        _ => "n",
+    }
+}
+
+/// A glyph as well as a colour: the state reads without colour vision.
+fn glyph(state: &str) -> &'static str {
+    match state {
+        "success" => "✓",
+        "failure" => "✗",
+        "error" => "!",
+        "running" => "▶",
+        "queued" => "·",
+        _ => "–",
+    }
+}
+
 /// Builds the grid (also used by the benchmark).
 pub async fn grid_page(
     app: &App,
@@ -164,80 +187,60 @@ pub async fn grid_page(
         builds.retain(|b| b.ref_name.as_deref() == Some(q.branch.as_str()));
     }
     builds.truncate(GRID_ROWS as usize);
-    let ids: Vec<i64> = builds.iter().map(|b| b.id).collect();
-    let jobs = store.jobs_of_builds(&ids).await?;
-    // Columns: builders in order of first appearance (newest build first).
+    let lo = builds.iter().map(|b| b.id).min().unwrap_or(0);
+    let hi = builds.iter().map(|b| b.id).max().unwrap_or(-1);
+    let jobs = store.grid_jobs(lo, hi).await?;
+    let specs: HashMap<String, JobSpec> = store.latest_specs(lo, hi).await?.into_iter().collect();
+    // Columns: builders in order of first appearance.
     let mut columns: Vec<String> = Vec::new();
-    let mut spec_of: HashMap<String, JobSpec> = HashMap::new();
-    for j in &jobs {
-        if !q.builder.is_empty() && j.builder != q.builder {
+    let mut col_index: HashMap<String, usize> = HashMap::new();
+    for (_, _, builder, _, _) in &jobs {
+        if (!q.builder.is_empty() && *builder != q.builder) || col_index.contains_key(builder) {
             continue;
         }
-        if !columns.contains(&j.builder) {
-            columns.push(j.builder.clone());
-        }
-        spec_of
-            .entry(j.builder.clone())
-            .or_insert_with(|| serde_json::from_str(&j.spec).unwrap_or_default());
+        col_index.insert(builder.clone(), columns.len());
+        columns.push(builder.clone());
     }
-    let col_index: HashMap<&str, usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i))
-        .collect();
-    let mut by_build: HashMap<i64, Vec<Vec<GridJob>>> = HashMap::new();
-    for j in &jobs {
-        let Some(&ci) = col_index.get(j.builder.as_str()) else {
+    // Per build, per column: the jobs (id, name, state).
+    let mut by_build: HashMap<i64, Vec<Vec<CellJob>>> = HashMap::new();
+    for (id, build, builder, name, state) in &jobs {
+        let Some(&ci) = col_index.get(builder) else {
             continue;
         };
-        let cells = by_build
-            .entry(j.build_id)
-            .or_insert_with(|| (0..columns.len()).map(|_| Vec::new()).collect());
-        // A glyph as well as a colour: the state reads without colour vision.
-        let glyph = match j.state.as_str() {
-            "success" => "✓",
-            "failure" => "✗",
-            "error" => "!",
-            "running" => "▶",
-            "queued" => "·",
-            _ => "–",
-        };
-        let label = if j.name == herd_core::pipeline::MAIN_JOB {
-            glyph.to_string()
-        } else {
-            format!("{glyph} {}", j.name)
-        };
-        cells[ci].push(GridJob {
-            id: j.id,
-            state: j.state.clone(),
-            title: format!("{}/{}: {}", j.builder, j.name, j.state),
-            label,
-        });
+        by_build
+            .entry(*build)
+            .or_insert_with(|| vec![Vec::new(); columns.len()])[ci]
+            .push((*id, name.as_str(), state.as_str()));
     }
-    let shown: Vec<&crate::store::BuildRow> = builds
-        .iter()
-        .filter(|b| q.builder.is_empty() || by_build.contains_key(&b.id))
-        .collect();
-    let rows = shown
-        .into_iter()
-        .map(|b| GridRow {
-            id: b.id,
-            state: b.state.clone(),
-            revision: short(&b.revision),
-            message: b.message.clone().or(b.error.clone()).unwrap_or_default(),
-            author: b.author.clone().unwrap_or_default(),
-            when: ago(b.created_at),
-            project: b.project.clone(),
-            cells: by_build
-                .remove(&b.id)
-                .unwrap_or_else(|| (0..columns.len()).map(|_| Vec::new()).collect()),
-        })
-        .collect();
+    let mut rows = Vec::with_capacity(builds.len());
+    for b in &builds {
+        let Some(cells) = by_build.get(&b.id) else {
+            if q.builder.is_empty() {
+                rows.push(grid_row(b, &[], "n"));
+            }
+            continue;
+        };
+        // The most common single-job state of the row.
+        let mut counts: HashMap<&'static str, usize> = HashMap::new();
+        for c in cells {
+            if let [(_, _, st)] = c.as_slice() {
+                *counts.entry(cell_class(st)).or_default() += 1;
+            } else if c.is_empty() {
+                *counts.entry("n").or_default() += 1;
+            }
+        }
+        let common = counts
+            .into_iter()
+            .max_by_key(|(k, n)| (*n, *k))
+            .map(|(k, _)| k)
+            .unwrap_or("n");
+        rows.push(grid_row(b, cells, common));
+    }
     let columns = columns
         .into_iter()
         .map(|name| {
             let why = app.hub.why_not(
-                &spec_of
+                &specs
                     .get(&name)
                     .map(|s| s.requires.clone())
                     .unwrap_or_default(),
@@ -280,6 +283,52 @@ pub async fn grid_page(
     })
 }
 
+/// A job in a grid cell: id, name, state.
+type CellJob<'a> = (i64, &'a str, &'a str);
+
+fn grid_row(b: &crate::store::BuildRow, cells: &[Vec<CellJob>], common: &'static str) -> GridRow {
+    let mut html = String::with_capacity(cells.len() * 6);
+    for c in cells {
+        match c.as_slice() {
+            [] if common == "n" => html.push_str("<td>"),
+            [] => html.push_str("<td class=n>"),
+            [(_, name, st)] if *name == herd_core::pipeline::MAIN_JOB => {
+                let class = cell_class(st);
+                if class == common {
+                    html.push_str("<td>");
+                } else {
+                    let _ = write!(html, "<td class={class}>");
+                }
+                html.push_str(glyph(st));
+            }
+            jobs => {
+                html.push_str("<td class=m>");
+                for (id, name, st) in jobs {
+                    let _ = write!(
+                        html,
+                        "<a class={} href=/builds/{}#job-{id}>{} {}</a>",
+                        cell_class(st),
+                        b.id,
+                        glyph(st),
+                        esc(name)
+                    );
+                }
+            }
+        }
+    }
+    GridRow {
+        id: b.id,
+        state: b.state.clone(),
+        revision: short(&b.revision),
+        message: b.message.clone().or(b.error.clone()).unwrap_or_default(),
+        author: b.author.clone().unwrap_or_default(),
+        when: ago(b.created_at),
+        project: b.project.clone(),
+        common,
+        cells: html,
+    }
+}
+
 // ---- build ----------------------------------------------------------------
 
 pub struct StepView {
@@ -301,6 +350,8 @@ pub struct AttemptView {
 
 pub struct JobView {
     pub id: i64,
+    /// The first job of its builder on this page (it carries the builder's anchor).
+    pub first_of_builder: bool,
     pub builder: String,
     pub name: String,
     pub state: String,
@@ -412,6 +463,7 @@ pub async fn build_page(
             })
             .collect();
         jobs.push(JobView {
+            first_of_builder: !jobs.iter().any(|x: &JobView| x.builder == j.builder),
             id: j.id,
             builder: j.builder.clone(),
             name: j.name.clone(),

@@ -106,8 +106,21 @@ async function followLog(pre) {
   }
 }
 
+// A grid cell opens its build at its builder's jobs.
+function gridClicks() {
+  document.addEventListener("click", (ev) => {
+    const td = ev.target.closest && ev.target.closest("table.grid td");
+    if (!td || ev.target.closest("a")) return;
+    const tr = td.parentElement, table = td.closest("table");
+    const th = table.querySelectorAll("thead th")[td.cellIndex];
+    const name = th && th.querySelector(".bname");
+    if (tr.dataset.b && name) location.href = "/builds/" + tr.dataset.b + "#b-" + encodeURIComponent(name.textContent);
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   livePage();
+  gridClicks();
   const log = document.getElementById("log");
   if (log && log.dataset.follow === "true") followLog(log);
 });
