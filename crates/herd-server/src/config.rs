@@ -31,6 +31,10 @@ pub struct ServerConfig {
     pub heartbeat_interval: Option<Duration>,
     pub heartbeat_timeout: Option<Duration>,
     pub projects: Vec<ProjectConfig>,
+    /// Web sign-in: user name -> argon2 password hash (`herd hash-password`).
+    pub users: std::collections::BTreeMap<String, String>,
+    /// The web page and the reading API need a sign-in too.
+    pub private: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +55,10 @@ struct RawConfig {
     /// `projects:` with nothing under it is allowed (null).
     #[serde(default)]
     projects: Option<IndexMap<Spanned<String>, RawProject>>,
+    #[serde(default)]
+    users: IndexMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    private: bool,
 }
 
 #[derive(Deserialize)]
@@ -107,7 +115,22 @@ impl ServerConfig {
                 pipeline: p.pipeline.map(|s| s.value),
             });
         }
+        let mut users = std::collections::BTreeMap::new();
+        for (name, hash) in raw.users {
+            if argon2::PasswordHash::new(&hash.value).is_err() {
+                return Err(ConfigError::at_location(
+                    file,
+                    text,
+                    &hash.referenced,
+                    format!("the password of user `{}` is not an argon2 hash", name.value),
+                )
+                .with_help("make one with `herd hash-password` (it reads the password from standard input)"));
+            }
+            users.insert(name.value, hash.value);
+        }
         Ok(ServerConfig {
+            users,
+            private: raw.private,
             listen: raw.listen,
             data: raw.data,
             heartbeat_interval: duration(&raw.heartbeat_interval)?,

@@ -29,6 +29,10 @@ pub struct App {
     pub dist_dir: Option<PathBuf>,
     /// Signed-in web sessions.
     pub sessions: web::Sessions,
+    /// Web sign-in users: name -> argon2 hash.
+    pub users: std::collections::BTreeMap<String, String>,
+    /// Reading needs a sign-in (or a token) too.
+    pub private: bool,
 }
 
 pub struct ServerOptions {
@@ -36,6 +40,8 @@ pub struct ServerOptions {
     pub data_dir: PathBuf,
     /// `--dist DIR`: executables served to installers of other platforms.
     pub dist_dir: Option<PathBuf>,
+    pub users: std::collections::BTreeMap<String, String>,
+    pub private: bool,
     pub projects: Vec<ProjectConfig>,
     pub settings: Settings,
 }
@@ -103,6 +109,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         data_dir: opts.data_dir.clone(),
         dist_dir: opts.dist_dir.clone(),
         sessions: web::Sessions::default(),
+        users: opts.users.clone(),
+        private: opts.private,
     });
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await

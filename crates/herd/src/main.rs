@@ -36,9 +36,12 @@ enum Command {
     Build(cmd::build::BuildCommand),
     /// List the workers, show one with its capabilities, ask for new probes.
     Workers(cmd::workers::WorkersArgs),
-    /// Create tokens.
+    /// Create, list and revoke tokens.
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
+    /// Hash a password (read from standard input) for `users:` in the
+    /// server config: web sign-in without the admin token.
+    HashPassword,
     /// Internal: stops a dead worker's steps (started by the worker).
     #[command(name = "__reaper", hide = true)]
     Reaper,
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
             Command::Build(c) => cmd::build::run(c).await,
             Command::Workers(a) => cmd::workers::run(a).await,
             Command::Token(c) => cmd::token::run(c).await,
+            Command::HashPassword => cmd::token::hash_password(),
             Command::Reaper => Ok(ExitCode::SUCCESS),
         }
     });

@@ -213,6 +213,11 @@ fn the_grid_shows_a_new_build_without_reload_and_a_script_in_a_commit_message_is
         );
         assert!(text(&c, "th.builder").await.contains("1 capable"));
         screenshot(&c, "grid").await;
+        // The column's workers: who can run the builder, and why others cannot.
+        c.goto(&format!("{}/builders/app/linux", server.url)).await.unwrap();
+        wait_for(&c, "h1", Duration::from_secs(5)).await;
+        let page = c.source().await.unwrap();
+        assert!(page.contains("grid-worker") && page.contains("Workers that can run it"), "{page}");
         c.goto(&format!("{}/builds/{id}", server.url))
             .await
             .unwrap();

@@ -65,6 +65,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route(herd_proto::WORKER_ENDPOINT, get(crate::ws::worker_endpoint))
         .merge(crate::web::router())
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::web::private_guard,
+        ))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .with_state(app)
 }

@@ -23,7 +23,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use session::Sessions;
+pub use session::{private_guard, Sessions};
 
 const APP_CSS: &str = include_str!("static/app.css");
 const APP_JS: &str = include_str!("static/app.js");
@@ -32,6 +32,7 @@ pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/", get(pages::grid))
         .route("/builds/{id}", get(pages::build))
+        .route("/builders/{project}/{builder}", get(pages::builder))
         .route("/builds/{id}/cancel", post(pages::cancel))
         .route("/builds/{id}/rebuild", post(pages::rebuild))
         .route("/attempts/{id}/steps/{idx}", get(pages::log))

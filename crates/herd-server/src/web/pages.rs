@@ -108,6 +108,8 @@ pub struct GridRow {
 
 pub struct GridColumn {
     pub name: String,
+    /// The project the column's builder belongs to (empty when several).
+    pub project: String,
     pub capable: usize,
     pub online: usize,
     pub busy: usize,
@@ -201,6 +203,21 @@ pub async fn grid_page(
         col_index.insert(builder.clone(), columns.len());
         columns.push(builder.clone());
     }
+    // The project of each column, when one project has it.
+    let project_of: HashMap<i64, &str> =
+        builds.iter().map(|b| (b.id, b.project.as_str())).collect();
+    let mut col_project: HashMap<String, Option<String>> = HashMap::new();
+    for (_, build, builder, _, _) in &jobs {
+        let p = project_of.get(build).map(|p| p.to_string());
+        col_project
+            .entry(builder.clone())
+            .and_modify(|e| {
+                if *e != p {
+                    *e = None;
+                }
+            })
+            .or_insert(p);
+    }
     // Per build, per column: the jobs (id, name, state).
     let mut by_build: HashMap<i64, Vec<Vec<CellJob>>> = HashMap::new();
     for (id, build, builder, name, state) in &jobs {
@@ -258,6 +275,11 @@ pub async fn grid_page(
                     .join(", ")
             };
             GridColumn {
+                project: col_project
+                    .get(&name)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_default(),
                 name,
                 capable: capable.len(),
                 online: capable.len(),
@@ -327,6 +349,88 @@ fn grid_row(b: &crate::store::BuildRow, cells: &[Vec<CellJob>], common: &'static
         common,
         cells: html,
     }
+}
+
+// ---- builder ----------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "builder.html")]
+pub struct BuilderPage {
+    pub page: Page,
+    pub project: String,
+    pub name: String,
+    pub requires: String,
+    pub capable: Vec<(String, String)>,
+    pub incapable: Vec<(String, String)>,
+    pub waiting: Vec<(i64, String, String)>,
+    pub recent: Vec<(i64, String, String, String)>,
+}
+
+/// `/builders/{project}/{builder}`: who can run it, who cannot and why,
+/// what waits, what ran.
+pub async fn builder(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path((project, name)): Path<(String, String)>,
+) -> Response {
+    let store = &app.hub.store;
+    let builds = match store.builds(Some(&project), None, None, 50).await {
+        Ok(b) => b,
+        Err(e) => return server_error(e),
+    };
+    let ids: Vec<i64> = builds.iter().map(|b| b.id).collect();
+    let jobs = match store.jobs_of_builds(&ids).await {
+        Ok(j) => j,
+        Err(e) => return server_error(e),
+    };
+    let mine: Vec<&crate::store::JobRow> = jobs.iter().filter(|j| j.builder == name).collect();
+    let Some(latest) = mine.iter().max_by_key(|j| j.id) else {
+        return not_found(format!(
+            "no recent build of project `{project}` has a builder `{name}`"
+        ));
+    };
+    let spec: JobSpec = serde_json::from_str(&latest.spec).unwrap_or_default();
+    let why = app.hub.why_not(&spec.requires);
+    let (mut capable, mut incapable) = (Vec::new(), Vec::new());
+    for w in &why.workers {
+        match &w.unmet {
+            None => capable.push((w.worker.clone(), w.state.to_string())),
+            Some(u) => incapable.push((w.worker.clone(), u.clone())),
+        }
+    }
+    let waiting = mine
+        .iter()
+        .filter(|j| j.state == "queued")
+        .map(|j| (j.build_id, j.name.clone(), why.summary.clone()))
+        .collect();
+    let when: HashMap<i64, i64> = builds.iter().map(|b| (b.id, b.created_at)).collect();
+    let mut recent: Vec<(i64, String, String, String)> = mine
+        .iter()
+        .map(|j| {
+            (
+                j.build_id,
+                j.name.clone(),
+                j.state.clone(),
+                when.get(&j.build_id).map(|t| ago(*t)).unwrap_or_default(),
+            )
+        })
+        .collect();
+    recent.sort_by_key(|r| std::cmp::Reverse(r.0));
+    render(&BuilderPage {
+        page: Page::new(&app, &headers, true),
+        requires: spec
+            .requires
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        project,
+        name,
+        capable,
+        incapable,
+        waiting,
+        recent,
+    })
 }
 
 // ---- build ----------------------------------------------------------------

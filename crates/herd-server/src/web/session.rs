@@ -121,11 +121,55 @@ struct Login {
     page: Page,
     error: Option<String>,
     next: String,
+    users: bool,
 }
 
 #[derive(Deserialize)]
 pub struct NextQuery {
     next: Option<String>,
+}
+
+/// In a private server (`private: true` in the config), everything but
+/// signing in, the worker's and installer's endpoints and health needs a
+/// session or a token.
+pub async fn private_guard(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !app.private {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
+    let open = path == "/login"
+        || path.starts_with("/static/")
+        || path == "/install.sh"
+        || path.starts_with("/download/")
+        || path == herd_proto::WORKER_ENDPOINT
+        || path == "/api/v1/enroll"
+        || path == "/api/v1/health";
+    if open || app.sessions.viewer(req.headers()).signed_in {
+        return next.run(req).await;
+    }
+    let bearer = auth::bearer(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok()),
+    )
+    .map(str::to_string);
+    if let Some(t) = bearer {
+        if matches!(auth::verify(&app.hub.store, &t).await, Ok(Some(_))) {
+            return next.run(req).await;
+        }
+    }
+    if path.starts_with("/api/") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({"error": "this server is private: pass a token as `Authorization: Bearer TOKEN`"})),
+        )
+            .into_response();
+    }
+    Redirect::to(&format!("/login?next={path}")).into_response()
 }
 
 /// Only local paths: a sign-in never sends the browser elsewhere.
@@ -146,14 +190,37 @@ pub async fn login_form(
         page,
         error: None,
         next: safe_next(q.next.as_deref()),
+        users: !app.users.is_empty(),
     })
 }
 
 #[derive(Deserialize)]
 pub struct LoginForm {
+    #[serde(default)]
     token: String,
     #[serde(default)]
+    user: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
     next: Option<String>,
+}
+
+/// A user's password against the config's argon2 hash (slow on purpose:
+/// off the async threads).
+async fn password_ok(app: &App, user: &str, password: &str) -> bool {
+    let Some(hash) = app.users.get(user).cloned() else {
+        return false;
+    };
+    let password = password.to_string();
+    tokio::task::spawn_blocking(move || {
+        use argon2::PasswordVerifier;
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), hash.as_str())
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
 }
 
 pub async fn login(
@@ -168,6 +235,7 @@ pub async fn login(
             page,
             error: Some(msg.to_string()),
             next: next.clone(),
+            users: !app.users.is_empty(),
         });
         *r.status_mut() = status;
         r
@@ -178,8 +246,15 @@ pub async fn login(
             StatusCode::TOO_MANY_REQUESTS,
         );
     }
-    match auth::verify(&app.hub.store, f.token.trim()).await {
-        Ok(Some(Principal::Admin { .. })) => {
+    let admin = if !f.user.is_empty() {
+        Ok(password_ok(&app, &f.user, &f.password).await)
+    } else {
+        auth::verify(&app.hub.store, f.token.trim())
+            .await
+            .map(|p| matches!(p, Some(Principal::Admin { .. })))
+    };
+    match admin {
+        Ok(true) => {
             let id = app.sessions.create();
             (
                 [(
@@ -193,10 +268,14 @@ pub async fn login(
             )
                 .into_response()
         }
-        Ok(_) => {
+        Ok(false) => {
             app.sessions.failed();
             refuse(
-                "that is not the admin token (it is in DATA/admin-token on the server)",
+                if f.user.is_empty() {
+                    "that is not the admin token (it is in DATA/admin-token on the server)"
+                } else {
+                    "wrong user name or password"
+                },
                 StatusCode::UNAUTHORIZED,
             )
         }

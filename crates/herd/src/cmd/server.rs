@@ -74,6 +74,8 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
     }
     Ok(ServerOptions {
         dist_dir: args.dist.clone(),
+        users: config.users.clone(),
+        private: config.private,
         listen: args
             .listen
             .clone()

@@ -138,3 +138,25 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
         }
     }
 }
+
+/// `herd hash-password`: the argon2 hash of the password on standard input.
+pub fn hash_password() -> Result<ExitCode> {
+    use argon2::PasswordHasher;
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .map_err(|e| miette!("cannot read the password from standard input: {e}"))?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    if password.len() < 8 {
+        return Err(miette!(
+            "the password is shorter than 8 characters: choose a longer one"
+        ));
+    }
+    let mut salt = [0u8; 16];
+    rand::fill(&mut salt[..]);
+    let hash = argon2::Argon2::default()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map_err(|e| miette!("cannot hash: {e}"))?;
+    println!("{hash}");
+    Ok(ExitCode::SUCCESS)
+}

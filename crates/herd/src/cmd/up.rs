@@ -71,6 +71,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         listen: args.listen.clone(),
         data_dir: data.clone(),
         dist_dir: None,
+        users: Default::default(),
+        private: false,
         projects,
         settings: Settings::default(),
     })
