@@ -228,6 +228,8 @@ fn the_grid_shows_a_new_build_without_reload_and_a_script_in_a_commit_message_is
             .await
             .unwrap();
         wait_for(&c, "table.probes", Duration::from_secs(5)).await;
+        let page = c.source().await.unwrap();
+        assert!(page.contains("Recent jobs") && page.contains("linux/main"), "{page}");
         screenshot(&c, "worker").await;
         c.close().await.unwrap();
     });

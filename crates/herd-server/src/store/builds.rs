@@ -623,6 +623,36 @@ impl Store {
             .collect()
     }
 
+    /// A worker's latest attempts: (build, builder/job, attempt number,
+    /// state, when it started), newest first.
+    pub async fn recent_attempts(
+        &self,
+        worker: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, i64, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT j.build_id, j.builder, j.name, a.number, a.state, a.created_at FROM attempts a \
+             JOIN jobs j ON j.id = a.job_id WHERE a.worker = $1 ORDER BY a.id DESC LIMIT $2",
+        )
+        .bind(worker)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let builder: String = r.try_get("builder")?;
+                let name: String = r.try_get("name")?;
+                Ok((
+                    r.try_get("build_id")?,
+                    format!("{builder}/{name}"),
+                    r.try_get("number")?,
+                    r.try_get("state")?,
+                    r.try_get("created_at")?,
+                ))
+            })
+            .collect()
+    }
+
     /// The build a job belongs to.
     pub async fn job_build(&self, job_id: i64) -> Result<i64> {
         Ok(sqlx::query("SELECT build_id FROM jobs WHERE id = $1")

@@ -1019,6 +1019,8 @@ pub struct WorkerPage {
     pub version: String,
     pub paused: bool,
     pub running: Vec<(i64, String)>,
+    /// (build, builder/job, attempt, state, when)
+    pub recent: Vec<(i64, String, i64, String, String)>,
     pub labels: Vec<(String, String)>,
     pub facts: Vec<(String, String)>,
     pub probes: Vec<ProbeView>,
@@ -1042,8 +1044,16 @@ pub async fn worker(
             running.push((b, format!("attempt {} (job {})", a.number, a.job_id)));
         }
     }
+    let recent = store
+        .recent_attempts(&name, 20)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(b, job, n, st, at)| (b, job, n, st, ago(at)))
+        .collect();
     render(&WorkerPage {
         page: Page::new(&app, &headers, true),
+        recent,
         state: worker_state(&app, &w),
         since: ago(w.last_change),
         slots: w.slots,
