@@ -649,6 +649,8 @@ fn esc(s: &str) -> String {
 fn timeline_svg(d: &crate::store::BuildDetail, splits: &[SplitRow]) -> String {
     struct Bar {
         lane: String,
+        /// The attempt the bar is (or, for a batch, runs in).
+        attempt: i64,
         start: i64,
         end: i64,
         class: String,
@@ -668,6 +670,7 @@ fn timeline_svg(d: &crate::store::BuildDetail, splits: &[SplitRow]) -> String {
             .unwrap_or(a.created_at);
         bars.push(Bar {
             lane: a.worker.clone(),
+            attempt: a.id,
             start,
             end: a.finished_at.unwrap_or(now),
             class: format!("st-{}", a.state),
@@ -681,6 +684,7 @@ fn timeline_svg(d: &crate::store::BuildDetail, splits: &[SplitRow]) -> String {
         for b in &s.data.batches {
             bars.push(Bar {
                 lane: b.worker.clone(),
+                attempt: b.attempt,
                 start: b.started_ms,
                 end: b.finished_ms.unwrap_or(now),
                 class: format!(
@@ -715,16 +719,43 @@ fn timeline_svg(d: &crate::store::BuildDetail, splits: &[SplitRow]) -> String {
         .max()
         .unwrap_or(t0 + 1)
         .max(t0 + 1);
-    let mut lanes: Vec<String> = bars.iter().map(|b| b.lane.clone()).collect();
-    lanes.sort();
-    lanes.dedup();
+    // A worker with several slots runs attempts side by side: each attempt
+    // gets the first row of its worker's lane that is free at its start;
+    // batches go in their attempt's row.
+    let mut workers: Vec<String> = bars.iter().map(|b| b.lane.clone()).collect();
+    workers.sort();
+    workers.dedup();
+    let mut row_of: HashMap<i64, usize> = HashMap::new();
+    let mut lanes: Vec<String> = Vec::new();
+    for w in &workers {
+        let mut attempts: Vec<&Bar> = bars
+            .iter()
+            .filter(|b| &b.lane == w && !b.class.starts_with("batch"))
+            .collect();
+        attempts.sort_by_key(|b| b.start);
+        let mut ends: Vec<i64> = Vec::new();
+        for b in attempts {
+            let slot = match ends.iter().position(|e| *e <= b.start) {
+                Some(i) => i,
+                None => {
+                    ends.push(0);
+                    ends.len() - 1
+                }
+            };
+            ends[slot] = b.end;
+            row_of.insert(b.attempt, lanes.len() + slot);
+        }
+        for i in 0..ends.len().max(1) {
+            lanes.push(if i == 0 { w.clone() } else { String::new() });
+        }
+    }
     let (label_w, width, lane_h) = (140.0, 860.0, 22.0);
     let height = lane_h * lanes.len() as f64 + 24.0;
     let x = |t: i64| label_w + (t - t0) as f64 / (t1 - t0) as f64 * (width - label_w - 10.0);
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"timeline: which worker ran what, when\">"
     );
-    for (i, lane) in lanes.iter().enumerate() {
+    for (i, lane) in lanes.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
         let y = i as f64 * lane_h;
         let _ = write!(
             svg,
@@ -735,7 +766,7 @@ fn timeline_svg(d: &crate::store::BuildDetail, splits: &[SplitRow]) -> String {
     }
     // Attempts first (under), batches on top.
     for b in &bars {
-        let Some(i) = lanes.iter().position(|l| *l == b.lane) else {
+        let Some(&i) = row_of.get(&b.attempt) else {
             continue;
         };
         let batch = b.class.starts_with("batch");

@@ -127,6 +127,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     .map_err(|e| miette!("could not start the first build: {}", e.message))?;
 
     println!("herd is running at {url}");
+    println!("  web page:    {url}");
     println!("  data:        {}", data.display());
     println!(
         "  admin token: {}",
