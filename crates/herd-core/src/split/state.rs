@@ -239,16 +239,10 @@ impl SplitState {
                 });
                 next
             }
-            None if self.is_complete() => {
-                let failed = self
-                    .tests
-                    .values()
-                    .any(|t| t.job == Some(job) && t.outcome.is_some_and(|o| self.fails_build(o)));
-                Next::Done {
-                    failed,
-                    summary: self.summary_line(),
-                }
-            }
+            None if self.is_complete() => Next::Done {
+                failed: self.owes_failure(job),
+                summary: self.summary_line(),
+            },
             None => Next::Wait,
         }
     }
@@ -259,6 +253,14 @@ impl SplitState {
             Outcome::Flaky => self.flaky_fails,
             Outcome::Passed | Outcome::Skipped => false,
         }
+    }
+
+    /// Whether a test whose final outcome fails the build belongs to this
+    /// shard job (its shard must run to report it).
+    pub fn owes_failure(&self, job: i64) -> bool {
+        self.tests
+            .values()
+            .any(|t| t.job == Some(job) && t.outcome.is_some_and(|o| self.fails_build(o)))
     }
 
     /// Whether the split as a whole fails its build.

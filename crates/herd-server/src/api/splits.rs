@@ -17,22 +17,23 @@ use std::time::Duration;
 
 /// One line per split of a build, for the build's own answer.
 pub fn split_summaries(splits: &[SplitRow]) -> Vec<Value> {
-    splits
-        .iter()
-        .map(|s| {
-            json!({
-                "id": s.id,
-                "builder": s.builder,
-                "job": s.job,
-                "step": s.step_name,
-                "state": s.state,
-                "failed": s.failed,
-                "summary": s.summary,
-                "counts": s.data.summary(),
-                "junit": format!("/api/v1/splits/{}/junit.xml", s.id),
-            })
-        })
-        .collect()
+    splits.iter().map(summary_json).collect()
+}
+
+fn summary_json(s: &SplitRow) -> Value {
+    json!({
+        "id": s.id,
+        "builder": s.builder,
+        "job": s.job,
+        "step": s.step_name,
+        "state": s.state,
+        "failed": s.failed,
+        "summary": s.summary,
+        "counts": s.data.summary(),
+        "created_ms": s.created_at,
+        "finished_ms": s.finished_at,
+        "junit": format!("/api/v1/splits/{}/junit.xml", s.id),
+    })
 }
 
 /// `GET /api/v1/builds/{id}/tests`: every split step of the build with its
@@ -101,21 +102,10 @@ fn split_json(s: &SplitRow) -> Value {
         .into_iter()
         .map(|(w, batches)| json!({ "worker": w, "batches": batches }))
         .collect();
-    json!({
-        "id": s.id,
-        "builder": s.builder,
-        "job": s.job,
-        "step": s.step_name,
-        "state": s.state,
-        "failed": s.failed,
-        "summary": s.summary,
-        "counts": s.data.summary(),
-        "created_ms": s.created_at,
-        "finished_ms": s.finished_at,
-        "junit": format!("/api/v1/splits/{}/junit.xml", s.id),
-        "workers": workers,
-        "tests": tests,
-    })
+    let mut out = summary_json(s);
+    out["workers"] = Value::Array(workers);
+    out["tests"] = Value::Array(tests);
+    out
 }
 
 /// `GET /api/v1/splits/{id}/junit.xml`: all batches merged into one report.

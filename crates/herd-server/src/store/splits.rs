@@ -268,7 +268,7 @@ async fn persist(
                 .map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?;
             let ours = spec.shard.is_some_and(|s| s.job == job);
             // A shard that a failure belongs to must run to report it.
-            let owes = state.tests.values().any(|t| t.job == Some(id));
+            let owes = state.owes_failure(id);
             if ours && !owes {
                 finish_job(
                     tx,

@@ -2,6 +2,7 @@
 //! has, the files each one takes (pure functions, pinned by snapshot
 //! tests), and installing, starting and removing them.
 
+use super::system::run;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -261,22 +262,6 @@ pub fn service_text(m: Manager, s: &ServiceSpec) -> Option<String> {
         Manager::OpenRc => Some(openrc_script(s)),
         Manager::RcD => Some(rcd_script(s)),
         Manager::Crontab | Manager::None => None,
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{cmd} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
     }
 }
 

@@ -49,7 +49,8 @@ pub fn current_user() -> Result<Account, String> {
     }
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+/// Runs a system command; Err names it with what it printed.
+pub(super) fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new(cmd)
         .args(args)
         .output()
