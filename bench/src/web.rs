@@ -42,12 +42,24 @@ pub async fn pages() {
         b.start_build("wide").await;
     }
     let (grid, weight) = timed_get(&b, "/", 30).await;
+    let gzipped = b
+        .http
+        .get(format!("{}/", b.url))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
     let p = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q) as usize];
     println!(
-        "web: grid of 200 builders x 100 changes: median {:.1} ms, p90 {:.1} ms, {} KB (before compression)",
+        "web: grid of 200 builders x 100 changes: median {:.1} ms, p90 {:.1} ms, {} KB before compression, {} KB gzipped",
         p(&grid, 0.5),
         p(&grid, 0.9),
-        weight / 1024
+        weight / 1024,
+        gzipped / 1024
     );
     b.add_worker("w1", 1).await;
     b.add_worker("w2", 1).await;

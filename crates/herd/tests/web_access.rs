@@ -123,3 +123,62 @@ fn a_password_that_is_not_an_argon2_hash_stops_the_server_with_its_place() {
     );
     assert!(err.contains("herd hash-password"), "{err}");
 }
+
+#[test]
+fn pages_are_gzipped_for_browsers_but_event_streams_and_executables_are_not() {
+    let server = Server::start(&[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let enc = |path: String| {
+            let http = http.clone();
+            async move {
+                let r = http
+                    .get(path)
+                    .header("accept-encoding", "gzip")
+                    .send()
+                    .await
+                    .unwrap();
+                r.headers()
+                    .get("content-encoding")
+                    .map(|v| v.to_str().unwrap().to_string())
+            }
+        };
+        assert_eq!(
+            enc(format!("{}/static/app.css", server.url))
+                .await
+                .as_deref(),
+            Some("gzip")
+        );
+        assert_eq!(
+            enc(format!("{}/api/v1/openapi.json", server.url))
+                .await
+                .as_deref(),
+            Some("gzip")
+        );
+        let exe = format!(
+            "{}/download/herd-{}-{}",
+            server.url,
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        );
+        assert_eq!(enc(exe).await, None, "bytes as they are");
+        // The event stream flows uncompressed: its first event arrives at once.
+        let mut r = http
+            .get(format!("{}/events", server.url))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().get("content-encoding").is_none());
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), r.chunk())
+            .await
+            .expect("the first event at once")
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&first).starts_with("data:"));
+    });
+}

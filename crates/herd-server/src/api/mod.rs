@@ -69,6 +69,18 @@ pub fn router(app: Arc<App>) -> Router {
             Arc::clone(&app),
             crate::web::private_guard,
         ))
+        // gzip for pages and JSON when the client asks; not for event
+        // streams (they must flow) nor executables and logs (bytes as they are).
+        .layer(
+            tower_http::compression::CompressionLayer::new().compress_when(
+                tower_http::compression::Predicate::and(
+                    tower_http::compression::predicate::DefaultPredicate::new(),
+                    tower_http::compression::predicate::NotForContentType::const_new(
+                        "application/octet-stream",
+                    ),
+                ),
+            ),
+        )
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .with_state(app)
 }
