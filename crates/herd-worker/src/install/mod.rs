@@ -252,7 +252,7 @@ pub async fn install(opts: InstallOptions) -> Result<(), String> {
     }
 
     step("Starting");
-    wait_online(&http, &server, &name, opts.online_timeout)
+    wait_online(&http, &server, &name, &config.token, opts.online_timeout)
         .await
         .map_err(|e| failed(&e))?;
     done("online");
@@ -269,16 +269,20 @@ async fn token_works(http: &reqwest::Client, server: &str, token: &str) -> bool 
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Polls the server until it reports the worker online (with the worker's
+/// own token: a private server shows nothing without one).
 async fn wait_online(
     http: &reqwest::Client,
     server: &str,
     name: &str,
+    token: &str,
     limit: Duration,
 ) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Ok(r) = http
             .get(format!("{server}/api/v1/workers/{name}"))
+            .bearer_auth(token)
             .send()
             .await
         {
