@@ -411,10 +411,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("herd");
         std::fs::write(&bin, "#!/bin/sh\n").unwrap();
-        std::os::unix::fs::PermissionsExt::set_mode(
-            &mut std::fs::metadata(&bin).unwrap().permissions(),
-            0o755,
-        );
         std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let s = ServiceSpec {
