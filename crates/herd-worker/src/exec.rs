@@ -201,28 +201,27 @@ async fn run_step(
     stop: &mut watch::Receiver<Option<StopKind>>,
 ) -> Option<StepOutcome> {
     let mut env = base_env.clone();
+    if let StepAction::Checkout { repo, revision } = &step.action {
+        env.insert("HERD_CHECKOUT_REPO".into(), repo.clone());
+        env.insert("HERD_CHECKOUT_REV".into(), revision.clone());
+        env.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
+    }
+    env.extend(step.env.clone());
     let timeout = step.timeout_secs.map(Duration::from_secs);
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let cmd = StepRunner {
+        ctx,
+        workspace,
+        env: &env,
+        attempt,
+        outbox,
+        step: idx,
+        deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+    };
     let (script, failure_status) = match &step.action {
         StepAction::Shell { run } => (run.as_str(), StepStatus::Failure),
-        StepAction::Checkout { repo, revision } => {
-            env.insert("HERD_CHECKOUT_REPO".into(), repo.clone());
-            env.insert("HERD_CHECKOUT_REV".into(), revision.clone());
-            env.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
-            // A failed checkout is herd's failure to run the job, not the step's.
-            (CHECKOUT_SCRIPT, StepStatus::Error)
-        }
+        // A failed checkout is herd's failure to run the job, not the step's.
+        StepAction::Checkout { .. } => (CHECKOUT_SCRIPT, StepStatus::Error),
         StepAction::Split { list, run, junit } => {
-            env.extend(step.env.clone());
-            let cmd = StepRunner {
-                ctx,
-                workspace,
-                env: &env,
-                attempt,
-                outbox,
-                step: idx,
-                deadline,
-            };
             let split = crate::split::SplitStep {
                 list,
                 run,
@@ -231,16 +230,6 @@ async fn run_step(
             };
             return split.run(&cmd, stop).await;
         }
-    };
-    env.extend(step.env.clone());
-    let cmd = StepRunner {
-        ctx,
-        workspace,
-        env: &env,
-        attempt,
-        outbox,
-        step: idx,
-        deadline,
     };
     let ran = match cmd.run(script, 0, false, stop).await {
         Ok(r) => r,

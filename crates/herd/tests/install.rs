@@ -59,6 +59,15 @@ fn curl_sh(server: &Server, token: &str, args: &[&str], path: Option<&str>) -> O
     cmd.output().unwrap()
 }
 
+/// The pid a pid file holds.
+fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn user_exists(name: &str) -> bool {
     nix::unistd::User::from_name(name).unwrap().is_some()
 }
@@ -188,11 +197,7 @@ fn curl_sh_makes_a_worker_that_runs_builds_again_changes_nothing_and_purge_leave
     assert_eq!(bin_mode, 0o755);
 
     // The worker runs as that user and is online; it runs a build.
-    let pid: i32 = std::fs::read_to_string(inst.home().join("worker.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = read_pid(&inst.home().join("worker.pid"));
     assert_eq!(uid_of_pid(pid), account.uid.as_raw());
     let name = text
         .lines()
@@ -240,11 +245,7 @@ fn curl_sh_makes_a_worker_that_runs_builds_again_changes_nothing_and_purge_leave
             .count(),
         "no new worker token"
     );
-    let pid_again: i32 = std::fs::read_to_string(inst.home().join("worker.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid_again: i32 = read_pid(&inst.home().join("worker.pid"));
     assert_eq!(pid_again, pid, "the running worker was left alone");
 
     // Uninstall --purge: no user, file or registration left.
@@ -486,11 +487,7 @@ fn without_root_it_installs_for_the_user_and_says_how_it_starts() {
     assert_eq!((m.uid(), m.mode() & 0o777), (account.uid.as_raw(), 0o600));
     let w = server.get("/api/v1/workers/lent-by-a-user").unwrap();
     assert_eq!(w["online"], true);
-    let pid: i32 = std::fs::read_to_string(home.join(".local/share/herd/worker.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = read_pid(&home.join(".local/share/herd/worker.pid"));
     assert_eq!(uid_of_pid(pid), account.uid.as_raw());
     let out = as_user("~/.local/bin/herd worker uninstall --purge");
     assert!(
@@ -519,11 +516,7 @@ fn upgrade_replaces_the_executable_and_restarts_without_losing_the_running_job()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let old_pid: i32 = std::fs::read_to_string(inst.home().join("worker.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let old_pid: i32 = read_pid(&inst.home().join("worker.pid"));
     // A "newer" herd appears on the server: the same program with a marker
     // appended (an ELF loader ignores trailing bytes).
     let mut newer = std::fs::read(inst.bin_dir().join("herd")).unwrap();
@@ -558,11 +551,7 @@ fn upgrade_replaces_the_executable_and_restarts_without_losing_the_running_job()
         "the job ran once, to its end"
     );
     assert_eq!(std::fs::read(inst.bin_dir().join("herd")).unwrap(), newer);
-    let new_pid: i32 = std::fs::read_to_string(inst.home().join("worker.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let new_pid: i32 = read_pid(&inst.home().join("worker.pid"));
     assert_ne!(new_pid, old_pid, "restarted");
     assert!(!alive(old_pid));
     let name = std::fs::read_to_string(inst.config())

@@ -3,7 +3,7 @@
 //! carries. Sessions live in memory: a server restart signs everyone out.
 
 use super::pages::Page;
-use crate::auth::{self, Principal};
+use crate::auth::{self, random_hex, Principal};
 use crate::App;
 use askama::Template;
 use axum::extract::{Query, State};
@@ -30,12 +30,6 @@ struct Session {
 pub struct Sessions {
     inner: Mutex<HashMap<String, Session>>,
     failures: Mutex<Vec<Instant>>,
-}
-
-fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    rand::fill(&mut b[..]);
-    hex::encode(b)
 }
 
 /// Who is looking at a page: signed in (with the form's CSRF token) or not.

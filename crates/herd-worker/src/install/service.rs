@@ -2,7 +2,7 @@
 //! has, the files each one takes (pure functions, pinned by snapshot
 //! tests), and installing, starting and removing them.
 
-use super::system::run;
+use super::system::{on_path, run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -54,11 +54,6 @@ fn command_ok(cmd: &str, args: &[&str]) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
 }
 
 /// The service manager of this machine, for a system install or a user one.

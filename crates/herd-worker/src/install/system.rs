@@ -189,7 +189,8 @@ pub fn install_binary(dest: &Path) -> Result<bool, String> {
     write_bytes_if_changed(dest, &bytes, 0o755)
 }
 
-fn on_path(cmd: &str) -> bool {
+/// Whether `cmd` is an executable on PATH.
+pub(super) fn on_path(cmd: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
 }
