@@ -359,6 +359,7 @@ async fn logs() {
 }
 
 fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let bin = herd_bin();
     assert!(
         Path::new(&bin).exists(),

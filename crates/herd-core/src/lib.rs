@@ -5,6 +5,7 @@
 //! Architecture invariant: nothing in this crate performs IO or reads the
 //! clock; callers pass in the current time where a decision depends on it.
 
+pub mod change;
 pub mod config_error;
 pub mod duration;
 pub mod pipeline;

@@ -33,6 +33,12 @@ pub struct Builder {
     pub jobs: Vec<JobDef>,
     /// At most this many of the builder's jobs run at once (all builds).
     pub max_concurrent: Option<u32>,
+    /// Changes on these branches only (globs; empty: every watched branch).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<String>,
+    /// Changes touching these files only (globs, `!` excludes; empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +98,10 @@ struct RawBuilder {
     steps: Option<Vec<RawStep>>,
     jobs: Option<IndexMap<Spanned<String>, RawJob>>,
     max_concurrent: Option<Spanned<u32>>,
+    #[serde(default)]
+    branches: Vec<Spanned<String>>,
+    #[serde(default)]
+    paths: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -277,7 +287,25 @@ impl Lower<'_> {
             requires,
             jobs,
             max_concurrent: raw.max_concurrent.map(|m| m.value),
+            branches: self.globs(&raw.branches, "branches")?,
+            paths: self.globs(&raw.paths, "paths")?,
         })
+    }
+
+    fn globs(&self, raw: &[Spanned<String>], key: &str) -> Result<Vec<String>, ConfigError> {
+        raw.iter()
+            .map(|g| match crate::change::compile_glob(&g.value) {
+                Ok(_) => Ok(g.value.clone()),
+                Err(e) => Err(self
+                    .err(
+                        &g.referenced,
+                        format!("invalid pattern `{}` in `{key}:`: {e}", g.value),
+                    )
+                    .with_help(
+                        "`*` matches within one path segment, `**` across segments, `!` excludes",
+                    )),
+            })
+            .collect()
     }
 
     fn job(

@@ -349,7 +349,13 @@ pub struct StepSpec {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StepAction {
     /// Check out `revision` of `repo` into the job's workspace.
-    Checkout { repo: String, revision: String },
+    /// A try build also applies `patch` (a `git diff --binary`) on top.
+    Checkout {
+        repo: String,
+        revision: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        patch: Option<String>,
+    },
     /// Run a command with `sh -c`.
     Shell { run: String },
     /// Run one share of a test suite: `list` prints the test ids; `run`

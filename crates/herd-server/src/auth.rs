@@ -14,6 +14,8 @@ pub enum TokenKind {
     Worker,
     /// Trades for a worker token once per use (`herd worker install`).
     Enroll,
+    /// Sends try builds (`herd try`) and reads.
+    Try,
 }
 
 impl TokenKind {
@@ -22,6 +24,7 @@ impl TokenKind {
             TokenKind::Admin => "admin",
             TokenKind::Worker => "worker",
             TokenKind::Enroll => "enroll",
+            TokenKind::Try => "try",
         }
     }
 }
@@ -91,8 +94,18 @@ pub async fn check_enroll(
 /// Who presented a valid token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    Admin { token_id: String },
-    Worker { token_id: String, worker: String },
+    Admin {
+        token_id: String,
+    },
+    Worker {
+        token_id: String,
+        worker: String,
+    },
+    /// A try token; `user` is the name it was made for.
+    Try {
+        token_id: String,
+        user: Option<String>,
+    },
 }
 
 fn hash_secret(secret: &str) -> String {
@@ -158,8 +171,17 @@ pub async fn verify(store: &Store, presented: &str) -> Result<Option<Principal>,
     if row.revoked_at.is_some() || row.expires_at.is_some_and(|t| t <= now_ms()) {
         return Ok(None);
     }
+    let user = row
+        .labels
+        .as_deref()
+        .and_then(|l| serde_json::from_str::<std::collections::BTreeMap<String, String>>(l).ok())
+        .and_then(|mut l| l.remove("user"));
     Ok(match (row.kind.as_str(), row.worker) {
         ("admin", _) => Some(Principal::Admin { token_id: row.id }),
+        ("try", _) => Some(Principal::Try {
+            token_id: row.id,
+            user,
+        }),
         ("worker", Some(worker)) => Some(Principal::Worker {
             token_id: row.id,
             worker,
@@ -195,4 +217,66 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
     h.strip_prefix("Bearer ")
         .or_else(|| h.strip_prefix("bearer "))
         .map(str::trim)
+}
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// HMAC-SHA256 of `body` under `key`, lower-case hex (what GitHub, Gitea
+/// and herd's own webhooks sign with).
+pub fn hmac_sha256_hex(key: &[u8], body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    // HMAC takes keys of any length: `new_from_slice` cannot fail for it.
+    let mut mac = match HmacSha256::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Checks a hex HMAC-SHA256 signature in constant time.
+pub fn hmac_sha256_verify(key: &[u8], body: &[u8], signature_hex: &str) -> bool {
+    use hmac::{KeyInit, Mac};
+    let Ok(given) = hex::decode(signature_hex.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = HmacSha256::new_from_slice(key) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+/// Compares two secrets in constant time (for their length, too).
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    let (ha, hb) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    bool::from(ha.as_slice().ct_eq(hb.as_slice()))
+}
+
+#[cfg(test)]
+mod hmac_tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_the_rfc_4231_vector_and_verifies() {
+        // RFC 4231, test case 2.
+        let sig = hmac_sha256_hex(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            sig,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(hmac_sha256_verify(
+            b"Jefe",
+            b"what do ya want for nothing?",
+            &sig
+        ));
+        assert!(!hmac_sha256_verify(
+            b"Jefe",
+            b"what do ya want for nothing!",
+            &sig
+        ));
+        assert!(!hmac_sha256_verify(b"Jefe", b"x", "not hex"));
+        assert!(secrets_equal("abc", "abc"));
+        assert!(!secrets_equal("abc", "abd"));
+    }
 }

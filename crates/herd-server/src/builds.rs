@@ -2,8 +2,9 @@
 //! revision, turn its builders into jobs, store them and queue them.
 
 use crate::api::ApiError;
-use crate::store::{JobSpec, NewBuild, NewJob, Shard};
+use crate::store::{BuildKind, JobSpec, NewBuild, NewJob, Shard};
 use crate::App;
+use herd_core::change::{builder_skips, ChangeFacts};
 use herd_core::pipeline::{Pipeline, Step};
 use herd_proto::{StepAction, StepSpec};
 use serde::Deserialize;
@@ -22,7 +23,48 @@ pub struct StartBuild {
     pub reason: Option<String>,
 }
 
+/// Where a build comes from, beyond what was asked.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub kind: BuildKind,
+    pub branch: Option<String>,
+    /// Who sent a try build.
+    pub sender: Option<String>,
+    /// For a change: what the builders' `branches:`/`paths:` look at.
+    pub change: Option<ChangeFacts>,
+    /// For a try build: the patch applied on top of the revision.
+    pub patch: Option<String>,
+}
+
+impl Origin {
+    pub fn manual() -> Self {
+        Origin {
+            kind: BuildKind::Manual,
+            branch: None,
+            sender: None,
+            change: None,
+            patch: None,
+        }
+    }
+}
+
+/// What became of a request to build.
+#[derive(Debug)]
+pub enum Started {
+    Build(i64),
+    /// No builder takes this change; why, per builder.
+    NothingToBuild(String),
+}
+
+/// A build started by hand (or by the API): every builder, no filters.
 pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
+    match start(app, req, Origin::manual()).await? {
+        Started::Build(id) => Ok(id),
+        Started::NothingToBuild(why) => Err(ApiError::bad_request(why)),
+    }
+}
+
+pub async fn start(app: &App, req: StartBuild, origin: Origin) -> Result<Started, ApiError> {
     let store = &app.hub.store;
     let Some(project) = store.project(&req.project).await? else {
         let known: Vec<String> = store
@@ -48,11 +90,19 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
     let mut commit: (Option<String>, Option<String>) = (None, None);
     let (revision, text, file) = match (&project.repo, &project.pipeline) {
         (Some(repo), _) => {
-            match app
-                .mirrors
-                .resolve(&project.name, repo, req.rev.as_deref())
-                .await
-            {
+            let resolved = match &origin.patch {
+                Some(patch) => {
+                    app.mirrors
+                        .resolve_patched(&project.name, repo, req.rev.as_deref(), patch)
+                        .await
+                }
+                None => {
+                    app.mirrors
+                        .resolve(&project.name, repo, req.rev.as_deref())
+                        .await
+                }
+            };
+            match resolved {
                 Ok(r) => {
                     commit = (Some(r.author), Some(r.message));
                     (Some(r.revision), r.pipeline_text, "herd.yml".to_string())
@@ -63,10 +113,14 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
                         project.name
                     )))
                 }
+                Err(e @ crate::git::GitError::PatchDoesNotApply(_)) => {
+                    return Err(ApiError::bad_request(e.to_string()))
+                }
                 Err(e) => {
                     // Broken herd.yml or no herd.yml at that revision: a failed
                     // build that shows why, not a silent refusal.
-                    return record_error_build(app, &req, None, &reason, e.to_string()).await;
+                    return record_error_build(app, &req, &origin, None, &reason, e.to_string())
+                        .await;
                 }
             }
         }
@@ -84,7 +138,9 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
     };
     let pipeline = match Pipeline::parse(&file, &text) {
         Ok(p) => p,
-        Err(e) => return record_error_build(app, &req, revision, &reason, e.to_string()).await,
+        Err(e) => {
+            return record_error_build(app, &req, &origin, revision, &reason, e.to_string()).await
+        }
     };
     // Before the jobs are queued, so that no job is matched against a worker
     // that was never asked about what the job needs.
@@ -92,7 +148,30 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
         .want_probes(herd_core::probe::probes_for(&pipeline).into_values())
         .await?;
     let builders: Vec<_> = match &req.builder {
-        None => pipeline.builders.iter().collect(),
+        None => match &origin.change {
+            None => pipeline.builders.iter().collect(),
+            Some(change) => {
+                let mut why = Vec::new();
+                let taken: Vec<_> = pipeline
+                    .builders
+                    .iter()
+                    .filter(|b| match builder_skips(&b.branches, &b.paths, change) {
+                        None => true,
+                        Some(reason) => {
+                            why.push(format!("{}: {reason}", b.name));
+                            false
+                        }
+                    })
+                    .collect();
+                if taken.is_empty() {
+                    return Ok(Started::NothingToBuild(format!(
+                        "no builder takes this change ({})",
+                        why.join("; ")
+                    )));
+                }
+                taken
+            }
+        },
         Some(b) => match pipeline.builder(b) {
             Some(found) => vec![found],
             None => {
@@ -115,6 +194,7 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
                     action: StepAction::Checkout {
                         repo: repo.clone(),
                         revision: rev.clone(),
+                        patch: origin.patch.clone(),
                     },
                     timeout_secs: None,
                     env: Default::default(),
@@ -173,6 +253,10 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
         jobs: jobs.clone(),
         author: commit.0,
         message: commit.1,
+        report: app.reports_for(&project.name) && origin.kind != BuildKind::Try,
+        branch: origin.branch.clone(),
+        kind: origin.kind,
+        sender: origin.sender.clone(),
     };
     let (build_id, job_ids) = store.create_build(&new).await?;
     let queued = job_ids
@@ -190,33 +274,42 @@ pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
         })
         .collect();
     app.hub.enqueue(queued);
-    Ok(build_id)
+    app.reporter.wake();
+    Ok(Started::Build(build_id))
 }
 
 async fn record_error_build(
     app: &App,
     req: &StartBuild,
+    origin: &Origin,
     revision: Option<String>,
     reason: &str,
     error: String,
-) -> Result<i64, ApiError> {
+) -> Result<Started, ApiError> {
     let (id, _) = app
         .hub
         .store
         .create_build(&NewBuild {
             project: req.project.clone(),
             ref_name: req.rev.clone(),
-            revision,
             priority: req.priority,
             reason: reason.to_string(),
             error: Some(error),
             jobs: vec![],
             author: None,
             message: None,
+            report: revision.is_some()
+                && app.reports_for(&req.project)
+                && origin.kind != BuildKind::Try,
+            revision,
+            branch: origin.branch.clone(),
+            kind: origin.kind,
+            sender: origin.sender.clone(),
         })
         .await?;
     app.hub.changed();
-    Ok(id)
+    app.reporter.wake();
+    Ok(Started::Build(id))
 }
 
 /// `tests#2`: the second shard of job `tests`.

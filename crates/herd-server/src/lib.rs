@@ -9,6 +9,8 @@ pub mod builds;
 pub mod config;
 pub mod git;
 pub mod hub;
+pub mod poll;
+pub mod report;
 pub mod store;
 pub mod web;
 mod ws;
@@ -33,6 +35,21 @@ pub struct App {
     pub users: std::collections::BTreeMap<String, String>,
     /// Reading needs a sign-in (or a token) too.
     pub private: bool,
+    /// Projects as configured (branches, polling, webhook secret, reporters).
+    pub project_configs: std::collections::HashMap<String, ProjectConfig>,
+    pub pollers: poll::Pollers,
+    pub reporter: report::StatusReporter,
+    /// This server's address as others reach it (links in statuses).
+    pub public_url: String,
+}
+
+impl App {
+    /// Whether builds of this project send statuses anywhere.
+    pub fn reports_for(&self, project: &str) -> bool {
+        self.project_configs
+            .get(project)
+            .is_some_and(|p| !p.report.is_empty())
+    }
 }
 
 pub struct ServerOptions {
@@ -44,6 +61,8 @@ pub struct ServerOptions {
     pub private: bool,
     pub projects: Vec<ProjectConfig>,
     pub settings: Settings,
+    /// The server's address as others reach it; default http://LISTEN.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +74,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot set up the HTTP client for status reports: {0}")]
+    HttpClient(String),
     #[error("cannot listen on {addr}: {source} (is another server running there? choose another with --listen)")]
     Listen {
         addr: String,
@@ -69,11 +90,14 @@ pub struct RunningServer {
     pub new_admin_token: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    reporter_task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
     /// Stops accepting requests, closes connections and the store.
     pub async fn stop(mut self) {
+        self.app.pollers.stop();
+        self.reporter_task.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -91,6 +115,10 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         source,
     };
     std::fs::create_dir_all(&opts.data_dir).map_err(data_err)?;
+    // One crypto provider for every TLS client and server in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let reporter =
+        report::StatusReporter::new().map_err(|e| ServerError::HttpClient(e.to_string()))?;
     let store = Store::open_sqlite(&opts.data_dir.join("herd.db")).await?;
     let new_admin_token = ensure_admin_token(&store, &opts.data_dir).await?;
     for p in &opts.projects {
@@ -103,15 +131,6 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             .await?;
     }
     let hub = Hub::start(store, opts.settings).await?;
-    let app = Arc::new(App {
-        hub,
-        mirrors: git::Mirrors::new(opts.data_dir.join("repos")),
-        data_dir: opts.data_dir.clone(),
-        dist_dir: opts.dist_dir.clone(),
-        sessions: web::Sessions::default(),
-        users: opts.users.clone(),
-        private: opts.private,
-    });
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .map_err(|source| ServerError::Listen {
@@ -124,6 +143,28 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             addr: opts.listen.clone(),
             source,
         })?;
+    let app = Arc::new(App {
+        hub,
+        mirrors: git::Mirrors::new(opts.data_dir.join("repos")),
+        data_dir: opts.data_dir.clone(),
+        dist_dir: opts.dist_dir.clone(),
+        sessions: web::Sessions::default(),
+        users: opts.users.clone(),
+        private: opts.private,
+        project_configs: opts
+            .projects
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect(),
+        pollers: poll::Pollers::new(&opts.projects),
+        reporter,
+        public_url: opts
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}")),
+    });
+    poll::Pollers::spawn_all(&app);
+    let reporter_task = report::StatusReporter::spawn(&app);
     let router = api::router(Arc::clone(&app));
     // Small frames (assignments, acknowledgements) must not wait for Nagle.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
@@ -147,6 +188,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         new_admin_token,
         shutdown: Some(tx),
         task,
+        reporter_task,
     })
 }
 

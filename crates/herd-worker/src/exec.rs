@@ -42,6 +42,12 @@ if ! git cat-file -e "$HERD_CHECKOUT_REV^{commit}" 2>/dev/null; then
 fi
 git checkout -q --force --detach "$HERD_CHECKOUT_REV"
 echo "checked out $(git rev-parse HEAD)"
+if [ -n "${HERD_CHECKOUT_PATCH:-}" ]; then
+  # --index: the files a patch adds are tracked, so the next checkout removes them.
+  git apply --index --whitespace=nowarn "$HERD_CHECKOUT_PATCH"
+  echo "applied the try patch:"
+  git diff --cached --stat
+fi
 "#;
 
 pub struct JobContext {
@@ -201,10 +207,28 @@ async fn run_step(
     stop: &mut watch::Receiver<Option<StopKind>>,
 ) -> Option<StepOutcome> {
     let mut env = base_env.clone();
-    if let StepAction::Checkout { repo, revision } = &step.action {
+    let mut patch_file = None;
+    if let StepAction::Checkout {
+        repo,
+        revision,
+        patch,
+    } = &step.action
+    {
         env.insert("HERD_CHECKOUT_REPO".into(), repo.clone());
         env.insert("HERD_CHECKOUT_REV".into(), revision.clone());
         env.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
+        if let Some(patch) = patch {
+            // Beside the workspace, not in it: the patch is not part of the tree.
+            let path = ctx.workdir.join(format!("try-{attempt}.patch"));
+            if let Err(e) = tokio::fs::write(&path, patch).await {
+                return Some(spawn_error(format!(
+                    "cannot write the try patch to {}: {e}",
+                    path.display()
+                )));
+            }
+            env.insert("HERD_CHECKOUT_PATCH".into(), path.display().to_string());
+            patch_file = Some(path);
+        }
     }
     env.extend(step.env.clone());
     let timeout = step.timeout_secs.map(Duration::from_secs);
@@ -231,7 +255,11 @@ async fn run_step(
             return split.run(&cmd, stop).await;
         }
     };
-    let ran = match cmd.run(script, 0, false, stop).await {
+    let ran = cmd.run(script, 0, false, stop).await;
+    if let Some(path) = patch_file {
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    let ran = match ran {
         Ok(r) => r,
         Err(message) => return Some(spawn_error(message)),
     };

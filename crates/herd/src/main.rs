@@ -34,6 +34,11 @@ enum Command {
     /// Start, show, follow and cancel builds.
     #[command(subcommand)]
     Build(cmd::build::BuildCommand),
+    /// Projects: what they watch, polling state, recent changes.
+    #[command(subcommand)]
+    Project(cmd::project::ProjectCommand),
+    /// Build this checkout's changes without pushing them (a try build).
+    Try(cmd::try_patch::TryArgs),
     /// List the workers, show one with its capabilities, ask for new probes.
     Workers(cmd::workers::WorkersArgs),
     /// Create, list and revoke tokens.
@@ -64,6 +69,8 @@ pub struct ClientArgs {
 }
 
 fn main() -> ExitCode {
+    // One TLS crypto provider (ring) for every client and server in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if let Command::Reaper = cli.command {
         // No runtime needed: read the worker's pipe until it closes.
@@ -88,6 +95,8 @@ fn main() -> ExitCode {
             Command::Check { file } => cmd::check::run(file),
             Command::Build(c) => cmd::build::run(c).await,
             Command::Workers(a) => cmd::workers::run(a).await,
+            Command::Project(c) => cmd::project::run(c).await,
+            Command::Try(a) => cmd::try_patch::run(a).await,
             Command::Token(c) => cmd::token::run(c).await,
             Command::HashPassword => cmd::token::hash_password(),
             Command::Reaper => Ok(ExitCode::SUCCESS),

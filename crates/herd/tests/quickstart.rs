@@ -35,7 +35,7 @@ fn get(url: &str) -> serde_json::Value {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
+    rt.block_on(async { http_get(url).await.unwrap().json().await.unwrap() })
 }
 
 fn stop(mut child: std::process::Child) {

@@ -274,7 +274,7 @@ fn huge_and_binary_output_is_stored_byte_for_byte() {
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let range = rt.block_on(async {
-        reqwest::get(format!(
+        http_get(format!(
             "{}/api/v1/attempts/{attempt}/steps/0/log?offset=50000000&limit=1000",
             server.url
         ))
@@ -343,7 +343,7 @@ fn every_path_in_the_openapi_document_is_served() {
             .replace("{idx}", "0")
             .replace("{name}", "w");
         let res = rt
-            .block_on(reqwest::get(format!("{}{concrete}", server.url)))
+            .block_on(http_get(format!("{}{concrete}", server.url)))
             .unwrap();
         let status = res.status();
         let body = rt.block_on(res.text()).unwrap();
@@ -354,7 +354,7 @@ fn every_path_in_the_openapi_document_is_served() {
     }
     // And an undocumented path is answered by the fallback.
     let body = rt.block_on(async {
-        reqwest::get(format!("{}/api/v1/nope", server.url))
+        http_get(format!("{}/api/v1/nope", server.url))
             .await
             .unwrap()
             .text()

@@ -285,7 +285,7 @@ fn actions_need_sign_in_and_cancel_works() {
     // A form post without a session changes nothing.
     let rt = runtime();
     let status = rt.block_on(async {
-        reqwest::Client::builder()
+        http()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap()

@@ -39,7 +39,7 @@ fn a_private_server_needs_a_sign_in_and_users_sign_in_with_their_password() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let http = reqwest::Client::builder()
+        let http = http()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
@@ -132,7 +132,7 @@ fn pages_are_gzipped_for_browsers_but_event_streams_and_executables_are_not() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let http = reqwest::Client::new();
+        let http = http().build().unwrap();
         let enc = |path: String| {
             let http = http.clone();
             async move {

@@ -271,3 +271,17 @@ fn split_mistakes_are_errors_with_places() {
     ));
     assert!(e.help.as_deref().unwrap().contains("`workers`"), "{e}");
 }
+
+#[test]
+fn branch_and_path_filters_are_kept_and_checked() {
+    let p = Pipeline::parse(
+        "f",
+        "builders:\n  docs:\n    branches: [main, 'release/*']\n    paths: ['docs/**', '!docs/draft/**']\n    steps: [{run: x}]\n",
+    )
+    .unwrap();
+    assert_eq!(p.builders[0].branches, vec!["main", "release/*"]);
+    assert_eq!(p.builders[0].paths, vec!["docs/**", "!docs/draft/**"]);
+    let e = err("builders:\n  a:\n    paths: ['src/[']\n    steps: [{run: x}]\n");
+    assert_eq!((e.line, e.column), (3, 13));
+    assert!(e.message.contains("src/["), "{}", e.message);
+}

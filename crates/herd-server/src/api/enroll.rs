@@ -395,6 +395,7 @@ pub async fn whoami(State(app): AppState, headers: HeaderMap) -> Result<Json<Val
         Some(Principal::Worker { worker, .. }) => {
             Ok(Json(json!({ "kind": "worker", "worker": worker })))
         }
+        Some(Principal::Try { user, .. }) => Ok(Json(json!({ "kind": "try", "user": user }))),
         None => Err(ApiError::unauthorized(
             "the token is not valid (mistyped, revoked or expired)",
         )),

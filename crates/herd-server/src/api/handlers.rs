@@ -39,10 +39,6 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route; the API is described at /api/v1/openapi.json")
 }
 
-pub async fn list_projects(State(app): AppState) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "projects": app.hub.store.projects().await? })))
-}
-
 #[derive(Deserialize)]
 pub struct BuildListQuery {
     project: Option<String>,
@@ -342,6 +338,9 @@ pub struct CreateToken {
     /// Enrollment tokens: labels the workers get.
     #[serde(default)]
     labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Try tokens: who it is for (shown on their try builds).
+    #[serde(default)]
+    user: Option<String>,
 }
 
 pub async fn create_token(
@@ -360,9 +359,21 @@ pub async fn create_token(
         )
             .into_response());
     }
+    if req.kind == "try" {
+        let mut opts = super::enroll::enroll_options(None, req.expires.as_deref(), None)?;
+        if let Some(user) = req.user.filter(|u| !u.trim().is_empty()) {
+            opts.labels = Some([("user".to_string(), user)].into());
+        }
+        let token = auth::create_token_with(&app.hub.store, TokenKind::Try, opts).await?;
+        return Ok((
+            StatusCode::CREATED,
+            Json(json!({ "token": token, "kind": "try" })),
+        )
+            .into_response());
+    }
     if req.kind != "worker" {
         return Err(ApiError::bad_request(format!(
-            "unknown token kind `{}`: this server creates `worker` and `enroll` tokens",
+            "unknown token kind `{}`: this server creates `worker`, `enroll` and `try` tokens",
             req.kind
         )));
     }
@@ -451,5 +462,6 @@ fn build_json(d: &BuildDetail, version: u64, waiting: &HashMap<i64, WhyNot>) -> 
         "id": b.id, "project": b.project, "ref": b.ref_name, "revision": b.revision, "state": b.state,
         "priority": b.priority, "reason": b.reason, "error": b.error, "created_at": b.created_at,
         "started_at": b.started_at, "finished_at": b.finished_at, "version": version, "jobs": jobs,
+        "kind": b.kind, "branch": b.branch, "sender": b.sender, "author": b.author, "message": b.message,
     })
 }

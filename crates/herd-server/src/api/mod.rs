@@ -5,7 +5,10 @@
 
 mod enroll;
 mod handlers;
+mod hooks;
+mod projects;
 mod splits;
+mod try_build;
 
 use crate::auth::{self, Principal};
 use crate::store::StoreError;
@@ -27,7 +30,8 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/api/v1/health", get(handlers::health))
         .route("/api/v1/openapi.json", get(handlers::openapi))
-        .route("/api/v1/projects", get(handlers::list_projects))
+        .route("/api/v1/projects", get(projects::list))
+        .route("/api/v1/projects/{name}", get(projects::show))
         .route(
             "/api/v1/projects/{name}/builders",
             get(handlers::project_builders),
@@ -60,6 +64,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/enroll", post(enroll::enroll))
         .route("/api/v1/whoami", get(enroll::whoami))
         .route("/api/v1/workers/{name}/forget", post(enroll::forget_worker))
+        .route("/api/v1/hooks/{forge}/{project}", post(hooks::receive))
+        .route("/api/v1/try", post(try_build::create))
         .route("/install.sh", get(enroll::install_sh))
         .route("/download/{file}", get(enroll::download))
         .route(herd_proto::WORKER_ENDPOINT, get(crate::ws::worker_endpoint))

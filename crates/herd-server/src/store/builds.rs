@@ -55,6 +55,29 @@ pub struct NewBuild {
     /// The commit's author and subject, when known.
     pub author: Option<String>,
     pub message: Option<String>,
+    pub branch: Option<String>,
+    pub kind: BuildKind,
+    pub sender: Option<String>,
+    /// Statuses are to be sent for it (the project has reporters).
+    pub report: bool,
+}
+
+/// Where a build came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildKind {
+    Manual,
+    Change,
+    Try,
+}
+
+impl BuildKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildKind::Manual => "manual",
+            BuildKind::Change => "change",
+            BuildKind::Try => "try",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -156,8 +179,9 @@ impl Store {
             RunState::Queued
         };
         let row = sqlx::query(
-            "INSERT INTO builds (project, ref_name, revision, state, priority, reason, error, created_at, finished_at, author, message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            "INSERT INTO builds (project, ref_name, revision, state, priority, reason, error, created_at, finished_at, author, message, \
+             branch, kind, sender, report_pending) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
         )
         .bind(&b.project)
         .bind(&b.ref_name)
@@ -170,6 +194,10 @@ impl Store {
         .bind(b.error.as_ref().map(|_| now))
         .bind(&b.author)
         .bind(&b.message)
+        .bind(&b.branch)
+        .bind(b.kind.as_str())
+        .bind(&b.sender)
+        .bind(i64::from(b.report))
         .fetch_one(&mut *tx)
         .await?;
         let build_id: i64 = row.try_get("id")?;

@@ -10,12 +10,14 @@
 //! beside the writer without blocking).
 
 mod builds;
+mod changes;
 mod logs;
 mod probes;
 mod rows;
 mod splits;
 
 pub use builds::*;
+pub use changes::{ChangeRow, NewChange, ReportRow};
 pub use logs::LOG_ZSTD_LEVEL;
 pub use rows::*;
 pub use splits::{SplitAnswer, SplitRow, SPLIT_WAIT_MS};

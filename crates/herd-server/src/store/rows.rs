@@ -100,6 +100,12 @@ pub struct BuildRow {
     pub finished_at: Option<i64>,
     pub author: Option<String>,
     pub message: Option<String>,
+    /// The branch a change came from.
+    pub branch: Option<String>,
+    /// `manual`, `change` or `try`.
+    pub kind: String,
+    /// Who sent a try build.
+    pub sender: Option<String>,
 }
 
 impl BuildRow {
@@ -116,6 +122,9 @@ impl BuildRow {
             created_at: get(r, "created_at")?,
             author: get(r, "author")?,
             message: get(r, "message")?,
+            branch: get(r, "branch")?,
+            kind: get(r, "kind")?,
+            sender: get(r, "sender")?,
             started_at: get(r, "started_at")?,
             finished_at: get(r, "finished_at")?,
         })

@@ -141,6 +141,7 @@ pub async fn private_guard(
         || path.starts_with("/download/")
         || path == herd_proto::WORKER_ENDPOINT
         || path == "/api/v1/enroll"
+        || path.starts_with("/api/v1/hooks/")
         || path == "/api/v1/health";
     if open || app.sessions.viewer(req.headers()).signed_in {
         return next.run(req).await;

@@ -133,7 +133,7 @@ fn finished(state: &Value) -> bool {
 }
 
 /// Long-polls the build until it ends, drawing a progress bar on stderr.
-async fn wait_for(c: &Client, id: i64) -> Result<Value> {
+pub async fn wait_for(c: &Client, id: i64) -> Result<Value> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(

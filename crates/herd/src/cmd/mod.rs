@@ -2,8 +2,10 @@
 
 pub mod build;
 pub mod check;
+pub mod project;
 pub mod server;
 pub mod token;
+pub mod try_patch;
 pub mod up;
 pub mod worker;
 pub mod workers;

@@ -16,6 +16,10 @@ pub struct ServerArgs {
     /// Data directory: the SQLite database, git mirrors, the admin token.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// This server's address as others reach it (links in commit
+    /// statuses), e.g. https://ci.example.org; default http://LISTEN.
+    #[arg(long)]
+    url: Option<String>,
     /// Config file (YAML).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -88,6 +92,11 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
             .unwrap_or_else(|| PathBuf::from("herd-data")),
         projects,
         settings,
+        public_url: args
+            .url
+            .clone()
+            .or(config.url.clone())
+            .map(|u| u.trim_end_matches('/').to_string()),
     })
 }
 

@@ -13,7 +13,7 @@ pub enum TokenCommand {
     /// Create a token; it is printed once and stored only as a hash.
     Create {
         /// A worker token for the worker of this name.
-        #[arg(long, conflicts_with = "enroll", required_unless_present = "enroll")]
+        #[arg(long, conflicts_with_all = ["enroll", "try_"], required_unless_present_any = ["enroll", "try_"])]
         worker: Option<String>,
         /// An enrollment token: `curl …/install.sh?token=TOKEN | sudo sh`
         /// on a machine makes it a worker.
@@ -22,8 +22,15 @@ pub enum TokenCommand {
         /// How many workers it may enroll (default: no limit).
         #[arg(long, requires = "enroll")]
         uses: Option<i64>,
-        /// How long it is valid, e.g. 24h or 7d (default: until revoked).
-        #[arg(long, requires = "enroll")]
+        /// A try token: `herd try` sends patches to build with it.
+        #[arg(long = "try", conflicts_with = "enroll")]
+        try_: bool,
+        /// Try tokens: who it is for (shown on their try builds).
+        #[arg(long, requires = "try_")]
+        user: Option<String>,
+        /// How long an enrollment or try token is valid, e.g. 24h or 7d
+        /// (default: until revoked).
+        #[arg(long, conflicts_with = "worker")]
         expires: Option<String>,
         /// KEY=VALUE labels the enrolled workers get (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", requires = "enroll")]
@@ -54,6 +61,31 @@ fn when(v: &serde_json::Value) -> String {
 
 pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
     match cmd {
+        TokenCommand::Create {
+            try_: true,
+            user,
+            expires,
+            client,
+            ..
+        } => {
+            let c = Client::new(&client)?;
+            let res = c
+                .post(
+                    "/api/v1/tokens",
+                    &json!({ "kind": "try", "user": user, "expires": expires }),
+                )
+                .await?;
+            let token = res["token"]
+                .as_str()
+                .ok_or_else(|| miette!("the server answered without a token"))?;
+            println!("{token}");
+            eprintln!(
+                "in a checkout with changes, run:
+  HERD_SERVER={} HERD_TOKEN={token} herd try --wait",
+                client.server
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         TokenCommand::Create {
             worker: Some(worker),
             enroll: false,

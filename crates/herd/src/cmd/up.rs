@@ -54,17 +54,15 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let data = std::path::absolute(&args.data).into_diagnostic()?;
     let example = data.join("example-repo");
     create_example_repo(&example)?;
-    let mut projects = vec![ProjectConfig {
-        name: "example".into(),
-        repo: Some(example.display().to_string()),
-        pipeline: None,
-    }];
+    let mut projects = vec![ProjectConfig::with_repo(
+        "example",
+        &example.display().to_string(),
+    )];
     if let Some(root) = this_repository() {
-        projects.push(ProjectConfig {
-            name: "herd".into(),
-            repo: Some(root.display().to_string()),
-            pipeline: None,
-        });
+        projects.push(ProjectConfig::with_repo(
+            "herd",
+            &root.display().to_string(),
+        ));
     }
     let names: Vec<String> = projects.iter().map(|p| p.name.clone()).collect();
     let server = herd_server::start(ServerOptions {
@@ -75,6 +73,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         private: false,
         projects,
         settings: Settings::default(),
+        public_url: None,
     })
     .await
     .map_err(|e| miette!("{e}"))?;

@@ -29,17 +29,25 @@ impl Server {
     /// A server whose config declares projects without repositories, each
     /// with its pipeline inline.
     pub fn start_with_pipelines(projects: &[(&str, &str)], extra: &[&str]) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut config = String::new();
         if !projects.is_empty() {
-            let mut config = String::from("projects:\n");
+            config.push_str("projects:\n");
             for (name, pipeline) in projects {
                 config.push_str(&format!("  {name}:\n    pipeline: |\n"));
                 for line in pipeline.lines() {
                     config.push_str(&format!("      {line}\n"));
                 }
             }
+        }
+        Self::start_with_config(&config, extra)
+    }
+
+    /// A server with this config file (none when empty).
+    pub fn start_with_config(config: &str, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !config.is_empty() {
             let path = dir.path().join("herd-server.yml");
             std::fs::write(&path, config).expect("write config");
             args.push("--config".into());
@@ -131,7 +139,7 @@ impl Server {
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async {
-            let res = reqwest::get(format!("{}{path}", self.url))
+            let res = http_get(format!("{}{path}", self.url))
                 .await
                 .map_err(|e| e.to_string())?;
             let status = res.status();
@@ -151,7 +159,7 @@ impl Server {
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async {
-            let res = reqwest::get(format!("{}{path}", self.url))
+            let res = http_get(format!("{}{path}", self.url))
                 .await
                 .map_err(|e| e.to_string())?;
             let status = res.status();
@@ -170,7 +178,9 @@ impl Server {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let mut req = reqwest::Client::new()
+            let mut req = http()
+                .build()
+                .expect("http client")
                 .post(format!("{}{path}", self.url))
                 .json(&body);
             if let Some(t) = token {
@@ -508,4 +518,15 @@ impl Proxy {
     pub fn stall(&self, on: bool) {
         self.stalled.store(on, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// An HTTP client builder. The workspace's reqwest uses rustls without a
+/// built-in crypto provider: install ring once per process, as `herd` does.
+pub fn http() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http().build()?.get(url).send().await
 }

@@ -24,9 +24,15 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::time::Duration;
 
+mod project;
+use project::RawProject;
+pub use project::{ProjectConfig, Reporter, Secret, DEFAULT_POLL};
+
 #[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
     pub listen: Option<String>,
+    /// The server's address as others reach it (links in reported statuses).
+    pub url: Option<String>,
     pub data: Option<String>,
     pub heartbeat_interval: Option<Duration>,
     pub heartbeat_timeout: Option<Duration>,
@@ -37,18 +43,11 @@ pub struct ServerConfig {
     pub private: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProjectConfig {
-    pub name: String,
-    pub repo: Option<String>,
-    /// herd.yml text for a project without a repository.
-    pub pipeline: Option<String>,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    url: Option<String>,
     data: Option<String>,
     heartbeat_interval: Option<Spanned<String>>,
     heartbeat_timeout: Option<Spanned<String>>,
@@ -59,13 +58,6 @@ struct RawConfig {
     users: IndexMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     private: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProject {
-    repo: Option<String>,
-    pipeline: Option<Spanned<String>>,
 }
 
 impl ServerConfig {
@@ -109,11 +101,7 @@ impl ServerConfig {
             if let Some(pl) = &p.pipeline {
                 Pipeline::parse(&format!("{file} (pipeline of {})", name.value), &pl.value)?;
             }
-            projects.push(ProjectConfig {
-                name: name.value,
-                repo: p.repo,
-                pipeline: p.pipeline.map(|s| s.value),
-            });
+            projects.push(project::Lower { file, text }.project(name.value, p)?);
         }
         let mut users = std::collections::BTreeMap::new();
         for (name, hash) in raw.users {
@@ -132,6 +120,7 @@ impl ServerConfig {
             users,
             private: raw.private,
             listen: raw.listen,
+            url: raw.url.map(|u| u.trim_end_matches('/').to_string()),
             data: raw.data,
             heartbeat_interval: duration(&raw.heartbeat_interval)?,
             heartbeat_timeout: duration(&raw.heartbeat_timeout)?,
@@ -161,11 +150,7 @@ pub fn parse_project_arg(arg: &str) -> Result<ProjectConfig, String> {
     if repo.is_empty() {
         return Err(format!("`{arg}`: the repository is empty"));
     }
-    Ok(ProjectConfig {
-        name: name.to_string(),
-        repo: Some(repo.to_string()),
-        pipeline: None,
-    })
+    Ok(ProjectConfig::with_repo(name, repo))
 }
 
 #[cfg(test)]
@@ -212,5 +197,70 @@ mod tests {
             parse_project_arg("a=/x").unwrap().repo.as_deref(),
             Some("/x")
         );
+    }
+
+    #[test]
+    fn project_settings_and_reporters_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("gitea-token");
+        std::fs::write(&secret, "from-a-file\n").unwrap();
+        let text = format!(
+            "url: https://ci.example.org/\nprojects:\n  p:\n    repo: /r\n    branches: [main, 'release/*']\n    poll: 30s\n    collapse: false\n    webhook_secret: s3cret\n    report:\n      - github: {{repo: o/r, token: t1}}\n      - forgejo: {{url: https://codeberg.org/, repo: o/r, token: {{file: {}}}}}\n      - gitlab: {{project: g/r, token: t3}}\n      - webhook: {{url: https://example.org/hook}}\n",
+            secret.display()
+        );
+        let c = ServerConfig::parse("s.yml", &text).unwrap();
+        assert_eq!(c.url.as_deref(), Some("https://ci.example.org"));
+        let p = &c.projects[0];
+        assert_eq!(p.branches, vec!["main", "release/*"]);
+        assert_eq!(p.poll, Some(Duration::from_secs(30)));
+        assert!(!p.collapse);
+        assert_eq!(p.webhook_secret, Some(Secret("s3cret".into())));
+        let targets: Vec<String> = p.report.iter().map(Reporter::target).collect();
+        assert_eq!(
+            targets,
+            vec![
+                "github:o/r",
+                "gitea:https://codeberg.org/o/r",
+                "gitlab:https://gitlab.com/g/r",
+                "webhook:https://example.org/hook"
+            ]
+        );
+        assert!(matches!(&p.report[1], Reporter::Gitea { token, .. } if token.0 == "from-a-file"));
+        // Secrets never show in debug output.
+        assert!(!format!("{p:?}").contains("s3cret"));
+        // Defaults: poll every minute, collapse, the default branch.
+        let d = ServerConfig::parse("s.yml", "projects:\n  q:\n    repo: /q\n").unwrap();
+        assert_eq!(d.projects[0], ProjectConfig::with_repo("q", "/q"));
+        let off =
+            ServerConfig::parse("s.yml", "projects:\n  q:\n    repo: /q\n    poll: off\n").unwrap();
+        assert_eq!(off.projects[0].poll, None);
+    }
+
+    #[test]
+    fn project_setting_errors_name_the_place() {
+        let at = |text: &str| {
+            let e = ServerConfig::parse("s.yml", text).unwrap_err();
+            (e.line, e.message)
+        };
+        let (line, msg) = at("projects:\n  q:\n    repo: /q\n    poll: soon\n");
+        assert_eq!(line, 4);
+        assert!(msg.contains("soon"), "{msg}");
+        let (line, msg) = at("projects:\n  q:\n    repo: /q\n    branches: ['a[']\n");
+        assert_eq!(line, 4);
+        assert!(msg.contains("a["), "{msg}");
+        let (line, msg) = at(
+            "projects:\n  q:\n    repo: /q\n    webhook_secret: {env: HERD_TEST_SURELY_UNSET_1}\n",
+        );
+        assert_eq!(line, 4);
+        assert!(msg.contains("HERD_TEST_SURELY_UNSET_1"), "{msg}");
+        let (line, msg) =
+            at("projects:\n  q:\n    repo: /q\n    report:\n      - github: {repo: noslash, token: t}\n");
+        assert_eq!(line, 5);
+        assert!(msg.contains("OWNER/NAME"), "{msg}");
+        let (_, msg) =
+            at("projects:\n  q:\n    repo: /q\n    report:\n      - bitbucket: {repo: a/b}\n");
+        assert!(msg.contains("bitbucket"), "{msg}");
+        let (line, _) = at("projects:\n  q:\n    repo: /q\n    webhook_secret: ''\n");
+        assert_eq!(line, 4);
     }
 }

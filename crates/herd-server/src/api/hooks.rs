@@ -1,0 +1,153 @@
+//! Webhooks at `/api/v1/hooks/{forge}/{project}`: GitHub, Gitea/Forgejo,
+//! GitLab and a generic form. A hook is checked (HMAC-SHA256 signature, or
+//! GitLab's secret token, in constant time) and then only wakes the
+//! project's poller: herd fetches the mirror itself, so a forged payload
+//! cannot name a commit that is not really in the repository.
+
+use super::ApiError;
+use crate::auth::{hmac_sha256_verify, secrets_equal};
+use crate::App;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Longest delivery id remembered (forges use UUIDs).
+const MAX_DELIVERY_ID: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forge {
+    GitHub,
+    Gitea,
+    GitLab,
+    Generic,
+}
+
+impl Forge {
+    fn parse(s: &str) -> Option<Forge> {
+        Some(match s {
+            "github" => Forge::GitHub,
+            "gitea" | "forgejo" => Forge::Gitea,
+            "gitlab" => Forge::GitLab,
+            "generic" => Forge::Generic,
+            _ => return None,
+        })
+    }
+}
+
+fn header<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
+}
+
+pub async fn receive(
+    State(app): State<Arc<App>>,
+    Path((forge, project)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Some(forge) = Forge::parse(&forge) else {
+        return Err(ApiError::not_found(format!(
+            "no webhook kind `{forge}`: use github, gitea, forgejo, gitlab or generic"
+        )));
+    };
+    let Some(secret) = app
+        .project_configs
+        .get(&project)
+        .and_then(|p| p.webhook_secret.as_ref())
+    else {
+        return Err(ApiError::not_found(format!(
+            "project `{project}` takes no webhooks: give it `webhook_secret:` in the server config"
+        )));
+    };
+    let key = secret.0.as_bytes();
+    let signed = |value: Option<&str>, prefix: &str| {
+        value
+            .and_then(|v| v.trim().strip_prefix(prefix))
+            .is_some_and(|sig| hmac_sha256_verify(key, &body, sig))
+    };
+    let authentic = match forge {
+        Forge::GitHub => signed(header(&headers, &["x-hub-signature-256"]), "sha256="),
+        Forge::Gitea => signed(
+            header(&headers, &["x-forgejo-signature", "x-gitea-signature"]),
+            "",
+        ),
+        Forge::GitLab => {
+            header(&headers, &["x-gitlab-token"]).is_some_and(|t| secrets_equal(t, &secret.0))
+        }
+        Forge::Generic => {
+            signed(header(&headers, &["x-herd-signature-256"]), "sha256=")
+                || header(&headers, &["x-herd-token"]).is_some_and(|t| secrets_equal(t, &secret.0))
+        }
+    };
+    if !authentic {
+        tracing::warn!(project = %project, "refused a {forge:?} webhook: bad or missing signature");
+        return Err(ApiError::unauthorized(
+            "the webhook's signature does not match: the secret set at the forge must be the project's webhook_secret",
+        ));
+    }
+    let event = header(
+        &headers,
+        &[
+            "x-github-event",
+            "x-forgejo-event",
+            "x-gitea-event",
+            "x-gitlab-event",
+            "x-herd-event",
+        ],
+    )
+    .unwrap_or("push");
+    if event == "ping" {
+        return Ok((StatusCode::OK, Json(json!({ "ok": "pong" }))));
+    }
+    let payload: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the webhook's body is not JSON: {e}")))?
+    };
+    let is_push = matches!(event, "push" | "Push Hook" | "Tag Push Hook" | "create");
+    if !is_push {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "ignored": format!("event `{event}` does not change the repository") })),
+        ));
+    }
+    let delivery = header(
+        &headers,
+        &[
+            "x-github-delivery",
+            "x-forgejo-delivery",
+            "x-gitea-delivery",
+            "x-gitlab-event-uuid",
+            "idempotency-key",
+            "x-herd-delivery",
+        ],
+    );
+    if let Some(id) = delivery {
+        if id.len() > MAX_DELIVERY_ID {
+            return Err(ApiError::bad_request(format!(
+                "the delivery id is longer than {MAX_DELIVERY_ID} characters"
+            )));
+        }
+        if !app.hub.store.note_delivery(&project, id).await? {
+            return Ok((
+                StatusCode::OK,
+                Json(json!({ "ignored": format!("delivery `{id}` was received before") })),
+            ));
+        }
+    }
+    if !app.pollers.wake(&project) {
+        return Err(ApiError::bad_request(format!(
+            "project `{project}` has no repository to fetch"
+        )));
+    }
+    let reference = payload.get("ref").and_then(Value::as_str);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "fetching": project, "ref": reference })),
+    ))
+}

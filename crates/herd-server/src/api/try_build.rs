@@ -1,0 +1,120 @@
+//! `POST /api/v1/try`: build a patch that the repository does not have, on
+//! top of a revision it has (`herd try`). Needs a try token or the admin
+//! token; the build is marked `try` with who sent it.
+
+use super::ApiError;
+use crate::auth::{self, Principal};
+use crate::builds::{start, Origin, StartBuild, Started};
+use crate::store::BuildKind;
+use crate::App;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Largest patch a try build takes: it travels to each worker inside the
+/// job's assignment, which must fit in one protocol frame.
+pub const MAX_TRY_PATCH: usize = 384 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TryRequest {
+    project: String,
+    /// The commit the patch applies to (the merge base on the sender's side).
+    base: String,
+    /// `git diff --binary` output.
+    patch: String,
+    #[serde(default)]
+    builder: Option<String>,
+    /// The sender's git identity, shown beside the token's user.
+    #[serde(default)]
+    author: Option<String>,
+}
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<TryRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let presented = auth::bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok()),
+    )
+    .ok_or_else(|| {
+        ApiError::unauthorized(
+            "herd try needs a try token: ask an admin for `herd token create --try --user NAME` and pass it as HERD_TOKEN",
+        )
+    })?;
+    let token_user = match auth::verify(&app.hub.store, presented).await? {
+        Some(Principal::Try { token_id, user }) => {
+            user.unwrap_or_else(|| format!("token {token_id}"))
+        }
+        Some(Principal::Admin { .. }) => "admin".to_string(),
+        Some(Principal::Worker { .. }) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a worker token cannot send try builds: use a try token",
+            ))
+        }
+        None => {
+            return Err(ApiError::unauthorized(
+                "the token is not valid (mistyped, revoked or expired)",
+            ))
+        }
+    };
+    let Json(req) = body
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    if req.patch.len() > MAX_TRY_PATCH {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the patch is {} bytes, more than the {MAX_TRY_PATCH} a try build takes: commit and push it, or try a smaller change",
+                req.patch.len()
+            ),
+        ));
+    }
+    if req.patch.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "the patch is empty: there is nothing to try",
+        ));
+    }
+    if !(req.base.len() == 40 && req.base.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Err(ApiError::bad_request(
+            "`base` must be a full 40-character commit id (the merge base with the server's branch)",
+        ));
+    }
+    let sender = match req
+        .author
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        Some(author) => format!("{author} ({token_user})"),
+        None => token_user,
+    };
+    let start_req = StartBuild {
+        project: req.project,
+        builder: req.builder,
+        rev: Some(req.base),
+        priority: 0,
+        reason: Some(format!("try by {sender}")),
+    };
+    let origin = Origin {
+        kind: BuildKind::Try,
+        branch: None,
+        sender: Some(sender),
+        change: None,
+        patch: Some(req.patch),
+    };
+    match start(&app, start_req, origin).await? {
+        Started::Build(id) => Ok((
+            StatusCode::CREATED,
+            Json(json!({ "id": id, "url": format!("{}/builds/{id}", app.public_url) })),
+        )),
+        Started::NothingToBuild(why) => Err(ApiError::bad_request(why)),
+    }
+}

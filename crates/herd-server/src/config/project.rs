@@ -1,0 +1,297 @@
+//! A project in the server config: its repository, which branches to
+//! build, how often to poll, its webhook secret and where to report.
+//!
+//! ```yaml
+//! projects:
+//!   herd:
+//!     repo: https://github.com/o/herd.git
+//!     branches: [main, 'release/*']   # default: the repository's default branch
+//!     poll: 1m                        # or `off` (webhooks only); default 1m
+//!     collapse: true                  # false: build each commit of a push
+//!     webhook_secret: {env: HERD_HOOK_SECRET}
+//!     report:
+//!       - github: {repo: o/herd, token: {env: GITHUB_TOKEN}}
+//!       - gitea: {url: https://codeberg.org, repo: o/herd, token: {file: /etc/herd/gitea-token}}
+//!       - gitlab: {url: https://gitlab.com, project: group/herd, token: {env: GITLAB_TOKEN}}
+//!       - webhook: {url: https://example.org/ci-hook, secret: {env: HOOK_SECRET}}
+//! ```
+
+use herd_core::ConfigError;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::time::Duration;
+
+/// Polling interval of a project that does not say.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectConfig {
+    pub name: String,
+    pub repo: Option<String>,
+    /// herd.yml text for a project without a repository.
+    pub pipeline: Option<String>,
+    /// Branch globs to build; empty: the repository's default branch.
+    pub branches: Vec<String>,
+    /// None: no polling (webhooks only).
+    pub poll: Option<Duration>,
+    /// Build only the newest commit of several pushed at once.
+    pub collapse: bool,
+    pub webhook_secret: Option<Secret>,
+    pub report: Vec<Reporter>,
+}
+
+impl ProjectConfig {
+    /// A project with a repository and every default.
+    pub fn with_repo(name: &str, repo: &str) -> Self {
+        ProjectConfig {
+            name: name.to_string(),
+            repo: Some(repo.to_string()),
+            pipeline: None,
+            branches: Vec::new(),
+            poll: Some(DEFAULT_POLL),
+            collapse: true,
+            webhook_secret: None,
+            report: Vec::new(),
+        }
+    }
+}
+
+/// A secret value; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where the statuses of a project's builds go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reporter {
+    /// `api` defaults to https://api.github.com (GitHub Enterprise: https://HOST/api/v3).
+    GitHub {
+        api: String,
+        repo: String,
+        token: Secret,
+    },
+    /// Gitea and Forgejo: `url` is the instance.
+    Gitea {
+        url: String,
+        repo: String,
+        token: Secret,
+    },
+    /// `project` is `group/name` or the numeric id.
+    GitLab {
+        url: String,
+        project: String,
+        token: Secret,
+    },
+    /// A JSON POST when a build ends, signed with `secret` when given.
+    Webhook { url: String, secret: Option<Secret> },
+}
+
+impl Reporter {
+    /// Names this reporter in the store and on pages (no secrets).
+    pub fn target(&self) -> String {
+        match self {
+            Reporter::GitHub { repo, .. } => format!("github:{repo}"),
+            Reporter::Gitea { url, repo, .. } => format!("gitea:{url}/{repo}"),
+            Reporter::GitLab { url, project, .. } => format!("gitlab:{url}/{project}"),
+            Reporter::Webhook { url, .. } => format!("webhook:{url}"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProject {
+    pub repo: Option<String>,
+    pub pipeline: Option<Spanned<String>>,
+    #[serde(default)]
+    pub branches: Vec<Spanned<String>>,
+    pub poll: Option<Spanned<String>>,
+    pub collapse: Option<bool>,
+    pub webhook_secret: Option<Spanned<RawSecret>>,
+    #[serde(default)]
+    pub report: Vec<Spanned<RawReporter>>,
+}
+
+/// `secret: text`, `secret: {env: NAME}` or `secret: {file: PATH}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawSecret {
+    Text(String),
+    Env { env: String },
+    File { file: String },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum RawReporter {
+    Github {
+        repo: String,
+        token: RawSecret,
+        api: Option<String>,
+    },
+    Gitea {
+        url: String,
+        repo: String,
+        token: RawSecret,
+    },
+    Forgejo {
+        url: String,
+        repo: String,
+        token: RawSecret,
+    },
+    Gitlab {
+        url: Option<String>,
+        project: String,
+        token: RawSecret,
+    },
+    Webhook {
+        url: String,
+        secret: Option<RawSecret>,
+    },
+}
+
+pub(super) struct Lower<'a> {
+    pub file: &'a str,
+    pub text: &'a str,
+}
+
+impl Lower<'_> {
+    fn err(&self, loc: &serde_saphyr::Location, msg: impl Into<String>) -> ConfigError {
+        ConfigError::at_location(self.file, self.text, loc, msg)
+    }
+
+    pub fn project(&self, name: String, raw: RawProject) -> Result<ProjectConfig, ConfigError> {
+        let mut p = ProjectConfig {
+            pipeline: raw.pipeline.map(|s| s.value),
+            repo: raw.repo,
+            ..ProjectConfig::with_repo(&name, "")
+        };
+        for b in &raw.branches {
+            herd_core::change::compile_glob(&b.value).map_err(|e| {
+                self.err(
+                    &b.referenced,
+                    format!("invalid branch pattern `{}`: {e}", b.value),
+                )
+                .with_help("`*` matches within one segment (`release/*`), `**` across them")
+            })?;
+            p.branches.push(b.value.clone());
+        }
+        if let Some(poll) = &raw.poll {
+            p.poll = match poll.value.as_str() {
+                "off" | "never" | "false" => None,
+                text => Some(
+                    herd_core::duration::parse_duration(text)
+                        .ok()
+                        .filter(|d| *d >= Duration::from_millis(100))
+                        .ok_or_else(|| {
+                            self.err(&poll.referenced, format!("invalid poll interval `{text}`"))
+                                .with_help("write a duration such as `30s` or `5m`, or `off` for webhooks only")
+                        })?,
+                ),
+            };
+        }
+        p.collapse = raw.collapse.unwrap_or(true);
+        if let Some(s) = &raw.webhook_secret {
+            p.webhook_secret = Some(self.secret(s)?);
+        }
+        for r in &raw.report {
+            p.report.push(self.reporter(r)?);
+        }
+        Ok(p)
+    }
+
+    fn secret(&self, s: &Spanned<RawSecret>) -> Result<Secret, ConfigError> {
+        self.secret_at(&s.value, &s.referenced)
+    }
+
+    fn secret_at(&self, s: &RawSecret, at: &serde_saphyr::Location) -> Result<Secret, ConfigError> {
+        let value = match s {
+            RawSecret::Text(t) => t.clone(),
+            RawSecret::Env { env } => std::env::var(env).map_err(|_| {
+                self.err(at, format!("the environment variable `{env}` is not set"))
+                    .with_help(format!(
+                        "set {env} in the server's environment, or use {{file: PATH}}"
+                    ))
+            })?,
+            RawSecret::File { file } => std::fs::read_to_string(file)
+                .map_err(|e| {
+                    self.err(at, format!("cannot read the secret file `{file}`: {e}"))
+                        .with_help("give a readable file holding only the secret")
+                })?
+                .trim()
+                .to_string(),
+        };
+        if value.is_empty() {
+            return Err(self
+                .err(at, "the secret is empty")
+                .with_help("an empty secret would let anyone in"));
+        }
+        Ok(Secret(value))
+    }
+
+    fn reporter(&self, r: &Spanned<RawReporter>) -> Result<Reporter, ConfigError> {
+        let at = &r.referenced;
+        let url = |u: &str| -> Result<String, ConfigError> {
+            if u.starts_with("https://") || u.starts_with("http://") {
+                Ok(u.trim_end_matches('/').to_string())
+            } else {
+                Err(self
+                    .err(at, format!("`{u}` is not an http(s) URL"))
+                    .with_help("write the URL with its scheme, e.g. https://codeberg.org"))
+            }
+        };
+        let repo = |repo: &str| -> Result<String, ConfigError> {
+            match repo.split_once('/') {
+                Some((o, n)) if !o.is_empty() && !n.is_empty() && !n.contains('/') => {
+                    Ok(repo.to_string())
+                }
+                _ => Err(self
+                    .err(at, format!("`{repo}` is not OWNER/NAME"))
+                    .with_help("name the repository as OWNER/NAME, e.g. twisted/twisted")),
+            }
+        };
+        Ok(match &r.value {
+            RawReporter::Github {
+                repo: rp,
+                token,
+                api,
+            } => Reporter::GitHub {
+                api: url(api.as_deref().unwrap_or("https://api.github.com"))?,
+                repo: repo(rp)?,
+                token: self.secret_at(token, at)?,
+            },
+            RawReporter::Gitea {
+                url: u,
+                repo: rp,
+                token,
+            }
+            | RawReporter::Forgejo {
+                url: u,
+                repo: rp,
+                token,
+            } => Reporter::Gitea {
+                url: url(u)?,
+                repo: repo(rp)?,
+                token: self.secret_at(token, at)?,
+            },
+            RawReporter::Gitlab {
+                url: u,
+                project,
+                token,
+            } => Reporter::GitLab {
+                url: url(u.as_deref().unwrap_or("https://gitlab.com"))?,
+                project: project.clone(),
+                token: self.secret_at(token, at)?,
+            },
+            RawReporter::Webhook { url: u, secret } => Reporter::Webhook {
+                url: url(u)?,
+                secret: secret.as_ref().map(|s| self.secret_at(s, at)).transpose()?,
+            },
+        })
+    }
+}

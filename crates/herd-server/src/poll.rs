@@ -1,0 +1,337 @@
+//! Changes in: each project with a repository has a poller that fetches its
+//! bare mirror every `poll` interval (or at once when a webhook wakes it),
+//! records each new commit on a watched branch as a change, and starts its
+//! build. A failing fetch is retried with backoff and shown on the project;
+//! other projects go on.
+
+use crate::builds::{start, Origin, StartBuild, Started};
+use crate::config::ProjectConfig;
+use crate::store::{BuildKind, ChangeRow, NewChange};
+use crate::App;
+use herd_core::change::{commits_to_build, globs_select, skip_requested, ChangeFacts};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Most new commits of one branch looked at in one poll.
+const MAX_NEW_COMMITS: usize = 100;
+/// Most of them built one by one when `collapse: false`.
+const MAX_CHANGES_PER_PUSH: usize = 50;
+/// Longest wait between retries of a failing fetch.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// What the project page and `herd project show` tell about polling.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PollStatus {
+    pub last_poll_at: Option<i64>,
+    pub last_success_at: Option<i64>,
+    /// The last fetch's error, until a fetch succeeds.
+    pub last_error: Option<String>,
+    /// Fetches failed in a row.
+    pub failures: u32,
+    pub next_poll_at: Option<i64>,
+    /// The watched branches and their heads at the last poll.
+    pub branches: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
+pub struct Pollers {
+    wake: HashMap<String, Arc<Notify>>,
+    status: Mutex<HashMap<String, PollStatus>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Pollers {
+    pub fn new(projects: &[ProjectConfig]) -> Self {
+        Pollers {
+            wake: projects
+                .iter()
+                .filter(|p| p.repo.is_some())
+                .map(|p| (p.name.clone(), Arc::new(Notify::new())))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Starts one poller per project with a repository.
+    pub fn spawn_all(app: &Arc<App>) {
+        let mut tasks = Vec::new();
+        for project in app.project_configs.values() {
+            let (Some(repo), Some(wake)) = (&project.repo, app.pollers.wake.get(&project.name))
+            else {
+                continue;
+            };
+            let app = Arc::clone(app);
+            let (project, repo, wake) = (project.clone(), repo.clone(), Arc::clone(wake));
+            tasks.push(tokio::spawn(async move {
+                poll_loop(app, project, repo, wake).await;
+            }));
+        }
+        lock(&app.pollers.tasks).extend(tasks);
+    }
+
+    pub fn stop(&self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Fetch now (a webhook said something was pushed). False for a project
+    /// without a repository.
+    pub fn wake(&self, project: &str) -> bool {
+        match self.wake.get(project) {
+            Some(n) => {
+                n.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn status(&self, project: &str) -> Option<PollStatus> {
+        lock(&self.status).get(project).cloned()
+    }
+
+    fn update(&self, project: &str, f: impl FnOnce(&mut PollStatus)) {
+        f(lock(&self.status).entry(project.to_string()).or_default());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn poll_loop(app: Arc<App>, project: ProjectConfig, repo: String, wake: Arc<Notify>) {
+    let interval = project.poll;
+    loop {
+        let started = crate::store::now_ms();
+        let result = poll_once(&app, &project, &repo).await;
+        let failures = match &result {
+            Ok(_) => 0,
+            Err(_) => app.pollers.status(&project.name).map_or(0, |s| s.failures) + 1,
+        };
+        let delay = match (&result, interval) {
+            (Ok(_), Some(every)) => Some(every),
+            (Ok(_), None) => None,
+            (Err(_), every) => Some(backoff(failures, every)),
+        };
+        app.pollers.update(&project.name, |s| {
+            s.last_poll_at = Some(started);
+            s.failures = failures;
+            s.next_poll_at = delay.map(|d| crate::store::now_ms() + d.as_millis() as i64);
+            match result {
+                Ok(branches) => {
+                    s.last_success_at = Some(started);
+                    s.last_error = None;
+                    s.branches = branches;
+                }
+                Err(e) => {
+                    tracing::warn!(project = %project.name, "poll failed ({failures} in a row): {e}");
+                    s.last_error = Some(e);
+                }
+            }
+        });
+        match delay {
+            Some(d) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+/// Retry delay after `failures` failed fetches in a row: from a tenth of the
+/// interval (at most 10 s), doubling, never above 10 minutes.
+fn backoff(failures: u32, interval: Option<Duration>) -> Duration {
+    let base = interval
+        .map(|i| i / 10)
+        .unwrap_or(Duration::from_secs(10))
+        .clamp(Duration::from_millis(100), Duration::from_secs(10));
+    base.saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// One fetch: records the changes of the watched branches and builds them.
+/// Returns the watched branches' heads.
+async fn poll_once(
+    app: &App,
+    project: &ProjectConfig,
+    repo: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    let name = &project.name;
+    let heads = app
+        .mirrors
+        .fetch(name, repo)
+        .await
+        .map_err(|e| e.to_string())?;
+    let watched: BTreeMap<String, String> = heads
+        .branches
+        .into_iter()
+        .filter(|(branch, _)| {
+            if project.branches.is_empty() {
+                heads.default_branch.as_deref() == Some(branch.as_str())
+            } else {
+                globs_select(&project.branches, branch)
+            }
+        })
+        .collect();
+    let store = &app.hub.store;
+    let stored = store.branch_heads(name).await.map_err(|e| e.to_string())?;
+    // The first poll of a project takes the branches as they are: what was
+    // pushed before herd watched is not a change (`herd build start` builds it).
+    let first_poll = stored.is_empty();
+    for (branch, head) in &watched {
+        let old = stored.get(branch).map(String::as_str);
+        if old == Some(head.as_str()) {
+            continue;
+        }
+        let changes = if first_poll {
+            Vec::new()
+        } else {
+            new_changes(app, project, old, head)
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        store
+            .advance_branch(name, branch, old, head, &changes)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if first_poll && watched.is_empty() {
+        // Nothing to take yet; an empty marker keeps the next poll from
+        // being a "first poll" that would ignore the first push.
+        store
+            .advance_branch(name, "", None, "", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    for branch in stored.keys() {
+        if !branch.is_empty() && !watched.contains_key(branch) {
+            store
+                .forget_branch(name, branch)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    for change in store
+        .unsettled_changes(name)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        build_change(app, change).await;
+    }
+    Ok(watched)
+}
+
+/// The changes that moving a branch from `old` to `new` brings.
+async fn new_changes(
+    app: &App,
+    project: &ProjectConfig,
+    old: Option<&str>,
+    new: &str,
+) -> Result<Vec<NewChange>, crate::git::GitError> {
+    let name = &project.name;
+    let picked = match old {
+        // A new branch: its head is the change; which files it touches
+        // is unknown, so path filters do not hold it back.
+        None => vec![new.to_string()],
+        Some(old) => {
+            let commits = app
+                .mirrors
+                .new_commits(name, old, new, MAX_NEW_COMMITS)
+                .await?;
+            commits_to_build(&commits, project.collapse, MAX_CHANGES_PER_PUSH)
+        }
+    };
+    let mut changes = Vec::with_capacity(picked.len());
+    for sha in picked {
+        let info = app.mirrors.commit_info(name, &sha).await?;
+        let files = match old {
+            None => None,
+            // Collapsed: everything the push changed, so a path filter sees
+            // the files of the commits that are not built on their own.
+            Some(old) if project.collapse => {
+                Some(app.mirrors.changed_files(name, Some(old), &sha).await?)
+            }
+            Some(_) => Some(app.mirrors.changed_files(name, None, &sha).await?),
+        };
+        changes.push(NewChange {
+            revision: sha,
+            author: info.author,
+            message: info.message,
+            committed_at: info.time_ms,
+            files,
+        });
+    }
+    Ok(changes)
+}
+
+/// Starts the build of a recorded change, or records why there is none.
+async fn build_change(app: &App, change: ChangeRow) {
+    let store = &app.hub.store;
+    let settled = if let Some(marker) = skip_requested(&change.message) {
+        store
+            .settle_change(
+                change.id,
+                None,
+                Some(&format!("{marker} in the commit message")),
+            )
+            .await
+    } else {
+        let subject = change.message.lines().next().unwrap_or("").to_string();
+        let req = StartBuild {
+            project: change.project.clone(),
+            builder: None,
+            rev: Some(change.revision.clone()),
+            priority: 0,
+            reason: Some(format!("new commit on {}: {subject}", change.branch)),
+        };
+        let origin = Origin {
+            kind: BuildKind::Change,
+            branch: Some(change.branch.clone()),
+            sender: None,
+            change: Some(ChangeFacts {
+                branch: Some(change.branch.clone()),
+                files: change.files.clone(),
+            }),
+            patch: None,
+        };
+        match start(app, req, origin).await {
+            Ok(Started::Build(id)) => store.settle_change(change.id, Some(id), None).await,
+            Ok(Started::NothingToBuild(why)) => {
+                store.settle_change(change.id, None, Some(&why)).await
+            }
+            Err(e) => {
+                store
+                    .settle_change(change.id, None, Some(&format!("not built: {}", e.message)))
+                    .await
+            }
+        }
+    };
+    if let Err(e) = settled {
+        tracing::warn!(project = %change.project, "cannot record what became of change {}: {e}", change.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_tenth_of_the_interval_and_is_capped() {
+        let every = Some(Duration::from_secs(60));
+        assert_eq!(backoff(1, every), Duration::from_secs(6));
+        assert_eq!(backoff(2, every), Duration::from_secs(12));
+        assert_eq!(backoff(40, every), MAX_BACKOFF);
+        assert_eq!(
+            backoff(1, Some(Duration::from_millis(200))),
+            Duration::from_millis(100)
+        );
+        assert_eq!(backoff(1, None), Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,392 @@
+//! Results out: commit statuses to GitHub, Gitea/Forgejo and GitLab (one
+//! per builder: pending, then success or failure, linking to the build
+//! page), and a JSON webhook when a build ends.
+//!
+//! The reporter reconciles: for each build with statuses still to send
+//! (`builds.report_pending`) it computes what each status should say now
+//! and sends what differs from what was last sent (`status_reports`). A
+//! failed send is retried with backoff, across restarts; it never changes
+//! the build.
+
+use crate::config::Reporter as Target;
+use crate::store::{BuildRow, JobRow};
+use crate::App;
+use herd_core::state::RunState;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Sends of one status before giving up on it.
+pub const MAX_ATTEMPTS: i64 = 12;
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+const IDLE_CHECK: Duration = Duration::from_secs(30);
+
+pub struct StatusReporter {
+    wake: Notify,
+    http: reqwest::Client,
+}
+
+impl StatusReporter {
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("herd/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(StatusReporter {
+            wake: Notify::new(),
+            http,
+        })
+    }
+
+    /// Something changed (a build started or ended): look again.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn spawn(app: &Arc<App>) -> tokio::task::JoinHandle<()> {
+        let app = Arc::clone(app);
+        tokio::spawn(async move {
+            let mut changes = app.hub.subscribe();
+            loop {
+                let next = match reconcile(&app).await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::warn!("status reporting: {e}");
+                        Some(crate::store::now_ms() + IDLE_CHECK.as_millis() as i64)
+                    }
+                };
+                let wait = next
+                    .map(|at| Duration::from_millis((at - crate::store::now_ms()).max(0) as u64))
+                    .unwrap_or(IDLE_CHECK)
+                    .min(IDLE_CHECK);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = app.reporter.wake.notified() => {}
+                    _ = changes.changed() => {}
+                }
+                // Many changes come at once (a batch of events): look once.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+}
+
+/// What one status should say now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wanted {
+    state: RunState,
+}
+
+impl Wanted {
+    fn is_final(self) -> bool {
+        self.state.is_finished()
+    }
+}
+
+/// One pass over the builds with statuses to send. Returns when the next
+/// retry is due, if one is waiting.
+async fn reconcile(app: &App) -> Result<Option<i64>, crate::store::StoreError> {
+    let store = &app.hub.store;
+    let mut next_due: Option<i64> = None;
+    for build_id in store.builds_to_report().await? {
+        let Some(detail) = store.build_detail(build_id).await? else {
+            store.reports_done(build_id).await?;
+            continue;
+        };
+        let targets = app
+            .project_configs
+            .get(&detail.build.project)
+            .map(|p| p.report.clone())
+            .unwrap_or_default();
+        let sent = store.reports_of(build_id).await?;
+        let mut settled = true;
+        for target in &targets {
+            let key = target.target();
+            for (context, wanted) in wanted_statuses(target, &detail.build, &detail.jobs) {
+                let row = sent
+                    .iter()
+                    .find(|r| r.target == key && r.context == context);
+                if row.and_then(|r| r.sent.as_deref()) == Some(wanted.state.as_str()) {
+                    continue;
+                }
+                let attempts = row.map_or(0, |r| r.attempts);
+                if attempts >= MAX_ATTEMPTS {
+                    continue; // given up (logged when it happened)
+                }
+                let now = crate::store::now_ms();
+                if let Some(due) = row.map(|r| r.next_at).filter(|t| *t > now) {
+                    next_due = Some(next_due.map_or(due, |n: i64| n.min(due)));
+                    settled = false;
+                    continue;
+                }
+                match send(app, target, &detail.build, &context, wanted, &detail.jobs).await {
+                    Ok(()) => {
+                        store
+                            .save_report(build_id, &key, &context, Ok(wanted.state.as_str()))
+                            .await?;
+                        if !wanted.is_final() {
+                            settled = false;
+                        }
+                    }
+                    Err(e) => {
+                        let delay = retry_delay(attempts + 1);
+                        let due = now + delay.as_millis() as i64;
+                        if attempts + 1 >= MAX_ATTEMPTS {
+                            tracing::warn!(build = build_id, target = %key, "giving up reporting `{context}` after {MAX_ATTEMPTS} attempts: {e}");
+                        } else {
+                            tracing::info!(build = build_id, target = %key, "reporting `{context}` failed, again in {delay:?}: {e}");
+                            next_due = Some(next_due.map_or(due, |n| n.min(due)));
+                            settled = false;
+                        }
+                        store
+                            .save_report(build_id, &key, &context, Err((&e, due)))
+                            .await?;
+                    }
+                }
+            }
+        }
+        let finished = RunState::parse(&detail.build.state).is_some_and(RunState::is_finished);
+        if settled && finished {
+            store.reports_done(build_id).await?;
+        }
+    }
+    Ok(next_due)
+}
+
+/// Delay before attempt `attempt + 1`: 1 s, doubling, at most 5 minutes.
+fn retry_delay(attempt: i64) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(1 << (attempt - 1).clamp(0, 16))
+        .min(MAX_RETRY)
+}
+
+/// The statuses a target should show for a build: per builder for a forge
+/// (context `herd/BUILDER`; a build without jobs, such as a broken
+/// herd.yml, has one context `herd`), one at the end for a webhook.
+fn wanted_statuses(target: &Target, build: &BuildRow, jobs: &[JobRow]) -> Vec<(String, Wanted)> {
+    let build_state = RunState::parse(&build.state).unwrap_or(RunState::Error);
+    if let Target::Webhook { .. } = target {
+        return if build_state.is_finished() {
+            vec![(String::new(), Wanted { state: build_state })]
+        } else {
+            Vec::new()
+        };
+    }
+    builder_statuses(build_state, jobs)
+}
+
+/// One status per builder, from its jobs' states.
+fn builder_statuses(build_state: RunState, jobs: &[JobRow]) -> Vec<(String, Wanted)> {
+    let mut per_builder: BTreeMap<&str, Vec<RunState>> = BTreeMap::new();
+    for j in jobs {
+        per_builder
+            .entry(j.builder.as_str())
+            .or_default()
+            .push(RunState::parse(&j.state).unwrap_or(RunState::Error));
+    }
+    if per_builder.is_empty() {
+        return vec![("herd".into(), Wanted { state: build_state })];
+    }
+    per_builder
+        .into_iter()
+        .map(|(b, states)| {
+            (
+                format!("herd/{b}"),
+                Wanted {
+                    state: RunState::of_build(&states),
+                },
+            )
+        })
+        .collect()
+}
+
+fn description(state: RunState, build: &BuildRow) -> String {
+    let text = match state {
+        RunState::Queued => "waiting for a worker".to_string(),
+        RunState::Running => "running".to_string(),
+        RunState::Success | RunState::Skipped => "passed".to_string(),
+        RunState::Failure => "failed".to_string(),
+        RunState::Cancelled => "cancelled".to_string(),
+        RunState::Error => match &build.error {
+            Some(e) => format!("could not run: {e}"),
+            None => "could not run".to_string(),
+        },
+    };
+    // GitHub refuses descriptions over 140 characters.
+    text.chars().take(140).collect()
+}
+
+/// GitHub and Gitea/Forgejo: pending, success, failure, error.
+fn github_state(s: RunState) -> &'static str {
+    match s {
+        RunState::Queued | RunState::Running => "pending",
+        RunState::Success | RunState::Skipped => "success",
+        RunState::Failure => "failure",
+        RunState::Error | RunState::Cancelled => "error",
+    }
+}
+
+/// GitLab: pending, running, success, failed, canceled.
+fn gitlab_state(s: RunState) -> &'static str {
+    match s {
+        RunState::Queued => "pending",
+        RunState::Running => "running",
+        RunState::Success | RunState::Skipped => "success",
+        RunState::Failure | RunState::Error => "failed",
+        RunState::Cancelled => "canceled",
+    }
+}
+
+async fn send(
+    app: &App,
+    target: &Target,
+    build: &BuildRow,
+    context: &str,
+    wanted: Wanted,
+    jobs: &[JobRow],
+) -> Result<(), String> {
+    let Some(sha) = &build.revision else {
+        return Ok(()); // nothing to attach a status to
+    };
+    let link = format!("{}/builds/{}", app.public_url, build.id);
+    let http = &app.reporter.http;
+    let request = match target {
+        Target::GitHub { api, repo, token } => http
+            .post(format!("{api}/repos/{repo}/statuses/{sha}"))
+            .bearer_auth(&token.0)
+            .header("Accept", "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .json(&json!({
+                "state": github_state(wanted.state),
+                "target_url": link,
+                "description": description(wanted.state, build),
+                "context": context,
+            })),
+        Target::Gitea { url, repo, token } => http
+            .post(format!("{url}/api/v1/repos/{repo}/statuses/{sha}"))
+            .header("Authorization", format!("token {}", token.0))
+            .json(&json!({
+                "state": github_state(wanted.state),
+                "target_url": link,
+                "description": description(wanted.state, build),
+                "context": context,
+            })),
+        Target::GitLab {
+            url,
+            project,
+            token,
+        } => {
+            let mut body = json!({
+                "state": gitlab_state(wanted.state),
+                "name": context,
+                "target_url": link,
+                "description": description(wanted.state, build),
+            });
+            if let Some(branch) = &build.branch {
+                body["ref"] = json!(branch);
+            }
+            http.post(format!(
+                "{url}/api/v4/projects/{}/statuses/{sha}",
+                encode_path(project)
+            ))
+            .header("PRIVATE-TOKEN", &token.0)
+            .json(&body)
+        }
+        Target::Webhook { url, secret } => {
+            let build_state = RunState::parse(&build.state).unwrap_or(RunState::Error);
+            let builders: BTreeMap<String, &str> = builder_statuses(build_state, jobs)
+                .into_iter()
+                .map(|(c, w)| (c.trim_start_matches("herd/").to_string(), w.state.as_str()))
+                .collect();
+            let body = json!({
+                "event": "build_finished",
+                "build": {
+                    "id": build.id,
+                    "project": build.project,
+                    "revision": build.revision,
+                    "branch": build.branch,
+                    "kind": build.kind,
+                    "state": build.state,
+                    "error": build.error,
+                    "reason": build.reason,
+                    "url": link,
+                    "created_at": build.created_at,
+                    "finished_at": build.finished_at,
+                },
+                "builders": builders,
+            });
+            let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+            let mut req = http
+                .post(url)
+                .header("Content-Type", "application/json")
+                .header("X-Herd-Event", "build_finished")
+                .header("X-Herd-Delivery", format!("{}-{}", build.id, build.state));
+            if let Some(s) = secret {
+                req = req.header(
+                    "X-Herd-Signature-256",
+                    format!(
+                        "sha256={}",
+                        crate::auth::hmac_sha256_hex(s.0.as_bytes(), &bytes)
+                    ),
+                );
+            }
+            req.body(bytes)
+        }
+    };
+    let response = request.send().await.map_err(|e| {
+        // reqwest's error names the URL, never the token.
+        format!("cannot reach it: {e}")
+    })?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let text = response.text().await.unwrap_or_default();
+    Err(format!(
+        "answered {status}: {}",
+        text.chars().take(300).collect::<String>()
+    ))
+}
+
+/// GitLab takes `group/name` URL-encoded in the path.
+fn encode_path(project: &str) -> String {
+    project
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_map_to_each_forge() {
+        assert_eq!(github_state(RunState::Running), "pending");
+        assert_eq!(github_state(RunState::Cancelled), "error");
+        assert_eq!(gitlab_state(RunState::Running), "running");
+        assert_eq!(gitlab_state(RunState::Error), "failed");
+        assert_eq!(gitlab_state(RunState::Cancelled), "canceled");
+    }
+
+    #[test]
+    fn retries_double_and_are_capped() {
+        assert_eq!(retry_delay(1), Duration::from_secs(1));
+        assert_eq!(retry_delay(2), Duration::from_secs(2));
+        assert_eq!(retry_delay(20), MAX_RETRY);
+    }
+
+    #[test]
+    fn gitlab_paths_are_encoded() {
+        assert_eq!(encode_path("group/sub/name"), "group%2Fsub%2Fname");
+        assert_eq!(encode_path("42"), "42");
+    }
+}
