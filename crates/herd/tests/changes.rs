@@ -164,6 +164,20 @@ fn pushed_commits_build_by_themselves_with_filters_skip_ci_and_collapse() {
         change["skipped"].as_str().unwrap().contains("[skip ci]"),
         "{change}"
     );
+    // The project's page shows both, escaped.
+    let page = server.get_text("/projects/p").unwrap();
+    assert!(
+        page.contains("not built: [skip ci] in the commit message"),
+        "{page}"
+    );
+    assert!(page.contains("<a href=\"/builds/1\">#1</a>"), "{page}");
+    let sha = forge.push(&[("src/c.txt", b"c")], "<b>bold</b> [ci skip]");
+    settled_change(&server, "p", &sha);
+    let page = server.get_text("/projects/p").unwrap();
+    assert!(
+        page.contains("&#60;b&#62;bold") && !page.contains("<b>bold"),
+        "{page}"
+    );
 
     // Docs touched: `docs` joins.
     let sha = forge.push(&[("docs/guide.md", b"# guide")], "document");
@@ -742,6 +756,8 @@ fn a_failing_fetch_is_retried_and_shown_while_other_projects_go_on() {
         listed.contains("broken") && listed.contains("FAILING"),
         "{listed}"
     );
+    let page = server.get_text("/projects/broken").unwrap();
+    assert!(page.contains("failed fetches in a row"), "{page}");
 
     // The other project is polled and built meanwhile.
     wait_first_poll(&server, "fine");

@@ -359,3 +359,48 @@ fn actions_need_sign_in_and_cancel_works() {
         c.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_pushed_commit_appears_on_the_grid_by_itself_and_on_its_project_page() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(
+        root.path(),
+        "app",
+        &[(
+            "herd.yml",
+            b"builders:\n  linux:\n    steps:\n      - run: echo built\n",
+        )],
+    );
+    let server = Server::start_with_config(
+        &format!(
+            "projects:\n  app:\n    repo: {}\n    poll: 300ms\n",
+            repo.display()
+        ),
+        &[],
+    );
+    let _w = server.worker("poll-worker", 1, &[]);
+    // The first poll takes the branch as it is.
+    wait_until(Duration::from_secs(30), "the first poll", || {
+        server.get("/api/v1/projects/app").ok()?["polling"]["last_success_at"].as_i64()
+    });
+    let driver = chromedriver();
+    runtime().block_on(async {
+        let c = browser(&driver).await;
+        c.goto(&format!("{}/", server.url)).await.unwrap();
+        wait_for(&c, "p.empty", Duration::from_secs(10)).await;
+        let sha = off(|| commit(&repo, &[("src/main.c", b"int main;")], "Teach it to count"));
+        // Nobody starts it: the poll finds the commit, the grid shows it.
+        let origin = wait_for(&c, "tr[data-b] span.origin", Duration::from_secs(20)).await;
+        assert_eq!(origin.text().await.unwrap(), "main");
+        assert_eq!(text(&c, "tr[data-b] span.msg").await, "Teach it to count");
+        c.goto(&format!("{}/projects/app", server.url))
+            .await
+            .unwrap();
+        wait_for(&c, "td.rev", Duration::from_secs(5)).await;
+        assert_eq!(text(&c, "td.rev").await, sha[..10]);
+        let link = wait_for(&c, "a[href^='/builds/']", Duration::from_secs(5)).await;
+        assert_eq!(link.text().await.unwrap(), "#1");
+        screenshot(&c, "project").await;
+        c.close().await.unwrap();
+    });
+}

@@ -53,6 +53,16 @@ fn a_private_server_needs_a_sign_in_and_users_sign_in_with_their_password() {
             .starts_with("/login"));
         assert_eq!(get("/api/v1/builds").await.unwrap().status(), 401);
         assert_eq!(get("/workers").await.unwrap().status().as_u16(), 303);
+        assert_eq!(get("/projects").await.unwrap().status().as_u16(), 303);
+        assert_eq!(get("/api/v1/projects").await.unwrap().status(), 401);
+        // Webhooks carry their own signature: a private server still takes
+        // them (and refuses a bad one itself).
+        let hook = http
+            .post(format!("{}/api/v1/hooks/github/nope", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(hook.status(), 404);
         // ... except what workers and installers need, and signing in.
         assert_eq!(get("/api/v1/health").await.unwrap().status(), 200);
         assert_eq!(get("/login").await.unwrap().status(), 200);

@@ -9,6 +9,7 @@
 
 mod ansi;
 mod pages;
+mod projects;
 mod session;
 
 use crate::App;
@@ -36,6 +37,8 @@ pub fn router() -> Router<Arc<App>> {
         .route("/builds/{id}/cancel", post(pages::cancel))
         .route("/builds/{id}/rebuild", post(pages::rebuild))
         .route("/attempts/{id}/steps/{idx}", get(pages::log))
+        .route("/projects", get(projects::projects))
+        .route("/projects/{name}", get(projects::project))
         .route("/workers", get(pages::workers))
         .route(
             "/workers/add",

@@ -43,7 +43,7 @@ impl Page {
     }
 }
 
-fn server_error(e: impl std::fmt::Display) -> Response {
+pub(super) fn server_error(e: impl std::fmt::Display) -> Response {
     (
         StatusCode::INTERNAL_SERVER_ERROR,
         format!("server error: {e}"),
@@ -51,11 +51,11 @@ fn server_error(e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-fn not_found(what: String) -> Response {
+pub(super) fn not_found(what: String) -> Response {
     (StatusCode::NOT_FOUND, what).into_response()
 }
 
-fn ago(ms: i64) -> String {
+pub(super) fn ago(ms: i64) -> String {
     let secs = (crate::store::now_ms() - ms).max(0) / 1000;
     match secs {
         0..=59 => format!("{secs}s ago"),
@@ -100,6 +100,8 @@ pub struct GridRow {
     pub author: String,
     pub when: String,
     pub project: String,
+    /// The branch of a change, `try by …` for a try build.
+    pub origin: String,
     /// The row's most common cell state (its cells need no class of their own).
     pub common: &'static str,
     /// The row's cells, prerendered: a grid of 200 x 100 must stay small.
@@ -346,8 +348,19 @@ fn grid_row(b: &crate::store::BuildRow, cells: &[Vec<CellJob>], common: &'static
         author: b.author.clone().unwrap_or_default(),
         when: ago(b.created_at),
         project: b.project.clone(),
+        origin: origin_label(b),
         common,
         cells: html,
+    }
+}
+
+/// Where a build came from, in a few words: its branch, or who tried what.
+fn origin_label(b: &crate::store::BuildRow) -> String {
+    match (b.kind.as_str(), &b.branch, &b.sender) {
+        ("try", _, Some(sender)) => format!("try by {sender}"),
+        ("try", _, None) => "try".into(),
+        (_, Some(branch), _) => branch.clone(),
+        _ => String::new(),
     }
 }
 
@@ -493,6 +506,7 @@ pub struct BuildPage {
     pub message: String,
     pub author: String,
     pub reason: String,
+    pub origin: String,
     pub when: String,
     pub error: Option<String>,
     pub running: bool,
@@ -588,6 +602,7 @@ pub async fn build_page(
         message: b.message.clone().unwrap_or_default(),
         author: b.author.clone().unwrap_or_default(),
         reason: b.reason.clone(),
+        origin: origin_label(b),
         when: ago(b.created_at),
         error: b.error.clone(),
         running: matches!(b.state.as_str(), "queued" | "running"),

@@ -1,0 +1,129 @@
+//! The projects page and each project's page: repository, what is
+//! watched, how polling goes (a failing fetch shows here), webhooks,
+//! reporters, and the recent changes with what became of each.
+
+use super::pages::{ago, not_found, server_error, Page};
+use super::session::render;
+use crate::App;
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use std::sync::Arc;
+
+pub struct ProjectView {
+    pub name: String,
+    pub repo: String,
+    pub branches: String,
+    /// "every 1m", "webhooks only", "no repository".
+    pub polling: String,
+    pub last_poll: String,
+    /// The last fetch's error, while fetches fail.
+    pub error: Option<String>,
+    pub webhooks: bool,
+    pub reporters: Vec<String>,
+    pub heads: Vec<(String, String)>,
+}
+
+pub struct ChangeView {
+    pub revision: String,
+    pub branch: String,
+    pub subject: String,
+    pub author: String,
+    pub when: String,
+    pub build: Option<i64>,
+    pub skipped: String,
+}
+
+#[derive(Template)]
+#[template(path = "projects.html")]
+pub struct ProjectsPage {
+    pub page: Page,
+    pub projects: Vec<ProjectView>,
+}
+
+#[derive(Template)]
+#[template(path = "project.html")]
+pub struct ProjectPage {
+    pub page: Page,
+    pub project: ProjectView,
+    pub changes: Vec<ChangeView>,
+}
+
+fn view(app: &App, row: &crate::store::ProjectRow) -> ProjectView {
+    let config = app.project_configs.get(&row.name);
+    let status = app.pollers.status(&row.name).unwrap_or_default();
+    let polling = match (&row.repo, config.and_then(|c| c.poll)) {
+        (None, _) => "no repository".to_string(),
+        (Some(_), None) => "webhooks only".to_string(),
+        (Some(_), Some(d)) => format!("every {}", herd_core::duration::format_duration(d)),
+    };
+    ProjectView {
+        name: row.name.clone(),
+        repo: row.repo.clone().unwrap_or_default(),
+        branches: match config.map(|c| c.branches.join(", ")) {
+            Some(b) if !b.is_empty() => b,
+            _ => "the default branch".into(),
+        },
+        polling,
+        last_poll: status.last_poll_at.map(ago).unwrap_or_default(),
+        error: status.last_error.map(|e| {
+            format!(
+                "{e} ({} failed fetch{} in a row)",
+                status.failures,
+                if status.failures == 1 { "" } else { "es" }
+            )
+        }),
+        webhooks: config.is_some_and(|c| c.webhook_secret.is_some()),
+        reporters: config
+            .map(|c| c.report.iter().map(|r| r.target()).collect())
+            .unwrap_or_default(),
+        heads: status
+            .branches
+            .into_iter()
+            .map(|(b, sha)| (b, sha.chars().take(10).collect()))
+            .collect(),
+    }
+}
+
+pub async fn projects(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    match app.hub.store.projects().await {
+        Ok(rows) => render(&ProjectsPage {
+            page: Page::new(&app, &headers, false),
+            projects: rows.iter().map(|r| view(&app, r)).collect(),
+        }),
+        Err(e) => server_error(e),
+    }
+}
+
+pub async fn project(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let row = match app.hub.store.project(&name).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return not_found(format!("no project {name}")),
+        Err(e) => return server_error(e),
+    };
+    let changes = match app.hub.store.changes(&name, 50).await {
+        Ok(c) => c,
+        Err(e) => return server_error(e),
+    };
+    render(&ProjectPage {
+        page: Page::new(&app, &headers, false),
+        project: view(&app, &row),
+        changes: changes
+            .into_iter()
+            .map(|c| ChangeView {
+                revision: c.revision.chars().take(10).collect(),
+                branch: c.branch,
+                subject: c.message.lines().next().unwrap_or("").to_string(),
+                author: c.author,
+                when: ago(c.created_at),
+                build: c.build_id,
+                skipped: c.skipped.unwrap_or_default(),
+            })
+            .collect(),
+    })
+}
