@@ -194,7 +194,8 @@ pub async fn start(app: &App, req: StartBuild, origin: Origin) -> Result<Started
                     action: StepAction::Checkout {
                         repo: repo.clone(),
                         revision: rev.clone(),
-                        patch: origin.patch.clone(),
+                        // Joins at assignment, from `build_patches`.
+                        patch: None,
                     },
                     timeout_secs: None,
                     env: Default::default(),
@@ -213,6 +214,7 @@ pub async fn start(app: &App, req: StartBuild, origin: Origin) -> Result<Started
                 steps,
                 cap: b.max_concurrent,
                 shard: None,
+                patched: origin.patch.is_some(),
             };
             match split {
                 None => jobs.push(NewJob {
@@ -254,6 +256,7 @@ pub async fn start(app: &App, req: StartBuild, origin: Origin) -> Result<Started
         author: commit.0,
         message: commit.1,
         report: app.reports_for(&project.name) && origin.kind != BuildKind::Try,
+        patch: origin.patch.clone(),
         branch: origin.branch.clone(),
         kind: origin.kind,
         sender: origin.sender.clone(),
@@ -305,6 +308,7 @@ async fn record_error_build(
             branch: origin.branch.clone(),
             kind: origin.kind,
             sender: origin.sender.clone(),
+            patch: None,
         })
         .await?;
     app.hub.changed();

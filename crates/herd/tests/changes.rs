@@ -472,6 +472,10 @@ fn herd_try_builds_a_patch_the_repository_does_not_have() {
         "local commit",
     );
     std::fs::write(forge.work.join("feature.txt"), "tried here\n").unwrap();
+    // The patch may change herd.yml too: the try build uses the patched one.
+    let mut yml = std::fs::read_to_string(forge.work.join("herd.yml")).unwrap();
+    yml.push_str("  extra:\n    steps:\n      - run: echo from the patched herd.yml\n");
+    std::fs::write(forge.work.join("herd.yml"), yml).unwrap();
     let try_cmd = |token: &str| {
         std::process::Command::new(HERD)
             .args(["try", "--wait"])
@@ -493,6 +497,7 @@ fn herd_try_builds_a_patch_the_repository_does_not_have() {
     let build = server.build(id);
     assert_eq!(build["state"], "success");
     assert_eq!(build["kind"], "try");
+    assert_eq!(builders_of(&build), vec!["check", "extra"]);
     assert!(
         build["sender"].as_str().unwrap().contains("alice"),
         "{build}"

@@ -51,3 +51,10 @@ CREATE TABLE status_reports (
     last_error TEXT,
     PRIMARY KEY (build_id, target, context)
 );
+
+-- The patch of a try build, once per build; it joins the checkout step when
+-- a job is assigned (job specs stay small for the pages that read them).
+CREATE TABLE build_patches (
+    build_id BIGINT PRIMARY KEY,
+    patch    TEXT NOT NULL
+);

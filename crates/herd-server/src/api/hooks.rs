@@ -14,6 +14,11 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// Largest webhook body read (the signature covers all of it). Push
+/// payloads are mostly far smaller; one larger gets 413 and the next poll
+/// still finds its commits.
+pub const MAX_HOOK_BODY: usize = 10 * 1024 * 1024;
+
 /// Longest delivery id remembered (forges use UUIDs).
 const MAX_DELIVERY_ID: usize = 128;
 

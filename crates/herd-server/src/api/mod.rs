@@ -64,7 +64,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/enroll", post(enroll::enroll))
         .route("/api/v1/whoami", get(enroll::whoami))
         .route("/api/v1/workers/{name}/forget", post(enroll::forget_worker))
-        .route("/api/v1/hooks/{forge}/{project}", post(hooks::receive))
+        .route(
+            "/api/v1/hooks/{forge}/{project}",
+            post(hooks::receive).layer(DefaultBodyLimit::max(hooks::MAX_HOOK_BODY)),
+        )
         .route("/api/v1/try", post(try_build::create))
         .route("/install.sh", get(enroll::install_sh))
         .route("/download/{file}", get(enroll::download))

@@ -544,6 +544,15 @@ impl Hub {
         }
         for (job, worker, conn_id) in placements {
             let names: Vec<String> = job.spec.steps.iter().map(|s| s.name.clone()).collect();
+            let mut steps = job.spec.steps.clone();
+            if job.spec.patched {
+                let patch = self.store.build_patch(job.build_id).await?;
+                for s in &mut steps {
+                    if let herd_proto::StepAction::Checkout { patch: p, .. } = &mut s.action {
+                        p.clone_from(&patch);
+                    }
+                }
+            }
             let attempt = self
                 .store
                 .create_attempt(job.job_id, &worker, &names)
@@ -569,7 +578,7 @@ impl Hub {
                                     builder: job.builder.clone(),
                                     job: job.job.clone(),
                                     revision: job.revision.clone(),
-                                    steps: job.spec.steps.clone(),
+                                    steps,
                                 };
                                 w.tx.send(Outbound::Assign(Box::new(assignment))).is_ok()
                             }

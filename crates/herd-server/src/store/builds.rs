@@ -19,6 +19,10 @@ pub struct JobSpec {
     /// Set on the shards of a job with a split step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
+    /// A try build: the build's patch (`build_patches`) joins the checkout
+    /// step when the job is assigned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub patched: bool,
 }
 
 /// One shard of a split job: which split it serves.
@@ -60,6 +64,8 @@ pub struct NewBuild {
     pub sender: Option<String>,
     /// Statuses are to be sent for it (the project has reporters).
     pub report: bool,
+    /// A try build's patch.
+    pub patch: Option<String>,
 }
 
 /// Where a build came from.
@@ -201,6 +207,13 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let build_id: i64 = row.try_get("id")?;
+        if let Some(patch) = &b.patch {
+            sqlx::query("INSERT INTO build_patches (build_id, patch) VALUES ($1, $2)")
+                .bind(build_id)
+                .bind(patch)
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut job_ids = Vec::with_capacity(b.jobs.len());
         for job in &b.jobs {
             let spec = serde_json::to_string(&job.spec)
@@ -220,6 +233,17 @@ impl Store {
         }
         tx.commit().await?;
         Ok((build_id, job_ids))
+    }
+
+    /// The patch of a try build.
+    pub async fn build_patch(&self, build_id: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT patch FROM build_patches WHERE build_id = $1")
+            .bind(build_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| r.try_get("patch"))
+            .transpose()
+            .map_err(Into::into)
     }
 
     /// Jobs waiting for a worker, oldest first; only `job_id` when given.
