@@ -63,6 +63,9 @@ pub struct ServerOptions {
     pub settings: Settings,
     /// The server's address as others reach it; default http://LISTEN.
     pub public_url: Option<String>,
+    /// `postgres://…` to keep everything in PostgreSQL (several servers may
+    /// share it); None: SQLite in the data directory.
+    pub database: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +122,11 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let reporter =
         report::StatusReporter::new().map_err(|e| ServerError::HttpClient(e.to_string()))?;
-    let store = Store::open_sqlite(&opts.data_dir.join("herd.db")).await?;
+    let store = match &opts.database {
+        Some(url) if store::is_postgres_url(url) => Store::open_postgres(url).await?,
+        Some(path) => Store::open_sqlite(Path::new(path)).await?,
+        None => Store::open_sqlite(&opts.data_dir.join("herd.db")).await?,
+    };
     let new_admin_token = ensure_admin_token(&store, &opts.data_dir).await?;
     for p in &opts.projects {
         store

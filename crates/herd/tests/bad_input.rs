@@ -181,8 +181,19 @@ fn state_changes_need_the_admin_token() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     // The admin token is stored only as a hash.
-    let db = std::fs::read(server.data.join("herd.db")).unwrap();
+    let db = match &server.database {
+        Some(url) => {
+            let out = std::process::Command::new("psql")
+                .args([url.as_str(), "-Atc", "SELECT * FROM tokens"])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            out.stdout
+        }
+        None => std::fs::read(server.data.join("herd.db")).unwrap(),
+    };
     let secret = server.token.rsplit('_').next().unwrap();
+    assert!(!db.is_empty());
     assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
 }
 

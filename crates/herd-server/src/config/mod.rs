@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub listen: Option<String>,
     /// The server's address as others reach it (links in reported statuses).
     pub url: Option<String>,
+    /// `postgres://…` or a SQLite file; default DATA/herd.db.
+    pub database: Option<String>,
     pub data: Option<String>,
     pub heartbeat_interval: Option<Duration>,
     pub heartbeat_timeout: Option<Duration>,
@@ -48,6 +50,7 @@ pub struct ServerConfig {
 struct RawConfig {
     listen: Option<String>,
     url: Option<String>,
+    database: Option<String>,
     data: Option<String>,
     heartbeat_interval: Option<Spanned<String>>,
     heartbeat_timeout: Option<Spanned<String>>,
@@ -121,6 +124,7 @@ impl ServerConfig {
             private: raw.private,
             listen: raw.listen,
             url: raw.url.map(|u| u.trim_end_matches('/').to_string()),
+            database: raw.database,
             data: raw.data,
             heartbeat_interval: duration(&raw.heartbeat_interval)?,
             heartbeat_timeout: duration(&raw.heartbeat_timeout)?,

@@ -284,6 +284,15 @@ impl Store {
     ) -> Result<Option<AttemptRow>> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
+        let Some(build) = sqlx::query("SELECT build_id FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        // Build before job, as everywhere: no two transactions wait on each other.
+        lock_build(&mut tx, build.try_get("build_id")?).await?;
         let claimed = sqlx::query(
             "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, $2) \
              WHERE id = $1 AND state = 'queued'",
@@ -841,6 +850,19 @@ async fn apply_one(
     Ok(None)
 }
 
+/// Takes the build's row lock for the rest of the transaction: a
+/// transaction that reads a build's jobs or splits and writes from what it
+/// read takes it first, so that two of them (two jobs ending at once, two
+/// shards asking at once) follow each other and each sees what the other
+/// wrote. A no-op UPDATE: a row lock in PostgreSQL; SQLite has one writer.
+pub(super) async fn lock_build(tx: &mut Transaction<'_, Any>, build_id: i64) -> Result<()> {
+    sqlx::query("UPDATE builds SET state = state WHERE id = $1")
+        .bind(build_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Ends a job and brings its build's state up to date.
 pub(super) async fn finish_job(
     tx: &mut Transaction<'_, Any>,
@@ -849,6 +871,12 @@ pub(super) async fn finish_job(
     error: Option<&str>,
     now: i64,
 ) -> Result<FinishedJob> {
+    let build_id: i64 = sqlx::query("SELECT build_id FROM jobs WHERE id = $1")
+        .bind(job_id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("build_id")?;
+    lock_build(tx, build_id).await?;
     sqlx::query("UPDATE jobs SET state = $2, error = $3, finished_at = $4 WHERE id = $1")
         .bind(job_id)
         .bind(state.as_str())
@@ -856,11 +884,6 @@ pub(super) async fn finish_job(
         .bind(now)
         .execute(&mut **tx)
         .await?;
-    let build_id: i64 = sqlx::query("SELECT build_id FROM jobs WHERE id = $1")
-        .bind(job_id)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get("build_id")?;
     let states = sqlx::query("SELECT state FROM jobs WHERE build_id = $1")
         .bind(build_id)
         .fetch_all(&mut **tx)

@@ -43,6 +43,14 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     write: AnyPool,
     read: AnyPool,
+    /// The PostgreSQL URL, when the store is there (servers sharing it
+    /// listen for each other's notifications on their own connection).
+    postgres: Option<String>,
+}
+
+/// Whether `database` names a PostgreSQL database rather than a file.
+pub fn is_postgres_url(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
 }
 
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
@@ -80,7 +88,33 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        Ok(Store { write, read })
+        Ok(Store {
+            write,
+            read,
+            postgres: None,
+        })
+    }
+
+    /// Opens the PostgreSQL database at `url` and migrates it. Reads and
+    /// writes share one pool: PostgreSQL takes concurrent writers.
+    pub async fn open_postgres(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Store {
+            write: pool.clone(),
+            read: pool,
+            postgres: Some(url.to_string()),
+        })
+    }
+
+    /// The PostgreSQL URL of a store kept there.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.postgres.as_deref()
     }
 
     pub async fn close(&self) {

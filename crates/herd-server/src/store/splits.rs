@@ -125,6 +125,7 @@ impl Store {
                 req.step, shard.step
             )));
         }
+        super::builds::lock_build(&mut tx, build_id).await?;
         let existing = sqlx::query(
             "SELECT * FROM splits WHERE build_id = $1 AND builder = $2 AND job = $3 AND step_idx = $4",
         )
@@ -366,6 +367,15 @@ pub(super) async fn release_attempt(
     reason: &str,
     now: i64,
 ) -> Result<()> {
+    let build = sqlx::query(
+        "SELECT j.build_id FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = $1",
+    )
+    .bind(attempt)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(b) = build {
+        super::builds::lock_build(tx, b.try_get("build_id")?).await?;
+    }
     let rows = sqlx::query(
         "SELECT s.* FROM splits s JOIN jobs j ON j.build_id = s.build_id AND j.builder = s.builder \
          JOIN attempts a ON a.job_id = j.id WHERE a.id = $1 AND s.state = 'running'",

@@ -20,6 +20,10 @@ pub struct ServerArgs {
     /// statuses), e.g. https://ci.example.org; default http://LISTEN.
     #[arg(long)]
     url: Option<String>,
+    /// Where to keep everything: `postgres://USER@HOST/DB` (several servers
+    /// may share it) or a SQLite file (default: DATA/herd.db).
+    #[arg(long, env = "HERD_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// Config file (YAML).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -92,6 +96,7 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
             .unwrap_or_else(|| PathBuf::from("herd-data")),
         projects,
         settings,
+        database: args.database.clone().or(config.database.clone()),
         public_url: args
             .url
             .clone()

@@ -74,6 +74,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         projects,
         settings: Settings::default(),
         public_url: None,
+        database: None,
     })
     .await
     .map_err(|e| miette!("{e}"))?;

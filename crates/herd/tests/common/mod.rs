@@ -19,6 +19,8 @@ pub struct Server {
     child: Child,
     pub dir: TempDir,
     args: Vec<String>,
+    /// The PostgreSQL database this server uses, dropped with it.
+    pub database: Option<String>,
 }
 
 impl Server {
@@ -47,6 +49,14 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // HERD_TEST_BACKEND=postgres: the same tests, each server on a
+        // fresh PostgreSQL database.
+        let database = (std::env::var("HERD_TEST_BACKEND").as_deref() == Ok("postgres"))
+            .then(fresh_postgres_database);
+        if let Some(url) = &database {
+            args.push("--database".into());
+            args.push(url.clone());
+        }
         if !config.is_empty() {
             let path = dir.path().join("herd-server.yml");
             std::fs::write(&path, config).expect("write config");
@@ -65,6 +75,7 @@ impl Server {
             child,
             dir,
             args,
+            database,
         }
     }
 
@@ -275,6 +286,23 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(url) = &self.database {
+            drop_postgres_database(url);
+        }
+    }
+}
+
+/// Drops a database made by [`fresh_postgres_database`].
+pub fn drop_postgres_database(url: &str) {
+    if let Some((_, name)) = url.rsplit_once('/') {
+        let _ = Command::new("psql")
+            .args([
+                &format!("{}/postgres", postgres_base()),
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            ])
+            .output();
     }
 }
 
@@ -350,6 +378,43 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Where tests find PostgreSQL (`HERD_TEST_POSTGRES`, default the local
+/// server with trust auth).
+pub fn postgres_base() -> String {
+    std::env::var("HERD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
+/// Creates an empty database for one test and returns its URL.
+pub fn fresh_postgres_database() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "herd_test_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let base = postgres_base();
+    let out = Command::new("psql")
+        .args([
+            &format!("{base}/postgres"),
+            "-q",
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output()
+        .expect("run psql (install postgresql-client)");
+    assert!(
+        out.status.success(),
+        "create database {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{base}/{name}")
 }
 
 /// Polls `f` until it gives a value, at most `limit`, every 50 ms.
