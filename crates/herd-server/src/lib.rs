@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod builds;
+pub mod cluster;
 pub mod config;
 pub mod git;
 pub mod hub;
@@ -93,14 +94,17 @@ pub struct RunningServer {
     pub new_admin_token: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
-    reporter_task: tokio::task::JoinHandle<()>,
+    /// Reporter and cluster tasks, stopped with the server.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
     /// Stops accepting requests, closes connections and the store.
     pub async fn stop(mut self) {
         self.app.pollers.stop();
-        self.reporter_task.abort();
+        for t in &self.background {
+            t.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -137,7 +141,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             })
             .await?;
     }
-    let hub = Hub::start(store, opts.settings).await?;
+    let server_id = auth::random_hex(8);
+    let hub = Hub::start(store, opts.settings, server_id).await?;
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .map_err(|source| ServerError::Listen {
@@ -171,7 +176,14 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             .unwrap_or_else(|| format!("http://{addr}")),
     });
     poll::Pollers::spawn_all(&app);
-    let reporter_task = report::StatusReporter::spawn(&app);
+    let mut background = vec![report::StatusReporter::spawn(&app)];
+    if let Some(url) = app.hub.store.postgres_url() {
+        background.extend(cluster::spawn(
+            Arc::clone(&app.hub),
+            url.to_string(),
+            app.public_url.clone(),
+        ));
+    }
     let router = api::router(Arc::clone(&app));
     // Small frames (assignments, acknowledgements) must not wait for Nagle.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
@@ -195,7 +207,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         new_admin_token,
         shutdown: Some(tx),
         task,
-        reporter_task,
+        background,
     })
 }
 

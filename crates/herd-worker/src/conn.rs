@@ -5,7 +5,7 @@ use crate::exec::{run_job, JobContext};
 use crate::outbox::{Frame, Limits, Outbox, StopKind};
 use crate::reaper::Reaper;
 use crate::split::SplitLink;
-use crate::{endpoint_url, facts, probe, Shutdown, WorkerError, WorkerOptions};
+use crate::{facts, probe, Shutdown, WorkerError, WorkerOptions};
 use futures_util::{SinkExt, StreamExt};
 use herd_proto::{
     Hello, ServerMsg, Welcome, WorkerMsg, MAX_BINARY_FRAME, MAX_TEXT_FRAME, SUPPORTED_PROTOCOLS,
@@ -37,7 +37,8 @@ pub async fn run(
     opts: WorkerOptions,
     mut shutdown: watch::Receiver<Shutdown>,
 ) -> Result<(), WorkerError> {
-    let url = endpoint_url(&opts.server)?;
+    let urls = crate::endpoint_urls(&opts.server)?;
+    let mut current = 0;
     std::fs::create_dir_all(&opts.workdir).map_err(|source| WorkerError::Workdir {
         path: opts.workdir.clone(),
         source,
@@ -79,16 +80,23 @@ pub async fn run(
             executors: Arc::clone(&executors),
             split: Arc::clone(&split),
         };
-        match session(&url, &opts, &outbox, &shared, &mut shutdown).await {
+        let url = &urls[current % urls.len()];
+        match session(url, &opts, &outbox, &shared, &mut shutdown).await {
             SessionEnd::Shutdown => break,
             SessionEnd::Lost(reason) => {
-                tracing::warn!("connection to {} lost: {reason}", opts.server);
+                tracing::warn!("connection to {url} lost: {reason}");
             }
         }
         if started.elapsed() > Duration::from_secs(30) {
             failures = 0;
         }
-        let delay = backoff(failures);
+        // The next server at once; once all were tried, back off.
+        current += 1;
+        let delay = if urls.len() > 1 && (failures as usize) < urls.len() - 1 {
+            Duration::from_millis(50)
+        } else {
+            backoff(failures)
+        };
         failures = failures.saturating_add(1);
         tracing::info!("reconnecting in {:.1}s", delay.as_secs_f64());
         tokio::select! {

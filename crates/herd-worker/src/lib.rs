@@ -21,7 +21,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// `http://host:port` or `ws://host:port` of the server.
+    /// `http://host:port` or `ws://host:port` of the server; several
+    /// servers sharing one database, separated by commas: the worker uses
+    /// the first that answers and moves to the next when one goes away.
     pub server: String,
     pub token: String,
     pub name: Option<String>,
@@ -52,6 +54,20 @@ pub enum WorkerError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// The worker endpoint URLs of a comma-separated list of servers.
+pub fn endpoint_urls(servers: &str) -> Result<Vec<String>, WorkerError> {
+    let urls = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(endpoint_url)
+        .collect::<Result<Vec<_>, _>>()?;
+    if urls.is_empty() {
+        return Err(WorkerError::BadServer(servers.to_string()));
+    }
+    Ok(urls)
 }
 
 /// The worker endpoint URL for a server address given as http(s) or ws(s).

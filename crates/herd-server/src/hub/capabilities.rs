@@ -29,7 +29,22 @@ impl Hub {
             return Ok(());
         }
         self.store.set_wanted_probes(&new).await?;
+        self.apply_probe_set(new);
+        self.tell_peers("probes");
+        Ok(())
+    }
+
+    /// Takes these wanted probes (those not wanted already, or with a new
+    /// command) and asks the connected workers to run them.
+    pub(super) fn apply_probe_set(&self, wanted: Vec<(String, Option<String>)>) {
         let mut st = self.lock();
+        let new: Vec<(String, Option<String>)> = wanted
+            .into_iter()
+            .filter(|(name, command)| st.probe_set.get(name) != Some(command))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
         for (name, command) in &new {
             st.probe_set.insert(name.clone(), command.clone());
         }
@@ -52,7 +67,6 @@ impl Hub {
                 fresh: false,
             }));
         }
-        Ok(())
     }
 
     /// A worker reported probe results.

@@ -8,6 +8,7 @@
 
 mod capabilities;
 mod health;
+pub mod peers;
 
 use capabilities::{capabilities, probe_requests};
 pub use capabilities::{WhyNot, WorkerWhyNot};
@@ -109,6 +110,11 @@ pub struct Hub {
     /// Bumped on every change a reader might wait for (new build, event
     /// stored, worker came or went). Long-polls and live pages wait on it.
     changes: watch::Sender<u64>,
+    /// This server among those sharing the database.
+    pub server_id: String,
+    /// Messages for the other servers sharing the database (None: alone).
+    peers: Option<mpsc::UnboundedSender<String>>,
+    peer_outbox: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
 }
 
 /// The result of a worker's hello.
@@ -119,14 +125,35 @@ pub struct Admitted {
 }
 
 impl Hub {
-    pub async fn start(store: Store, settings: Settings) -> Result<Arc<Hub>, StoreError> {
-        store.all_workers_offline().await?;
+    pub async fn start(
+        store: Store,
+        settings: Settings,
+        server_id: String,
+    ) -> Result<Arc<Hub>, StoreError> {
+        let clustered = store.postgres_url().is_some();
+        let online_elsewhere: HashSet<String> = if clustered {
+            // Others may share the database: their workers stay theirs.
+            store
+                .workers_offline_without_live_server(peers::alive_since())
+                .await?;
+            store
+                .workers()
+                .await?
+                .into_iter()
+                .filter(|w| w.online)
+                .map(|w| w.name)
+                .collect()
+        } else {
+            store.all_workers_offline().await?;
+            HashSet::new()
+        };
         let queue = store.queued_jobs(None).await?;
         let deadline = Instant::now() + settings.restart_grace;
         let orphans = store
             .live_attempts(None)
             .await?
             .into_iter()
+            .filter(|a| !online_elsewhere.contains(&a.worker))
             .map(|a| {
                 (
                     a.id,
@@ -138,7 +165,16 @@ impl Hub {
             })
             .collect();
         let probe_set = store.wanted_probes().await?;
+        let (peers, peer_outbox) = if clustered {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let hub = Arc::new(Hub {
+            server_id,
+            peers,
+            peer_outbox: Mutex::new(peer_outbox),
             store,
             settings,
             state: Mutex::new(HubState {
@@ -161,6 +197,12 @@ impl Hub {
     }
 
     pub fn changed(&self) {
+        self.changed_here();
+        self.tell_peers("changed");
+    }
+
+    /// A change readers of this server wait for, already known to the others.
+    pub fn changed_here(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
@@ -176,6 +218,7 @@ impl Hub {
         self.lock().queue.extend(jobs);
         self.wake();
         self.changed();
+        self.tell_peers("jobs");
     }
 
     pub fn forget_queued(&self, build_id: i64) {
@@ -305,17 +348,20 @@ impl Hub {
             conn_id
         };
         self.store
-            .worker_online(&WorkerRow {
-                name: name.to_string(),
-                slots: i64::from(hello.slots),
-                labels: serde_json::to_string(&hello.labels).unwrap_or_else(|_| "{}".into()),
-                facts: serde_json::to_string(&hello.facts).unwrap_or_else(|_| "{}".into()),
-                version: hello.version.clone(),
-                online: true,
-                paused,
-                first_seen: 0,
-                last_change: 0,
-            })
+            .worker_online(
+                &WorkerRow {
+                    name: name.to_string(),
+                    slots: i64::from(hello.slots),
+                    labels: serde_json::to_string(&hello.labels).unwrap_or_else(|_| "{}".into()),
+                    facts: serde_json::to_string(&hello.facts).unwrap_or_else(|_| "{}".into()),
+                    version: hello.version.clone(),
+                    online: true,
+                    paused,
+                    first_seen: 0,
+                    last_change: 0,
+                },
+                &self.server_id,
+            )
             .await?;
         self.wake();
         self.changed();
@@ -350,7 +396,7 @@ impl Hub {
             }
         };
         if was_current {
-            if let Err(e) = self.store.worker_offline(name).await {
+            if let Err(e) = self.store.worker_offline(name, &self.server_id).await {
                 tracing::warn!("could not mark worker {name} offline: {e}");
             }
             self.changed();
@@ -386,6 +432,7 @@ impl Hub {
         if let Some(w) = self.lock().workers.get_mut(name) {
             w.paused = paused;
         }
+        self.tell_peers(&format!("paused {name}"));
         self.wake();
         self.changed();
         Ok(true)
@@ -462,7 +509,16 @@ impl Hub {
                             .is_ok()
                 })
             };
-            if !sent {
+            if !sent
+                && self.peers.is_some()
+                && self
+                    .store
+                    .worker_online_elsewhere(&worker, &self.server_id, peers::alive_since())
+                    .await?
+            {
+                // Its worker is on another server: that one tells it.
+                self.tell_peers(&format!("cancel {attempt} {worker}"));
+            } else if !sent {
                 // Its worker is away: end it here; a late report is fenced.
                 self.lock().orphans.remove(&attempt);
                 self.store
@@ -612,6 +668,16 @@ impl Hub {
                 .collect()
         };
         for (attempt, worker) in expired {
+            if self.peers.is_some()
+                && self
+                    .store
+                    .worker_online_elsewhere(&worker, &self.server_id, peers::alive_since())
+                    .await
+                    .unwrap_or(false)
+            {
+                // It came back, to another server: its attempts are there.
+                continue;
+            }
             let reason = format!("worker lost: {worker} did not come back in time");
             match self.attempt_lost(attempt, &reason).await {
                 Ok(()) => self.record_loss(&worker),

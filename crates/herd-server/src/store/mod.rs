@@ -14,12 +14,14 @@ mod changes;
 mod logs;
 mod probes;
 mod rows;
+mod servers;
 mod splits;
 
 pub use builds::*;
 pub use changes::{ChangeRow, NewChange, ReportRow};
 pub use logs::LOG_ZSTD_LEVEL;
 pub use rows::*;
+pub use servers::NOTIFY_CHANNEL;
 pub use splits::{SplitAnswer, SplitRow, SPLIT_WAIT_MS};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -252,13 +254,14 @@ impl Store {
 
     // ---- workers ------------------------------------------------------
 
-    pub async fn worker_online(&self, w: &WorkerRow) -> Result<()> {
+    /// A worker connected to server `server`.
+    pub async fn worker_online(&self, w: &WorkerRow, server: &str) -> Result<()> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO workers (name, slots, labels, facts, version, online, paused, first_seen, last_change) \
-             VALUES ($1, $2, $3, $4, $5, 1, 0, $6, $6) \
+            "INSERT INTO workers (name, slots, labels, facts, version, online, paused, first_seen, last_change, server) \
+             VALUES ($1, $2, $3, $4, $5, 1, 0, $6, $6, $7) \
              ON CONFLICT (name) DO UPDATE SET slots = $2, labels = $3, facts = $4, version = $5, \
-             online = 1, last_change = $6",
+             online = 1, last_change = $6, server = $7",
         )
         .bind(&w.name)
         .bind(w.slots)
@@ -266,15 +269,21 @@ impl Store {
         .bind(&w.facts)
         .bind(&w.version)
         .bind(now)
+        .bind(server)
         .execute(&self.write)
         .await?;
         Ok(())
     }
 
-    pub async fn worker_offline(&self, name: &str) -> Result<()> {
-        sqlx::query("UPDATE workers SET online = 0, last_change = $2 WHERE name = $1")
+    /// The worker's connection to `server` ended (it may be on another
+    /// server already: then nothing changes).
+    pub async fn worker_offline(&self, name: &str, server: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE workers SET online = 0, last_change = $2 WHERE name = $1 AND (server = $3 OR server IS NULL)",
+        )
             .bind(name)
             .bind(now_ms())
+            .bind(server)
             .execute(&self.write)
             .await?;
         Ok(())

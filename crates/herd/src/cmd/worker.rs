@@ -17,9 +17,11 @@ pub struct WorkerArgs {
     /// (written by `herd worker install`); flags given too win.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Server address, e.g. http://ci.example.org:8080.
-    #[arg(long, env = "HERD_SERVER")]
-    server: Option<String>,
+    /// Server address, e.g. http://ci.example.org:8080. Repeat it (or
+    /// separate with commas) for several servers sharing one database: the
+    /// worker moves to another when its server goes away.
+    #[arg(long, env = "HERD_SERVER", value_delimiter = ',')]
+    server: Vec<String>,
     /// This worker's token (from `herd token create --worker NAME`).
     #[arg(long, env = "HERD_WORKER_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -149,8 +151,8 @@ pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
         Some(p) => Some(herd_worker::install::WorkerConfig::load(p).map_err(|e| miette!("{e}"))?),
         None => None,
     };
-    let server = args
-        .server
+    let server = Some(args.server.join(","))
+        .filter(|s| !s.is_empty())
         .or(file.as_ref().map(|f| f.server.clone()))
         .ok_or_else(|| miette!("no server: give --server URL (or --config FILE)"))?;
     let token = args

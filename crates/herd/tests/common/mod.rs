@@ -46,13 +46,39 @@ impl Server {
 
     /// A server with this config file (none when empty).
     pub fn start_with_config(config: &str, extra: &[&str]) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // HERD_TEST_BACKEND=postgres: the same tests, each server on a
         // fresh PostgreSQL database.
         let database = (std::env::var("HERD_TEST_BACKEND").as_deref() == Ok("postgres"))
             .then(fresh_postgres_database);
+        Self::launch(config, extra, database, None)
+    }
+
+    /// A server on a fresh PostgreSQL database (whatever HERD_TEST_BACKEND says).
+    pub fn start_on_postgres(config: &str, extra: &[&str]) -> Server {
+        Self::launch(config, extra, Some(fresh_postgres_database()), None)
+    }
+
+    /// Another server on `first`'s database (its admin token works here too).
+    /// The database stays `first`'s to drop.
+    pub fn start_sharing(first: &Server, config: &str, extra: &[&str]) -> Server {
+        let url = first
+            .database
+            .clone()
+            .expect("the first server is on PostgreSQL");
+        let mut s = Self::launch(config, extra, Some(url), Some(first.token.clone()));
+        s.database = None;
+        s
+    }
+
+    fn launch(
+        config: &str,
+        extra: &[&str],
+        database: Option<String>,
+        token: Option<String>,
+    ) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if let Some(url) = &database {
             args.push("--database".into());
             args.push(url.clone());
@@ -64,10 +90,12 @@ impl Server {
             args.push(path.display().to_string());
         }
         let (child, url) = spawn_server(&data, "127.0.0.1:0", &args);
-        let token = std::fs::read_to_string(data.join("admin-token"))
-            .expect("admin token written on first start")
-            .trim()
-            .to_string();
+        let token = token.unwrap_or_else(|| {
+            std::fs::read_to_string(data.join("admin-token"))
+                .expect("admin token written on first start")
+                .trim()
+                .to_string()
+        });
         Server {
             url,
             data,
@@ -91,6 +119,12 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// kill -9, no restart.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Runs a `herd` client command against this server.

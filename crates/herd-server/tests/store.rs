@@ -1,0 +1,495 @@
+//! The store test suite, run on SQLite and on PostgreSQL: each test on
+//! both, each in its own fresh database (a file in a temporary directory;
+//! a database created on the PostgreSQL of `HERD_TEST_POSTGRES`, default
+//! postgres://postgres@127.0.0.1:5432, and dropped afterwards).
+#![allow(clippy::unwrap_used)]
+
+use herd_core::state::RunState;
+use herd_proto::{StepAction, StepSpec, StepStatus};
+use herd_server::store::{
+    Applied, AttemptEvents, BuildKind, JobSpec, LostOutcome, NewBuild, NewChange, NewJob,
+    ProjectRow, Store, StoredEvent, TokenRow,
+};
+use sqlx::Connection;
+use std::sync::Arc;
+
+struct TestDb {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+fn postgres_base() -> String {
+    std::env::var("HERD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
+impl TestDb {
+    async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("herd.db"))
+            .await
+            .unwrap();
+        TestDb {
+            store,
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    async fn postgres() -> TestDb {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "herd_store_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let base = postgres_base();
+        let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+            .await
+            .expect("PostgreSQL must run for the store tests (./scripts/test starts one)");
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+        let store = Store::open_postgres(&format!("{base}/{name}"))
+            .await
+            .unwrap();
+        TestDb {
+            store,
+            _dir: None,
+            postgres: Some((base, name)),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((base, name)) = self.postgres.take() {
+            // Drop runs outside async: a thread with its own runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(mut c) =
+                        sqlx::PgConnection::connect(&format!("{base}/postgres")).await
+                    {
+                        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut c)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Each test body runs once on SQLite and once on PostgreSQL.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let db = super::TestDb::sqlite().await;
+                super::$name(db.store.clone()).await;
+                db.store.close().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                let db = super::TestDb::postgres().await;
+                super::$name(db.store.clone()).await;
+                db.store.close().await;
+            }
+        }
+    )*};
+}
+
+on_both!(
+    tokens_and_projects_round_trip,
+    a_build_runs_its_course_with_logs_byte_for_byte,
+    concurrent_claims_give_each_job_to_exactly_one_worker,
+    jobs_ending_at_once_end_their_build,
+    a_lost_attempt_requeues_until_attempts_run_out,
+    a_late_worker_is_fenced_and_resends_are_harmless,
+    branch_heads_move_once_and_deliveries_are_seen_once,
+    status_reports_count_failures_and_keep_the_last_sent,
+);
+
+fn shell_job(builder: &str) -> NewJob {
+    NewJob {
+        builder: builder.into(),
+        name: "main".into(),
+        spec: JobSpec {
+            steps: vec![StepSpec {
+                name: "run".into(),
+                action: StepAction::Shell { run: "true".into() },
+                timeout_secs: None,
+                env: Default::default(),
+                always: false,
+            }],
+            ..JobSpec::default()
+        },
+    }
+}
+
+fn new_build(jobs: usize) -> NewBuild {
+    NewBuild {
+        project: "p".into(),
+        ref_name: None,
+        revision: Some("a".repeat(40)),
+        priority: 0,
+        reason: "test".into(),
+        error: None,
+        jobs: (0..jobs).map(|i| shell_job(&format!("b{i}"))).collect(),
+        author: Some("ann".into()),
+        message: Some("subject".into()),
+        branch: Some("main".into()),
+        kind: BuildKind::Change,
+        sender: None,
+        report: false,
+        patch: None,
+    }
+}
+
+fn finished(attempt: i64, worker: &str, seq: u64, result: RunState) -> AttemptEvents {
+    AttemptEvents {
+        attempt,
+        worker: worker.into(),
+        last_seq: seq,
+        events: vec![StoredEvent::Finished {
+            result,
+            error: None,
+        }],
+    }
+}
+
+async fn tokens_and_projects_round_trip(store: Store) {
+    let row = TokenRow {
+        id: "t1".into(),
+        secret_hash: "h".into(),
+        kind: "enroll".into(),
+        worker: None,
+        created_at: 1,
+        expires_at: None,
+        revoked_at: None,
+        uses_left: Some(2),
+        labels: Some("{\"a\":\"b\"}".into()),
+    };
+    store.insert_token(&row).await.unwrap();
+    let back = store.token("t1").await.unwrap().unwrap();
+    assert_eq!((back.kind.as_str(), back.uses_left), ("enroll", Some(2)));
+    assert!(store.take_enroll_use("t1").await.unwrap());
+    assert!(store.take_enroll_use("t1").await.unwrap());
+    assert!(!store.take_enroll_use("t1").await.unwrap(), "used up");
+    assert_eq!(store.count_tokens("enroll").await.unwrap(), 1);
+    assert!(store.revoke_token("t1").await.unwrap().is_some());
+    assert_eq!(
+        store.count_tokens("enroll").await.unwrap(),
+        0,
+        "revoked tokens do not count"
+    );
+    assert!(store
+        .token("t1")
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    let project = ProjectRow {
+        name: "p".into(),
+        repo: Some("/r".into()),
+        pipeline: None,
+    };
+    store.upsert_project(&project).await.unwrap();
+    store.upsert_project(&project).await.unwrap();
+    assert_eq!(store.projects().await.unwrap().len(), 1);
+}
+
+async fn a_build_runs_its_course_with_logs_byte_for_byte(store: Store) {
+    let (build, jobs) = store.create_build(&new_build(2)).await.unwrap();
+    assert_eq!(store.queued_jobs(None).await.unwrap().len(), 2);
+    let names = vec!["run".to_string()];
+    let a = store
+        .create_attempt(jobs[0], "w1", &names)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .create_attempt(jobs[0], "w2", &names)
+            .await
+            .unwrap()
+            .is_none(),
+        "claimed once"
+    );
+    let log: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let events = AttemptEvents {
+        attempt: a.id,
+        worker: "w1".into(),
+        last_seq: 4,
+        events: vec![
+            StoredEvent::StepStarted { step: 0 },
+            StoredEvent::Log {
+                step: 0,
+                offset: 0,
+                len: log.len() as u64,
+                compressed: zstd::encode_all(&log[..], 3).unwrap(),
+            },
+            StoredEvent::StepFinished {
+                step: 0,
+                status: StepStatus::Success,
+                exit_code: Some(0),
+                message: None,
+            },
+            StoredEvent::Finished {
+                result: RunState::Success,
+                error: None,
+            },
+        ],
+    };
+    let applied = store.apply_events(&[events]).await.unwrap();
+    assert!(
+        matches!(&applied[0], Applied::Stored { finished: Some(f) } if f.build_state == RunState::Running)
+    );
+    assert_eq!(store.read_log(a.id, 0, 0, 1 << 20).await.unwrap(), log);
+    assert_eq!(
+        store.read_log(a.id, 0, 65_000, 10).await.unwrap(),
+        log[65_000..65_010]
+    );
+    let b = store
+        .create_attempt(jobs[1], "w2", &names)
+        .await
+        .unwrap()
+        .unwrap();
+    let applied = store
+        .apply_events(&[finished(b.id, "w2", 1, RunState::Failure)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&applied[0], Applied::Stored { finished: Some(f) } if f.build_state == RunState::Failure)
+    );
+    let row = store.build(build).await.unwrap().unwrap();
+    assert_eq!(row.state, "failure");
+    assert_eq!(row.branch.as_deref(), Some("main"));
+    assert_eq!(row.kind, "change");
+    assert!(row.finished_at.is_some());
+}
+
+async fn concurrent_claims_give_each_job_to_exactly_one_worker(store: Store) {
+    let (_, jobs) = store.create_build(&new_build(20)).await.unwrap();
+    let jobs = Arc::new(jobs);
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (store, jobs) = (store.clone(), Arc::clone(&jobs));
+        tasks.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            for i in 0..jobs.len() {
+                // Each worker walks the jobs from a different place.
+                let job = jobs[(i + w * 3) % jobs.len()];
+                if store
+                    .create_attempt(job, &format!("w{w}"), &["run".to_string()])
+                    .await
+                    .unwrap()
+                    .is_some()
+                {
+                    won.push(job);
+                }
+            }
+            won
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let mut expected = jobs.to_vec();
+    expected.sort();
+    assert_eq!(all, expected, "every job claimed, none twice");
+    assert!(store.queued_jobs(None).await.unwrap().is_empty());
+}
+
+async fn jobs_ending_at_once_end_their_build(store: Store) {
+    for _ in 0..20 {
+        let (build, jobs) = store.create_build(&new_build(8)).await.unwrap();
+        let mut attempts = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            let a = store
+                .create_attempt(*job, &format!("w{i}"), &["run".to_string()])
+                .await
+                .unwrap()
+                .unwrap();
+            attempts.push((a.id, format!("w{i}")));
+        }
+        let start = Arc::new(tokio::sync::Barrier::new(attempts.len()));
+        let tasks: Vec<_> = attempts
+            .into_iter()
+            .map(|(id, w)| {
+                let (store, start) = (store.clone(), Arc::clone(&start));
+                tokio::spawn(async move {
+                    start.wait().await;
+                    store
+                        .apply_events(&[finished(id, &w, 1, RunState::Success)])
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let row = store.build(build).await.unwrap().unwrap();
+        assert_eq!(row.state, "success", "the last job to end ends the build");
+    }
+}
+
+async fn a_lost_attempt_requeues_until_attempts_run_out(store: Store) {
+    let (build, jobs) = store.create_build(&new_build(1)).await.unwrap();
+    let names = vec!["run".to_string()];
+    let a1 = store
+        .create_attempt(jobs[0], "w1", &names)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        store.attempt_lost(a1.id, "gone", 2).await.unwrap(),
+        LostOutcome::Requeued(_)
+    ));
+    assert!(matches!(
+        store.attempt_lost(a1.id, "gone", 2).await.unwrap(),
+        LostOutcome::AlreadyEnded
+    ));
+    let a2 = store
+        .create_attempt(jobs[0], "w2", &names)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a2.number, 2);
+    assert!(matches!(
+        store.attempt_lost(a2.id, "gone again", 2).await.unwrap(),
+        LostOutcome::GaveUp(_)
+    ));
+    assert_eq!(store.build(build).await.unwrap().unwrap().state, "error");
+}
+
+async fn a_late_worker_is_fenced_and_resends_are_harmless(store: Store) {
+    let (_, jobs) = store.create_build(&new_build(1)).await.unwrap();
+    let a = store
+        .create_attempt(jobs[0], "w1", &["run".to_string()])
+        .await
+        .unwrap()
+        .unwrap();
+    let started = || AttemptEvents {
+        attempt: a.id,
+        worker: "w1".into(),
+        last_seq: 1,
+        events: vec![StoredEvent::StepStarted { step: 0 }],
+    };
+    assert!(matches!(
+        store.apply_events(&[started()]).await.unwrap()[0],
+        Applied::Stored { .. }
+    ));
+    assert_eq!(
+        store.apply_events(&[started()]).await.unwrap()[0],
+        Applied::Behind
+    );
+    assert_eq!(
+        store
+            .apply_events(&[finished(a.id, "intruder", 9, RunState::Success)])
+            .await
+            .unwrap()[0],
+        Applied::Fenced
+    );
+}
+
+async fn branch_heads_move_once_and_deliveries_are_seen_once(store: Store) {
+    let change = NewChange {
+        revision: "b".repeat(40),
+        author: "ann".into(),
+        message: "m".into(),
+        committed_at: 1,
+        files: Some(vec!["src/a".into()]),
+    };
+    assert!(store
+        .advance_branch("p", "main", None, "a1", &[])
+        .await
+        .unwrap()
+        .is_some());
+    // Two servers see the same push: one records it.
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, change) = (store.clone(), change.clone());
+            tokio::spawn(async move {
+                store
+                    .advance_branch("p", "main", Some("a1"), "b1", &[change])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut recorded = 0;
+    for t in tasks {
+        recorded += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(recorded, 1);
+    let changes = store.changes("p", 10).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].files, Some(vec!["src/a".to_string()]));
+    assert_eq!(store.unsettled_changes("p").await.unwrap().len(), 1);
+    store
+        .settle_change(changes[0].id, None, Some("[skip ci]"))
+        .await
+        .unwrap();
+    assert!(store.unsettled_changes("p").await.unwrap().is_empty());
+    assert_eq!(store.branch_heads("p").await.unwrap()["main"], "b1");
+    assert!(store.note_delivery("p", "d1").await.unwrap());
+    assert!(!store.note_delivery("p", "d1").await.unwrap());
+    assert!(store.note_delivery("q", "d1").await.unwrap());
+}
+
+async fn status_reports_count_failures_and_keep_the_last_sent(store: Store) {
+    let mut b = new_build(1);
+    b.report = true;
+    let (build, _) = store.create_build(&b).await.unwrap();
+    assert_eq!(store.builds_to_report().await.unwrap(), vec![build]);
+    store
+        .save_report(build, "github:o/r", "herd/b0", Ok("queued"))
+        .await
+        .unwrap();
+    store
+        .save_report(build, "github:o/r", "herd/b0", Err(("500", 99)))
+        .await
+        .unwrap();
+    store
+        .save_report(build, "github:o/r", "herd/b0", Err(("500", 100)))
+        .await
+        .unwrap();
+    let rows = store.reports_of(build).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].sent.as_deref(),
+        Some("queued"),
+        "a failure keeps the last sent"
+    );
+    assert_eq!((rows[0].attempts, rows[0].next_at), (2, 100));
+    store
+        .save_report(build, "github:o/r", "herd/b0", Ok("success"))
+        .await
+        .unwrap();
+    let rows = store.reports_of(build).await.unwrap();
+    assert_eq!(
+        (rows[0].sent.as_deref(), rows[0].attempts),
+        (Some("success"), 0)
+    );
+    store.reports_done(build).await.unwrap();
+    assert!(store.builds_to_report().await.unwrap().is_empty());
+}

@@ -1,0 +1,147 @@
+//! Several servers on one PostgreSQL database: the real binary twice on
+//! 127.0.0.1, workers that know both, builds started through either.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn inline_project(name: &str, pipeline: &str) -> String {
+    let mut config = format!("projects:\n  {name}:\n    pipeline: |\n");
+    for line in pipeline.lines() {
+        config.push_str(&format!("      {line}\n"));
+    }
+    config
+}
+
+#[test]
+fn a_build_started_through_one_server_runs_on_a_worker_of_another_and_its_log_is_followed_live() {
+    let gate = tempfile::tempdir().unwrap();
+    let go = gate.path().join("go");
+    let done = gate.path().join("done");
+    let pipeline = format!(
+        "builders:\n  slow:\n    steps:\n      - run: 'while [ ! -e {go} ]; do sleep 0.05; done; echo first line; while [ ! -e {done} ]; do sleep 0.05; done; echo last line'\n",
+        go = go.display(),
+        done = done.display()
+    );
+    let config = inline_project("p", &pipeline);
+    let a = Server::start_on_postgres(&config, &[]);
+    let b = Server::start_sharing(&a, &config, &[]);
+    // The only worker is on B (it knows A too).
+    let token = a.worker_token("on-b");
+    let _w = Worker::spawn(
+        &format!("{},{}", b.url, a.url),
+        &token,
+        "on-b",
+        &a.dir.path().join("work-on-b"),
+        1,
+        &[],
+    );
+    b.wait_online("on-b");
+
+    // Started through A: B hears of it and its idle worker takes it.
+    let id = a.start_build("p", &[]);
+    let running = wait_until(LONG, "the job to start on B's worker", || {
+        let build = a.build(id);
+        let attempt = build["jobs"][0]["attempts"][0].clone();
+        (attempt["state"] == "running").then_some(attempt)
+    });
+    assert_eq!(running["worker"], "on-b");
+
+    // A follower on A, waiting before the step prints anything.
+    let mut follower = Command::new(HERD)
+        .args(["build", "log", &id.to_string(), "--follow"])
+        .env("HERD_SERVER", &a.url)
+        .env("HERD_TOKEN", &a.token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&go, "").unwrap();
+    // The follower's long poll waits 20 s when nobody wakes it: B's
+    // notification makes the line arrive well before.
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(first, "first line");
+    std::fs::write(&done, "").unwrap();
+    let last = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(last, "last line");
+    assert!(follower.wait().unwrap().success());
+    assert_eq!(a.wait_build(id, LONG)["state"], "success");
+    // B's page shows what A's shows.
+    assert_eq!(b.build(id)["state"], "success");
+}
+
+#[test]
+fn fifty_builds_over_two_servers_run_each_job_once_even_when_one_server_is_killed() {
+    let pipeline = "builders:\n  x:\n    jobs:\n      a:\n        steps: [{run: 'sleep 0.3; echo a'}]\n      b:\n        steps: [{run: 'sleep 0.3; echo b'}]\n";
+    let config = inline_project("p", pipeline);
+    let mut a = Server::start_on_postgres(&config, &[]);
+    let b = Server::start_sharing(&a, &config, &[]);
+    let mut workers = Vec::new();
+    for i in 0..6 {
+        let name = format!("w{i}");
+        let token = a.worker_token(&name);
+        // Three start on A, three on B; each knows both.
+        let (home, other) = if i < 3 { (&a, &b) } else { (&b, &a) };
+        workers.push(Worker::spawn(
+            &format!("{},{}", home.url, other.url),
+            &token,
+            &name,
+            &a.dir.path().join(format!("work-{name}")),
+            1,
+            &[],
+        ));
+        home.wait_online(&name);
+    }
+    let ids: Vec<i64> = (0..50)
+        .map(|i| if i % 2 == 0 { &a } else { &b }.start_build("p", &[]))
+        .collect();
+    // Mid-way, server A dies; its workers go to B and resume.
+    wait_until(LONG, "ten builds done", || {
+        let done = ids
+            .iter()
+            .filter(|id| b.build(**id)["state"] == "success")
+            .count();
+        (done >= 10).then_some(())
+    });
+    a.kill9();
+    for id in &ids {
+        let build = b.wait_build(*id, LONG);
+        assert_eq!(build["state"], "success", "{build}");
+        for job in build["jobs"].as_array().unwrap() {
+            let attempts = job["attempts"].as_array().unwrap();
+            assert_eq!(attempts.len(), 1, "job ran once: {job}");
+            assert_eq!(attempts[0]["state"], "success");
+        }
+    }
+    // Work went to the workers of both servers.
+    let mut used = std::collections::BTreeSet::new();
+    for id in &ids {
+        for job in b.build(*id)["jobs"].as_array().unwrap() {
+            used.insert(job["attempts"][0]["worker"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(used.len() >= 4, "jobs spread over the workers: {used:?}");
+    drop(workers);
+    let database = a.database.take();
+    drop(a);
+    drop(b);
+    if let Some(url) = database {
+        drop_postgres_database(&url);
+    }
+}
