@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod cluster;
 mod failover;
 mod split;
 mod web;
@@ -19,7 +20,7 @@ mod web;
 const LATENCY_BUILDS: usize = 200;
 const THROUGHPUT_BUILDS: usize = 2000;
 const LOG_BYTES: u64 = 100_000_000;
-const LIMIT: Duration = Duration::from_secs(300);
+pub(crate) const LIMIT: Duration = Duration::from_secs(300);
 
 pub(crate) struct Proc(pub(crate) Child);
 impl Drop for Proc {
@@ -48,6 +49,16 @@ pub(crate) struct Bench {
 
 impl Bench {
     pub(crate) fn start(pipelines: &[(&str, String)]) -> Bench {
+        Self::start_on(pipelines, None, None)
+    }
+
+    /// A server on `database` (default: SQLite in its data directory),
+    /// presenting `token` when another server created the admin token.
+    pub(crate) fn start_on(
+        pipelines: &[(&str, String)],
+        database: Option<&str>,
+        token: Option<&str>,
+    ) -> Bench {
         let dir = tempfile::tempdir().unwrap();
         let mut config = String::from("projects:\n");
         for (name, p) in pipelines {
@@ -63,6 +74,7 @@ impl Bench {
             .arg(dir.path().join("data"))
             .arg("--config")
             .arg(&cfg)
+            .args(database.map(|d| ["--database", d]).into_iter().flatten())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -71,10 +83,12 @@ impl Bench {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let token = std::fs::read_to_string(dir.path().join("data/admin-token"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let token = token.map(str::to_string).unwrap_or_else(|| {
+            std::fs::read_to_string(dir.path().join("data/admin-token"))
+                .unwrap()
+                .trim()
+                .to_string()
+        });
         Bench {
             url: line.trim().to_string(),
             token,
@@ -100,6 +114,12 @@ impl Bench {
     }
 
     pub(crate) async fn add_worker(&mut self, name: &str, slots: u32) {
+        let servers = self.url.clone();
+        self.add_worker_with(name, slots, &servers).await;
+    }
+
+    /// A worker that knows `servers` (comma-separated; the first is its home).
+    pub(crate) async fn add_worker_with(&mut self, name: &str, slots: u32, servers: &str) {
         let res = self
             .post("/api/v1/tokens", json!({"kind": "worker", "worker": name}))
             .await;
@@ -107,7 +127,7 @@ impl Bench {
             .args([
                 "worker",
                 "--server",
-                &self.url,
+                servers,
                 "--token",
                 res["token"].as_str().unwrap(),
                 "--slots",
@@ -128,7 +148,7 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("worker {name} did not come online");
+        panic!("worker {name} did not come online on {}", self.url);
     }
 
     pub(crate) async fn get(&self, path: &str) -> Value {
@@ -381,6 +401,9 @@ fn main() {
     }
     if run("throughput") {
         rt.block_on(throughput());
+    }
+    if run("postgres") {
+        rt.block_on(cluster::postgres());
     }
     if run("logs") {
         rt.block_on(logs());

@@ -34,6 +34,9 @@ enum Command {
     /// Start, show, follow and cancel builds.
     #[command(subcommand)]
     Build(cmd::build::BuildCommand),
+    /// Copy a SQLite data directory's database into PostgreSQL (for
+    /// several servers on one database).
+    Migrate(cmd::migrate::MigrateArgs),
     /// Projects: what they watch, polling state, recent changes.
     #[command(subcommand)]
     Project(cmd::project::ProjectCommand),
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
             Command::Build(c) => cmd::build::run(c).await,
             Command::Workers(a) => cmd::workers::run(a).await,
             Command::Project(c) => cmd::project::run(c).await,
+            Command::Migrate(a) => cmd::migrate::run(a).await,
             Command::Try(a) => cmd::try_patch::run(a).await,
             Command::Token(c) => cmd::token::run(c).await,
             Command::HashPassword => cmd::token::hash_password(),

@@ -145,3 +145,52 @@ fn fifty_builds_over_two_servers_run_each_job_once_even_when_one_server_is_kille
         drop_postgres_database(&url);
     }
 }
+
+#[test]
+fn herd_migrate_moves_a_sqlite_server_into_postgres_with_builds_and_logs() {
+    let config = inline_project(
+        "p",
+        "builders:\n  b:\n    steps:\n      - run: printf 'line %s\\n' 1 2 3\n",
+    );
+    let mut old = Server::start_on_sqlite(&config, &[]);
+    let w = old.worker("w1", 1, &[]);
+    let id = old.start_build("p", &[]);
+    assert_eq!(old.wait_build(id, LONG)["state"], "success");
+    let log = old.step_log(id, "b", "0");
+    assert_eq!(log, b"line 1\nline 2\nline 3\n");
+    drop(w);
+    old.kill9();
+
+    let url = fresh_postgres_database();
+    let migrate = |to: &str| {
+        Command::new(HERD)
+            .args(["migrate", "--data"])
+            .arg(&old.data)
+            .args(["--to", to])
+            .output()
+            .unwrap()
+    };
+    let out = migrate(&url);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("builds") && said.contains("log_chunks"),
+        "{said}"
+    );
+
+    let new = Server::start_with_database(&config, &url, &old.token);
+    let build = new.build(id);
+    assert_eq!(build["state"], "success", "{build}");
+    assert_eq!(new.step_log(id, "b", "0"), log, "logs byte for byte");
+    // The old admin token works, workers' tokens too, and ids go on.
+    let _w = new.worker("w1", 1, &[]);
+    let next = new.start_build("p", &[]);
+    assert_eq!(next, id + 1);
+    assert_eq!(new.wait_build(next, LONG)["state"], "success");
+    // Into a database that is not empty: refused, nothing written.
+    let again = migrate(&url);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("empty"));
+    drop(new);
+    drop_postgres_database(&url);
+}

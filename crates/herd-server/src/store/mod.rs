@@ -12,6 +12,7 @@
 mod builds;
 mod changes;
 mod logs;
+mod migrate;
 mod probes;
 mod rows;
 mod servers;

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod check;
+pub mod migrate;
 pub mod project;
 pub mod server;
 pub mod token;

@@ -53,6 +53,21 @@ impl Server {
         Self::launch(config, extra, database, None)
     }
 
+    /// A server on SQLite (whatever HERD_TEST_BACKEND says).
+    pub fn start_on_sqlite(config: &str, extra: &[&str]) -> Server {
+        Self::launch(config, extra, None, None)
+    }
+
+    /// A server on this database, presenting this admin token.
+    pub fn start_with_database(config: &str, database: &str, token: &str) -> Server {
+        Self::launch(
+            config,
+            &[],
+            Some(database.to_string()),
+            Some(token.to_string()),
+        )
+    }
+
     /// A server on a fresh PostgreSQL database (whatever HERD_TEST_BACKEND says).
     pub fn start_on_postgres(config: &str, extra: &[&str]) -> Server {
         Self::launch(config, extra, Some(fresh_postgres_database()), None)
