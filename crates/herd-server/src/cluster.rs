@@ -70,29 +70,38 @@ async fn take_over_dead_servers(hub: &Hub) -> Result<(), crate::store::StoreErro
     Ok(())
 }
 
-/// Sends this hub's messages as NOTIFY `SERVER_ID MESSAGE`; bursts of
-/// `changed` go as one.
+/// Sends this hub's messages as NOTIFY `SERVER_ID MESSAGE`, at once;
+/// `changed` waits up to 50 ms, and a burst of them goes as one.
 async fn send_to_peers(hub: Arc<Hub>, mut outbox: tokio::sync::mpsc::UnboundedReceiver<String>) {
-    while let Some(first) = outbox.recv().await {
-        let mut messages = vec![first];
-        if messages[0] == "changed" {
-            tokio::time::sleep(CHANGED_COALESCE).await;
-        }
-        while let Ok(more) = outbox.try_recv() {
-            messages.push(more);
-        }
-        let mut changed_sent = false;
-        for m in messages {
-            if m == "changed" {
-                if changed_sent {
+    let mut changed_due: Option<tokio::time::Instant> = None;
+    loop {
+        let message = match changed_due {
+            Some(due) => tokio::select! {
+                m = outbox.recv() => m,
+                _ = tokio::time::sleep_until(due) => {
+                    changed_due = None;
+                    notify(&hub, "changed").await;
                     continue;
                 }
-                changed_sent = true;
-            }
-            if let Err(e) = hub.store.notify(&format!("{} {m}", hub.server_id)).await {
-                tracing::warn!("cannot notify the other servers: {e}");
-            }
+            },
+            None => outbox.recv().await,
+        };
+        let Some(message) = message else { break };
+        if message == "changed" {
+            changed_due.get_or_insert_with(|| tokio::time::Instant::now() + CHANGED_COALESCE);
+            continue;
         }
+        notify(&hub, &message).await;
+    }
+}
+
+async fn notify(hub: &Hub, message: &str) {
+    if let Err(e) = hub
+        .store
+        .notify(&format!("{} {message}", hub.server_id))
+        .await
+    {
+        tracing::warn!("cannot notify the other servers: {e}");
     }
 }
 

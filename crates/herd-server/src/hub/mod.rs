@@ -215,10 +215,14 @@ impl Hub {
     }
 
     pub fn enqueue(&self, jobs: Vec<QueuedJobInfo>) {
+        let mut builds: Vec<i64> = jobs.iter().map(|j| j.build_id).collect();
+        builds.dedup();
         self.lock().queue.extend(jobs);
         self.wake();
+        for b in builds {
+            self.tell_peers(&format!("jobs {b}"));
+        }
         self.changed();
-        self.tell_peers("jobs");
     }
 
     pub fn forget_queued(&self, build_id: i64) {

@@ -1,7 +1,8 @@
 //! Servers sharing one PostgreSQL database: what the hub tells the others
 //! and does with what they tell it. Messages are words: `changed` (readers
 //! should look again), `jobs` (new queued jobs), `probes` (new wanted
-//! probes), `paused NAME`, `cancel ATTEMPT WORKER`.
+//! probes), `paused NAME`, `cancel ATTEMPT WORKER`; `jobs BUILD` names the
+//! build whose jobs were queued.
 //!
 //! The store stays the source of truth: a message only says where to look.
 
@@ -43,7 +44,11 @@ impl Hub {
                 self.changed_here();
                 Ok(())
             }
-            (Some("jobs"), _, _) => self.reload_queue().await,
+            (Some("jobs"), Some(build), _) => match build.parse::<i64>() {
+                Ok(build) => self.add_queued_of_build(build).await,
+                Err(_) => self.reload_queue().await,
+            },
+            (Some("jobs"), None, _) => self.reload_queue().await,
             (Some("probes"), _, _) => self.reload_probes().await,
             (Some("paused"), Some(name), _) => self.reload_paused(name).await,
             (Some("cancel"), Some(attempt), Some(worker)) => {
@@ -67,6 +72,20 @@ impl Hub {
     pub async fn reload_queue(&self) -> Result<(), crate::store::StoreError> {
         let queue = self.store.queued_jobs(None).await?;
         self.lock().queue = queue;
+        self.wake();
+        self.changed_here();
+        Ok(())
+    }
+
+    /// Jobs another server queued for a build join this server's queue.
+    async fn add_queued_of_build(&self, build: i64) -> Result<(), crate::store::StoreError> {
+        let jobs = self.store.queued_jobs_of_build(build).await?;
+        {
+            let mut st = self.lock();
+            let known: std::collections::HashSet<i64> = st.queue.iter().map(|j| j.job_id).collect();
+            st.queue
+                .extend(jobs.into_iter().filter(|j| !known.contains(&j.job_id)));
+        }
         self.wake();
         self.changed_here();
         Ok(())

@@ -248,12 +248,27 @@ impl Store {
 
     /// Jobs waiting for a worker, oldest first; only `job_id` when given.
     pub async fn queued_jobs(&self, job_id: Option<i64>) -> Result<Vec<QueuedJobInfo>> {
+        self.queued_where(job_id, None).await
+    }
+
+    /// The queued jobs of one build.
+    pub async fn queued_jobs_of_build(&self, build_id: i64) -> Result<Vec<QueuedJobInfo>> {
+        self.queued_where(None, Some(build_id)).await
+    }
+
+    async fn queued_where(
+        &self,
+        job_id: Option<i64>,
+        build_id: Option<i64>,
+    ) -> Result<Vec<QueuedJobInfo>> {
         let rows = sqlx::query(
             "SELECT j.id, j.build_id, j.builder, j.name, j.spec, b.project, b.revision, b.priority \
              FROM jobs j JOIN builds b ON b.id = j.build_id \
-             WHERE j.state = 'queued' AND ($1 IS NULL OR j.id = $1) ORDER BY j.id",
+             WHERE j.state = 'queued' AND ($1 IS NULL OR j.id = $1) AND ($2 IS NULL OR j.build_id = $2) \
+             ORDER BY j.id",
         )
         .bind(job_id)
+        .bind(build_id)
         .fetch_all(&self.read)
         .await?;
         rows.iter()
