@@ -105,6 +105,17 @@ impl RunningServer {
         for t in &self.background {
             t.abort();
         }
+        if self.app.hub.store.postgres_url().is_some() {
+            if let Err(e) = self
+                .app
+                .hub
+                .store
+                .server_leaving(&self.app.hub.server_id)
+                .await
+            {
+                tracing::warn!("could not tell the other servers this one stops: {e}");
+            }
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -194,3 +194,101 @@ fn herd_migrate_moves_a_sqlite_server_into_postgres_with_builds_and_logs() {
     drop(new);
     drop_postgres_database(&url);
 }
+
+#[test]
+fn the_job_of_a_worker_that_knew_only_the_dead_server_moves_to_a_live_one() {
+    // The first attempt hangs; a second one (elsewhere) passes.
+    let pipeline = "builders:\n  b:\n    steps:\n      - run: 'if [ \"$HERD_ATTEMPT\" = 1 ]; then sleep 300; fi; echo ran attempt $HERD_ATTEMPT'\n";
+    let config = inline_project("p", pipeline);
+    let mut a = Server::start_on_postgres(&config, &[]);
+    let b = Server::start_sharing(&a, &config, &[]);
+    let token = a.worker_token("only-a");
+    let _stuck = Worker::spawn(&a.url, &token, "only-a", &a.dir.path().join("wa"), 1, &[]);
+    a.wait_online("only-a");
+    let token = a.worker_token("on-b");
+    let _w = Worker::spawn(&b.url, &token, "on-b", &a.dir.path().join("wb"), 1, &[]);
+    b.wait_online("on-b");
+    let (status, _) = b.post(
+        "/api/v1/workers/on-b/pause",
+        serde_json::json!({}),
+        Some(&b.token),
+    );
+    assert_eq!(status, 200);
+    let id = a.start_build("p", &[]);
+    wait_until(LONG, "the first attempt running on only-a", || {
+        let attempt = a.build(id)["jobs"][0]["attempts"][0].clone();
+        (attempt["state"] == "running" && attempt["worker"] == "only-a").then_some(())
+    });
+    b.post(
+        "/api/v1/workers/on-b/resume",
+        serde_json::json!({}),
+        Some(&b.token),
+    );
+    a.kill9();
+    // B notices A is gone, waits for only-a to come back (it cannot), then
+    // the job moves to on-b.
+    let build = b.wait_build(id, LONG);
+    assert_eq!(build["state"], "success", "{build}");
+    let attempts = build["jobs"][0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{build}");
+    assert_eq!(attempts[0]["state"], "lost");
+    assert!(
+        attempts[0]["reason"].as_str().unwrap().contains("only-a"),
+        "{build}"
+    );
+    assert_eq!(attempts[1]["worker"], "on-b");
+    let workers = b.get("/api/v1/workers").unwrap();
+    let only_a = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "only-a")
+        .unwrap()
+        .clone();
+    assert_eq!(only_a["online"], false, "{only_a}");
+}
+
+#[test]
+fn stopping_one_server_at_a_time_while_builds_run_loses_nothing() {
+    let pipeline = "builders:\n  x:\n    jobs:\n      a:\n        steps: [{run: 'sleep 0.3'}]\n      b:\n        steps: [{run: 'sleep 0.3'}]\n";
+    let config = inline_project("p", pipeline);
+    let mut a = Server::start_on_postgres(&config, &[]);
+    let mut b = Server::start_sharing(&a, &config, &[]);
+    let mut workers = Vec::new();
+    for i in 0..4 {
+        let name = format!("w{i}");
+        let token = a.worker_token(&name);
+        let (home, other) = if i < 2 { (&a, &b) } else { (&b, &a) };
+        workers.push(Worker::spawn(
+            &format!("{},{}", home.url, other.url),
+            &token,
+            &name,
+            &a.dir.path().join(format!("work-{name}")),
+            1,
+            &[],
+        ));
+        home.wait_online(&name);
+    }
+    let ids: Vec<i64> = (0..30)
+        .map(|i| if i % 2 == 0 { &a } else { &b }.start_build("p", &[]))
+        .collect();
+    let done = |s: &Server| {
+        ids.iter()
+            .filter(|id| s.build(**id)["state"] == "success")
+            .count()
+    };
+    wait_until(LONG, "five builds done", || (done(&b) >= 5).then_some(()));
+    a.stop_and_restart();
+    wait_until(LONG, "fifteen builds done", || {
+        (done(&a) >= 15).then_some(())
+    });
+    b.stop_and_restart();
+    for id in &ids {
+        let build = a.wait_build(*id, LONG);
+        assert_eq!(build["state"], "success", "{build}");
+        for job in build["jobs"].as_array().unwrap() {
+            let attempts = job["attempts"].as_array().unwrap();
+            assert_eq!(attempts.len(), 1, "job ran once: {job}");
+        }
+    }
+}

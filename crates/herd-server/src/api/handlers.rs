@@ -405,7 +405,7 @@ fn worker_json(
     let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(json!({}));
     json!({
         "name": w.name,
-        "online": running.is_some(),
+        "online": running.is_some() || w.online,
         "slots": w.slots,
         "labels": parse(&w.labels),
         "facts": parse(&w.facts),

@@ -120,9 +120,11 @@ impl Hub {
     }
 
     /// A dead server's workers' live attempts: they wait here for their
-    /// workers to come back (to any server) before they move.
+    /// workers to come back (to any server) before they move. The server
+    /// was silent for DEAD_AFTER already, so its workers had that long to
+    /// find another; they get as long again.
     pub fn adopt_orphans(&self, attempts: Vec<(AttemptId, String)>) {
-        let deadline = Instant::now() + self.settings.restart_grace;
+        let deadline = Instant::now() + DEAD_AFTER;
         let mut st = self.lock();
         for (attempt, worker) in attempts {
             st.orphans.insert(attempt, Orphan { worker, deadline });

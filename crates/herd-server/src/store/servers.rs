@@ -23,6 +23,16 @@ impl Store {
         Ok(())
     }
 
+    /// This server stops: the others take over its workers at their next
+    /// heartbeat instead of after DEAD_AFTER.
+    pub async fn server_leaving(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE servers SET last_seen = 0 WHERE id = $1")
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
     /// Servers not heard of since `before`.
     pub async fn stale_servers(&self, before: i64) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT id FROM servers WHERE last_seen < $1")

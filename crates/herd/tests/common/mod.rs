@@ -136,6 +136,18 @@ impl Server {
         self.child.id()
     }
 
+    /// SIGTERM (a graceful stop, as for an upgrade), then start again on
+    /// the same port and data.
+    pub fn stop_and_restart(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let (child, url) = spawn_server(&self.data, &addr, &self.args);
+        assert_eq!(url, self.url);
+        self.child = child;
+    }
+
     /// kill -9, no restart.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
