@@ -274,6 +274,15 @@ async fn new_changes(
 /// Starts the build of a recorded change, or records why there is none.
 async fn build_change(app: &App, change: ChangeRow) {
     let store = &app.hub.store;
+    // Another server polling the same project may be building it already.
+    match store.claim_change(change.id, &app.hub.server_id).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!(project = %change.project, "cannot claim change {}: {e}", change.id);
+            return;
+        }
+    }
     let settled = if let Some(marker) = skip_requested(&change.message) {
         store
             .settle_change(

@@ -122,6 +122,7 @@ on_both!(
     a_late_worker_is_fenced_and_resends_are_harmless,
     branch_heads_move_once_and_deliveries_are_seen_once,
     status_reports_count_failures_and_keep_the_last_sent,
+    a_change_is_claimed_by_one_server,
 );
 
 fn shell_job(builder: &str) -> NewJob {
@@ -492,4 +493,33 @@ async fn status_reports_count_failures_and_keep_the_last_sent(store: Store) {
     );
     store.reports_done(build).await.unwrap();
     assert!(store.builds_to_report().await.unwrap().is_empty());
+}
+
+async fn a_change_is_claimed_by_one_server(store: Store) {
+    let change = NewChange {
+        revision: "c".repeat(40),
+        author: "ann".into(),
+        message: "m".into(),
+        committed_at: 1,
+        files: None,
+    };
+    let ids = store
+        .advance_branch("p", "main", None, "c1", &[change])
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.claim_change(ids[0], "server-a").await.unwrap());
+    assert!(
+        !store.claim_change(ids[0], "server-b").await.unwrap(),
+        "A holds it"
+    );
+    assert!(
+        store.claim_change(ids[0], "server-a").await.unwrap(),
+        "A again"
+    );
+    store.settle_change(ids[0], Some(1), None).await.unwrap();
+    assert!(
+        !store.claim_change(ids[0], "server-a").await.unwrap(),
+        "settled"
+    );
 }

@@ -292,3 +292,57 @@ fn stopping_one_server_at_a_time_while_builds_run_loses_nothing() {
         }
     }
 }
+
+#[test]
+fn two_servers_polling_one_repository_build_each_commit_once() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(
+        root.path(),
+        "app",
+        &[(
+            "herd.yml",
+            b"builders:\n  b:\n    steps:\n      - run: echo ok\n",
+        )],
+    );
+    let config = format!(
+        "projects:\n  app:\n    repo: {}\n    poll: 200ms\n",
+        repo.display()
+    );
+    let a = Server::start_on_postgres(&config, &[]);
+    let b = Server::start_sharing(&a, &config, &[]);
+    let token = a.worker_token("w");
+    let _w = Worker::spawn(&b.url, &token, "w", &a.dir.path().join("w"), 2, &[]);
+    b.wait_online("w");
+    for s in [&a, &b] {
+        wait_until(LONG, "a first poll", || {
+            s.get("/api/v1/projects/app").ok()?["polling"]["last_success_at"].as_i64()
+        });
+    }
+    let mut shas = Vec::new();
+    for i in 0..5 {
+        shas.push(commit(
+            &repo,
+            &[("n.txt", i.to_string().as_bytes())],
+            &format!("commit {i}"),
+        ));
+        // Both servers poll every 200 ms: give them a few rounds each.
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let changes = wait_until(LONG, "every commit built", || {
+        let p = a.get("/api/v1/projects/app").ok()?;
+        let changes = p["changes"].as_array()?.clone();
+        (changes.len() >= 5 && changes.iter().all(|c| c["build_id"].is_i64())).then_some(changes)
+    });
+    assert_eq!(changes.len(), 5, "each commit recorded once: {changes:?}");
+    let builds = a.get("/api/v1/builds?project=app").unwrap();
+    assert_eq!(builds["builds"].as_array().unwrap().len(), 5, "{builds}");
+    for sha in &shas {
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|c| c["revision"] == sha.as_str())
+                .count(),
+            1
+        );
+    }
+}

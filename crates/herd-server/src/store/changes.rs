@@ -7,6 +7,9 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use std::collections::BTreeMap;
 
+/// How long a server's claim on building a change holds.
+const CHANGE_CLAIM_MS: i64 = 5 * 60 * 1000;
+
 /// A commit on a watched branch, to be built (or recorded as skipped).
 #[derive(Debug, Clone)]
 pub struct NewChange {
@@ -170,6 +173,24 @@ impl Store {
             .fetch_optional(&self.read)
             .await?;
         row.as_ref().map(ChangeRow::from_row).transpose()
+    }
+
+    /// Claims an unsettled change for `server` to build; false when another
+    /// server holds a fresh claim on it or it is settled.
+    pub async fn claim_change(&self, id: i64, server: &str) -> Result<bool> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE changes SET claimed_by = $2, claimed_at = $3 \
+             WHERE id = $1 AND build_id IS NULL AND skipped IS NULL \
+             AND (claimed_at IS NULL OR claimed_at < $4 OR claimed_by = $2)",
+        )
+        .bind(id)
+        .bind(server)
+        .bind(now)
+        .bind(now - CHANGE_CLAIM_MS)
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Changes recorded but not yet settled (the server stopped between
