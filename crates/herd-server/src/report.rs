@@ -90,6 +90,16 @@ impl Wanted {
 /// retry is due, if one is waiting.
 async fn reconcile(app: &App) -> Result<Option<i64>, crate::store::StoreError> {
     let store = &app.hub.store;
+    // Several servers on one database: one of them reports (or one status
+    // would be sent by each).
+    if store.postgres_url().is_some() {
+        let first = store
+            .first_live_server(crate::hub::peers::alive_since())
+            .await?;
+        if first.is_some_and(|id| id != app.hub.server_id) {
+            return Ok(Some(crate::store::now_ms() + IDLE_CHECK.as_millis() as i64));
+        }
+    }
     let mut next_due: Option<i64> = None;
     for build_id in store.builds_to_report().await? {
         let Some(detail) = store.build_detail(build_id).await? else {

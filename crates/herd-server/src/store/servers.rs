@@ -81,6 +81,16 @@ impl Store {
         Ok(())
     }
 
+    /// The live server that does the work only one should do (sending
+    /// commit statuses): the one with the smallest id.
+    pub async fn first_live_server(&self, alive_since: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT id FROM servers WHERE last_seen >= $1 ORDER BY id LIMIT 1")
+            .bind(alive_since)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| get(&r, "id")).transpose()
+    }
+
     /// Whether `worker` is connected to a live server other than `me`.
     pub async fn worker_online_elsewhere(
         &self,
