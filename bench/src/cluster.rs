@@ -5,9 +5,9 @@
 //! Needs PostgreSQL: HERD_TEST_POSTGRES (default
 //! postgres://postgres@127.0.0.1:5432); each run makes its own database.
 
-use crate::{now_ns, percentile, Bench, LIMIT};
+use crate::{now_ns, percentile, Bench};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const BUILDS_LATENCY: usize = 100;
 const BUILDS_THROUGHPUT: usize = 1000;
@@ -98,18 +98,7 @@ async fn throughput(servers: &[&Bench]) -> f64 {
         ids.extend(ids_of);
     }
     let b = servers[0];
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let q = b.get("/api/v1/builds?state=queued&limit=1").await;
-        let r = b.get("/api/v1/builds?state=running&limit=1").await;
-        if q["builds"].as_array().is_some_and(|a| a.is_empty())
-            && r["builds"].as_array().is_some_and(|a| a.is_empty())
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "throughput run did not finish");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    b.wait_all_ended().await;
     let failed = b.get("/api/v1/builds?state=failure&limit=1").await;
     assert!(failed["builds"].as_array().unwrap().is_empty());
     ids.len() as f64 / start.elapsed().as_secs_f64()

@@ -20,7 +20,7 @@ mod web;
 const LATENCY_BUILDS: usize = 200;
 const THROUGHPUT_BUILDS: usize = 2000;
 const LOG_BYTES: u64 = 100_000_000;
-pub(crate) const LIMIT: Duration = Duration::from_secs(300);
+const LIMIT: Duration = Duration::from_secs(300);
 
 pub(crate) struct Proc(pub(crate) Child);
 impl Drop for Proc {
@@ -151,6 +151,22 @@ impl Bench {
         panic!("worker {name} did not come online on {}", self.url);
     }
 
+    /// Waits until no build is queued or running (at most LIMIT).
+    pub(crate) async fn wait_all_ended(&self) {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let q = self.get("/api/v1/builds?state=queued&limit=1").await;
+            let r = self.get("/api/v1/builds?state=running&limit=1").await;
+            if q["builds"].as_array().is_some_and(|a| a.is_empty())
+                && r["builds"].as_array().is_some_and(|a| a.is_empty())
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the builds did not end");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub(crate) async fn get(&self, path: &str) -> Value {
         self.http
             .get(format!("{}{path}", self.url))
@@ -269,18 +285,7 @@ async fn throughput() {
         ids.extend(p.await.unwrap());
     }
     let posted = start.elapsed();
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let q = b.get("/api/v1/builds?state=queued&limit=1").await;
-        let r = b.get("/api/v1/builds?state=running&limit=1").await;
-        if q["builds"].as_array().is_some_and(|a| a.is_empty())
-            && r["builds"].as_array().is_some_and(|a| a.is_empty())
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "throughput run did not finish");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    b.wait_all_ended().await;
     let elapsed = start.elapsed();
     let failed = b.get("/api/v1/builds?state=failure&limit=1").await;
     let errors = b.get("/api/v1/builds?state=error&limit=1").await;

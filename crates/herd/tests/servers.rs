@@ -19,6 +19,34 @@ fn inline_project(name: &str, pipeline: &str) -> String {
     config
 }
 
+/// `n` one-slot workers, the first half at home on A, the others on B;
+/// each knows both servers.
+fn workers_on_both(a: &Server, b: &Server, n: usize) -> Vec<Worker> {
+    let mut workers = Vec::new();
+    for i in 0..n {
+        let name = format!("w{i}");
+        let token = a.worker_token(&name);
+        let (home, other) = if i < n / 2 { (a, b) } else { (b, a) };
+        workers.push(Worker::spawn(
+            &format!("{},{}", home.url, other.url),
+            &token,
+            &name,
+            &a.dir.path().join(format!("work-{name}")),
+            1,
+            &[],
+        ));
+        home.wait_online(&name);
+    }
+    workers
+}
+
+/// Builds of project `p`, started alternately through A and B.
+fn start_builds_through_both(a: &Server, b: &Server, n: usize) -> Vec<i64> {
+    (0..n)
+        .map(|i| if i % 2 == 0 { a } else { b }.start_build("p", &[]))
+        .collect()
+}
+
 #[test]
 fn a_build_started_through_one_server_runs_on_a_worker_of_another_and_its_log_is_followed_live() {
     let gate = tempfile::tempdir().unwrap();
@@ -92,25 +120,8 @@ fn fifty_builds_over_two_servers_run_each_job_once_even_when_one_server_is_kille
     let config = inline_project("p", pipeline);
     let mut a = Server::start_on_postgres(&config, &[]);
     let b = Server::start_sharing(&a, &config, &[]);
-    let mut workers = Vec::new();
-    for i in 0..6 {
-        let name = format!("w{i}");
-        let token = a.worker_token(&name);
-        // Three start on A, three on B; each knows both.
-        let (home, other) = if i < 3 { (&a, &b) } else { (&b, &a) };
-        workers.push(Worker::spawn(
-            &format!("{},{}", home.url, other.url),
-            &token,
-            &name,
-            &a.dir.path().join(format!("work-{name}")),
-            1,
-            &[],
-        ));
-        home.wait_online(&name);
-    }
-    let ids: Vec<i64> = (0..50)
-        .map(|i| if i % 2 == 0 { &a } else { &b }.start_build("p", &[]))
-        .collect();
+    let workers = workers_on_both(&a, &b, 6);
+    let ids = start_builds_through_both(&a, &b, 50);
     // Mid-way, server A dies; its workers go to B and resume.
     wait_until(LONG, "ten builds done", || {
         let done = ids
@@ -254,24 +265,8 @@ fn stopping_one_server_at_a_time_while_builds_run_loses_nothing() {
     let config = inline_project("p", pipeline);
     let mut a = Server::start_on_postgres(&config, &[]);
     let mut b = Server::start_sharing(&a, &config, &[]);
-    let mut workers = Vec::new();
-    for i in 0..4 {
-        let name = format!("w{i}");
-        let token = a.worker_token(&name);
-        let (home, other) = if i < 2 { (&a, &b) } else { (&b, &a) };
-        workers.push(Worker::spawn(
-            &format!("{},{}", home.url, other.url),
-            &token,
-            &name,
-            &a.dir.path().join(format!("work-{name}")),
-            1,
-            &[],
-        ));
-        home.wait_online(&name);
-    }
-    let ids: Vec<i64> = (0..30)
-        .map(|i| if i % 2 == 0 { &a } else { &b }.start_build("p", &[]))
-        .collect();
+    let _workers = workers_on_both(&a, &b, 4);
+    let ids = start_builds_through_both(&a, &b, 30);
     let done = |s: &Server| {
         ids.iter()
             .filter(|id| s.build(**id)["state"] == "success")
