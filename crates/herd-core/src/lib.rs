@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod probe;
 pub mod requirement;
 pub mod schedule;
+pub mod secret_ref;
 pub mod split;
 pub mod state;
 pub mod version;

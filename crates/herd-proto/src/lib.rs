@@ -329,6 +329,10 @@ pub struct Assignment {
     #[serde(default)]
     pub revision: Option<String>,
     pub steps: Vec<StepSpec>,
+    /// Secret values the job's environment holds: the worker masks them
+    /// (and their base64 forms) in the output it sends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mask: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -209,12 +209,22 @@ pub async fn start(app: &App, req: StartBuild, origin: Origin) -> Result<Started
                 .iter()
                 .enumerate()
                 .find_map(|(i, s)| s.split.as_ref().map(|d| (i, s, d)));
+            let (secrets, secret_requires) =
+                match secrets_of_job(&app.hub.settings.secrets, &project.name, &b.name, &steps) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        return record_error_build(app, &req, &origin, revision, &reason, e).await
+                    }
+                };
+            let mut requires = j.requires.clone();
+            requires.extend(secret_requires);
             let spec = JobSpec {
-                requires: j.requires.clone(),
+                requires,
                 steps,
                 cap: b.max_concurrent,
                 shard: None,
                 patched: origin.patch.is_some(),
+                secrets,
             };
             match split {
                 None => jobs.push(NewJob {
@@ -314,6 +324,58 @@ async fn record_error_build(
     app.hub.changed();
     app.reporter.wake();
     Ok(Started::Build(id))
+}
+
+/// The secrets a job's steps refer to, checked against the server's
+/// `secrets:` (the builder must be allowed), and the label requirements
+/// they bring (only a worker with those labels gets the job).
+fn secrets_of_job(
+    configured: &std::collections::BTreeMap<String, crate::config::SecretConfig>,
+    project: &str,
+    builder: &str,
+    steps: &[StepSpec],
+) -> Result<(Vec<String>, Vec<herd_core::requirement::Requirement>), String> {
+    let mut names: Vec<String> = Vec::new();
+    for step in steps {
+        for value in step.env.values() {
+            for name in herd_core::secret_ref::secret_refs(value) {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+    }
+    let mut requires = Vec::new();
+    for name in &names {
+        let Some(secret) = configured.get(name) else {
+            let known: Vec<&str> = configured.keys().map(String::as_str).collect();
+            return Err(format!(
+                "builder `{builder}` refers to secret `{name}`, which the server does not have (it has: {}); add it under `secrets:` in the server config",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ));
+        };
+        let allowed = secret.builders.is_empty()
+            || secret
+                .builders
+                .iter()
+                .any(|b| b == builder || *b == format!("{project}/{builder}"));
+        if !allowed {
+            return Err(format!(
+                "builder `{builder}` of project `{project}` may not use secret `{name}` (allowed: {}); change `builders:` of the secret in the server config",
+                secret.builders.join(", ")
+            ));
+        }
+        for (key, value) in &secret.labels {
+            let text = format!("{key} == {value}");
+            let r = herd_core::requirement::Requirement::parse(&text).map_err(|e| {
+                format!("secret `{name}` needs label `{key}={value}`, which is not a valid requirement: {e}")
+            })?;
+            if !requires.contains(&r) {
+                requires.push(r);
+            }
+        }
+    }
+    Ok((names, requires))
 }
 
 /// `tests#2`: the second shard of job `tests`.

@@ -73,6 +73,7 @@ pub async fn run_job(
     mut stop: watch::Receiver<Option<StopKind>>,
 ) {
     let attempt = job.attempt;
+    let mask = crate::mask::Masker::new(&job.mask).map(std::sync::Arc::new);
     let workspace = ctx
         .workdir
         .join(safe(&job.project))
@@ -125,7 +126,15 @@ pub async fn run_job(
         }
         let started = Instant::now();
         let outcome = run_step(
-            ctx, &workspace, step, idx, &base_env, attempt, &outbox, &mut stop,
+            ctx,
+            &workspace,
+            step,
+            idx,
+            &base_env,
+            attempt,
+            &outbox,
+            mask.as_ref(),
+            &mut stop,
         )
         .await;
         let Some(outcome) = outcome else { return };
@@ -204,6 +213,7 @@ async fn run_step(
     base_env: &BTreeMap<String, String>,
     attempt: i64,
     outbox: &Outbox,
+    mask: Option<&std::sync::Arc<crate::mask::Masker>>,
     stop: &mut watch::Receiver<Option<StopKind>>,
 ) -> Option<StepOutcome> {
     let mut env = base_env.clone();
@@ -240,6 +250,7 @@ async fn run_step(
         outbox,
         step: idx,
         deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+        mask,
     };
     let (script, failure_status) = match &step.action {
         StepAction::Shell { run } => (run.as_str(), StepStatus::Failure),
@@ -337,6 +348,8 @@ pub(crate) struct StepRunner<'a> {
     pub outbox: &'a Outbox,
     pub step: u32,
     pub deadline: Option<tokio::time::Instant>,
+    /// The job's secrets, masked in the output.
+    pub mask: Option<&'a std::sync::Arc<crate::mask::Masker>>,
 }
 
 /// Most standard output kept from a captured command (a test list).
@@ -431,6 +444,7 @@ impl StepRunner<'_> {
             self.attempt,
             self.step,
             std::sync::Arc::clone(&written),
+            self.mask.cloned(),
         ));
         let capture_task = out_reader.map(|mut r| {
             tokio::spawn(async move {
@@ -534,12 +548,29 @@ async fn pump_output(
     attempt: i64,
     step: u32,
     written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    mask: Option<std::sync::Arc<crate::mask::Masker>>,
 ) -> bool {
     let mut offset = written.load(std::sync::atomic::Ordering::SeqCst);
     let mut buf = vec![0u8; MAX_LOG_CHUNK];
+    let mut masking = mask.as_deref().map(crate::mask::MaskStream::new);
     loop {
         let mut filled = match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => return true,
+            Ok(0) | Err(_) => {
+                // The end: a tail held back as a possible secret was none.
+                let rest = masking.as_mut().map(|m| m.finish()).unwrap_or_default();
+                if !rest.is_empty() {
+                    let data = rest;
+                    let len = data.len() as u64;
+                    if !outbox
+                        .push(attempt, Payload::Log { step, offset, data })
+                        .await
+                    {
+                        return false;
+                    }
+                    written.store(offset + len, std::sync::atomic::Ordering::SeqCst);
+                }
+                return true;
+            }
             Ok(n) => n,
         };
         let mut eof = false;
@@ -554,15 +585,26 @@ async fn pump_output(
                 Err(_) => break,
             }
         }
-        let data = buf[..filled].to_vec();
-        if !outbox
-            .push(attempt, Payload::Log { step, offset, data })
-            .await
+        let data = match &mut masking {
+            None => buf[..filled].to_vec(),
+            Some(m) => {
+                let mut data = m.feed(&buf[..filled]);
+                if eof {
+                    data.extend(m.finish());
+                }
+                data
+            }
+        };
+        let len = data.len() as u64;
+        if len > 0
+            && !outbox
+                .push(attempt, Payload::Log { step, offset, data })
+                .await
         {
             return false;
         }
         // No await between the push and this store: an abort cannot split them.
-        offset += filled as u64;
+        offset += len;
         written.store(offset, std::sync::atomic::Ordering::SeqCst);
         if eof {
             return true;

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod facts;
 pub mod install;
 pub mod junit;
+pub mod mask;
 pub mod outbox;
 pub mod probe;
 pub mod reaper;

@@ -25,8 +25,8 @@ use serde_saphyr::Spanned;
 use std::time::Duration;
 
 mod project;
-use project::RawProject;
-pub use project::{ProjectConfig, Reporter, Secret, DEFAULT_POLL};
+pub use project::{ProjectConfig, Reporter, Secret, SecretConfig, DEFAULT_POLL};
+use project::{RawProject, RawSecretConfig};
 
 #[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub users: std::collections::BTreeMap<String, String>,
     /// The web page and the reading API need a sign-in too.
     pub private: bool,
+    /// `secrets:`, referenced in herd.yml as `${{ secrets.NAME }}`.
+    pub secrets: std::collections::BTreeMap<String, SecretConfig>,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +63,8 @@ struct RawConfig {
     users: IndexMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     private: bool,
+    #[serde(default)]
+    secrets: IndexMap<Spanned<String>, Spanned<RawSecretConfig>>,
 }
 
 impl ServerConfig {
@@ -119,7 +123,24 @@ impl ServerConfig {
             }
             users.insert(name.value, hash.value);
         }
+        let mut secrets = std::collections::BTreeMap::new();
+        for (name, raw) in &raw.secrets {
+            if !valid_project_name(&name.value) {
+                return Err(ConfigError::at_location(
+                    file,
+                    text,
+                    &name.referenced,
+                    format!("invalid secret name `{}`", name.value),
+                )
+                .with_help("names use letters, digits, `-`, `_` and `.`"));
+            }
+            secrets.insert(
+                name.value.clone(),
+                project::Lower { file, text }.secret_config(raw)?,
+            );
+        }
         Ok(ServerConfig {
+            secrets,
             users,
             private: raw.private,
             listen: raw.listen,
@@ -266,5 +287,23 @@ mod tests {
         assert!(msg.contains("bitbucket"), "{msg}");
         let (line, _) = at("projects:\n  q:\n    repo: /q\n    webhook_secret: ''\n");
         assert_eq!(line, 4);
+    }
+
+    #[test]
+    fn secrets_are_read_in_both_forms_and_never_printed() {
+        let c = ServerConfig::parse(
+            "s.yml",
+            "secrets:\n  open: open-value\n  release:\n    value: rel-value\n    builders: [release, p/deploy]\n    labels: {trusted: 'yes'}\n",
+        )
+        .unwrap();
+        assert_eq!(c.secrets["open"].value.0, "open-value");
+        assert!(c.secrets["open"].builders.is_empty());
+        assert_eq!(c.secrets["release"].builders, vec!["release", "p/deploy"]);
+        assert_eq!(c.secrets["release"].labels["trusted"], "yes");
+        assert!(!format!("{c:?}").contains("rel-value"));
+        let e = ServerConfig::parse("s.yml", "secrets:\n  k: {env: HERD_TEST_SURELY_UNSET_2}\n")
+            .unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("HERD_TEST_SURELY_UNSET_2"));
     }
 }

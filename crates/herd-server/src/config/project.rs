@@ -56,6 +56,32 @@ impl ProjectConfig {
     }
 }
 
+/// A secret of the server config (`secrets:`): its value, the builders
+/// that may use it, and the labels a worker needs to get it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretConfig {
+    pub value: Secret,
+    /// `BUILDER` or `PROJECT/BUILDER`; empty: any builder.
+    pub builders: Vec<String>,
+    /// Only workers with all these labels run a job that uses it.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `NAME: {env: X}` (any builder, any worker) or `NAME: {value: …,
+/// builders: […], labels: {…}}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawSecretConfig {
+    Full {
+        value: RawSecret,
+        #[serde(default)]
+        builders: Vec<String>,
+        #[serde(default)]
+        labels: std::collections::BTreeMap<String, String>,
+    },
+    Plain(RawSecret),
+}
+
 /// A secret value; never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -203,6 +229,28 @@ impl Lower<'_> {
             p.report.push(self.reporter(r)?);
         }
         Ok(p)
+    }
+
+    pub fn secret_config(
+        &self,
+        raw: &Spanned<RawSecretConfig>,
+    ) -> Result<SecretConfig, ConfigError> {
+        Ok(match &raw.value {
+            RawSecretConfig::Plain(s) => SecretConfig {
+                value: self.secret_at(s, &raw.referenced)?,
+                builders: Vec::new(),
+                labels: Default::default(),
+            },
+            RawSecretConfig::Full {
+                value,
+                builders,
+                labels,
+            } => SecretConfig {
+                value: self.secret_at(value, &raw.referenced)?,
+                builders: builders.clone(),
+                labels: labels.clone(),
+            },
+        })
     }
 
     fn secret(&self, s: &Spanned<RawSecret>) -> Result<Secret, ConfigError> {

@@ -41,6 +41,8 @@ pub struct Settings {
     pub quarantine_after: usize,
     pub quarantine_window: Duration,
     pub quarantine_base: Duration,
+    /// `secrets:` of the server config (their Debug shows no value).
+    pub secrets: Arc<BTreeMap<String, crate::config::SecretConfig>>,
 }
 
 impl Default for Settings {
@@ -54,6 +56,7 @@ impl Default for Settings {
             quarantine_after: 3,
             quarantine_window: Duration::from_secs(600),
             quarantine_base: Duration::from_secs(60),
+            secrets: Arc::default(),
         }
     }
 }
@@ -605,6 +608,20 @@ impl Hub {
         for (job, worker, conn_id) in placements {
             let names: Vec<String> = job.spec.steps.iter().map(|s| s.name.clone()).collect();
             let mut steps = job.spec.steps.clone();
+            let mut mask = Vec::new();
+            if !job.spec.secrets.is_empty() {
+                // Values join here, on the way to the worker only.
+                let secrets = &self.settings.secrets;
+                for s in &mut steps {
+                    for v in s.env.values_mut() {
+                        *v = herd_core::secret_ref::fill_secrets(v, |name| {
+                            let value = secrets.get(name)?.value.0.clone();
+                            mask.push(value.clone());
+                            Some(value)
+                        });
+                    }
+                }
+            }
             if job.spec.patched {
                 let patch = self.store.build_patch(job.build_id).await?;
                 for s in &mut steps {
@@ -639,6 +656,7 @@ impl Hub {
                                     job: job.job.clone(),
                                     revision: job.revision.clone(),
                                     steps,
+                                    mask,
                                 };
                                 w.tx.send(Outbound::Assign(Box::new(assignment))).is_ok()
                             }

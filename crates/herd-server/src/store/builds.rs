@@ -23,6 +23,9 @@ pub struct JobSpec {
     /// step when the job is assigned.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub patched: bool,
+    /// Secrets the steps' env refers to; their values join at assignment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// One shard of a split job: which split it serves.

@@ -68,6 +68,7 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
     };
     let mut settings = Settings {
         max_attempts: i64::from(args.retries) + 1,
+        secrets: std::sync::Arc::new(config.secrets.clone()),
         ..Settings::default()
     };
     if let Some(d) =
