@@ -341,3 +341,35 @@ fn two_servers_polling_one_repository_build_each_commit_once() {
         );
     }
 }
+
+#[test]
+fn a_worker_revoked_through_one_server_is_disconnected_from_the_other() {
+    let config = inline_project("p", "builders:\n  b:\n    steps:\n      - run: 'true'\n");
+    let a = Server::start_on_postgres(&config, &[]);
+    let b = Server::start_sharing(&a, &config, &[]);
+    let token = a.worker_token("revoked");
+    let _w = Worker::spawn(&b.url, &token, "revoked", &a.dir.path().join("w"), 1, &[]);
+    b.wait_online("revoked");
+    let listed = a.cli(&["token", "list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    let id = listed
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("revoked"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let out = a.cli(&["token", "revoke", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "B to drop the revoked worker",
+        || {
+            let w = b.get("/api/v1/workers/revoked").ok()?;
+            (w["online"] == false).then_some(())
+        },
+    );
+}

@@ -232,8 +232,14 @@ impl Hub {
         self.lock().queue.retain(|j| j.build_id != build_id);
     }
 
-    /// Closes a worker's connection (its token was revoked, it was removed).
+    /// Closes a worker's connection (its token was revoked, it was
+    /// removed), whichever server it is connected to.
     pub fn close_worker(&self, name: &str, reason: &str) {
+        self.close_here(name, reason);
+        self.tell_peers(&format!("close {name} {reason}"));
+    }
+
+    pub(crate) fn close_here(&self, name: &str, reason: &str) {
         if let Some(w) = self.lock().workers.get(name) {
             let _ = w.tx.send(Outbound::Close(reason.to_string()));
         }

@@ -1,8 +1,9 @@
 //! Servers sharing one PostgreSQL database: what the hub tells the others
 //! and does with what they tell it. Messages are words: `changed` (readers
 //! should look again), `jobs` (new queued jobs), `probes` (new wanted
-//! probes), `paused NAME`, `cancel ATTEMPT WORKER`; `jobs BUILD` names the
-//! build whose jobs were queued.
+//! probes), `paused NAME`, `cancel ATTEMPT WORKER`, `close NAME REASON`
+//! (a revoked or removed worker); `jobs BUILD` names the build whose jobs
+//! were queued.
 //!
 //! The store stays the source of truth: a message only says where to look.
 
@@ -38,6 +39,11 @@ impl Hub {
 
     /// What another server said.
     pub async fn on_peer_message(&self, message: &str) {
+        if let Some(rest) = message.strip_prefix("close ") {
+            let (name, reason) = rest.split_once(' ').unwrap_or((rest, "closed"));
+            self.close_here(name, reason);
+            return;
+        }
         let mut words = message.split(' ');
         let result = match (words.next(), words.next(), words.next()) {
             (Some("changed"), _, _) => {
