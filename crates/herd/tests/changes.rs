@@ -91,6 +91,18 @@ fn wait_first_poll(server: &Server, name: &str) {
     });
 }
 
+/// A server watching `forge` as project `p` (`settings`: more lines of its
+/// project config), a worker, and the first poll done.
+fn watching(forge: &Forge, settings: &str, slots: u32) -> (Server, Worker) {
+    let server = Server::start_with_config(
+        &format!("projects:\n  p:\n    repo: {}\n{settings}", forge.repo()),
+        &[],
+    );
+    let worker = server.worker("w1", slots, &[]);
+    wait_first_poll(&server, "p");
+    (server, worker)
+}
+
 /// The change recorded for `sha`, once settled (built or skipped).
 fn settled_change(server: &Server, name: &str, sha: &str) -> Value {
     wait_until(LONG, &format!("a settled change for {sha}"), || {
@@ -131,15 +143,11 @@ const FILTERED: &str = "builders:
 #[test]
 fn pushed_commits_build_by_themselves_with_filters_skip_ci_and_collapse() {
     let forge = Forge::new(FILTERED);
-    let server = Server::start_with_config(
-        &format!(
-            "projects:\n  p:\n    repo: {}\n    poll: 300ms\n    branches: [main, 'release/*']\n",
-            forge.repo()
-        ),
-        &[],
+    let (server, _w) = watching(
+        &forge,
+        "    poll: 300ms\n    branches: [main, 'release/*']\n",
+        2,
     );
-    let _w = server.worker("w1", 2, &[]);
-    wait_first_poll(&server, "p");
     // What was there before herd watched is not a change.
     assert_eq!(project(&server, "p")["changes"], json!([]));
 
@@ -242,15 +250,7 @@ fn pushed_commits_build_by_themselves_with_filters_skip_ci_and_collapse() {
 #[test]
 fn a_broken_herd_yml_fails_only_its_own_commit() {
     let forge = Forge::new("builders:\n  ok:\n    steps:\n      - run: echo fine\n");
-    let server = Server::start_with_config(
-        &format!(
-            "projects:\n  p:\n    repo: {}\n    poll: 300ms\n    collapse: false\n",
-            forge.repo()
-        ),
-        &[],
-    );
-    let _w = server.worker("w1", 1, &[]);
-    wait_first_poll(&server, "p");
+    let (server, _w) = watching(&forge, "    poll: 300ms\n    collapse: false\n", 1);
     let broken = forge.push(
         &[(
             "herd.yml",
@@ -306,15 +306,11 @@ fn post_raw(url: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Value) 
 fn webhooks_fetch_at_once_and_refuse_bad_signatures_and_replays() {
     let forge = Forge::new("builders:\n  b:\n    steps:\n      - run: echo hooked\n");
     let secret = "hook-secret-1";
-    let server = Server::start_with_config(
-        &format!(
-            "projects:\n  p:\n    repo: {}\n    poll: off\n    webhook_secret: {secret}\n",
-            forge.repo()
-        ),
-        &[],
+    let (server, _w) = watching(
+        &forge,
+        &format!("    poll: off\n    webhook_secret: {secret}\n"),
+        1,
     );
-    let _w = server.worker("w1", 1, &[]);
-    wait_first_poll(&server, "p");
     let hook = |kind: &str| format!("{}/api/v1/hooks/{kind}/p", server.url);
     let body = br#"{"ref":"refs/heads/main","after":"0000000000000000000000000000000000000000"}"#;
 
@@ -796,15 +792,7 @@ fn a_failing_fetch_is_retried_and_shown_while_other_projects_go_on() {
 #[test]
 fn a_restarted_server_neither_rebuilds_nor_misses_a_commit() {
     let forge = Forge::new("builders:\n  b:\n    steps:\n      - run: echo ok\n");
-    let mut server = Server::start_with_config(
-        &format!(
-            "projects:\n  p:\n    repo: {}\n    poll: 300ms\n",
-            forge.repo()
-        ),
-        &[],
-    );
-    let _w = server.worker("w1", 1, &[]);
-    wait_first_poll(&server, "p");
+    let (mut server, _w) = watching(&forge, "    poll: 300ms\n", 1);
     let a = forge.push(&[("a.txt", b"a")], "before the crash");
     settled_change(&server, "p", &a);
     // Pushed just as the server dies: the old one or the new one records it.
