@@ -5,7 +5,7 @@
 //! Needs PostgreSQL: HERD_TEST_POSTGRES (default
 //! postgres://postgres@127.0.0.1:5432); each run makes its own database.
 
-use crate::{now_ns, percentile, Bench};
+use crate::{latency_samples, percentile, stamp_pipeline, Bench};
 use std::process::Command;
 use std::time::Instant;
 
@@ -47,34 +47,12 @@ impl Drop for Database {
 
 fn pipelines(stamps: &std::path::Path) -> Vec<(&'static str, String)> {
     vec![
-        (
-            "lat",
-            format!(
-                "builders:\n  lat:\n    steps:\n      - run: date +%s%N > {}/$HERD_BUILD_ID\n",
-                stamps.display()
-            ),
-        ),
+        ("lat", stamp_pipeline(stamps)),
         (
             "triv",
             "builders:\n  t:\n    steps:\n      - run: \"true\"\n".to_string(),
         ),
     ]
-}
-
-/// Builds triggered through `trigger` one at a time; ms from the POST to
-/// the step's first instant.
-async fn latency(trigger: &Bench, stamps: &std::path::Path) -> Vec<f64> {
-    let mut samples = Vec::with_capacity(BUILDS_LATENCY);
-    for _ in 0..BUILDS_LATENCY {
-        let t0 = now_ns();
-        let id = trigger.start_build("lat").await;
-        trigger.wait_build(id).await;
-        let text = std::fs::read_to_string(stamps.join(id.to_string())).unwrap();
-        let t1: u128 = text.trim().parse().unwrap();
-        samples.push(t1.saturating_sub(t0) as f64 / 1e6);
-    }
-    samples.sort_by(|a, b| a.total_cmp(b));
-    samples
 }
 
 /// BUILDS_THROUGHPUT trivial builds posted by 8 posters spread over
@@ -122,7 +100,7 @@ pub async fn postgres() {
         for i in 0..4 {
             a.add_worker(&format!("w{i}"), 1).await;
         }
-        let lat = latency(&a, stamps.path()).await;
+        let lat = latency_samples(&a, stamps.path(), BUILDS_LATENCY).await;
         print_latency("one server, trigger-to-step-start", &lat);
         let rate = throughput(&[&a]).await;
         println!("  one server, throughput: {rate:.0} builds/s");
@@ -146,7 +124,7 @@ pub async fn postgres() {
             )
             .await;
         }
-        let lat = latency(&a, stamps.path()).await;
+        let lat = latency_samples(&a, stamps.path(), BUILDS_LATENCY).await;
         print_latency("two servers, trigger on A, step on a worker of B", &lat);
         for i in 0..2 {
             a.post(
@@ -155,7 +133,7 @@ pub async fn postgres() {
             )
             .await;
         }
-        let lat = latency(&b, stamps.path()).await;
+        let lat = latency_samples(&b, stamps.path(), BUILDS_LATENCY).await;
         print_latency("two servers, trigger on B, any worker", &lat);
         let rate = throughput(&[&a, &b]).await;
         println!("  two servers, throughput (posts spread over both): {rate:.0} builds/s");

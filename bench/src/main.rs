@@ -226,27 +226,39 @@ pub(crate) fn now_ns() -> u128 {
         .as_nanos()
 }
 
+/// The pipeline whose step writes the instant it starts to STAMPS/BUILD_ID.
+pub(crate) fn stamp_pipeline(stamps: &Path) -> String {
+    format!(
+        "builders:\n  lat:\n    steps:\n      - run: date +%s%N > {}/$HERD_BUILD_ID\n",
+        stamps.display()
+    )
+}
+
+/// `n` builds of project `lat` (a [`stamp_pipeline`]) triggered through
+/// `trigger` one at a time: ms from just before the POST to the step's
+/// first instant, sorted.
+pub(crate) async fn latency_samples(trigger: &Bench, stamps: &Path, n: usize) -> Vec<f64> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = now_ns();
+        let id = trigger.start_build("lat").await;
+        trigger.wait_build(id).await;
+        let text = std::fs::read_to_string(stamps.join(id.to_string())).unwrap();
+        let t1: u128 = text.trim().parse().unwrap();
+        samples.push(t1.saturating_sub(t0) as f64 / 1e6);
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples
+}
+
 async fn latency() {
     let stamps = tempfile::tempdir().unwrap();
-    let pipeline = format!(
-        "builders:\n  lat:\n    steps:\n      - run: date +%s%N > {}/$HERD_BUILD_ID\n",
-        stamps.path().display()
-    );
-    let mut b = Bench::start(&[("lat", pipeline)]);
+    let mut b = Bench::start(&[("lat", stamp_pipeline(stamps.path()))]);
     b.add_worker("idle", 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_worker_mb = rss_mb(b.workers[0].0.id());
     let idle_server_mb = rss_mb(b.server.0.id());
-    let mut samples = Vec::with_capacity(LATENCY_BUILDS);
-    for _ in 0..LATENCY_BUILDS {
-        let t0 = now_ns();
-        let id = b.start_build("lat").await;
-        b.wait_build(id).await;
-        let text = std::fs::read_to_string(stamps.path().join(id.to_string())).unwrap();
-        let t1: u128 = text.trim().parse().unwrap();
-        samples.push((t1.saturating_sub(t0)) as f64 / 1e6);
-    }
-    samples.sort_by(|a, b| a.total_cmp(b));
+    let samples = latency_samples(&b, stamps.path(), LATENCY_BUILDS).await;
     println!("trigger-to-step-start, idle worker, {LATENCY_BUILDS} builds:");
     println!(
         "  p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",

@@ -21,6 +21,9 @@ pub const SUPPORTED_PROTOCOLS: &[u32] = &[1];
 
 /// Largest text frame either side accepts. Larger frames close the connection.
 pub const MAX_TEXT_FRAME: usize = 1024 * 1024;
+/// Largest patch of a try build: it travels inside the job's assignment,
+/// which must fit in one frame with room for JSON escaping.
+pub const MAX_TRY_PATCH: usize = 384 * 1024;
 /// Largest payload of one log frame; workers split output into chunks this big.
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;
 /// Largest binary frame (a log frame with its header).

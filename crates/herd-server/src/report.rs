@@ -74,18 +74,6 @@ impl StatusReporter {
     }
 }
 
-/// What one status should say now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Wanted {
-    state: RunState,
-}
-
-impl Wanted {
-    fn is_final(self) -> bool {
-        self.state.is_finished()
-    }
-}
-
 /// One pass over the builds with statuses to send. Returns when the next
 /// retry is due, if one is waiting.
 async fn reconcile(app: &App) -> Result<Option<i64>, crate::store::StoreError> {
@@ -119,7 +107,7 @@ async fn reconcile(app: &App) -> Result<Option<i64>, crate::store::StoreError> {
                 let row = sent
                     .iter()
                     .find(|r| r.target == key && r.context == context);
-                if row.and_then(|r| r.sent.as_deref()) == Some(wanted.state.as_str()) {
+                if row.and_then(|r| r.sent.as_deref()) == Some(wanted.as_str()) {
                     continue;
                 }
                 let attempts = row.map_or(0, |r| r.attempts);
@@ -135,9 +123,9 @@ async fn reconcile(app: &App) -> Result<Option<i64>, crate::store::StoreError> {
                 match send(app, target, &detail.build, &context, wanted, &detail.jobs).await {
                     Ok(()) => {
                         store
-                            .save_report(build_id, &key, &context, Ok(wanted.state.as_str()))
+                            .save_report(build_id, &key, &context, Ok(wanted.as_str()))
                             .await?;
-                        if !wanted.is_final() {
+                        if !wanted.is_finished() {
                             settled = false;
                         }
                     }
@@ -176,11 +164,11 @@ fn retry_delay(attempt: i64) -> Duration {
 /// The statuses a target should show for a build: per builder for a forge
 /// (context `herd/BUILDER`; a build without jobs, such as a broken
 /// herd.yml, has one context `herd`), one at the end for a webhook.
-fn wanted_statuses(target: &Target, build: &BuildRow, jobs: &[JobRow]) -> Vec<(String, Wanted)> {
+fn wanted_statuses(target: &Target, build: &BuildRow, jobs: &[JobRow]) -> Vec<(String, RunState)> {
     let build_state = RunState::parse(&build.state).unwrap_or(RunState::Error);
     if let Target::Webhook { .. } = target {
         return if build_state.is_finished() {
-            vec![(String::new(), Wanted { state: build_state })]
+            vec![(String::new(), build_state)]
         } else {
             Vec::new()
         };
@@ -189,7 +177,7 @@ fn wanted_statuses(target: &Target, build: &BuildRow, jobs: &[JobRow]) -> Vec<(S
 }
 
 /// One status per builder, from its jobs' states.
-fn builder_statuses(build_state: RunState, jobs: &[JobRow]) -> Vec<(String, Wanted)> {
+fn builder_statuses(build_state: RunState, jobs: &[JobRow]) -> Vec<(String, RunState)> {
     let mut per_builder: BTreeMap<&str, Vec<RunState>> = BTreeMap::new();
     for j in jobs {
         per_builder
@@ -198,18 +186,11 @@ fn builder_statuses(build_state: RunState, jobs: &[JobRow]) -> Vec<(String, Want
             .push(RunState::parse(&j.state).unwrap_or(RunState::Error));
     }
     if per_builder.is_empty() {
-        return vec![("herd".into(), Wanted { state: build_state })];
+        return vec![("herd".into(), build_state)];
     }
     per_builder
         .into_iter()
-        .map(|(b, states)| {
-            (
-                format!("herd/{b}"),
-                Wanted {
-                    state: RunState::of_build(&states),
-                },
-            )
-        })
+        .map(|(b, states)| (format!("herd/{b}"), RunState::of_build(&states)))
         .collect()
 }
 
@@ -255,7 +236,7 @@ async fn send(
     target: &Target,
     build: &BuildRow,
     context: &str,
-    wanted: Wanted,
+    wanted: RunState,
     jobs: &[JobRow],
 ) -> Result<(), String> {
     let Some(sha) = &build.revision else {
@@ -270,18 +251,18 @@ async fn send(
             .header("Accept", "application/vnd.github+json")
             .header("X-GitHub-Api-Version", "2022-11-28")
             .json(&json!({
-                "state": github_state(wanted.state),
+                "state": github_state(wanted),
                 "target_url": link,
-                "description": description(wanted.state, build),
+                "description": description(wanted, build),
                 "context": context,
             })),
         Target::Gitea { url, repo, token } => http
             .post(format!("{url}/api/v1/repos/{repo}/statuses/{sha}"))
             .header("Authorization", format!("token {}", token.0))
             .json(&json!({
-                "state": github_state(wanted.state),
+                "state": github_state(wanted),
                 "target_url": link,
-                "description": description(wanted.state, build),
+                "description": description(wanted, build),
                 "context": context,
             })),
         Target::GitLab {
@@ -290,10 +271,10 @@ async fn send(
             token,
         } => {
             let mut body = json!({
-                "state": gitlab_state(wanted.state),
+                "state": gitlab_state(wanted),
                 "name": context,
                 "target_url": link,
-                "description": description(wanted.state, build),
+                "description": description(wanted, build),
             });
             if let Some(branch) = &build.branch {
                 body["ref"] = json!(branch);
@@ -309,7 +290,7 @@ async fn send(
             let build_state = RunState::parse(&build.state).unwrap_or(RunState::Error);
             let builders: BTreeMap<String, &str> = builder_statuses(build_state, jobs)
                 .into_iter()
-                .map(|(c, w)| (c.trim_start_matches("herd/").to_string(), w.state.as_str()))
+                .map(|(c, w)| (c.trim_start_matches("herd/").to_string(), w.as_str()))
                 .collect();
             let body = json!({
                 "event": "build_finished",

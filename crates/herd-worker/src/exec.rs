@@ -554,33 +554,16 @@ async fn pump_output(
     let mut buf = vec![0u8; MAX_LOG_CHUNK];
     let mut masking = mask.as_deref().map(crate::mask::MaskStream::new);
     loop {
-        let mut filled = match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                // The end: a tail held back as a possible secret was none.
-                let rest = masking.as_mut().map(|m| m.finish()).unwrap_or_default();
-                if !rest.is_empty() {
-                    let data = rest;
-                    let len = data.len() as u64;
-                    if !outbox
-                        .push(attempt, Payload::Log { step, offset, data })
-                        .await
-                    {
-                        return false;
-                    }
-                    written.store(offset + len, std::sync::atomic::Ordering::SeqCst);
-                }
-                return true;
-            }
-            Ok(n) => n,
+        // The first read waits as long as the step is silent; then up to
+        // COALESCE more to fill one frame.
+        let (mut filled, mut eof) = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => (0, true),
+            Ok(n) => (n, false),
         };
-        let mut eof = false;
         let deadline = tokio::time::Instant::now() + COALESCE;
-        while filled < buf.len() {
+        while !eof && filled < buf.len() {
             match tokio::time::timeout_at(deadline, reader.read(&mut buf[filled..])).await {
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    eof = true;
-                    break;
-                }
+                Ok(Ok(0)) | Ok(Err(_)) => eof = true,
                 Ok(Ok(n)) => filled += n,
                 Err(_) => break,
             }
@@ -590,6 +573,7 @@ async fn pump_output(
             Some(m) => {
                 let mut data = m.feed(&buf[..filled]);
                 if eof {
+                    // A tail held back as a possible secret was none.
                     data.extend(m.finish());
                 }
                 data

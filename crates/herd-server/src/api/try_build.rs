@@ -15,9 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// Largest patch a try build takes: it travels to each worker inside the
-/// job's assignment, which must fit in one protocol frame.
-pub const MAX_TRY_PATCH: usize = 384 * 1024;
+use herd_proto::MAX_TRY_PATCH;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

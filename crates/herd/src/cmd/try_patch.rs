@@ -11,8 +11,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-/// The server takes patches up to this size (see the server's MAX_TRY_PATCH).
-const MAX_PATCH: usize = 384 * 1024;
+use herd_proto::MAX_TRY_PATCH as MAX_PATCH;
 
 #[derive(Args)]
 pub struct TryArgs {
