@@ -8,6 +8,7 @@
 pub mod change;
 pub mod config_error;
 pub mod duration;
+pub mod junit;
 pub mod pipeline;
 pub mod probe;
 pub mod requirement;
@@ -16,6 +17,7 @@ pub mod secret_ref;
 pub mod split;
 pub mod state;
 pub mod version;
+pub mod webhook;
 
 pub use config_error::ConfigError;
 pub use pipeline::Pipeline;

@@ -16,6 +16,8 @@ pub enum TokenKind {
     Enroll,
     /// Sends try builds (`herd try`) and reads.
     Try,
+    /// Reads only (a private server's pages and API, for dashboards).
+    Read,
 }
 
 impl TokenKind {
@@ -25,6 +27,7 @@ impl TokenKind {
             TokenKind::Worker => "worker",
             TokenKind::Enroll => "enroll",
             TokenKind::Try => "try",
+            TokenKind::Read => "read",
         }
     }
 }
@@ -106,6 +109,91 @@ pub enum Principal {
         token_id: String,
         user: Option<String>,
     },
+    Read {
+        token_id: String,
+    },
+    /// An enrollment token presented as a bearer: it may only enroll (its
+    /// own call takes it in the body), so it is refused everywhere else.
+    Enroll {
+        token_id: String,
+    },
+}
+
+/// What a call needs from the token presented with it; the table of every
+/// route is `api::access::scope_of`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Open to all (health, downloads); a token, if given, must be valid.
+    Open,
+    /// Any valid token (`whoami`).
+    AnyToken,
+    /// Reading: pages, builds, logs, workers.
+    Read,
+    /// Sending try builds.
+    Try,
+    /// Changing state: builds, workers, tokens.
+    Admin,
+    /// The worker endpoint: only a worker token.
+    Worker,
+    /// A worker acting on itself (forget), or the admin.
+    OwnWorkerOrAdmin,
+    /// Reading one worker: any reader, or that worker itself (the
+    /// installer waits for it to come online).
+    OwnWorkerOrRead,
+}
+
+impl Scope {
+    /// The tokens a call needs, in words for a refusal.
+    pub fn needs(self) -> &'static str {
+        match self {
+            Scope::Open | Scope::AnyToken => "any valid token",
+            Scope::Read => "a read, try or admin token",
+            Scope::Try => "a try or admin token",
+            Scope::Admin => "the admin token",
+            Scope::Worker => "a worker token",
+            Scope::OwnWorkerOrAdmin => "the worker's own token or the admin token",
+            Scope::OwnWorkerOrRead => "the worker's own token or a read, try or admin token",
+        }
+    }
+}
+
+impl Principal {
+    pub fn kind(&self) -> TokenKind {
+        match self {
+            Principal::Admin { .. } => TokenKind::Admin,
+            Principal::Worker { .. } => TokenKind::Worker,
+            Principal::Try { .. } => TokenKind::Try,
+            Principal::Read { .. } => TokenKind::Read,
+            Principal::Enroll { .. } => TokenKind::Enroll,
+        }
+    }
+
+    /// Architecture invariant: each kind of token makes only its own calls.
+    /// (For the `OwnWorker…` scopes the caller also checks that a worker
+    /// names itself: see `api::access`.)
+    /// The admin token cannot pose as a worker, and a worker token reads
+    /// nothing (a volunteer's machine learns only its own jobs).
+    pub fn allows(&self, scope: Scope) -> bool {
+        use TokenKind as K;
+        matches!(
+            (self.kind(), scope),
+            (_, Scope::Open | Scope::AnyToken)
+                | (
+                    K::Admin,
+                    Scope::Read
+                        | Scope::Try
+                        | Scope::Admin
+                        | Scope::OwnWorkerOrAdmin
+                        | Scope::OwnWorkerOrRead
+                )
+                | (K::Try, Scope::Read | Scope::Try | Scope::OwnWorkerOrRead)
+                | (K::Read, Scope::Read | Scope::OwnWorkerOrRead)
+                | (
+                    K::Worker,
+                    Scope::Worker | Scope::OwnWorkerOrAdmin | Scope::OwnWorkerOrRead
+                )
+        )
+    }
 }
 
 fn hash_secret(secret: &str) -> String {
@@ -182,6 +270,10 @@ pub async fn verify(store: &Store, presented: &str) -> Result<Option<Principal>,
             token_id: row.id,
             user,
         }),
+        ("read", _) => Some(Principal::Read { token_id: row.id }),
+        ("enroll", _) if row.uses_left.is_none_or(|n| n > 0) => {
+            Some(Principal::Enroll { token_id: row.id })
+        }
         ("worker", Some(worker)) => Some(Principal::Worker {
             token_id: row.id,
             worker,

@@ -12,6 +12,7 @@ pub mod git;
 pub mod hub;
 pub mod poll;
 pub mod report;
+pub mod serve;
 pub mod store;
 pub mod web;
 mod ws;
@@ -42,6 +43,9 @@ pub struct App {
     pub reporter: report::StatusReporter,
     /// This server's address as others reach it (links in statuses).
     pub public_url: String,
+    /// The pin of the server's TLS key (`sha256//…`), when it serves TLS:
+    /// install one-liners carry it.
+    pub tls_pin: Option<String>,
 }
 
 impl App {
@@ -67,6 +71,21 @@ pub struct ServerOptions {
     /// `postgres://…` to keep everything in PostgreSQL (several servers may
     /// share it); None: SQLite in the data directory.
     pub database: Option<String>,
+    pub tls: TlsSetting,
+    pub conn_limits: serve::ConnLimits,
+}
+
+/// Where the server's TLS certificate comes from.
+#[derive(Debug, Clone, Default)]
+pub enum TlsSetting {
+    /// Plain HTTP (behind a TLS-terminating proxy, or on loopback).
+    #[default]
+    Off,
+    /// `--tls-cert FILE --tls-key FILE`, both PEM.
+    Files { cert: PathBuf, key: PathBuf },
+    /// `--tls self-signed`: a CA and certificate made in DATA/tls on first
+    /// start.
+    SelfSigned,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +97,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] herd_tls::TlsError),
     #[error("cannot set up the HTTP client for status reports: {0}")]
     HttpClient(String),
     #[error("cannot listen on {addr}: {source} (is another server running there? choose another with --listen)")]
@@ -92,6 +113,8 @@ pub struct RunningServer {
     pub app: Arc<App>,
     /// The admin token, when this start created it (first start).
     pub new_admin_token: Option<String>,
+    /// The TLS certificate served, if any.
+    pub tls: Option<TlsInfo>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     /// Reporter and cluster tasks, stopped with the server.
@@ -125,7 +148,41 @@ impl RunningServer {
     }
 }
 
+/// What a TLS server tells its operator.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub pin: String,
+    pub cert_path: PathBuf,
+    pub ca_path: Option<PathBuf>,
+}
+
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// The host names a self-signed certificate is made for: the public URL's
+/// and the listening address's (unless it is a wildcard).
+fn certificate_names(listen: &str, public_url: Option<&str>) -> Vec<String> {
+    let mut names = Vec::new();
+    let host_of = |hostport: &str| -> Option<String> {
+        let h = match hostport.rsplit_once(':') {
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => hostport,
+        };
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        (!h.is_empty() && h != "0.0.0.0" && h != "::").then(|| h.to_string())
+    };
+    if let Some(url) = public_url {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        if let Some(h) = host_of(rest.split('/').next().unwrap_or(rest)) {
+            names.push(h);
+        }
+    }
+    if let Some(h) = host_of(listen) {
+        if !names.contains(&h) {
+            names.push(h);
+        }
+    }
+    names
+}
 
 pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
     let data_err = |source| ServerError::DataDir {
@@ -152,6 +209,14 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             })
             .await?;
     }
+    let tls = match &opts.tls {
+        TlsSetting::Off => None,
+        TlsSetting::Files { cert, key } => Some(herd_tls::server::from_files(cert, key)?),
+        TlsSetting::SelfSigned => Some(herd_tls::server::self_signed(
+            &opts.data_dir.join("tls"),
+            &certificate_names(&opts.listen, opts.public_url.as_deref()),
+        )?),
+    };
     let server_id = auth::random_hex(8);
     let hub = Hub::start(store, opts.settings, server_id).await?;
     let listener = tokio::net::TcpListener::bind(&opts.listen)
@@ -181,10 +246,11 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             .collect(),
         pollers: poll::Pollers::new(&opts.projects),
         reporter,
-        public_url: opts
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{addr}")),
+        public_url: opts.public_url.clone().unwrap_or_else(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{addr}")
+        }),
+        tls_pin: tls.as_ref().map(|t| t.pin.clone()),
     });
     poll::Pollers::spawn_all(&app);
     let mut background = vec![report::StatusReporter::spawn(&app)];
@@ -196,26 +262,25 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         ));
     }
     let router = api::router(Arc::clone(&app));
-    // Small frames (assignments, acknowledgements) must not wait for Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = rx.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!("server stopped: {e}");
-        }
+    let tls_info = tls.as_ref().map(|t| TlsInfo {
+        pin: t.pin.clone(),
+        cert_path: t.cert_path.clone(),
+        ca_path: t.ca_path.clone(),
     });
-    tracing::info!("herd server listening on http://{addr}");
+    let task = tokio::spawn(serve::serve(
+        listener,
+        router,
+        tls.map(|t| t.config),
+        opts.conn_limits,
+        rx,
+    ));
+    tracing::info!("herd server listening on {}", app.public_url);
     Ok(RunningServer {
         addr,
         app,
         new_admin_token,
+        tls: tls_info,
         shutdown: Some(tx),
         task,
         background,

@@ -38,6 +38,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<Shutdown>,
 ) -> Result<(), WorkerError> {
     let urls = crate::endpoint_urls(&opts.server)?;
+    let tls = crate::tls_config(&opts.server, opts.tls_pin.as_deref())?;
     let mut current = 0;
     std::fs::create_dir_all(&opts.workdir).map_err(|source| WorkerError::Workdir {
         path: opts.workdir.clone(),
@@ -79,6 +80,7 @@ pub async fn run(
             reaper: reaper.clone(),
             executors: Arc::clone(&executors),
             split: Arc::clone(&split),
+            tls: tls.clone(),
         };
         let url = &urls[current % urls.len()];
         match session(url, &opts, &outbox, &shared, &mut shutdown).await {
@@ -124,6 +126,8 @@ struct Shared {
     reaper: Option<Arc<Reaper>>,
     executors: Arc<AtomicUsize>,
     split: Arc<SplitLink>,
+    /// For `wss://` servers: the pinned or CA-checked client configuration.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Exponential backoff with full jitter between half and all of the step.
@@ -153,14 +157,22 @@ async fn session(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME)))
         .max_frame_size(Some(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME)));
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let connector = shared
+        .tls
+        .as_ref()
+        .map(|c| tokio_tungstenite::Connector::Rustls(Arc::clone(c)));
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
     let ws = tokio::select! {
         r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
             Err(_) => return SessionEnd::Lost(format!("no answer from {url} within {CONNECT_TIMEOUT:?}")),
             Ok(Err(tungstenite::Error::Http(resp))) if resp.status() == 401 => {
                 return SessionEnd::Lost("the server refused the worker token (401): check --token, or create one with `herd token create --worker NAME`".into())
             }
-            Ok(Err(e)) => return SessionEnd::Lost(format!("cannot connect to {url}: {e}")),
+            Ok(Err(e)) => return SessionEnd::Lost(match herd_tls::client::refusal(&e) {
+                Some(why) => format!("refusing {url}: its TLS certificate does not verify: {why}"),
+                None => format!("cannot connect to {url}: {e}"),
+            }),
             Ok(Ok((ws, _))) => ws,
         },
         _ = shutdown.changed() => return SessionEnd::Shutdown,

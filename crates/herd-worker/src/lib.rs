@@ -8,7 +8,6 @@ mod conn;
 pub mod exec;
 pub mod facts;
 pub mod install;
-pub mod junit;
 pub mod mask;
 pub mod outbox;
 pub mod probe;
@@ -34,6 +33,9 @@ pub struct WorkerOptions {
     /// The `herd` executable, to start the reaper that stops steps if this
     /// worker dies. None: no reaper (steps may outlive a crash).
     pub herd_bin: Option<PathBuf>,
+    /// The server's TLS pin (`sha256//…`): for `https://` servers, trust
+    /// exactly that key instead of the machine's CAs.
+    pub tls_pin: Option<String>,
 }
 
 /// What the worker's owner asked for.
@@ -50,11 +52,53 @@ pub enum Shutdown {
 pub enum WorkerError {
     #[error("invalid server address `{0}`: expected http://HOST:PORT or ws://HOST:PORT")]
     BadServer(String),
+    #[error("{0}")]
+    Tls(#[from] herd_tls::TlsError),
+    #[error("--tls-pin is given but the server address `{0}` is plain http: use https://")]
+    PinWithoutTls(String),
+    #[error("cannot create an HTTP client: {0}")]
+    Http(String),
     #[error("cannot use work directory {path}: {source}")]
     Workdir {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// The TLS configuration for `servers` (a comma-separated list): None when
+/// all are plain HTTP.
+pub fn tls_config(
+    servers: &str,
+    pin: Option<&str>,
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, WorkerError> {
+    let any_tls = servers
+        .split(',')
+        .any(|s| herd_tls::client::needed(s.trim()));
+    match (any_tls, pin) {
+        (false, Some(_)) => Err(WorkerError::PinWithoutTls(servers.to_string())),
+        (false, None) => Ok(None),
+        (true, pin) => Ok(Some(std::sync::Arc::new(herd_tls::client::config(pin)?))),
+    }
+}
+
+/// An HTTP client for the server at `server` (installer, CLI): pinned to
+/// `pin` when given, checked against the machine's CAs for https otherwise.
+pub fn http_client(
+    server: &str,
+    pin: Option<&str>,
+    timeout: Option<std::time::Duration>,
+) -> Result<reqwest::Client, WorkerError> {
+    let mut builder =
+        reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
+    }
+    if let Some(tls) = tls_config(server, pin)? {
+        builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(&tls));
+    }
+    builder
+        .build()
+        .map_err(|e| WorkerError::Http(e.to_string()))
 }
 
 /// The worker endpoint URLs of a comma-separated list of servers.

@@ -6,8 +6,8 @@
 //! repeat with the same batch), so a reconnect costs a delay, not a test.
 
 use crate::exec::{cancelled, spawn_error, timed_out, End, StepOutcome, StepRunner};
-use crate::junit;
 use crate::outbox::StopKind;
+use herd_core::junit;
 use herd_proto::{
     AttemptId, BatchReport, SplitReply, SplitRequest, StepStatus, WorkerMsg, MAX_TEXT_FRAME,
 };

@@ -4,7 +4,6 @@ use crate::ClientArgs;
 use miette::{miette, Result};
 use serde_json::Value;
 use std::path::Path;
-use std::time::Duration;
 
 pub struct Client {
     base: String,
@@ -27,10 +26,8 @@ impl Client {
                 .ok()
                 .map(|t| t.trim().to_string())
         });
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| miette!("cannot create an HTTP client: {e}"))?;
+        let http = herd_worker::http_client(&args.server, args.tls_pin.as_deref(), None)
+            .map_err(|e| miette!("{e}"))?;
         Ok(Client {
             base: args.server.trim_end_matches('/').to_string(),
             token,
@@ -51,7 +48,12 @@ impl Client {
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let res = self.authed(req).send().await.map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
+            if let Some(why) = herd_tls::client::refusal(&e) {
+                miette!(
+                    "refusing the server at {}: its TLS certificate does not verify: {why}",
+                    self.base
+                )
+            } else if e.is_connect() || e.is_timeout() {
                 miette!(
                     "cannot reach the herd server at {}: {e}\n  help: is it running? Set HERD_SERVER or --server to its address",
                     self.base

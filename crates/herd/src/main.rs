@@ -69,6 +69,10 @@ pub struct ClientArgs {
     /// Token for calls that change state (default: ./herd-data/admin-token when present).
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// The server's TLS pin (`sha256//…`, printed by `herd server`), for an
+    /// https server with a self-signed certificate.
+    #[arg(long, env = "HERD_TLS_PIN", global = true)]
+    pub tls_pin: Option<String>,
 }
 
 fn main() -> ExitCode {

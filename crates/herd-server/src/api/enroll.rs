@@ -1,6 +1,7 @@
 //! Lending a machine: enrollment tokens traded for worker tokens, the
 //! install script, and the executables it downloads.
 
+use super::access::MaybeCaller;
 use super::{Admin, ApiError};
 use crate::auth::{self, EnrollRefusal, NewToken, Principal, TokenKind};
 use crate::App;
@@ -24,15 +25,34 @@ pub fn own_platform_file() -> String {
     format!("herd-{}-{}", std::env::consts::OS, std::env::consts::ARCH)
 }
 
-/// The address the caller used to reach us, as `http://HOST[:PORT]`.
-fn caller_base(headers: &HeaderMap) -> Option<String> {
+/// The address the caller used to reach us, as `http(s)://HOST[:PORT]`.
+fn caller_base(app: &App, headers: &HeaderMap) -> Option<String> {
+    let scheme = if app.tls_pin.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let host = headers.get(header::HOST)?.to_str().ok()?;
     let ok = !host.is_empty()
         && host.len() <= 255
         && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
-    ok.then(|| format!("http://{host}"))
+    ok.then(|| format!("{scheme}://{host}"))
+}
+
+/// The one-liner that makes a machine a worker with enrollment `token`.
+/// On a TLS server it pins the server's key with curl (`-k` only skips the
+/// CA check, which the pin replaces), so nothing unverified runs.
+pub fn install_command(app: &App, headers: &HeaderMap, token: &str) -> Option<String> {
+    let base = caller_base(app, headers)?;
+    let curl = match &app.tls_pin {
+        Some(pin) => format!("curl -fsSL -k --pinnedpubkey '{pin}'"),
+        None => "curl -fsSL".to_string(),
+    };
+    Some(format!(
+        "{curl} '{base}/install.sh?token={token}' | sudo sh"
+    ))
 }
 
 /// A token as it may appear inside the script: nothing a shell reads specially.
@@ -62,7 +82,7 @@ pub async fn install_sh(
     headers: HeaderMap,
     Query(q): Query<InstallQuery>,
 ) -> Response {
-    let Some(base) = caller_base(&headers) else {
+    let Some(base) = caller_base(&app, &headers) else {
         return script_error("the request named no usable Host");
     };
     let Some(token) = q.token.filter(|t| plain_token(t)) else {
@@ -82,7 +102,8 @@ pub async fn install_sh(
     }
     let text = INSTALL_SH
         .replace("@SERVER@", &base)
-        .replace("@TOKEN@", &token);
+        .replace("@TOKEN@", &token)
+        .replace("@PIN@", app.tls_pin.as_deref().unwrap_or(""));
     (
         [(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")],
         text,
@@ -327,18 +348,10 @@ pub async fn revoke_token(
 /// (`herd worker uninstall --purge`): its tokens are revoked, its row gone.
 pub async fn forget_worker(
     State(app): AppState,
-    headers: HeaderMap,
+    MaybeCaller(caller): MaybeCaller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let presented = auth::bearer(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok()),
-    )
-    .ok_or_else(|| {
-        ApiError::unauthorized("this call needs the admin token or the worker's own token")
-    })?;
-    match auth::verify(&app.hub.store, presented).await? {
+    match caller {
         Some(Principal::Admin { .. }) => {}
         Some(Principal::Worker { worker, .. }) if worker == name => {}
         Some(_) => {
@@ -347,7 +360,11 @@ pub async fn forget_worker(
                 "a worker token may only forget its own worker",
             ))
         }
-        None => return Err(ApiError::unauthorized("the token is not valid")),
+        None => {
+            return Err(ApiError::unauthorized(
+                "this call needs the admin token or the worker's own token",
+            ))
+        }
     }
     app.hub.close_worker(&name, "the worker was removed");
     app.hub.store.forget_worker(&name).await?;
@@ -355,8 +372,8 @@ pub async fn forget_worker(
     Ok(Json(json!({ "worker": name, "forgotten": true })))
 }
 
-/// Options of `POST /api/v1/tokens` for an enrollment token.
-pub fn enroll_options(
+/// Options of `POST /api/v1/tokens`: uses, expiry and labels of a new token.
+pub fn token_options(
     uses: Option<i64>,
     expires: Option<&str>,
     labels: Option<BTreeMap<String, String>>,
@@ -383,21 +400,16 @@ pub fn enroll_options(
 
 /// `GET /api/v1/whoami`: what the presented token is (the installer checks
 /// that a worker's saved token still works).
-pub async fn whoami(State(app): AppState, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let presented = auth::bearer(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok()),
-    )
-    .ok_or_else(|| ApiError::unauthorized("no token: pass it as `Authorization: Bearer TOKEN`"))?;
-    match auth::verify(&app.hub.store, presented).await? {
-        Some(Principal::Admin { .. }) => Ok(Json(json!({ "kind": "admin" }))),
-        Some(Principal::Worker { worker, .. }) => {
-            Ok(Json(json!({ "kind": "worker", "worker": worker })))
-        }
-        Some(Principal::Try { user, .. }) => Ok(Json(json!({ "kind": "try", "user": user }))),
-        None => Err(ApiError::unauthorized(
-            "the token is not valid (mistyped, revoked or expired)",
-        )),
-    }
+pub async fn whoami(MaybeCaller(caller): MaybeCaller) -> Result<Json<Value>, ApiError> {
+    let Some(principal) = caller else {
+        return Err(ApiError::unauthorized(
+            "no token: pass it as `Authorization: Bearer TOKEN`",
+        ));
+    };
+    let kind = principal.kind().as_str();
+    Ok(Json(match principal {
+        Principal::Worker { worker, .. } => json!({ "kind": kind, "worker": worker }),
+        Principal::Try { user, .. } => json!({ "kind": kind, "user": user }),
+        _ => json!({ "kind": kind }),
+    }))
 }

@@ -346,21 +346,32 @@ pub struct CreateToken {
 pub async fn create_token(
     _: Admin,
     State(app): AppState,
+    headers: axum::http::HeaderMap,
     body: Result<Json<CreateToken>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
     if req.kind == "enroll" {
-        let opts = super::enroll::enroll_options(req.uses, req.expires.as_deref(), req.labels)?;
+        let opts = super::enroll::token_options(req.uses, req.expires.as_deref(), req.labels)?;
         let token = auth::create_token_with(&app.hub.store, TokenKind::Enroll, opts).await?;
+        let install = super::install_command(&app, &headers, &token);
         return Ok((
             StatusCode::CREATED,
-            Json(json!({ "token": token, "kind": "enroll" })),
+            Json(json!({ "token": token, "kind": "enroll", "install": install })),
+        )
+            .into_response());
+    }
+    if req.kind == "read" {
+        let opts = super::enroll::token_options(None, req.expires.as_deref(), None)?;
+        let token = auth::create_token_with(&app.hub.store, TokenKind::Read, opts).await?;
+        return Ok((
+            StatusCode::CREATED,
+            Json(json!({ "token": token, "kind": "read" })),
         )
             .into_response());
     }
     if req.kind == "try" {
-        let mut opts = super::enroll::enroll_options(None, req.expires.as_deref(), None)?;
+        let mut opts = super::enroll::token_options(None, req.expires.as_deref(), None)?;
         if let Some(user) = req.user.filter(|u| !u.trim().is_empty()) {
             opts.labels = Some([("user".to_string(), user)].into());
         }
@@ -373,7 +384,7 @@ pub async fn create_token(
     }
     if req.kind != "worker" {
         return Err(ApiError::bad_request(format!(
-            "unknown token kind `{}`: this server creates `worker`, `enroll` and `try` tokens",
+            "unknown token kind `{}`: this server creates `worker`, `enroll`, `try` and `read` tokens",
             req.kind
         )));
     }
@@ -382,7 +393,9 @@ pub async fn create_token(
             "a worker token needs `worker`: a name of letters, digits, `-`, `_` and `.`",
         ));
     };
-    let token = auth::create_token(&app.hub.store, TokenKind::Worker, Some(&worker)).await?;
+    let mut opts = super::enroll::token_options(None, req.expires.as_deref(), None)?;
+    opts.worker = Some(worker.clone());
+    let token = auth::create_token_with(&app.hub.store, TokenKind::Worker, opts).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "token": token, "worker": worker })),

@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use bytes::Bytes;
+use herd_core::webhook::{read_event, Forge, HookEvent};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -21,26 +22,6 @@ pub const MAX_HOOK_BODY: usize = 10 * 1024 * 1024;
 
 /// Longest delivery id remembered (forges use UUIDs).
 const MAX_DELIVERY_ID: usize = 128;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Forge {
-    GitHub,
-    Gitea,
-    GitLab,
-    Generic,
-}
-
-impl Forge {
-    fn parse(s: &str) -> Option<Forge> {
-        Some(match s {
-            "github" => Forge::GitHub,
-            "gitea" | "forgejo" => Forge::Gitea,
-            "gitlab" => Forge::GitLab,
-            "generic" => Forge::Generic,
-            _ => return None,
-        })
-    }
-}
 
 fn header<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
     names
@@ -103,24 +84,19 @@ pub async fn receive(
             "x-gitlab-event",
             "x-herd-event",
         ],
-    )
-    .unwrap_or("push");
-    if event == "ping" {
-        return Ok((StatusCode::OK, Json(json!({ "ok": "pong" }))));
-    }
-    let payload: Value = if body.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("the webhook's body is not JSON: {e}")))?
+    );
+    let reference = match read_event(event, &body).map_err(ApiError::bad_request)? {
+        HookEvent::Ping => return Ok((StatusCode::OK, Json(json!({ "ok": "pong" })))),
+        HookEvent::Ignored(event) => {
+            return Ok((
+                StatusCode::OK,
+                Json(
+                    json!({ "ignored": format!("event `{event}` does not change the repository") }),
+                ),
+            ))
+        }
+        HookEvent::Push { reference } => reference,
     };
-    let is_push = matches!(event, "push" | "Push Hook" | "Tag Push Hook" | "create");
-    if !is_push {
-        return Ok((
-            StatusCode::OK,
-            Json(json!({ "ignored": format!("event `{event}` does not change the repository") })),
-        ));
-    }
     let delivery = header(
         &headers,
         &[
@@ -150,7 +126,6 @@ pub async fn receive(
             "project `{project}` has no repository to fetch"
         )));
     }
-    let reference = payload.get("ref").and_then(Value::as_str);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "fetching": project, "ref": reference })),

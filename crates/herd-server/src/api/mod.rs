@@ -1,8 +1,11 @@
 //! The REST API under `/api/v1/`, JSON in and out, described by the OpenAPI
 //! document it serves at `/api/v1/openapi.json`.
 //!
-//! Reading is open; every call that changes state needs the admin token.
+//! Reading is open (unless the server is private); every call that changes
+//! state needs the admin token. Which token may make which call is one
+//! table, [`access::scope_of`].
 
+pub mod access;
 mod enroll;
 mod handlers;
 mod hooks;
@@ -10,7 +13,7 @@ mod projects;
 mod splits;
 mod try_build;
 
-use crate::auth::{self, Principal};
+use crate::auth;
 use crate::store::StoreError;
 use crate::App;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
@@ -21,6 +24,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
+
+pub use enroll::install_command;
 
 pub const OPENAPI: &str = include_str!("openapi.json");
 /// Largest request body the API reads.
@@ -73,6 +78,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/download/{file}", get(enroll::download))
         .route(herd_proto::WORKER_ENDPOINT, get(crate::ws::worker_endpoint))
         .merge(crate::web::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            access::token_guard,
+        ))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -149,29 +158,15 @@ pub struct Admin;
 impl FromRequestParts<Arc<App>> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        app: &Arc<App>,
-    ) -> Result<Self, Self::Rejection> {
-        let presented = auth::bearer(
-            parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .and_then(|h| h.to_str().ok()),
-        );
-        let Some(token) = presented else {
-            return Err(ApiError::unauthorized(
-                "this call needs the admin token: pass it as `Authorization: Bearer TOKEN` (the CLI reads HERD_TOKEN); it is in DATA/admin-token",
-            ));
-        };
-        match auth::verify(&app.hub.store, token).await? {
-            Some(Principal::Admin { .. }) => Ok(Admin),
+    async fn from_request_parts(parts: &mut Parts, _: &Arc<App>) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<access::Caller>() {
+            Some(access::Caller(p)) if p.allows(auth::Scope::Admin) => Ok(Admin),
             Some(_) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "this token may not make this call: it needs the admin token",
             )),
             None => Err(ApiError::unauthorized(
-                "the token is not valid (mistyped, revoked or expired): use the admin token from DATA/admin-token",
+                "this call needs the admin token: pass it as `Authorization: Bearer TOKEN` (the CLI reads HERD_TOKEN); it is in DATA/admin-token",
             )),
         }
     }

@@ -2,14 +2,15 @@
 //! top of a revision it has (`herd try`). Needs a try token or the admin
 //! token; the build is marked `try` with who sent it.
 
+use super::access::MaybeCaller;
 use super::ApiError;
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::builds::{start, Origin, StartBuild, Started};
 use crate::store::BuildKind;
 use crate::App;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -34,33 +35,26 @@ pub struct TryRequest {
 
 pub async fn create(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    MaybeCaller(caller): MaybeCaller,
     body: Result<Json<TryRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let presented = auth::bearer(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok()),
-    )
-    .ok_or_else(|| {
-        ApiError::unauthorized(
-            "herd try needs a try token: ask an admin for `herd token create --try --user NAME` and pass it as HERD_TOKEN",
-        )
-    })?;
-    let token_user = match auth::verify(&app.hub.store, presented).await? {
+    let token_user = match caller {
         Some(Principal::Try { token_id, user }) => {
             user.unwrap_or_else(|| format!("token {token_id}"))
         }
         Some(Principal::Admin { .. }) => "admin".to_string(),
-        Some(Principal::Worker { .. }) => {
+        Some(other) => {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "a worker token cannot send try builds: use a try token",
+                format!(
+                    "a {} token cannot send try builds: use a try token",
+                    other.kind().as_str()
+                ),
             ))
         }
         None => {
             return Err(ApiError::unauthorized(
-                "the token is not valid (mistyped, revoked or expired)",
+                "herd try needs a try token: ask an admin for `herd token create --try --user NAME` and pass it as HERD_TOKEN",
             ))
         }
     };

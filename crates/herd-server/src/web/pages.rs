@@ -1217,14 +1217,8 @@ pub async fn make_install_command(
             Ok(t) => t,
             Err(e) => return server_error(e),
         };
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1:8080");
     render(&AddWorker {
         page: Page::new(&app, &headers, false),
-        command: Some(format!(
-            "curl -fsSL 'http://{host}/install.sh?token={token}' | sudo sh"
-        )),
+        command: crate::api::install_command(&app, &headers, &token),
     })
 }

@@ -153,9 +153,21 @@ pub async fn private_guard(
     )
     .map(str::to_string);
     if let Some(t) = bearer {
-        if matches!(auth::verify(&app.hub.store, &t).await, Ok(Some(_))) {
-            return next.run(req).await;
-        }
+        // Which kind of token may read is the token guard's decision; a
+        // token that is not valid is refused here, page or not.
+        return match auth::verify(&app.hub.store, &t).await {
+            Ok(Some(p)) => {
+                let mut req = req;
+                req.extensions_mut().insert(crate::api::access::Caller(p));
+                next.run(req).await
+            }
+            Ok(None) => (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({"error": "the token is not valid (mistyped, revoked or expired): ask the server's admin for a new one"})),
+            )
+                .into_response(),
+            Err(e) => crate::api::ApiError::from(e).into_response(),
+        };
     }
     if path.starts_with("/api/") {
         return (

@@ -19,6 +19,9 @@ pub struct WorkerConfig {
     pub slots: u32,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The server's TLS pin (`sha256//…`), from the install one-liner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_pin: Option<String>,
     /// What `herd worker install` set up, for `uninstall` and `upgrade`.
     #[serde(default)]
     pub install: Option<InstallInfo>,
@@ -75,6 +78,7 @@ mod tests {
             workdir: "/var/lib/herd/work".into(),
             slots: 2,
             labels: BTreeMap::from([("gpu".into(), "a100".into())]),
+            tls_pin: None,
             install: Some(InstallInfo {
                 user: "herd".into(),
                 home: "/var/lib/herd".into(),

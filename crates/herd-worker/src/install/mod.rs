@@ -30,6 +30,8 @@ pub struct InstallOptions {
     pub config: Option<PathBuf>,
     /// How long to wait for the worker to come online.
     pub online_timeout: Duration,
+    /// The server's TLS pin (`sha256//…`) for an https server.
+    pub tls_pin: Option<String>,
 }
 
 /// Where things go: for a system install (as root) or for the current user.
@@ -106,11 +108,13 @@ pub async fn install(opts: InstallOptions) -> Result<(), String> {
         opts.bin_dir.as_deref(),
         opts.config.as_deref(),
     )?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .map_err(|e| e.to_string())?;
     let server = opts.server.trim_end_matches('/').to_string();
+    let http = crate::http_client(
+        &server,
+        opts.tls_pin.as_deref(),
+        Some(Duration::from_secs(20)),
+    )
+    .map_err(|e| e.to_string())?;
     let existing = WorkerConfig::load(&layout.config).ok();
 
     step("Checking prerequisites (git, sh, disk)");
@@ -210,6 +214,7 @@ pub async fn install(opts: InstallOptions) -> Result<(), String> {
             .map(|c| c.slots)
             .unwrap_or(opts.slots.max(1)),
         labels,
+        tls_pin: opts.tls_pin.clone(),
         install: Some(InstallInfo {
             user: layout.user.clone(),
             home: layout.home.clone(),
@@ -337,7 +342,12 @@ pub async fn uninstall(config_path: Option<&Path>, purge: bool) -> Result<(), St
         return Ok(());
     }
     step("Removing the registration");
-    let http = reqwest::Client::new();
+    let http = crate::http_client(
+        &config.server,
+        config.tls_pin.as_deref(),
+        Some(Duration::from_secs(20)),
+    )
+    .map_err(|e| failed(&e.to_string()))?;
     match http
         .post(format!(
             "{}/api/v1/workers/{}/forget",
@@ -386,7 +396,12 @@ pub async fn upgrade(config_path: Option<&Path>) -> Result<(), String> {
     let server = config.server.trim_end_matches('/');
     let file = format!("herd-{}-{}", std::env::consts::OS, std::env::consts::ARCH);
     step(&format!("Downloading {file}"));
-    let http = reqwest::Client::new();
+    let http = crate::http_client(
+        server,
+        config.tls_pin.as_deref(),
+        Some(Duration::from_secs(600)),
+    )
+    .map_err(|e| failed(&e.to_string()))?;
     let bytes = http
         .get(format!("{server}/download/{file}"))
         .send()

@@ -44,6 +44,26 @@ pub struct ServerArgs {
     /// platforms download (this server's own platform is served from itself).
     #[arg(long, value_name = "DIR")]
     dist: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// `self-signed`: make a CA and a certificate in DATA/tls on first start
+    /// and serve TLS with it; workers pin its key (the install one-liner
+    /// carries the pin).
+    #[arg(long, value_name = "MODE", value_parser = ["self-signed"])]
+    tls: Option<String>,
+    /// How long a client may take to send a request's head or finish a TLS
+    /// handshake before the connection is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    client_timeout: String,
 }
 
 pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
@@ -81,7 +101,22 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
     {
         settings.heartbeat_timeout = d;
     }
+    let tls = match (&args.tls, &args.tls_cert, &args.tls_key) {
+        (Some(_), _, _) => herd_server::TlsSetting::SelfSigned,
+        (None, Some(cert), Some(key)) => herd_server::TlsSetting::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => herd_server::TlsSetting::Off,
+    };
+    let client_timeout = herd_core::duration::parse_duration(&args.client_timeout)
+        .map_err(|e| miette!("--client-timeout {}: {e}", args.client_timeout))?;
     Ok(ServerOptions {
+        tls,
+        conn_limits: herd_server::serve::ConnLimits {
+            client_timeout,
+            ..Default::default()
+        },
         dist_dir: args.dist.clone(),
         users: config.users.clone(),
         private: config.private,
@@ -117,8 +152,26 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode> {
             data_dir.join(herd_server::ADMIN_TOKEN_FILE).display()
         );
     }
+    if let Some(tls) = &server.tls {
+        eprintln!(
+            "serving TLS with {}; its pin (workers and the CLI take it as --tls-pin or HERD_TLS_PIN): {}",
+            tls.cert_path.display(),
+            tls.pin
+        );
+        if let Some(ca) = &tls.ca_path {
+            eprintln!(
+                "the CA that signed it (for a browser's trust store): {}",
+                ca.display()
+            );
+        }
+    }
     // The first line on stdout is the address, for scripts and tests.
-    println!("http://{}", server.addr);
+    let scheme = if server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("{scheme}://{}", server.addr);
     super::stop_signal().await;
     eprintln!("stopping");
     server.stop().await;

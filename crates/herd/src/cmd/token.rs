@@ -13,7 +13,7 @@ pub enum TokenCommand {
     /// Create a token; it is printed once and stored only as a hash.
     Create {
         /// A worker token for the worker of this name.
-        #[arg(long, conflicts_with_all = ["enroll", "try_"], required_unless_present_any = ["enroll", "try_"])]
+        #[arg(long, conflicts_with_all = ["enroll", "try_", "read"], required_unless_present_any = ["enroll", "try_", "read"])]
         worker: Option<String>,
         /// An enrollment token: `curl …/install.sh?token=TOKEN | sudo sh`
         /// on a machine makes it a worker.
@@ -25,12 +25,15 @@ pub enum TokenCommand {
         /// A try token: `herd try` sends patches to build with it.
         #[arg(long = "try", conflicts_with = "enroll")]
         try_: bool,
+        /// A read-only token: a private server's pages and API, nothing else.
+        #[arg(long, conflicts_with_all = ["enroll", "try_"])]
+        read: bool,
         /// Try tokens: who it is for (shown on their try builds).
         #[arg(long, requires = "try_")]
         user: Option<String>,
-        /// How long an enrollment or try token is valid, e.g. 24h or 7d
-        /// (default: until revoked).
-        #[arg(long, conflicts_with = "worker")]
+        /// How long the token is valid, e.g. 24h or 7d (default: until
+        /// revoked).
+        #[arg(long)]
         expires: Option<String>,
         /// KEY=VALUE labels the enrolled workers get (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", requires = "enroll")]
@@ -87,8 +90,8 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::Create {
-            worker: Some(worker),
-            enroll: false,
+            read: true,
+            expires,
             client,
             ..
         } => {
@@ -96,7 +99,28 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             let res = c
                 .post(
                     "/api/v1/tokens",
-                    &json!({ "kind": "worker", "worker": worker }),
+                    &json!({ "kind": "read", "expires": expires }),
+                )
+                .await?;
+            let token = res["token"]
+                .as_str()
+                .ok_or_else(|| miette!("the server answered without a token"))?;
+            println!("{token}");
+            eprintln!("it reads only: pass it as `Authorization: Bearer TOKEN` or HERD_TOKEN");
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Create {
+            worker: Some(worker),
+            enroll: false,
+            expires,
+            client,
+            ..
+        } => {
+            let c = Client::new(&client)?;
+            let res = c
+                .post(
+                    "/api/v1/tokens",
+                    &json!({ "kind": "worker", "worker": worker, "expires": expires }),
                 )
                 .await?;
             let token = res["token"]
@@ -129,8 +153,12 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
                 .ok_or_else(|| miette!("the server answered without a token"))?;
             println!("{token}");
             let server = client.server.trim_end_matches('/');
+            let install = res["install"].as_str().map_or_else(
+                || format!("curl -fsSL '{server}/install.sh?token={token}' | sudo sh"),
+                str::to_string,
+            );
             eprintln!(
-                "on the machine to lend, run:\n  curl -fsSL '{server}/install.sh?token={token}' | sudo sh\n\
+                "on the machine to lend, run:\n  {install}\n\
                  (without sudo it installs for the current user). It creates the service user `herd`,\n\
                  checks git, a shell, disk and the clock, downloads herd, registers, detects capabilities,\n\
                  installs a service that starts at boot, and waits until the worker is online."

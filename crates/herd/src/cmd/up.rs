@@ -75,6 +75,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         settings: Settings::default(),
         public_url: None,
         database: None,
+        tls: Default::default(),
+        conn_limits: Default::default(),
     })
     .await
     .map_err(|e| miette!("{e}"))?;
@@ -110,6 +112,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
             slots: args.slots,
             labels: Default::default(),
             herd_bin: std::env::current_exe().ok(),
+            tls_pin: None,
         },
         stop_rx,
     ));

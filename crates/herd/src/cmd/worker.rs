@@ -37,6 +37,10 @@ pub struct WorkerArgs {
     /// KEY=VALUE labels matched by `requires:` (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// The server's TLS pin (`sha256//…`, printed by `herd server`): trust
+    /// exactly that key rather than the machine's CAs.
+    #[arg(long, env = "HERD_TLS_PIN")]
+    tls_pin: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -71,6 +75,9 @@ pub enum WorkerCommand {
         /// The config file (default /etc/herd/worker.yml, or ~/.config/herd/worker.yml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The server's TLS pin (`sha256//…`); the install one-liner gives it.
+        #[arg(long, env = "HERD_TLS_PIN")]
+        tls_pin: Option<String>,
     },
     /// Stop and remove the service; with --purge also the user, the files
     /// and the worker's registration on the server.
@@ -100,6 +107,7 @@ async fn run_command(cmd: WorkerCommand) -> Result<ExitCode> {
             workdir,
             bin_dir,
             config,
+            tls_pin,
         } => {
             if slots == 0 || slots > 1024 {
                 return Err(miette!("--slots must be between 1 and 1024"));
@@ -115,6 +123,7 @@ async fn run_command(cmd: WorkerCommand) -> Result<ExitCode> {
                 bin_dir,
                 config,
                 online_timeout: std::time::Duration::from_secs(60),
+                tls_pin,
             })
             .await
         }
@@ -182,6 +191,9 @@ pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
         slots,
         labels,
         herd_bin: std::env::current_exe().ok(),
+        tls_pin: args
+            .tls_pin
+            .or(file.as_ref().and_then(|f| f.tls_pin.clone())),
     };
     let (tx, rx) = tokio::sync::watch::channel(Shutdown::Run);
     tokio::spawn(shutdown_signals(tx));

@@ -21,6 +21,8 @@ pub struct Server {
     args: Vec<String>,
     /// The PostgreSQL database this server uses, dropped with it.
     pub database: Option<String>,
+    /// The pin of its TLS key, when it serves https.
+    pub pin: Option<String>,
 }
 
 impl Server {
@@ -111,6 +113,7 @@ impl Server {
                 .trim()
                 .to_string()
         });
+        let pin = url.starts_with("https://").then(|| tls_pin_of(&data));
         Server {
             url,
             data,
@@ -119,6 +122,7 @@ impl Server {
             dir,
             args,
             database,
+            pin,
         }
     }
 
@@ -126,7 +130,11 @@ impl Server {
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let addr = self.url.trim_start_matches("http://").to_string();
+        let addr = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, a)| a)
+            .to_string();
         let (child, url) = spawn_server(&self.data, &addr, &self.args);
         assert_eq!(url, self.url);
         self.child = child;
@@ -142,7 +150,11 @@ impl Server {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
-        let addr = self.url.trim_start_matches("http://").to_string();
+        let addr = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, a)| a)
+            .to_string();
         let (child, url) = spawn_server(&self.data, &addr, &self.args);
         assert_eq!(url, self.url);
         self.child = child;
@@ -156,13 +168,24 @@ impl Server {
 
     /// Runs a `herd` client command against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(HERD)
-            .args(args)
+        let mut cmd = Command::new(HERD);
+        cmd.args(args)
             .env("HERD_SERVER", &self.url)
             .env("HERD_TOKEN", &self.token)
-            .current_dir(self.dir.path())
-            .output()
-            .expect("run herd")
+            .current_dir(self.dir.path());
+        if let Some(pin) = &self.pin {
+            cmd.env("HERD_TLS_PIN", pin);
+        }
+        cmd.output().expect("run herd")
+    }
+
+    /// An HTTP client that trusts this server (its pin, for https).
+    pub fn client(&self) -> reqwest::Client {
+        let mut b = http();
+        if let Some(pin) = &self.pin {
+            b = b.tls_backend_preconfigured(herd_tls::client::config(Some(pin)).expect("pin"));
+        }
+        b.build().expect("http client")
     }
 
     pub fn worker(&self, name: &str, slots: u32, labels: &[&str]) -> Worker {
@@ -179,7 +202,11 @@ impl Server {
     ) -> Worker {
         let token = self.worker_token(name);
         let workdir = self.dir.path().join(format!("work-{name}"));
-        let w = Worker::spawn_with_env(&self.url, &token, name, &workdir, slots, labels, env);
+        let mut env = env.to_vec();
+        if let Some(pin) = &self.pin {
+            env.push(("HERD_TLS_PIN", pin.clone()));
+        }
+        let w = Worker::spawn_with_env(&self.url, &token, name, &workdir, slots, labels, &env);
         self.wait_online(name);
         w
     }
@@ -211,7 +238,10 @@ impl Server {
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async {
-            let res = http_get(format!("{}{path}", self.url))
+            let res = self
+                .client()
+                .get(format!("{}{path}", self.url))
+                .send()
                 .await
                 .map_err(|e| e.to_string())?;
             let status = res.status();
@@ -231,7 +261,10 @@ impl Server {
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async {
-            let res = http_get(format!("{}{path}", self.url))
+            let res = self
+                .client()
+                .get(format!("{}{path}", self.url))
+                .send()
                 .await
                 .map_err(|e| e.to_string())?;
             let status = res.status();
@@ -250,9 +283,8 @@ impl Server {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let mut req = http()
-                .build()
-                .expect("http client")
+            let mut req = self
+                .client()
                 .post(format!("{}{path}", self.url))
                 .json(&body);
             if let Some(t) = token {
@@ -339,8 +371,22 @@ fn spawn_server(data: &Path, listen: &str, extra: &[String]) -> (Child, String) 
         .read_line(&mut line)
         .expect("server prints its address");
     let url = line.trim().to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "server said {url:?}");
+    assert!(
+        url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
+        "server said {url:?}"
+    );
     (child, url)
+}
+
+/// The pin of the certificate a `--tls self-signed` server keeps in DATA/tls.
+pub fn tls_pin_of(data: &Path) -> String {
+    let pem = std::fs::read(data.join("tls/cert.pem")).expect("DATA/tls/cert.pem");
+    let der = rustls::pki_types::pem::PemObject::pem_slice_iter(&pem)
+        .next()
+        .expect("a certificate")
+        .expect("PEM");
+    let der: rustls::pki_types::CertificateDer = der;
+    herd_tls::spki_pin(&der).expect("pin")
 }
 
 impl Drop for Server {

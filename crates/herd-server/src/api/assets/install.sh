@@ -4,11 +4,16 @@
 #   curl -fsSL '@SERVER@/install.sh?token=TOKEN' | sudo sh     # a service at boot
 #   curl -fsSL '@SERVER@/install.sh?token=TOKEN' | sh          # for this user only
 #
+# A server with TLS gives a one-liner with `-k --pinnedpubkey PIN`: curl
+# then trusts exactly the server's key (the pin replaces the CA check), and
+# so does the worker it installs.
+#
 # Arguments after `sh -s --` go to `herd worker install`, e.g.
 #   ... | sudo sh -s -- --name kestrel --label gpu=a100 --slots 4
 set -eu
 SERVER='@SERVER@'
 TOKEN='@TOKEN@'
+PIN='@PIN@'
 
 say() { printf '%s\n' "$*" >&2; }
 fail() { say "error: $*"; exit 1; }
@@ -27,7 +32,10 @@ case "$arch" in
 esac
 
 fetch() {
-    if command -v curl >/dev/null 2>&1; then
+    if [ -n "$PIN" ]; then
+        command -v curl >/dev/null 2>&1 || fail "curl is needed to check the server's pinned key (apt-get install curl)"
+        curl -fsSL -k --pinnedpubkey "$PIN" -o "$2" "$1"
+    elif command -v curl >/dev/null 2>&1; then
         curl -fsSL -o "$2" "$1"
     elif command -v wget >/dev/null 2>&1; then
         wget -q -O "$2" "$1"
@@ -60,4 +68,7 @@ if [ "$want" != "$got" ]; then
 fi
 say "done"
 chmod 755 "$tmp/herd"
+if [ -n "$PIN" ]; then
+    set -- --tls-pin "$PIN" "$@"
+fi
 "$tmp/herd" worker install --server "$SERVER" --token "$TOKEN" "$@"
