@@ -465,6 +465,10 @@ impl Connection {
         let mut replies = Vec::new();
         let mut resync = false;
         for attempt in batch.unknown {
+            tracing::warn!(
+                "refused a report of worker {} for attempt {attempt}, which is not its own",
+                self.name
+            );
             replies.push(ServerMsg::Abandon {
                 attempt,
                 reason: "this attempt is not yours (moved to another worker or finished)".into(),

@@ -358,3 +358,83 @@ fn on_an_open_server_a_presented_token_must_still_be_valid_and_of_its_kind() {
         401
     );
 }
+
+#[test]
+fn the_worker_endpoint_takes_only_worker_tokens_and_a_worker_reports_only_for_its_own_attempts() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let pipeline = "builders:\n  slow:\n    steps:\n      - run: sleep 2; echo done-by-a\n";
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let read = new_token(&server, &["token", "create", "--read"]);
+    let try_ = new_token(&server, &["token", "create", "--try"]);
+    let enroll = new_token(&server, &["token", "create", "--enroll"]);
+    let gone = server.worker_token("gone");
+    let gone_id = gone.split('_').nth(2).unwrap().to_string();
+    assert!(server.cli(&["token", "revoke", &gone_id]).status.success());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for (what, token, status) in [
+            ("no token", None, "401"),
+            ("the admin token", Some(server.token.as_str()), "403"),
+            ("a read token", Some(read.as_str()), "403"),
+            ("a try token", Some(try_.as_str()), "403"),
+            ("an enrollment token", Some(enroll.as_str()), "403"),
+            ("a revoked worker token", Some(gone.as_str()), "401"),
+            ("garbage", Some("herd_worker_zz_zz"), "401"),
+        ] {
+            let err = connect(&server.url, token).await.err();
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains(status)),
+                "{what}: {err:?}"
+            );
+        }
+    });
+
+    // Worker a runs the job; worker b claims to have finished it.
+    let _a = server.worker("a", 1, &[]);
+    let id = server.start_build("p", &[]);
+    let attempt = wait_until(Duration::from_secs(20), "the job running on a", || {
+        let b = server.get(&format!("/api/v1/builds/{id}")).ok()?;
+        let a = &server.job(&b, "slow", "main")["attempts"][0];
+        (a["worker"] == "a").then(|| a["id"].as_i64()).flatten()
+    });
+    let b_token = server.worker_token("b");
+    let replies = rt.block_on(async {
+        let mut ws = connect(&server.url, Some(&b_token)).await.unwrap();
+        ws.send(hello()).await.unwrap();
+        let welcome = ws.next().await.unwrap().unwrap();
+        assert!(welcome.to_text().unwrap().contains("welcome"), "{welcome:?}");
+        let forged = json!({"type": "event", "attempt": attempt, "seq": 1, "event":
+            {"kind": "step_finished", "step": 0, "status": "failure", "exit_code": 1, "duration_ms": 1}});
+        ws.send(Message::Text(forged.to_string().into()))
+            .await
+            .unwrap();
+        let mut replies = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout_at(deadline, ws.next()).await {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            let abandoned = v["type"] == "abandon" && v["attempt"] == attempt;
+            replies.push(v);
+            if abandoned {
+                break;
+            }
+        }
+        replies
+    });
+    let refusal = replies
+        .iter()
+        .find(|v| v["type"] == "abandon")
+        .unwrap_or_else(|| panic!("no refusal in {replies:?}"));
+    assert!(refusal["reason"].as_str().unwrap().contains("not yours"));
+    assert!(
+        server.log().contains(&format!(
+            "refused a report of worker b for attempt {attempt}, which is not its own"
+        )),
+        "the refusal is logged"
+    );
+    // a's job went on untouched and is a's success.
+    let b = server.wait_build(id, Duration::from_secs(30));
+    assert_eq!(b["state"], "success", "{b:#}");
+    let log = String::from_utf8(server.step_log(id, "slow", "0")).unwrap();
+    assert_eq!(log.trim(), "done-by-a");
+}

@@ -7,7 +7,6 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 #[test]
@@ -212,48 +211,6 @@ fn a_worker_with_a_wrong_token_is_refused_and_the_server_goes_on() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(server.get("/api/v1/workers/bad").is_err());
     assert_eq!(server.get("/api/v1/health").unwrap()["ok"], true);
-}
-
-async fn connect(url: &str, token: Option<&str>) -> Result<WsStream, String> {
-    let ws_url = format!(
-        "{}{}",
-        url.replace("http://", "ws://"),
-        "/api/v1/worker/connect"
-    );
-    let mut req = ws_url.into_client_request().unwrap();
-    if let Some(t) = token {
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(req)
-        .await
-        .map(|(ws, _)| ws)
-        .map_err(|e| e.to_string())
-}
-
-type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Reads until the server closes; returns the text messages it sent.
-async fn drain(ws: &mut WsStream) -> Vec<Value> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
-        match m {
-            Message::Text(t) => got.push(serde_json::from_str(&t).unwrap_or(json!(t.to_string()))),
-            Message::Close(_) => break,
-            _ => {}
-        }
-    }
-    got
-}
-
-fn hello() -> Message {
-    Message::Text(
-        json!({"type": "hello", "protocols": [1], "version": "test", "slots": 1})
-            .to_string()
-            .into(),
-    )
 }
 
 #[test]

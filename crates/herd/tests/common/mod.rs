@@ -355,14 +355,24 @@ impl Server {
     }
 }
 
+/// Where a server's log goes: beside its data (shown when a test fails).
+pub fn server_log(data: &Path) -> PathBuf {
+    data.with_extension("log")
+}
+
 fn spawn_server(data: &Path, listen: &str, extra: &[String]) -> (Child, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(server_log(data))
+        .expect("server log");
     let mut child = Command::new(HERD)
         .args(["server", "--listen", listen, "--data"])
         .arg(data)
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("spawn herd server");
     let stdout = child.stdout.take().expect("stdout");
@@ -389,10 +399,20 @@ pub fn tls_pin_of(data: &Path) -> String {
     herd_tls::spki_pin(&der).expect("pin")
 }
 
+impl Server {
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(server_log(&self.data)).unwrap_or_default()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- log of the server at {} ---\n{}", self.url, self.log());
+        }
         if let Some(url) = &self.database {
             drop_postgres_database(url);
         }
@@ -701,4 +721,52 @@ pub fn http() -> reqwest::ClientBuilder {
 
 pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
     http().build()?.get(url).send().await
+}
+
+// The worker protocol, spoken by hand.
+
+use futures_util::StreamExt as _;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::Message;
+
+pub async fn connect(url: &str, token: Option<&str>) -> Result<WsStream, String> {
+    let ws_url = format!(
+        "{}{}",
+        url.replace("http://", "ws://"),
+        "/api/v1/worker/connect"
+    );
+    let mut req = ws_url.into_client_request().unwrap();
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Reads until the server closes; returns the text messages it sent.
+pub async fn drain(ws: &mut WsStream) -> Vec<Value> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match m {
+            Message::Text(t) => got.push(serde_json::from_str(&t).unwrap_or(json!(t.to_string()))),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    got
+}
+
+pub fn hello() -> Message {
+    Message::Text(
+        json!({"type": "hello", "protocols": [1], "version": "test", "slots": 1})
+            .to_string()
+            .into(),
+    )
 }
