@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod git;
 pub mod hub;
+pub mod limits;
 pub mod poll;
 pub mod report;
 pub mod serve;
@@ -43,6 +44,8 @@ pub struct App {
     pub reporter: report::StatusReporter,
     /// This server's address as others reach it (links in statuses).
     pub public_url: String,
+    /// Sign-ins and enrollments per client address.
+    pub limits: limits::Limits,
     /// The pin of the server's TLS key (`sha256//…`), when it serves TLS:
     /// install one-liners carry it.
     pub tls_pin: Option<String>,
@@ -251,6 +254,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
             format!("{scheme}://{addr}")
         }),
         tls_pin: tls.as_ref().map(|t| t.pin.clone()),
+        limits: limits::Limits::default(),
     });
     poll::Pollers::spawn_all(&app);
     let mut background = vec![report::StatusReporter::spawn(&app)];

@@ -1,9 +1,11 @@
 //! The accept loop: plain HTTP or TLS on one port, with the limits that keep
 //! slow or stuck clients from holding the server.
 //!
-//! Each connection is its own task. A TLS handshake and the head of every
-//! request must arrive within `client_timeout`; connections beyond
-//! `max_connections` are closed at once. The client's address reaches the
+//! Each connection is its own task. The first byte, a TLS handshake and
+//! the head of every request must arrive within `client_timeout`;
+//! connections beyond `max_connections` are closed at once. (A kept-alive
+//! connection may idle between requests: it holds one of the
+//! `max_connections` slots, nothing else.) The client's address reaches the
 //! handlers as `ConnectInfo<SocketAddr>` (rate limits key on it).
 
 use axum::extract::ConnectInfo;
@@ -85,18 +87,25 @@ pub async fn serve(
                 req.extensions_mut().insert(ConnectInfo(addr));
                 router.clone().oneshot(req.map(axum::body::Body::new))
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // HTTP/1.1 only: telling HTTP/2 apart waits for bytes with no
+            // timeout, and workers, browsers and the CLI all speak 1.1.
+            let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
             builder
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.client_timeout);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(limits.client_timeout))
-                .keep_alive_timeout(limits.client_timeout);
             let result = match acceptor {
                 None => {
+                    // hyper's head timeout starts with the first byte: a
+                    // client that sends none is cut off here.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(limits.client_timeout, tcp.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => {
+                            tracing::debug!("{addr} sent nothing in time");
+                            return;
+                        }
+                    }
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
                     watcher.watch(conn.into_owned()).await
                 }

@@ -6,7 +6,7 @@ use super::{Admin, ApiError};
 use crate::auth::{self, EnrollRefusal, NewToken, Principal, TokenKind};
 use crate::App;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 type AppState = State<Arc<App>>;
@@ -79,9 +80,16 @@ fn script_error(message: &str) -> Response {
 /// address and the token filled in.
 pub async fn install_sh(
     State(app): AppState,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<InstallQuery>,
 ) -> Response {
+    if let Err(wait) = count_enrollment(&app, peer) {
+        return script_error(&format!(
+            "too many enrollments from this address in the last minute: try again in {} s",
+            wait.as_secs().max(1)
+        ));
+    }
     let Some(base) = caller_base(&app, &headers) else {
         return script_error("the request named no usable Host");
     };
@@ -233,12 +241,38 @@ fn name_from_host(host: &str) -> String {
 
 /// `POST /api/v1/enroll`: trades one use of an enrollment token for a
 /// worker token; the worker gets the token's labels.
+/// Counts an enrollment attempt of `peer`; Err(how long to wait) when it
+/// has used up its minute.
+fn count_enrollment(app: &App, peer: SocketAddr) -> Result<(), std::time::Duration> {
+    let now = std::time::Instant::now();
+    if let Some(wait) = app.limits.enrollments.blocked(peer.ip(), now) {
+        tracing::warn!(
+            "enrollment from {} refused: too many in a minute",
+            peer.ip()
+        );
+        return Err(wait);
+    }
+    app.limits.enrollments.note(peer.ip(), now);
+    Ok(())
+}
+
 pub async fn enroll(
     State(app): AppState,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    if let Err(wait) = count_enrollment(&app, peer) {
+        return Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
+            Json(json!({ "error": format!(
+                "too many enrollments from this address in the last minute: try again in {} s",
+                wait.as_secs().max(1)
+            ) })),
+        )
+            .into_response());
+    }
+    let Json(req) = body.map_err(ApiError::from_json)?;
     let store = &app.hub.store;
     let (row, labels) = match auth::check_enroll(store, &req.token).await? {
         Ok(ok) => ok,

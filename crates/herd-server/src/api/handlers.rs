@@ -65,8 +65,7 @@ pub async fn create_build(
     State(app): AppState,
     body: Result<Json<StartBuild>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    let Json(req) = body.map_err(ApiError::from_json)?;
     let id = start_build(&app, req).await?;
     let detail = app.hub.store.build_detail(id).await?;
     let body = detail
@@ -349,8 +348,7 @@ pub async fn create_token(
     headers: axum::http::HeaderMap,
     body: Result<Json<CreateToken>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    let Json(req) = body.map_err(ApiError::from_json)?;
     if req.kind == "enroll" {
         let opts = super::enroll::token_options(req.uses, req.expires.as_deref(), req.labels)?;
         let token = auth::create_token_with(&app.hub.store, TokenKind::Enroll, opts).await?;

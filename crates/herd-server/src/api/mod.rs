@@ -127,6 +127,13 @@ impl ApiError {
     pub fn unauthorized(m: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, m)
     }
+    /// A body that is not the JSON expected, or too large (413).
+    pub fn from_json(e: axum::extract::rejection::JsonRejection) -> Self {
+        Self::new(
+            e.status(),
+            format!("invalid request body: {}", e.body_text()),
+        )
+    }
 }
 
 impl From<StoreError> for ApiError {

@@ -58,8 +58,7 @@ pub async fn create(
             ))
         }
     };
-    let Json(req) = body
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    let Json(req) = body.map_err(ApiError::from_json)?;
     if req.patch.len() > MAX_TRY_PATCH {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

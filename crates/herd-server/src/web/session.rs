@@ -6,7 +6,7 @@ use super::pages::Page;
 use crate::auth::{self, random_hex, Principal};
 use crate::App;
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
@@ -18,8 +18,6 @@ use subtle::ConstantTimeEq;
 
 const COOKIE: &str = "herd_session";
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Failed sign-ins allowed per minute (all clients together).
-const MAX_FAILURES_PER_MINUTE: usize = 20;
 
 struct Session {
     csrf: String,
@@ -29,7 +27,6 @@ struct Session {
 #[derive(Default)]
 pub struct Sessions {
     inner: Mutex<HashMap<String, Session>>,
-    failures: Mutex<Vec<Instant>>,
 }
 
 /// Who is looking at a page: signed in (with the form's CSRF token) or not.
@@ -81,19 +78,6 @@ impl Sessions {
         if let Some(id) = cookie(headers) {
             self.lock().remove(&id);
         }
-    }
-
-    fn too_many_failures(&self) -> bool {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        f.retain(|t| t.elapsed() < Duration::from_secs(60));
-        f.len() >= MAX_FAILURES_PER_MINUTE
-    }
-
-    fn failed(&self) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Instant::now());
     }
 }
 
@@ -232,6 +216,7 @@ async fn password_ok(app: &App, user: &str, password: &str) -> bool {
 
 pub async fn login(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
@@ -247,9 +232,12 @@ pub async fn login(
         *r.status_mut() = status;
         r
     };
-    if app.sessions.too_many_failures() {
+    if let Some(wait) = app.limits.login_failures.blocked(peer.ip(), Instant::now()) {
         return refuse(
-            "too many failed sign-ins in the last minute: wait a minute",
+            &format!(
+                "too many failed sign-ins from your address: try again in {} s",
+                wait.as_secs().max(1)
+            ),
             StatusCode::TOO_MANY_REQUESTS,
         );
     }
@@ -276,7 +264,8 @@ pub async fn login(
                 .into_response()
         }
         Ok(false) => {
-            app.sessions.failed();
+            tracing::info!("failed sign-in from {}", peer.ip());
+            app.limits.login_failures.note(peer.ip(), Instant::now());
             refuse(
                 if f.user.is_empty() {
                     "that is not the admin token (it is in DATA/admin-token on the server)"
