@@ -23,6 +23,10 @@ pub const SUPPORTED_PROTOCOLS: &[u32] = &[1];
 pub const MAX_TEXT_FRAME: usize = 1024 * 1024;
 /// Largest patch of a try build: it travels inside the job's assignment,
 /// which must fit in one frame with room for JSON escaping.
+/// Most bytes of output kept per step, unless the server says otherwise.
+pub const DEFAULT_STEP_LOG_LIMIT: u64 = 64 * 1024 * 1024;
+/// What a worker may send past a step's limit: the notice that says so.
+pub const STEP_LOG_NOTICE_ROOM: u64 = 4096;
 pub const MAX_TRY_PATCH: usize = 384 * 1024;
 /// Largest payload of one log frame; workers split output into chunks this big.
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;
@@ -336,6 +340,10 @@ pub struct Assignment {
     /// (and their base64 forms) in the output it sends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mask: Vec<String>,
+    /// Most bytes of output kept per step; the worker drops the rest with
+    /// a notice (the step goes on). None: [`DEFAULT_STEP_LOG_LIMIT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

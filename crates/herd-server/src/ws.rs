@@ -447,6 +447,14 @@ impl Connection {
                     "attempt {attempt} step {step}: output at byte {offset}, expected {size}"
                 ));
             }
+            // A worker that ignores the limit it was given is cut off
+            // rather than allowed to fill the disk.
+            let limit = self.app.hub.settings.max_step_log + herd_proto::STEP_LOG_NOTICE_ROOM;
+            if *size + len > limit {
+                return Flow::Stop(format!(
+                    "attempt {attempt} step {step}: output past the limit of {limit} bytes"
+                ));
+            }
             *size += len;
         }
         cursor.last_seq = seq;

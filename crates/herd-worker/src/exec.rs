@@ -73,7 +73,10 @@ pub async fn run_job(
     mut stop: watch::Receiver<Option<StopKind>>,
 ) {
     let attempt = job.attempt;
-    let mask = crate::mask::Masker::new(&job.mask).map(std::sync::Arc::new);
+    let output = OutputRules {
+        mask: crate::mask::Masker::new(&job.mask).map(std::sync::Arc::new),
+        log_limit: job.log_limit.unwrap_or(herd_proto::DEFAULT_STEP_LOG_LIMIT),
+    };
     let workspace = ctx
         .workdir
         .join(safe(&job.project))
@@ -126,15 +129,7 @@ pub async fn run_job(
         }
         let started = Instant::now();
         let outcome = run_step(
-            ctx,
-            &workspace,
-            step,
-            idx,
-            &base_env,
-            attempt,
-            &outbox,
-            mask.as_ref(),
-            &mut stop,
+            ctx, &workspace, step, idx, &base_env, attempt, &outbox, &output, &mut stop,
         )
         .await;
         let Some(outcome) = outcome else { return };
@@ -213,7 +208,7 @@ async fn run_step(
     base_env: &BTreeMap<String, String>,
     attempt: i64,
     outbox: &Outbox,
-    mask: Option<&std::sync::Arc<crate::mask::Masker>>,
+    output: &OutputRules,
     stop: &mut watch::Receiver<Option<StopKind>>,
 ) -> Option<StepOutcome> {
     let mut env = base_env.clone();
@@ -250,7 +245,7 @@ async fn run_step(
         outbox,
         step: idx,
         deadline: timeout.map(|t| tokio::time::Instant::now() + t),
-        mask,
+        output,
     };
     let (script, failure_status) = match &step.action {
         StepAction::Shell { run } => (run.as_str(), StepStatus::Failure),
@@ -348,8 +343,16 @@ pub(crate) struct StepRunner<'a> {
     pub outbox: &'a Outbox,
     pub step: u32,
     pub deadline: Option<tokio::time::Instant>,
+    pub output: &'a OutputRules,
+}
+
+/// What becomes of a step's output on its way out.
+#[derive(Clone)]
+pub(crate) struct OutputRules {
     /// The job's secrets, masked in the output.
-    pub mask: Option<&'a std::sync::Arc<crate::mask::Masker>>,
+    pub mask: Option<std::sync::Arc<crate::mask::Masker>>,
+    /// Bytes kept per step; the rest is dropped after a notice.
+    pub log_limit: u64,
 }
 
 /// Most standard output kept from a captured command (a test list).
@@ -444,7 +447,7 @@ impl StepRunner<'_> {
             self.attempt,
             self.step,
             std::sync::Arc::clone(&written),
-            self.mask.cloned(),
+            self.output.clone(),
         ));
         let capture_task = out_reader.map(|mut r| {
             tokio::spawn(async move {
@@ -548,11 +551,14 @@ async fn pump_output(
     attempt: i64,
     step: u32,
     written: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    mask: Option<std::sync::Arc<crate::mask::Masker>>,
+    rules: OutputRules,
 ) -> bool {
     let mut offset = written.load(std::sync::atomic::Ordering::SeqCst);
     let mut buf = vec![0u8; MAX_LOG_CHUNK];
-    let mut masking = mask.as_deref().map(crate::mask::MaskStream::new);
+    let mut masking = rules.mask.as_deref().map(crate::mask::MaskStream::new);
+    // Past the limit the pipe is still drained (a blocked writer would
+    // hang the step), but nothing more is sent.
+    let mut truncated = offset >= rules.log_limit;
     loop {
         // The first read waits as long as the step is silent; then up to
         // COALESCE more to fill one frame.
@@ -568,7 +574,7 @@ async fn pump_output(
                 Err(_) => break,
             }
         }
-        let data = match &mut masking {
+        let mut data = match &mut masking {
             None => buf[..filled].to_vec(),
             Some(m) => {
                 let mut data = m.feed(&buf[..filled]);
@@ -579,6 +585,19 @@ async fn pump_output(
                 data
             }
         };
+        if truncated {
+            data.clear();
+        } else if offset + data.len() as u64 > rules.log_limit {
+            data.truncate((rules.log_limit - offset) as usize);
+            data.extend_from_slice(
+                format!(
+                    "\n[herd] this step's output passed the limit of {} bytes: the rest is dropped (the step goes on)\n",
+                    rules.log_limit
+                )
+                .as_bytes(),
+            );
+            truncated = true;
+        }
         let len = data.len() as u64;
         if len > 0
             && !outbox

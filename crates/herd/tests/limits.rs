@@ -195,3 +195,29 @@ fn sign_ins_and_enrollments_are_limited_per_address() {
     assert_eq!(server.get("/api/v1/health").unwrap()["ok"], true);
     assert!(server.log().contains("failed sign-in from 127.0.0.1"));
 }
+
+#[test]
+fn a_flooding_step_keeps_its_limit_of_log_and_goes_on() {
+    let pipeline = "builders:\n  flood:\n    steps:\n      - run: yes flood | head -c 200000; echo finished > done.txt\n      - run: cat done.txt\n";
+    let mut config = String::from("max_step_log: 4096\nprojects:\n  p:\n    pipeline: |\n");
+    for line in pipeline.lines() {
+        config.push_str(&format!("      {line}\n"));
+    }
+    let server = Server::start_with_config(&config, &[]);
+    let _w = server.worker("w", 1, &[]);
+    let id = server.start_build("p", &[]);
+    let b = server.wait_build(id, Duration::from_secs(30));
+    assert_eq!(b["state"], "success", "{b:#}");
+    let log = server.step_log(id, "flood", "0");
+    let text = String::from_utf8_lossy(&log);
+    assert!(log.len() < 4096 + 512, "{} bytes kept", log.len());
+    assert!(text.starts_with("flood\nflood\n"));
+    assert!(
+        text.ends_with(
+            "[herd] this step's output passed the limit of 4096 bytes: the rest is dropped (the step goes on)\n"
+        ),
+        "{text}"
+    );
+    let next = server.step_log(id, "flood", "1");
+    assert_eq!(String::from_utf8_lossy(&next).trim(), "finished");
+}

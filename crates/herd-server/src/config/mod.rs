@@ -6,6 +6,7 @@
 //! data: ./herd-data
 //! heartbeat_interval: 5s
 //! heartbeat_timeout: 15s
+//! max_step_log: 67108864         # bytes of output kept per step
 //! projects:
 //!   twisted:
 //!     repo: https://github.com/twisted/twisted.git
@@ -45,6 +46,8 @@ pub struct ServerConfig {
     pub private: bool,
     /// `secrets:`, referenced in herd.yml as `${{ secrets.NAME }}`.
     pub secrets: std::collections::BTreeMap<String, SecretConfig>,
+    /// Bytes of output kept per step.
+    pub max_step_log: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +68,7 @@ struct RawConfig {
     private: bool,
     #[serde(default)]
     secrets: IndexMap<Spanned<String>, Spanned<RawSecretConfig>>,
+    max_step_log: Option<u64>,
 }
 
 impl ServerConfig {
@@ -150,6 +154,7 @@ impl ServerConfig {
             heartbeat_interval: duration(&raw.heartbeat_interval)?,
             heartbeat_timeout: duration(&raw.heartbeat_timeout)?,
             projects,
+            max_step_log: raw.max_step_log,
         })
     }
 }

@@ -43,6 +43,8 @@ pub struct Settings {
     pub quarantine_base: Duration,
     /// `secrets:` of the server config (their Debug shows no value).
     pub secrets: Arc<BTreeMap<String, crate::config::SecretConfig>>,
+    /// Bytes of output kept per step (workers drop the rest with a notice).
+    pub max_step_log: u64,
 }
 
 impl Default for Settings {
@@ -57,6 +59,7 @@ impl Default for Settings {
             quarantine_window: Duration::from_secs(600),
             quarantine_base: Duration::from_secs(60),
             secrets: Arc::default(),
+            max_step_log: herd_proto::DEFAULT_STEP_LOG_LIMIT,
         }
     }
 }
@@ -663,6 +666,7 @@ impl Hub {
                                     revision: job.revision.clone(),
                                     steps,
                                     mask,
+                                    log_limit: Some(self.settings.max_step_log),
                                 };
                                 w.tx.send(Outbound::Assign(Box::new(assignment))).is_ok()
                             }

@@ -91,6 +91,14 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
         secrets: std::sync::Arc::new(config.secrets.clone()),
         ..Settings::default()
     };
+    if let Some(bytes) = config.max_step_log {
+        if bytes < 1024 {
+            return Err(miette!(
+                "max_step_log: {bytes} bytes is too small (at least 1024)"
+            ));
+        }
+        settings.max_step_log = bytes;
+    }
     if let Some(d) =
         dur("--heartbeat-interval", &args.heartbeat_interval)?.or(config.heartbeat_interval)
     {
