@@ -204,4 +204,47 @@ mod tests {
         }
         assert!(results("<<<", &ids(&["a"])).is_err());
     }
+
+    use proptest::prelude::*;
+
+    fn case() -> impl Strategy<Value = String> {
+        (
+            "[a-z_.]{0,8}",
+            "[a-z_\\[\\]0-9-]{0,8}",
+            prop_oneof![
+                Just(String::new()),
+                Just("<failure message=\"m\">x</failure>".to_string()),
+                Just("<skipped/>".to_string()),
+                "\\PC{0,12}",
+            ],
+        )
+            .prop_map(|(class, name, body)| {
+                format!("<testcase classname=\"{class}\" name=\"{name}\" time=\"0.5\">{body}</testcase>")
+            })
+    }
+
+    proptest! {
+        /// Whatever a runner writes, the answer is results for ids of the
+        /// batch only, or an error: never a panic, never a stranger's id.
+        #[test]
+        fn reports_give_only_batch_ids(cases in proptest::collection::vec(case(), 0..6),
+                                        junk in "\\PC{0,40}", bare in any::<bool>()) {
+            let body = cases.concat();
+            let xml = if bare {
+                format!("<testsuite name=\"s\">{body}{junk}</testsuite>")
+            } else {
+                format!("<testsuites><testsuite name=\"s\">{body}</testsuite></testsuites>{junk}")
+            };
+            let batch = ids(&["tests/a.py::t1", "b.t_2", "c d"]);
+            if let Ok(runs) = results(&xml, &batch) {
+                prop_assert!(runs.len() <= batch.len());
+                prop_assert!(runs.iter().all(|r| batch.contains(&r.id)));
+            }
+        }
+
+        #[test]
+        fn any_text_is_read_or_refused(text in "\\PC{0,300}") {
+            let _ = results(&text, &ids(&["a"]));
+        }
+    }
 }

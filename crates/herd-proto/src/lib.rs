@@ -24,7 +24,7 @@ pub const MAX_TEXT_FRAME: usize = 1024 * 1024;
 /// Largest patch of a try build: it travels inside the job's assignment,
 /// which must fit in one frame with room for JSON escaping.
 /// Most bytes of output kept per step, unless the server says otherwise.
-pub const DEFAULT_STEP_LOG_LIMIT: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_STEP_LOG_LIMIT: u64 = 256 * 1024 * 1024;
 /// What a worker may send past a step's limit: the notice that says so.
 pub const STEP_LOG_NOTICE_ROOM: u64 = 4096;
 pub const MAX_TRY_PATCH: usize = 384 * 1024;

@@ -221,3 +221,63 @@ fn a_flooding_step_keeps_its_limit_of_log_and_goes_on() {
     let next = server.step_log(id, "flood", "1");
     assert_eq!(String::from_utf8_lossy(&next).trim(), "finished");
 }
+
+#[test]
+fn a_worker_that_ignores_the_step_log_limit_is_cut_off() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let config = "max_step_log: 4096\nprojects:\n  p:\n    pipeline: |\n      builders:\n        a:\n          steps: [{run: echo}]\n";
+    let server = Server::start_with_config(config, &[]);
+    let token = server.worker_token("hostile");
+    let id = server.start_build("p", &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let told = rt.block_on(async {
+        let mut ws = connect(&server.url, Some(&token)).await.unwrap();
+        ws.send(hello()).await.unwrap();
+        // Wait for the job.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut attempt = None;
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
+            if let Message::Text(t) = m {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "assign" {
+                    assert_eq!(v["log_limit"], 4096, "{v}");
+                    attempt = v["attempt"].as_i64();
+                    break;
+                }
+            }
+        }
+        let attempt = attempt.expect("an assignment");
+        // 16 KiB of output for a step allowed 4 KiB (and room for a notice).
+        for seq in 1..=16u64 {
+            let frame = herd_proto::LogFrame {
+                attempt,
+                seq,
+                step: 0,
+                offset: (seq - 1) * 1024,
+                data: vec![b'x'; 1024],
+            };
+            if ws
+                .send(Message::Binary(frame.encode().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        drain(&mut ws).await
+    });
+    assert!(
+        told.iter().any(|v| v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("past the limit"))),
+        "{told:?}"
+    );
+    // What was stored stays within the limit and its room.
+    let log = server.step_log(id, "a", "0");
+    assert!(
+        log.len() as u64 <= 4096 + 4096,
+        "{} bytes stored",
+        log.len()
+    );
+}

@@ -6,7 +6,7 @@
 //! data: ./herd-data
 //! heartbeat_interval: 5s
 //! heartbeat_timeout: 15s
-//! max_step_log: 67108864         # bytes of output kept per step
+//! max_step_log: 268435456        # bytes of output kept per step
 //! projects:
 //!   twisted:
 //!     repo: https://github.com/twisted/twisted.git
