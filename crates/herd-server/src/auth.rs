@@ -303,6 +303,15 @@ async fn matching_row(store: &Store, presented: &str) -> Result<Option<TokenRow>
     Ok(Some(row))
 }
 
+/// The token a request presents (`Authorization: Bearer …`), if any.
+pub fn presented(headers: &axum::http::HeaderMap) -> Option<&str> {
+    bearer(
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok()),
+    )
+}
+
 /// Takes the token from an `Authorization: Bearer …` header value.
 pub fn bearer(header: Option<&str>) -> Option<&str> {
     let h = header?.trim();

@@ -13,7 +13,7 @@ use crate::store::{Applied, AttemptEvents, StoredEvent, LOG_ZSTD_LEVEL};
 use crate::App;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use herd_core::state::RunState;
@@ -37,11 +37,7 @@ pub async fn worker_endpoint(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let presented = auth::bearer(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok()),
-    );
+    let presented = auth::presented(&headers);
     let worker = match presented {
         None => None,
         Some(t) => match auth::verify(&app.hub.store, t).await {

@@ -12,7 +12,7 @@ use crate::auth::{self, Principal, Scope};
 use crate::App;
 use axum::extract::{FromRequestParts, MatchedPath, State};
 use axum::http::request::Parts;
-use axum::http::{header, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
@@ -63,12 +63,7 @@ pub async fn token_guard(
     let Some(scope) = scope_of(req.method(), &route) else {
         return next.run(req).await;
     };
-    let presented = auth::bearer(
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok()),
-    )
-    .map(str::to_string);
+    let presented = auth::presented(req.headers()).map(str::to_string);
     let Some(token) = presented else {
         return next.run(req).await;
     };

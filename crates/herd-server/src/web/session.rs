@@ -130,12 +130,7 @@ pub async fn private_guard(
     if open || app.sessions.viewer(req.headers()).signed_in {
         return next.run(req).await;
     }
-    let bearer = auth::bearer(
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok()),
-    )
-    .map(str::to_string);
+    let bearer = auth::presented(req.headers()).map(str::to_string);
     if let Some(t) = bearer {
         // Which kind of token may read is the token guard's decision; a
         // token that is not valid is refused here, page or not.

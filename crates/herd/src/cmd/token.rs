@@ -62,6 +62,21 @@ fn when(v: &serde_json::Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// Creates a token and prints it (stdout's first line); the server's answer
+/// and the token, for the hint that follows on stderr.
+async fn create(
+    client: &ClientArgs,
+    body: &serde_json::Value,
+) -> Result<(serde_json::Value, String)> {
+    let res = Client::new(client)?.post("/api/v1/tokens", body).await?;
+    let token = res["token"]
+        .as_str()
+        .ok_or_else(|| miette!("the server answered without a token"))?
+        .to_string();
+    println!("{token}");
+    Ok((res, token))
+}
+
 pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
     match cmd {
         TokenCommand::Create {
@@ -71,17 +86,11 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             client,
             ..
         } => {
-            let c = Client::new(&client)?;
-            let res = c
-                .post(
-                    "/api/v1/tokens",
-                    &json!({ "kind": "try", "user": user, "expires": expires }),
-                )
-                .await?;
-            let token = res["token"]
-                .as_str()
-                .ok_or_else(|| miette!("the server answered without a token"))?;
-            println!("{token}");
+            let (_, token) = create(
+                &client,
+                &json!({ "kind": "try", "user": user, "expires": expires }),
+            )
+            .await?;
             eprintln!(
                 "in a checkout with changes, run:
   HERD_SERVER={} HERD_TOKEN={token} herd try --wait",
@@ -95,17 +104,7 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             client,
             ..
         } => {
-            let c = Client::new(&client)?;
-            let res = c
-                .post(
-                    "/api/v1/tokens",
-                    &json!({ "kind": "read", "expires": expires }),
-                )
-                .await?;
-            let token = res["token"]
-                .as_str()
-                .ok_or_else(|| miette!("the server answered without a token"))?;
-            println!("{token}");
+            create(&client, &json!({ "kind": "read", "expires": expires })).await?;
             eprintln!("it reads only: pass it as `Authorization: Bearer TOKEN` or HERD_TOKEN");
             Ok(ExitCode::SUCCESS)
         }
@@ -116,17 +115,11 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             client,
             ..
         } => {
-            let c = Client::new(&client)?;
-            let res = c
-                .post(
-                    "/api/v1/tokens",
-                    &json!({ "kind": "worker", "worker": worker, "expires": expires }),
-                )
-                .await?;
-            let token = res["token"]
-                .as_str()
-                .ok_or_else(|| miette!("the server answered without a token"))?;
-            println!("{token}");
+            let (_, token) = create(
+                &client,
+                &json!({ "kind": "worker", "worker": worker, "expires": expires }),
+            )
+            .await?;
             eprintln!(
                 "start the worker with:\n  herd worker --server {} --token {token} --name {worker}",
                 client.server
@@ -140,18 +133,12 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             client,
             ..
         } => {
-            let c = Client::new(&client)?;
             let labels = parse_labels(&labels)?;
-            let res = c
-                .post(
-                    "/api/v1/tokens",
-                    &json!({ "kind": "enroll", "uses": uses, "expires": expires, "labels": labels }),
-                )
-                .await?;
-            let token = res["token"]
-                .as_str()
-                .ok_or_else(|| miette!("the server answered without a token"))?;
-            println!("{token}");
+            let (res, token) = create(
+                &client,
+                &json!({ "kind": "enroll", "uses": uses, "expires": expires, "labels": labels }),
+            )
+            .await?;
             let server = client.server.trim_end_matches('/');
             let install = res["install"].as_str().map_or_else(
                 || format!("curl -fsSL '{server}/install.sh?token={token}' | sudo sh"),
