@@ -11,10 +11,7 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (std::str::from_utf8(&data[..i]).ok(), &data[i + 1..]),
         None => (None, data),
     };
-    if let Ok(HookEvent::Push {
-        reference: Some(r),
-    }) = read_event(event, body)
-    {
+    if let Ok(HookEvent::Push { reference: Some(r) }) = read_event(event, body) {
         assert!(r.chars().count() <= 256);
     }
 });
