@@ -103,6 +103,9 @@ pub enum Principal {
     Worker {
         token_id: String,
         worker: String,
+        /// When the token expires (ms since the epoch): its connection
+        /// ends then.
+        expires_at: Option<i64>,
     },
     /// A try token; `user` is the name it was made for.
     Try {
@@ -277,6 +280,7 @@ pub async fn verify(store: &Store, presented: &str) -> Result<Option<Principal>,
         ("worker", Some(worker)) => Some(Principal::Worker {
             token_id: row.id,
             worker,
+            expires_at: row.expires_at,
         }),
         _ => None,
     })

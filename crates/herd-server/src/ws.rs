@@ -41,12 +41,14 @@ pub async fn worker_endpoint(
     let worker = match presented {
         None => None,
         Some(t) => match auth::verify(&app.hub.store, t).await {
-            Ok(Some(Principal::Worker { worker, .. })) => Some(worker),
+            Ok(Some(Principal::Worker {
+                worker, expires_at, ..
+            })) => Some((worker, expires_at)),
             Ok(_) => None,
             Err(e) => return ApiError::from(e).into_response(),
         },
     };
-    let Some(worker) = worker else {
+    let Some((worker, expires_at)) = worker else {
         tracing::warn!("worker connection refused: missing or invalid worker token");
         return ApiError::unauthorized(
             "a valid worker token is required: create one with `herd token create --worker NAME`",
@@ -70,6 +72,7 @@ pub async fn worker_endpoint(
             let mut conn = Connection {
                 app,
                 name: worker,
+                token_expires_at: expires_at,
                 cursors: HashMap::new(),
                 conn_id: 0,
                 compressor,
@@ -90,6 +93,9 @@ struct Connection {
     name: String,
     cursors: HashMap<AttemptId, Cursor>,
     conn_id: u64,
+    /// When the worker's token expires (ms since the epoch): the
+    /// connection ends then, as at a revocation.
+    token_expires_at: Option<i64>,
     /// Reused for every log chunk of the connection (a context per chunk costs more than the chunk).
     compressor: zstd::bulk::Compressor<'static>,
 }
@@ -232,6 +238,17 @@ impl Connection {
         tokio::pin!(silence);
         let mut last_sent = Instant::now();
         let mut grace = settings.reconnect_grace;
+        let expires_at = self.token_expires_at;
+        let expiry = async move {
+            match expires_at {
+                Some(at) => {
+                    let left = u64::try_from(at - crate::store::now_ms()).unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(left)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
         let end_reason: String = loop {
             tokio::select! {
                 incoming = stream.next() => {
@@ -312,6 +329,12 @@ impl Connection {
                 _ = &mut silence => {
                     grace = Duration::ZERO;
                     break format!("no heartbeat for {:?}", settings.heartbeat_timeout);
+                }
+                _ = &mut expiry => {
+                    grace = Duration::ZERO;
+                    let reason = "its token expired: create a new one with `herd token create --worker NAME`".to_string();
+                    let _ = sink.send(Message::Text(ServerMsg::Error { message: reason.clone() }.encode().into())).await;
+                    break reason;
                 }
                 _ = heartbeat.tick() => {
                     last_sent = Instant::now();

@@ -438,3 +438,25 @@ fn the_worker_endpoint_takes_only_worker_tokens_and_a_worker_reports_only_for_it
     let log = String::from_utf8(server.step_log(id, "slow", "0")).unwrap();
     assert_eq!(log.trim(), "done-by-a");
 }
+
+#[test]
+fn a_worker_is_disconnected_when_its_token_expires() {
+    let server = Server::start(&[]);
+    let token = new_token(
+        &server,
+        &["token", "create", "--worker", "brief", "--expires", "3s"],
+    );
+    let workdir = server.dir.path().join("work-brief");
+    let _w = Worker::spawn(&server.url, &token, "brief", &workdir, 1, &[]);
+    server.wait_online("brief");
+    wait_until(Duration::from_secs(15), "the worker offline", || {
+        let w = server.get("/api/v1/workers/brief").ok()?;
+        (w["online"] == false).then_some(())
+    });
+    assert!(
+        server
+            .log()
+            .contains("worker brief disconnected: its token expired"),
+        "the server says why"
+    );
+}

@@ -112,7 +112,8 @@ fn a_pinned_worker_and_cli_work_over_tls_and_a_wrong_key_is_refused() {
 
 #[test]
 fn the_install_one_liner_carries_the_pin_and_curl_checks_it() {
-    let server = Server::start(&["--tls", "self-signed"]);
+    // TLS from the config file this time.
+    let server = Server::start_with_config("tls: self-signed\n", &[]);
     let pin = server.pin.clone().unwrap();
     let out = server.cli(&["token", "create", "--enroll"]);
     assert!(out.status.success());

@@ -128,6 +128,7 @@ mod tests {
         let worker = Principal::Worker {
             token_id: "w".into(),
             worker: "w".into(),
+            expires_at: None,
         };
         let read = Principal::Read {
             token_id: "r".into(),

@@ -7,6 +7,8 @@
 //! heartbeat_interval: 5s
 //! heartbeat_timeout: 15s
 //! max_step_log: 268435456        # bytes of output kept per step
+//! tls: self-signed               # or tls: {cert: FILE, key: FILE}
+//! client_timeout: 10s
 //! projects:
 //!   twisted:
 //!     repo: https://github.com/twisted/twisted.git
@@ -48,6 +50,24 @@ pub struct ServerConfig {
     pub secrets: std::collections::BTreeMap<String, SecretConfig>,
     /// Bytes of output kept per step.
     pub max_step_log: Option<u64>,
+    pub tls: Option<TlsConfig>,
+    /// How long a client may take for its first byte, TLS handshake or
+    /// request head.
+    pub client_timeout: Option<Duration>,
+}
+
+/// `tls:` of the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsConfig {
+    SelfSigned,
+    Files { cert: String, key: String },
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawTls {
+    Mode(String),
+    Files { cert: String, key: String },
 }
 
 #[derive(Deserialize)]
@@ -69,6 +89,8 @@ struct RawConfig {
     #[serde(default)]
     secrets: IndexMap<Spanned<String>, Spanned<RawSecretConfig>>,
     max_step_log: Option<u64>,
+    tls: Option<Spanned<RawTls>>,
+    client_timeout: Option<Spanned<String>>,
 }
 
 impl ServerConfig {
@@ -155,6 +177,25 @@ impl ServerConfig {
             heartbeat_timeout: duration(&raw.heartbeat_timeout)?,
             projects,
             max_step_log: raw.max_step_log,
+            tls: match raw.tls {
+                None => None,
+                Some(t) => {
+                    Some(match t.value {
+                        RawTls::Files { cert, key } => TlsConfig::Files { cert, key },
+                        RawTls::Mode(m) if m == "self-signed" => TlsConfig::SelfSigned,
+                        RawTls::Mode(m) => return Err(ConfigError::at_location(
+                            file,
+                            text,
+                            &t.referenced,
+                            format!("unknown tls mode `{m}`"),
+                        )
+                        .with_help(
+                            "use `tls: self-signed`, or `tls: {cert: FILE, key: FILE}` (both PEM)",
+                        )),
+                    })
+                }
+            },
+            client_timeout: duration(&raw.client_timeout)?,
         })
     }
 }
@@ -201,6 +242,32 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("builders"));
+    }
+
+    #[test]
+    fn tls_and_limits_are_read_and_a_bad_mode_is_placed() {
+        let c = ServerConfig::parse(
+            "s.yml",
+            "tls: self-signed\nclient_timeout: 3s\nmax_step_log: 4096\n",
+        )
+        .unwrap();
+        assert_eq!(c.tls, Some(TlsConfig::SelfSigned));
+        assert_eq!(c.client_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(c.max_step_log, Some(4096));
+        let c = ServerConfig::parse("s.yml", "tls: {cert: /c.pem, key: /k.pem}\n").unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsConfig::Files {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        let e = ServerConfig::parse("s.yml", "listen: x\ntls: plaintext\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(
+            e.to_string().contains("unknown tls mode `plaintext`"),
+            "{e}"
+        );
     }
 
     #[test]

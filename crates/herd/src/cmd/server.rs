@@ -1,7 +1,7 @@
 //! `herd server`: the build master.
 
 use clap::Args;
-use herd_server::config::{parse_project_arg, ServerConfig};
+use herd_server::config::{parse_project_arg, ServerConfig, TlsConfig};
 use herd_server::hub::Settings;
 use herd_server::ServerOptions;
 use miette::{miette, Result};
@@ -62,8 +62,9 @@ pub struct ServerArgs {
     tls: Option<String>,
     /// How long a client may take to send a request's head or finish a TLS
     /// handshake before the connection is closed.
-    #[arg(long, value_name = "DURATION", default_value = "10s")]
-    client_timeout: String,
+    /// (Default 10s.)
+    #[arg(long, value_name = "DURATION")]
+    client_timeout: Option<String>,
 }
 
 pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
@@ -109,16 +110,26 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
     {
         settings.heartbeat_timeout = d;
     }
-    let tls = match (&args.tls, &args.tls_cert, &args.tls_key) {
-        (Some(_), _, _) => herd_server::TlsSetting::SelfSigned,
-        (None, Some(cert), Some(key)) => herd_server::TlsSetting::Files {
+    // Flags win over the config file.
+    let tls = match (&args.tls, &args.tls_cert, &args.tls_key, &config.tls) {
+        (Some(_), _, _, _) => herd_server::TlsSetting::SelfSigned,
+        (None, Some(cert), Some(key), _) => herd_server::TlsSetting::Files {
             cert: cert.clone(),
             key: key.clone(),
         },
+        (_, _, _, Some(TlsConfig::SelfSigned)) => herd_server::TlsSetting::SelfSigned,
+        (_, _, _, Some(TlsConfig::Files { cert, key })) => herd_server::TlsSetting::Files {
+            cert: cert.into(),
+            key: key.into(),
+        },
         _ => herd_server::TlsSetting::Off,
     };
-    let client_timeout = herd_core::duration::parse_duration(&args.client_timeout)
-        .map_err(|e| miette!("--client-timeout {}: {e}", args.client_timeout))?;
+    let client_timeout = match (&args.client_timeout, config.client_timeout) {
+        (Some(t), _) => herd_core::duration::parse_duration(t)
+            .map_err(|e| miette!("--client-timeout {t}: {e}"))?,
+        (None, Some(d)) => d,
+        (None, None) => herd_server::serve::ConnLimits::default().client_timeout,
+    };
     Ok(ServerOptions {
         tls,
         conn_limits: herd_server::serve::ConnLimits {
