@@ -3,10 +3,11 @@
 //!
 //! Each connection is its own task. The first byte, a TLS handshake and
 //! the head of every request must arrive within `client_timeout`;
-//! connections beyond `max_connections` are closed at once. (A kept-alive
-//! connection may idle between requests: it holds one of the
-//! `max_connections` slots, nothing else.) The client's address reaches the
-//! handlers as `ConnectInfo<SocketAddr>` (rate limits key on it).
+//! connections beyond `max_connections` are closed at once. An upgraded
+//! WebSocket leaves that count (thousands of idle workers are expected); a
+//! kept-alive connection idling between requests holds one slot, nothing
+//! else. The client's address reaches the handlers as
+//! `ConnectInfo<SocketAddr>` (rate limits key on it).
 
 use axum::extract::ConnectInfo;
 use axum::Router;
