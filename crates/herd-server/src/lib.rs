@@ -164,24 +164,16 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// The host names a self-signed certificate is made for: the public URL's
 /// and the listening address's (unless it is a wildcard).
 fn certificate_names(listen: &str, public_url: Option<&str>) -> Vec<String> {
-    let mut names = Vec::new();
-    let host_of = |hostport: &str| -> Option<String> {
-        let h = match hostport.rsplit_once(':') {
-            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
-            _ => hostport,
-        };
-        let h = h.trim_start_matches('[').trim_end_matches(']');
-        (!h.is_empty() && h != "0.0.0.0" && h != "::").then(|| h.to_string())
-    };
-    if let Some(url) = public_url {
-        let rest = url.split_once("://").map_or(url, |(_, r)| r);
-        if let Some(h) = host_of(rest.split('/').next().unwrap_or(rest)) {
-            names.push(h);
-        }
-    }
-    if let Some(h) = host_of(listen) {
-        if !names.contains(&h) {
-            names.push(h);
+    let listen_url = format!("http://{listen}");
+    let mut names: Vec<String> = Vec::new();
+    for url in public_url.into_iter().chain([listen_url.as_str()]) {
+        let host = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()));
+        if let Some(h) = host.filter(|h| h != "0.0.0.0" && h != "::") {
+            if !names.contains(&h) {
+                names.push(h);
+            }
         }
     }
     names
@@ -317,4 +309,18 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_certificate_is_made_for_the_public_and_the_listening_host() {
+        use super::certificate_names as names;
+        assert_eq!(
+            names("10.0.0.5:8080", Some("https://ci.example.org/herd")),
+            ["ci.example.org", "10.0.0.5"]
+        );
+        assert_eq!(names("0.0.0.0:8080", None), Vec::<String>::new());
+        assert_eq!(names("[::1]:8080", Some("https://[::1]:8080")), ["::1"]);
+    }
 }

@@ -6,14 +6,14 @@
 //! server has not stored; duplicates (a resend after a reconnect) are
 //! recognised by their sequence numbers and acknowledged again.
 
+use crate::api::access::MaybeCaller;
 use crate::api::ApiError;
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::hub::Outbound;
 use crate::store::{Applied, AttemptEvents, StoredEvent, LOG_ZSTD_LEVEL};
 use crate::App;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use herd_core::state::RunState;
@@ -34,19 +34,15 @@ const READ_BUFFER: usize = 16 * 1024;
 
 pub async fn worker_endpoint(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    // Checked by the token guard: only a valid worker token gets here.
+    MaybeCaller(caller): MaybeCaller,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let presented = auth::presented(&headers);
-    let worker = match presented {
-        None => None,
-        Some(t) => match auth::verify(&app.hub.store, t).await {
-            Ok(Some(Principal::Worker {
-                worker, expires_at, ..
-            })) => Some((worker, expires_at)),
-            Ok(_) => None,
-            Err(e) => return ApiError::from(e).into_response(),
-        },
+    let worker = match caller {
+        Some(Principal::Worker {
+            worker, expires_at, ..
+        }) => Some((worker, expires_at)),
+        _ => None,
     };
     let Some((worker, expires_at)) = worker else {
         tracing::warn!("worker connection refused: missing or invalid worker token");

@@ -349,56 +349,46 @@ pub async fn create_token(
     body: Result<Json<CreateToken>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(ApiError::from_json)?;
-    if req.kind == "enroll" {
-        let opts = super::enroll::token_options(req.uses, req.expires.as_deref(), req.labels)?;
-        let token = auth::create_token_with(&app.hub.store, TokenKind::Enroll, opts).await?;
-        let install = super::install_command(&app, &headers, &token);
-        return Ok((
-            StatusCode::CREATED,
-            Json(json!({ "token": token, "kind": "enroll", "install": install })),
-        )
-            .into_response());
-    }
-    if req.kind == "read" {
-        let opts = super::enroll::token_options(None, req.expires.as_deref(), None)?;
-        let token = auth::create_token_with(&app.hub.store, TokenKind::Read, opts).await?;
-        return Ok((
-            StatusCode::CREATED,
-            Json(json!({ "token": token, "kind": "read" })),
-        )
-            .into_response());
-    }
-    if req.kind == "try" {
-        let mut opts = super::enroll::token_options(None, req.expires.as_deref(), None)?;
-        if let Some(user) = req.user.filter(|u| !u.trim().is_empty()) {
-            opts.labels = Some([("user".to_string(), user)].into());
-        }
-        let token = auth::create_token_with(&app.hub.store, TokenKind::Try, opts).await?;
-        return Ok((
-            StatusCode::CREATED,
-            Json(json!({ "token": token, "kind": "try" })),
-        )
-            .into_response());
-    }
-    if req.kind != "worker" {
-        return Err(ApiError::bad_request(format!(
-            "unknown token kind `{}`: this server creates `worker`, `enroll`, `try` and `read` tokens",
-            req.kind
-        )));
-    }
-    let Some(worker) = req.worker.filter(|w| valid_worker_name(w)) else {
-        return Err(ApiError::bad_request(
-            "a worker token needs `worker`: a name of letters, digits, `-`, `_` and `.`",
-        ));
+    let (uses, labels) = if req.kind == "enroll" {
+        (req.uses, req.labels)
+    } else {
+        (None, None)
     };
-    let mut opts = super::enroll::token_options(None, req.expires.as_deref(), None)?;
-    opts.worker = Some(worker.clone());
-    let token = auth::create_token_with(&app.hub.store, TokenKind::Worker, opts).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "token": token, "worker": worker })),
-    )
-        .into_response())
+    let mut opts = super::enroll::token_options(uses, req.expires.as_deref(), labels)?;
+    let kind = match req.kind.as_str() {
+        "enroll" => TokenKind::Enroll,
+        "read" => TokenKind::Read,
+        "try" => {
+            if let Some(user) = req.user.filter(|u| !u.trim().is_empty()) {
+                opts.labels = Some([("user".to_string(), user)].into());
+            }
+            TokenKind::Try
+        }
+        "worker" => {
+            let Some(worker) = req.worker.filter(|w| valid_worker_name(w)) else {
+                return Err(ApiError::bad_request(
+                    "a worker token needs `worker`: a name of letters, digits, `-`, `_` and `.`",
+                ));
+            };
+            opts.worker = Some(worker);
+            TokenKind::Worker
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown token kind `{other}`: this server creates `worker`, `enroll`, `try` and `read` tokens"
+            )))
+        }
+    };
+    let worker = opts.worker.clone();
+    let token = auth::create_token_with(&app.hub.store, kind, opts).await?;
+    let mut answer = json!({ "token": token, "kind": kind.as_str() });
+    if kind == TokenKind::Enroll {
+        answer["install"] = json!(super::install_command(&app, &headers, &token));
+    }
+    if let Some(w) = worker {
+        answer["worker"] = json!(w);
+    }
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 pub fn valid_worker_name(n: &str) -> bool {

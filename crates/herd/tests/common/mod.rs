@@ -128,8 +128,12 @@ impl Server {
 
     /// kill -9, then start again on the same port and data.
     pub fn kill_and_restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill9();
+        self.start_again();
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    fn start_again(&mut self) {
         let addr = self
             .url
             .split_once("://")
@@ -150,14 +154,7 @@ impl Server {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
-        let addr = self
-            .url
-            .split_once("://")
-            .map_or(self.url.as_str(), |(_, a)| a)
-            .to_string();
-        let (child, url) = spawn_server(&self.data, &addr, &self.args);
-        assert_eq!(url, self.url);
-        self.child = child;
+        self.start_again();
     }
 
     /// kill -9, no restart.
