@@ -7,6 +7,7 @@ macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 
@@ -21,7 +22,7 @@ macro_rules! string_enum {
 
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
+                f.pad(self.as_str())
             }
         }
     };
@@ -65,6 +66,19 @@ string_enum!(
         Skipped => "skipped",
     }
 );
+
+impl AttemptState {
+    /// Whether the attempt has ended (it is no longer live on its worker).
+    pub fn is_finished(self) -> bool {
+        !matches!(self, AttemptState::Assigned | AttemptState::Running)
+    }
+}
+
+impl StepState {
+    pub fn is_finished(self) -> bool {
+        !matches!(self, StepState::Pending | StepState::Running)
+    }
+}
 
 impl RunState {
     pub fn is_finished(self) -> bool {

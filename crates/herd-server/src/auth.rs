@@ -30,6 +30,18 @@ impl TokenKind {
             TokenKind::Read => "read",
         }
     }
+
+    pub fn parse(text: &str) -> Option<TokenKind> {
+        [
+            TokenKind::Admin,
+            TokenKind::Worker,
+            TokenKind::Enroll,
+            TokenKind::Try,
+            TokenKind::Read,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
 }
 
 /// Options of a new token.

@@ -1,25 +1,26 @@
-//! Starting a build: resolve the revision, read the pipeline of that
-//! revision, turn its builders into jobs, store them and queue them.
+//! Starting a build: the orchestrator around the pure planner
+//! (`herd_core::plan`). It finds the project, resolves the revision and
+//! reads the herd.yml of that revision, asks the planner for the jobs,
+//! stores them and queues them. Every way a build starts (by hand, a
+//! change, a try, a rebuild) comes through [`start`].
 
-use crate::api::ApiError;
-use crate::store::{BuildKind, JobSpec, NewBuild, NewJob, Shard};
+use crate::store::{BuildKind, NewBuild, NewJob, QueuedJobInfo, StoreError};
 use crate::App;
-use herd_core::change::{builder_skips, ChangeFacts};
-use herd_core::pipeline::{Pipeline, Step};
-use herd_proto::{StepAction, StepSpec};
-use serde::Deserialize;
+use herd_core::change::ChangeFacts;
+use herd_core::pipeline::Pipeline;
+use herd_core::plan::{plan, Checkout, Plan, PlanError, PlanRequest, SecretRule};
+use std::collections::BTreeMap;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StartBuild {
+/// What is asked to be built.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRequest {
     pub project: String,
-    #[serde(default)]
+    /// Only this builder.
     pub builder: Option<String>,
-    #[serde(default)]
+    /// Branch, tag or commit; None: the repository's HEAD.
     pub rev: Option<String>,
-    #[serde(default)]
     pub priority: i64,
-    #[serde(default)]
+    /// Shown with the build; default "started by hand".
     pub reason: Option<String>,
 }
 
@@ -49,222 +50,129 @@ impl Origin {
 }
 
 /// What became of a request to build.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Started {
     Build(i64),
     /// No builder takes this change; why, per builder.
     NothingToBuild(String),
 }
 
+/// Why a build was not started. A broken herd.yml or a secret the
+/// pipeline may not use is not one of these: such a build is recorded,
+/// failed, with the reason (whoever pushed sees it).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("unknown project `{name}`; known projects: {}", if known.is_empty() { "none (add one with --project NAME=REPO or in the config)".to_string() } else { known.join(", ") })]
+    UnknownProject { name: String, known: Vec<String> },
+    #[error("project `{0}` has neither a repository nor a pipeline")]
+    NoSource(String),
+    #[error("no revision `{rev}` in the repository of project `{project}`")]
+    UnknownRevision { project: String, rev: String },
+    #[error("{0}")]
+    PatchDoesNotApply(String),
+    /// The request names something the pipeline does not have.
+    #[error(transparent)]
+    Refused(PlanError),
+    /// A build started by hand whose builders all skip it.
+    #[error("{0}")]
+    NothingToBuild(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// A build started by hand (or by the API): every builder, no filters.
-pub async fn start_build(app: &App, req: StartBuild) -> Result<i64, ApiError> {
+pub async fn start_build(app: &App, req: BuildRequest) -> Result<i64, StartError> {
     match start(app, req, Origin::manual()).await? {
         Started::Build(id) => Ok(id),
-        Started::NothingToBuild(why) => Err(ApiError::bad_request(why)),
+        Started::NothingToBuild(why) => Err(StartError::NothingToBuild(why)),
     }
 }
 
-pub async fn start(app: &App, req: StartBuild, origin: Origin) -> Result<Started, ApiError> {
+/// The revision and pipeline text a build reads, with the commit's author
+/// and subject; Err(text) when the build is to be recorded as failed.
+struct Source {
+    revision: Option<String>,
+    pipeline_text: String,
+    file: String,
+    author: Option<String>,
+    message: Option<String>,
+}
+
+pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Started, StartError> {
     let store = &app.hub.store;
     let Some(project) = store.project(&req.project).await? else {
-        let known: Vec<String> = store
+        let known = store
             .projects()
             .await?
             .into_iter()
             .map(|p| p.name)
             .collect();
-        return Err(ApiError::not_found(format!(
-            "unknown project `{}`; known projects: {}",
-            req.project,
-            if known.is_empty() {
-                "none (add one with --project NAME=REPO or in the config)".to_string()
-            } else {
-                known.join(", ")
-            }
-        )));
+        return Err(StartError::UnknownProject {
+            name: req.project,
+            known,
+        });
     };
     let reason = req
         .reason
         .clone()
         .unwrap_or_else(|| "started by hand".into());
-    let mut commit: (Option<String>, Option<String>) = (None, None);
-    let (revision, text, file) = match (&project.repo, &project.pipeline) {
-        (Some(repo), _) => {
-            let resolved = match &origin.patch {
-                Some(patch) => {
-                    app.mirrors
-                        .resolve_patched(&project.name, repo, req.rev.as_deref(), patch)
-                        .await
-                }
-                None => {
-                    app.mirrors
-                        .resolve(&project.name, repo, req.rev.as_deref())
-                        .await
-                }
-            };
-            match resolved {
-                Ok(r) => {
-                    commit = (Some(r.author), Some(r.message));
-                    (Some(r.revision), r.pipeline_text, "herd.yml".to_string())
-                }
-                Err(crate::git::GitError::UnknownRevision(rev)) => {
-                    return Err(ApiError::bad_request(format!(
-                        "no revision `{rev}` in the repository of project `{}`",
-                        project.name
-                    )))
-                }
-                Err(e @ crate::git::GitError::PatchDoesNotApply(_)) => {
-                    return Err(ApiError::bad_request(e.to_string()))
-                }
-                Err(e) => {
-                    // Broken herd.yml or no herd.yml at that revision: a failed
-                    // build that shows why, not a silent refusal.
-                    return record_error_build(app, &req, &origin, None, &reason, e.to_string())
-                        .await;
-                }
-            }
-        }
-        (None, Some(text)) => (
-            None,
-            text.clone(),
-            format!("pipeline of project {}", project.name),
-        ),
-        (None, None) => {
-            return Err(ApiError::bad_request(format!(
-                "project `{}` has neither a repository nor a pipeline",
-                project.name
-            )))
-        }
+    let recorder = ErrorBuild {
+        app,
+        req: &req,
+        origin: &origin,
+        reason: &reason,
     };
-    let pipeline = match Pipeline::parse(&file, &text) {
+    let source = match resolve(app, &project, &req, &origin).await? {
+        Ok(s) => s,
+        Err(error) => return recorder.record(None, error).await,
+    };
+    let pipeline = match Pipeline::parse(&source.file, &source.pipeline_text) {
         Ok(p) => p,
-        Err(e) => {
-            return record_error_build(app, &req, &origin, revision, &reason, e.to_string()).await
-        }
+        Err(e) => return recorder.record(source.revision, e.to_string()).await,
     };
     // Before the jobs are queued, so that no job is matched against a worker
     // that was never asked about what the job needs.
     app.hub
         .want_probes(herd_core::probe::probes_for(&pipeline).into_values())
         .await?;
-    let builders: Vec<_> = match &req.builder {
-        None => match &origin.change {
-            None => pipeline.builders.iter().collect(),
-            Some(change) => {
-                let mut why = Vec::new();
-                let taken: Vec<_> = pipeline
-                    .builders
-                    .iter()
-                    .filter(|b| match builder_skips(&b.branches, &b.paths, change) {
-                        None => true,
-                        Some(reason) => {
-                            why.push(format!("{}: {reason}", b.name));
-                            false
-                        }
-                    })
-                    .collect();
-                if taken.is_empty() {
-                    return Ok(Started::NothingToBuild(format!(
-                        "no builder takes this change ({})",
-                        why.join("; ")
-                    )));
-                }
-                taken
-            }
-        },
-        Some(b) => match pipeline.builder(b) {
-            Some(found) => vec![found],
-            None => {
-                let names: Vec<&str> = pipeline.builders.iter().map(|b| b.name.as_str()).collect();
-                return Err(ApiError::bad_request(format!(
-                    "no builder `{b}` in the herd.yml of project `{}`; builders: {}",
-                    project.name,
-                    names.join(", ")
-                )));
-            }
-        },
+    let rules = secret_rules(&app.hub.settings.secrets);
+    let planned = plan(&PlanRequest {
+        project: &project.name,
+        pipeline: &pipeline,
+        checkout: project
+            .repo
+            .as_deref()
+            .zip(source.revision.as_deref())
+            .map(|(repo, revision)| Checkout { repo, revision }),
+        builder: req.builder.as_deref(),
+        change: origin.change.as_ref(),
+        patched: origin.patch.is_some(),
+        secrets: &rules,
+    });
+    let jobs = match planned {
+        Ok(Plan::Jobs(jobs)) => jobs,
+        Ok(Plan::NothingToBuild(why)) => return Ok(Started::NothingToBuild(why)),
+        Err(e) if e.is_refusal() => return Err(StartError::Refused(e)),
+        Err(e) => return recorder.record(source.revision, e.to_string()).await,
     };
-    let mut jobs = Vec::new();
-    for b in builders {
-        for j in &b.jobs {
-            let mut steps = Vec::with_capacity(j.steps.len() + 1);
-            if let (Some(repo), Some(rev)) = (&project.repo, &revision) {
-                steps.push(StepSpec {
-                    name: "checkout".into(),
-                    action: StepAction::Checkout {
-                        repo: repo.clone(),
-                        revision: rev.clone(),
-                        // Joins at assignment, from `build_patches`.
-                        patch: None,
-                    },
-                    timeout_secs: None,
-                    env: Default::default(),
-                    always: false,
-                });
-            }
-            let offset = steps.len();
-            steps.extend(j.steps.iter().map(step_spec));
-            let split = j
-                .steps
-                .iter()
-                .enumerate()
-                .find_map(|(i, s)| s.split.as_ref().map(|d| (i, s, d)));
-            let (secrets, secret_requires) =
-                match secrets_of_job(&app.hub.settings.secrets, &project.name, &b.name, &steps) {
-                    Ok(found) => found,
-                    Err(e) => {
-                        return record_error_build(app, &req, &origin, revision, &reason, e).await
-                    }
-                };
-            let mut requires = j.requires.clone();
-            requires.extend(secret_requires);
-            let spec = JobSpec {
-                requires,
-                steps,
-                cap: b.max_concurrent,
-                shard: None,
-                patched: origin.patch.is_some(),
-                secrets,
-            };
-            match split {
-                None => jobs.push(NewJob {
-                    builder: b.name.clone(),
-                    name: j.name.clone(),
-                    spec,
-                }),
-                // One job per shard: each runs the steps before the split,
-                // then batches of the suite, then its `always` steps.
-                Some((i, step, def)) => {
-                    for index in 1..=def.workers {
-                        let mut spec = spec.clone();
-                        spec.shard = Some(Shard {
-                            job: j.name.clone(),
-                            index,
-                            of: def.workers,
-                            step: (offset + i) as u32,
-                            step_name: step.name.clone(),
-                            flaky_fails: def.flaky_fails,
-                        });
-                        jobs.push(NewJob {
-                            builder: b.name.clone(),
-                            name: shard_job_name(&j.name, index),
-                            spec,
-                        });
-                    }
-                }
-            }
-        }
-    }
+    let jobs: Vec<NewJob> = jobs
+        .into_iter()
+        .map(|j| NewJob {
+            builder: j.builder,
+            name: j.name,
+            spec: j.spec,
+        })
+        .collect();
     let new = NewBuild {
         project: project.name.clone(),
         ref_name: req.rev.clone(),
-        revision,
+        revision: source.revision,
         priority: req.priority,
         reason,
         error: None,
         jobs: jobs.clone(),
-        author: commit.0,
-        message: commit.1,
+        author: source.author,
+        message: source.message,
         report: app.reports_for(&project.name) && origin.kind != BuildKind::Try,
         patch: origin.patch.clone(),
         branch: origin.branch.clone(),
@@ -275,7 +183,7 @@ pub async fn start(app: &App, req: StartBuild, origin: Origin) -> Result<Started
     let queued = job_ids
         .into_iter()
         .zip(jobs)
-        .map(|(job_id, j)| crate::store::QueuedJobInfo {
+        .map(|(job_id, j)| QueuedJobInfo {
             job_id,
             build_id,
             project: new.project.clone(),
@@ -291,112 +199,112 @@ pub async fn start(app: &App, req: StartBuild, origin: Origin) -> Result<Started
     Ok(Started::Build(build_id))
 }
 
-async fn record_error_build(
+/// Resolves the revision and reads its herd.yml (for a try, the patched
+/// one). The inner Err is a reason to record a failed build: no herd.yml
+/// at that revision, git failing.
+async fn resolve(
     app: &App,
-    req: &StartBuild,
+    project: &crate::store::ProjectRow,
+    req: &BuildRequest,
     origin: &Origin,
-    revision: Option<String>,
-    reason: &str,
-    error: String,
-) -> Result<Started, ApiError> {
-    let (id, _) = app
-        .hub
-        .store
-        .create_build(&NewBuild {
-            project: req.project.clone(),
-            ref_name: req.rev.clone(),
-            priority: req.priority,
-            reason: reason.to_string(),
-            error: Some(error),
-            jobs: vec![],
+) -> Result<Result<Source, String>, StartError> {
+    match (&project.repo, &project.pipeline) {
+        (Some(repo), _) => {
+            let rev = req.rev.as_deref();
+            let resolved = match &origin.patch {
+                Some(patch) => {
+                    app.mirrors
+                        .resolve_patched(&project.name, repo, rev, patch)
+                        .await
+                }
+                None => app.mirrors.resolve(&project.name, repo, rev).await,
+            };
+            match resolved {
+                Ok(r) => Ok(Ok(Source {
+                    revision: Some(r.revision),
+                    pipeline_text: r.pipeline_text,
+                    file: "herd.yml".into(),
+                    author: Some(r.author),
+                    message: Some(r.message),
+                })),
+                Err(crate::git::GitError::UnknownRevision(rev)) => {
+                    Err(StartError::UnknownRevision {
+                        project: project.name.clone(),
+                        rev,
+                    })
+                }
+                Err(e @ crate::git::GitError::PatchDoesNotApply(_)) => {
+                    Err(StartError::PatchDoesNotApply(e.to_string()))
+                }
+                // Broken herd.yml or no herd.yml at that revision: a failed
+                // build that shows why, not a silent refusal.
+                Err(e) => Ok(Err(e.to_string())),
+            }
+        }
+        (None, Some(text)) => Ok(Ok(Source {
+            revision: None,
+            pipeline_text: text.clone(),
+            file: format!("pipeline of project {}", project.name),
             author: None,
             message: None,
-            report: revision.is_some()
-                && app.reports_for(&req.project)
-                && origin.kind != BuildKind::Try,
-            revision,
-            branch: origin.branch.clone(),
-            kind: origin.kind,
-            sender: origin.sender.clone(),
-            patch: None,
+        })),
+        (None, None) => Err(StartError::NoSource(project.name.clone())),
+    }
+}
+
+/// The server's secrets as the planner sees them: who may use each.
+fn secret_rules(
+    secrets: &BTreeMap<String, crate::config::SecretConfig>,
+) -> BTreeMap<String, SecretRule> {
+    secrets
+        .iter()
+        .map(|(name, s)| {
+            (
+                name.clone(),
+                SecretRule {
+                    builders: s.builders.clone(),
+                    labels: s.labels.clone(),
+                },
+            )
         })
-        .await?;
-    app.hub.changed();
-    app.reporter.wake();
-    Ok(Started::Build(id))
+        .collect()
 }
 
-/// The secrets a job's steps refer to, checked against the server's
-/// `secrets:` (the builder must be allowed), and the label requirements
-/// they bring (only a worker with those labels gets the job).
-fn secrets_of_job(
-    configured: &std::collections::BTreeMap<String, crate::config::SecretConfig>,
-    project: &str,
-    builder: &str,
-    steps: &[StepSpec],
-) -> Result<(Vec<String>, Vec<herd_core::requirement::Requirement>), String> {
-    let mut names: Vec<String> = Vec::new();
-    for step in steps {
-        for value in step.env.values() {
-            for name in herd_core::secret_ref::secret_refs(value) {
-                if !names.iter().any(|n| n == name) {
-                    names.push(name.to_string());
-                }
-            }
-        }
-    }
-    let mut requires = Vec::new();
-    for name in &names {
-        let Some(secret) = configured.get(name) else {
-            let known: Vec<&str> = configured.keys().map(String::as_str).collect();
-            return Err(format!(
-                "builder `{builder}` refers to secret `{name}`, which the server does not have (it has: {}); add it under `secrets:` in the server config",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
-            ));
-        };
-        let allowed = secret.builders.is_empty()
-            || secret
-                .builders
-                .iter()
-                .any(|b| b == builder || *b == format!("{project}/{builder}"));
-        if !allowed {
-            return Err(format!(
-                "builder `{builder}` of project `{project}` may not use secret `{name}` (allowed: {}); change `builders:` of the secret in the server config",
-                secret.builders.join(", ")
-            ));
-        }
-        for (key, value) in &secret.labels {
-            let text = format!("{key} == {value}");
-            let r = herd_core::requirement::Requirement::parse(&text).map_err(|e| {
-                format!("secret `{name}` needs label `{key}={value}`, which is not a valid requirement: {e}")
-            })?;
-            if !requires.contains(&r) {
-                requires.push(r);
-            }
-        }
-    }
-    Ok((names, requires))
+/// Records a build that cannot run, with the reason it cannot.
+struct ErrorBuild<'a> {
+    app: &'a App,
+    req: &'a BuildRequest,
+    origin: &'a Origin,
+    reason: &'a str,
 }
 
-/// `tests#2`: the second shard of job `tests`.
-pub fn shard_job_name(job: &str, index: u32) -> String {
-    format!("{job}#{index}")
-}
-
-fn step_spec(s: &Step) -> StepSpec {
-    let action = match &s.split {
-        Some(d) => StepAction::Split {
-            list: d.list.clone(),
-            run: d.run.clone(),
-            junit: d.junit.clone(),
-        },
-        None => StepAction::Shell { run: s.run.clone() },
-    };
-    StepSpec {
-        name: s.name.clone(),
-        action,
-        timeout_secs: s.timeout.map(|t| t.as_secs()),
-        env: s.env.clone(),
-        always: s.always,
+impl ErrorBuild<'_> {
+    async fn record(&self, revision: Option<String>, error: String) -> Result<Started, StartError> {
+        let app = self.app;
+        let (id, _) = app
+            .hub
+            .store
+            .create_build(&NewBuild {
+                project: self.req.project.clone(),
+                ref_name: self.req.rev.clone(),
+                priority: self.req.priority,
+                reason: self.reason.to_string(),
+                error: Some(error),
+                jobs: vec![],
+                author: None,
+                message: None,
+                report: revision.is_some()
+                    && app.reports_for(&self.req.project)
+                    && self.origin.kind != BuildKind::Try,
+                revision,
+                branch: self.origin.branch.clone(),
+                kind: self.origin.kind,
+                sender: self.origin.sender.clone(),
+                patch: None,
+            })
+            .await?;
+        app.hub.changed();
+        app.reporter.wake();
+        Ok(Started::Build(id))
     }
 }

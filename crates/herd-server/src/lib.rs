@@ -3,6 +3,7 @@
 //! [`start`] opens the data directory, restores the hub from the store and
 //! serves everything on one port.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod builds;
@@ -10,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod git;
 pub mod hub;
+pub mod install;
 pub mod limits;
 pub mod poll;
 pub mod report;
@@ -76,6 +78,8 @@ pub struct ServerOptions {
     pub database: Option<String>,
     pub tls: TlsSetting,
     pub conn_limits: serve::ConnLimits,
+    /// Revoke every admin token and make a new one (`--new-admin-token`).
+    pub new_admin_token: bool,
 }
 
 /// Where the server's TLS certificate comes from.
@@ -194,6 +198,10 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         Some(path) => Store::open_sqlite(Path::new(path)).await?,
         None => Store::open_sqlite(&opts.data_dir.join("herd.db")).await?,
     };
+    if opts.new_admin_token {
+        let revoked = store.revoke_tokens_of_kind("admin").await?;
+        tracing::warn!("revoked {revoked} admin token(s); a new one follows");
+    }
     let new_admin_token = ensure_admin_token(&store, &opts.data_dir).await?;
     for p in &opts.projects {
         store

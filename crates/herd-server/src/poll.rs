@@ -4,7 +4,7 @@
 //! build. A failing fetch is retried with backoff and shown on the project;
 //! other projects go on.
 
-use crate::builds::{start, Origin, StartBuild, Started};
+use crate::builds::{start, BuildRequest, Origin, Started};
 use crate::config::ProjectConfig;
 use crate::store::{BuildKind, ChangeRow, NewChange};
 use crate::App;
@@ -293,7 +293,7 @@ async fn build_change(app: &App, change: ChangeRow) {
             .await
     } else {
         let subject = change.message.lines().next().unwrap_or("").to_string();
-        let req = StartBuild {
+        let req = BuildRequest {
             project: change.project.clone(),
             builder: None,
             rev: Some(change.revision.clone()),
@@ -317,7 +317,7 @@ async fn build_change(app: &App, change: ChangeRow) {
             }
             Err(e) => {
                 store
-                    .settle_change(change.id, None, Some(&format!("not built: {}", e.message)))
+                    .settle_change(change.id, None, Some(&format!("not built: {e}")))
                     .await
             }
         }

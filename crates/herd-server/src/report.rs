@@ -146,7 +146,7 @@ async fn reconcile(app: &App) -> Result<Option<i64>, crate::store::StoreError> {
                 }
             }
         }
-        let finished = RunState::parse(&detail.build.state).is_some_and(RunState::is_finished);
+        let finished = detail.build.state.is_finished();
         if settled && finished {
             store.reports_done(build_id).await?;
         }
@@ -165,7 +165,7 @@ fn retry_delay(attempt: i64) -> Duration {
 /// (context `herd/BUILDER`; a build without jobs, such as a broken
 /// herd.yml, has one context `herd`), one at the end for a webhook.
 fn wanted_statuses(target: &Target, build: &BuildRow, jobs: &[JobRow]) -> Vec<(String, RunState)> {
-    let build_state = RunState::parse(&build.state).unwrap_or(RunState::Error);
+    let build_state = build.state;
     if let Target::Webhook { .. } = target {
         return if build_state.is_finished() {
             vec![(String::new(), build_state)]
@@ -183,7 +183,7 @@ fn builder_statuses(build_state: RunState, jobs: &[JobRow]) -> Vec<(String, RunS
         per_builder
             .entry(j.builder.as_str())
             .or_default()
-            .push(RunState::parse(&j.state).unwrap_or(RunState::Error));
+            .push(j.state);
     }
     if per_builder.is_empty() {
         return vec![("herd".into(), build_state)];
@@ -287,7 +287,7 @@ async fn send(
             .json(&body)
         }
         Target::Webhook { url, secret } => {
-            let build_state = RunState::parse(&build.state).unwrap_or(RunState::Error);
+            let build_state = build.state;
             let builders: BTreeMap<String, &str> = builder_statuses(build_state, jobs)
                 .into_iter()
                 .map(|(c, w)| (c.trim_start_matches("herd/").to_string(), w.as_str()))
@@ -299,7 +299,7 @@ async fn send(
                     "project": build.project,
                     "revision": build.revision,
                     "branch": build.branch,
-                    "kind": build.kind,
+                    "kind": build.kind.as_str(),
                     "state": build.state,
                     "error": build.error,
                     "reason": build.reason,

@@ -6,15 +6,14 @@
 //! server has not stored; duplicates (a resend after a reconnect) are
 //! recognised by their sequence numbers and acknowledged again.
 
-use crate::api::access::MaybeCaller;
-use crate::api::ApiError;
+use crate::access::{refusal, MaybeCaller};
 use crate::auth::Principal;
 use crate::hub::Outbound;
 use crate::store::{Applied, AttemptEvents, StoredEvent, LOG_ZSTD_LEVEL};
 use crate::App;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use herd_core::state::RunState;
 use herd_proto::{
@@ -32,11 +31,24 @@ const BATCH_BYTES: usize = 8 * 1024 * 1024;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_BUFFER: usize = 16 * 1024;
 
+/// The worker endpoint: a WebSocket speaking the worker protocol
+/// (docs/protocol.md), for a worker token only.
+#[utoipa::path(
+    get,
+    path = "/api/v1/worker/connect",
+    tag = "workers",
+    responses(
+        (status = 101, description = "Switching to the worker protocol over a WebSocket"),
+        (status = 400, description = "Not a WebSocket upgrade request", body = herd_api::ErrorBody),
+        crate::api::openapi::TokenRefusals,
+    ),
+    security(("token" = [])),
+)]
 pub async fn worker_endpoint(
     State(app): State<Arc<App>>,
     // Checked by the token guard: only a valid worker token gets here.
     MaybeCaller(caller): MaybeCaller,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let worker = match caller {
         Some(Principal::Worker {
@@ -46,10 +58,22 @@ pub async fn worker_endpoint(
     };
     let Some((worker, expires_at)) = worker else {
         tracing::warn!("worker connection refused: missing or invalid worker token");
-        return ApiError::unauthorized(
+        return refusal(
+            axum::http::StatusCode::UNAUTHORIZED,
             "a valid worker token is required: create one with `herd token create --worker NAME`",
-        )
-        .into_response();
+        );
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return refusal(
+                axum::http::StatusCode::BAD_REQUEST,
+                format!(
+                    "this is the worker endpoint, a WebSocket: {}",
+                    e.body_text()
+                ),
+            )
+        }
     };
     ws.max_message_size(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME))
         .max_frame_size(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME))

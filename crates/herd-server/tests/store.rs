@@ -4,11 +4,12 @@
 //! postgres://postgres@127.0.0.1:5432, and dropped afterwards).
 #![allow(clippy::unwrap_used)]
 
+use herd_core::plan::JobSpec;
 use herd_core::state::RunState;
 use herd_proto::{StepAction, StepSpec, StepStatus};
 use herd_server::store::{
-    Applied, AttemptEvents, BuildKind, JobSpec, LostOutcome, NewBuild, NewChange, NewJob,
-    ProjectRow, Store, StoredEvent, TokenRow,
+    Applied, AttemptEvents, BuildKind, LostOutcome, NewBuild, NewChange, NewJob, ProjectRow, Store,
+    StoredEvent, TokenRow,
 };
 use sqlx::Connection;
 use std::sync::Arc;
@@ -279,9 +280,9 @@ async fn a_build_runs_its_course_with_logs_byte_for_byte(store: Store) {
         matches!(&applied[0], Applied::Stored { finished: Some(f) } if f.build_state == RunState::Failure)
     );
     let row = store.build(build).await.unwrap().unwrap();
-    assert_eq!(row.state, "failure");
+    assert_eq!(row.state, RunState::Failure);
     assert_eq!(row.branch.as_deref(), Some("main"));
-    assert_eq!(row.kind, "change");
+    assert_eq!(row.kind, BuildKind::Change);
     assert!(row.finished_at.is_some());
 }
 
@@ -349,7 +350,11 @@ async fn jobs_ending_at_once_end_their_build(store: Store) {
             t.await.unwrap();
         }
         let row = store.build(build).await.unwrap().unwrap();
-        assert_eq!(row.state, "success", "the last job to end ends the build");
+        assert_eq!(
+            row.state,
+            RunState::Success,
+            "the last job to end ends the build"
+        );
     }
 }
 
@@ -379,7 +384,10 @@ async fn a_lost_attempt_requeues_until_attempts_run_out(store: Store) {
         store.attempt_lost(a2.id, "gone again", 2).await.unwrap(),
         LostOutcome::GaveUp(_)
     ));
-    assert_eq!(store.build(build).await.unwrap().unwrap().state, "error");
+    assert_eq!(
+        store.build(build).await.unwrap().unwrap().state,
+        RunState::Error
+    );
 }
 
 async fn a_late_worker_is_fenced_and_resends_are_harmless(store: Store) {

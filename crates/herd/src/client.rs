@@ -1,12 +1,14 @@
-//! A small client of the server's REST API, with errors that say what to do.
+//! A client of the server's REST API: the `herd-api` types in and out, and
+//! errors that say what to do and carry the exit code of their kind.
 
+use crate::exit_codes;
 use crate::ClientArgs;
-use miette::{miette, Result};
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::path::Path;
 
 pub struct Client {
-    base: String,
+    pub base: String,
     token: Option<String>,
     http: reqwest::Client,
 }
@@ -18,8 +20,47 @@ pub struct LogRange {
     pub more: bool,
 }
 
+/// Why a call to the server failed, by what a script can do about it.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ClientError {
+    #[error("cannot reach the herd server at {base}: {detail}\n  help: is it running? Set HERD_SERVER or --server to its address")]
+    Unreachable { base: String, detail: String },
+    #[error("refusing the server at {base}: its TLS certificate does not verify: {why}")]
+    TlsRefused { base: String, why: String },
+    #[error("the server answered {status}: {message}{}", help.as_deref().map(|h| format!("\n  help: {h}")).unwrap_or_default())]
+    Refused {
+        status: u16,
+        message: String,
+        help: Option<String>,
+    },
+    #[error("the server answered {status}: {message}")]
+    NotFound { status: u16, message: String },
+    #[error("the server answered {status}: {message}")]
+    Rejected { status: u16, message: String },
+    #[error("bad answer from the server at {base}: {detail}")]
+    BadAnswer { base: String, detail: String },
+}
+
+impl ClientError {
+    /// The exit code of this kind of failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Unreachable { .. } | ClientError::TlsRefused { .. } => {
+                exit_codes::UNREACHABLE
+            }
+            ClientError::Refused { .. } => exit_codes::REFUSED,
+            ClientError::NotFound { .. } => exit_codes::NOT_FOUND,
+            ClientError::Rejected { .. } | ClientError::BadAnswer { .. } => {
+                exit_codes::REQUEST_FAILED
+            }
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
 impl Client {
-    pub fn new(args: &ClientArgs) -> Result<Client> {
+    pub fn new(args: &ClientArgs) -> miette::Result<Client> {
         let token = args.token.clone().or_else(|| {
             let dir = std::env::var("HERD_DATA").unwrap_or_else(|_| "herd-data".into());
             std::fs::read_to_string(Path::new(&dir).join("admin-token"))
@@ -27,7 +68,7 @@ impl Client {
                 .map(|t| t.trim().to_string())
         });
         let http = herd_worker::http_client(&args.server, args.tls_pin.as_deref(), None)
-            .map_err(|e| miette!("{e}"))?;
+            .map_err(|e| miette::miette!("{e}"))?;
         Ok(Client {
             base: args.server.trim_end_matches('/').to_string(),
             token,
@@ -39,58 +80,67 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
-    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
-        }
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let res = self.authed(req).send().await.map_err(|e| {
+        };
+        let res = req.send().await.map_err(|e| {
             if let Some(why) = herd_tls::client::refusal(&e) {
-                miette!(
-                    "refusing the server at {}: its TLS certificate does not verify: {why}",
-                    self.base
-                )
-            } else if e.is_connect() || e.is_timeout() {
-                miette!(
-                    "cannot reach the herd server at {}: {e}\n  help: is it running? Set HERD_SERVER or --server to its address",
-                    self.base
-                )
+                ClientError::TlsRefused {
+                    base: self.base.clone(),
+                    why,
+                }
             } else {
-                miette!("request to {} failed: {e}", self.base)
+                ClientError::Unreachable {
+                    base: self.base.clone(),
+                    detail: e.to_string(),
+                }
             }
         })?;
         if res.status().is_success() {
             return Ok(res);
         }
-        let status = res.status();
+        let status = res.status().as_u16();
         let body = res.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
+        let message = serde_json::from_str::<herd_api::ErrorBody>(&body)
+            .map(|e| e.error)
             .unwrap_or(body);
-        let help = if status == 401 && self.token.is_none() {
-            "\n  help: no token given: set HERD_TOKEN or --token (the admin token is in DATA/admin-token)"
-        } else {
-            ""
-        };
-        Err(miette!("the server answered {status}: {message}{help}"))
+        Err(match status {
+            401 | 403 => ClientError::Refused {
+                status,
+                message,
+                help: (status == 401 && self.token.is_none()).then(|| {
+                    "no token given: set HERD_TOKEN or --token (the admin token is in DATA/admin-token)"
+                        .to_string()
+                }),
+            },
+            404 => ClientError::NotFound { status, message },
+            _ => ClientError::Rejected { status, message },
+        })
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value> {
+    async fn read<T: DeserializeOwned>(&self, res: reqwest::Response) -> Result<T> {
+        res.json().await.map_err(|e| ClientError::BadAnswer {
+            base: self.base.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let res = self.send(self.http.get(self.url(path))).await?;
-        res.json()
-            .await
-            .map_err(|e| miette!("bad answer from the server: {e}"))
+        self.read(res).await
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let res = self.send(self.http.post(self.url(path)).json(body)).await?;
-        res.json()
-            .await
-            .map_err(|e| miette!("bad answer from the server: {e}"))
+        self.read(res).await
+    }
+
+    /// A POST without a body (an action on what the path names).
+    pub async fn act<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let res = self.send(self.http.post(self.url(path))).await?;
+        self.read(res).await
     }
 
     pub async fn log(
@@ -100,6 +150,7 @@ impl Client {
         offset: u64,
         wait_ms: u64,
     ) -> Result<LogRange> {
+        use herd_api::builds::log_headers;
         let path = format!(
             "/api/v1/attempts/{attempt}/steps/{step}/log?offset={offset}&wait_ms={wait_ms}"
         );
@@ -110,24 +161,18 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let size = header("x-herd-log-size")
+        let size = header(log_headers::SIZE)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let more = header("x-herd-more").as_deref() == Some("1");
+        let more = header(log_headers::MORE).as_deref() == Some("1");
         let data = res
             .bytes()
             .await
-            .map_err(|e| miette!("reading the log failed: {e}"))?
+            .map_err(|e| ClientError::BadAnswer {
+                base: self.base.clone(),
+                detail: format!("reading the log failed: {e}"),
+            })?
             .to_vec();
         Ok(LogRange { data, size, more })
     }
-}
-
-/// The strings of a JSON array (nothing for anything else).
-pub fn str_list(v: &Value) -> Vec<&str> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect()
 }

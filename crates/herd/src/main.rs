@@ -2,6 +2,8 @@
 
 mod client;
 mod cmd;
+mod exit_codes;
+mod out;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -11,7 +13,8 @@ use std::process::ExitCode;
 #[command(
     name = "herd",
     version,
-    about = "A build master and a herd of build workers"
+    about = "A build master and a herd of build workers",
+    after_help = exit_codes::HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +53,11 @@ enum Command {
     /// Hash a password (read from standard input) for `users:` in the
     /// server config: web sign-in without the admin token.
     HashPassword,
+    /// Print a shell completion script: `herd completions bash > /etc/bash_completion.d/herd`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Internal: stops a dead worker's steps (started by the worker).
     #[command(name = "__reaper", hide = true)]
     Reaper,
@@ -73,12 +81,34 @@ pub struct ClientArgs {
     /// https server with a self-signed certificate.
     #[arg(long, env = "HERD_TLS_PIN", global = true)]
     pub tls_pin: Option<String>,
+    /// How read commands print: `human` (tables) or `json` (the API's
+    /// types, one document).
+    #[arg(long, value_enum, default_value_t = Output::Human, global = true)]
+    pub output: Output,
+}
+
+/// How read commands print what they read.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Human,
+    Json,
 }
 
 fn main() -> ExitCode {
     // One TLS crypto provider (ring) for every client and server in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; everything else is a usage error.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit_codes::USAGE
+            } else {
+                exit_codes::SUCCESS
+            });
+        }
+    };
     if let Command::Reaper = cli.command {
         // No runtime needed: read the worker's pipe until it closes.
         herd_worker::reaper::run_reaper(std::io::stdin().lock(), herd_worker::exec::KILL_GRACE);
@@ -91,7 +121,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("herd: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(exit_codes::ERROR);
         }
     };
     let result = runtime.block_on(async move {
@@ -107,14 +137,24 @@ fn main() -> ExitCode {
             Command::Try(a) => cmd::try_patch::run(a).await,
             Command::Token(c) => cmd::token::run(c).await,
             Command::HashPassword => cmd::token::hash_password(),
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut command, "herd", &mut script);
+                out::bytes(&script);
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Reaper => Ok(ExitCode::SUCCESS),
         }
     });
     match result {
         Ok(code) => code,
         Err(report) => {
+            let code = report
+                .downcast_ref::<client::ClientError>()
+                .map_or(exit_codes::ERROR, client::ClientError::exit_code);
             eprintln!("error: {report}");
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }

@@ -107,16 +107,19 @@ fn unknown_projects_and_builders_are_named() {
         &[("herd.yml", b"builders:\n  a:\n    steps: [{run: echo}]\n")],
     );
     let server = Server::start(&["--project", &format!("p={}", repo.display())]);
+    // Exit code 5: what was named does not exist.
     let out = server.cli(&["build", "start", "nope"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("404") && err.contains("unknown project `nope`; known projects: p"),
         "{err}"
     );
     let out = server.cli(&["build", "start", "p", "--builder", "zz"]);
+    assert_eq!(out.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no builder `zz`"));
     let out = server.cli(&["build", "show", "999"]);
+    assert_eq!(out.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no build 999"));
 }
 

@@ -517,7 +517,7 @@ fn herd_try_builds_a_patch_the_repository_does_not_have() {
     let (status, _) = server.post("/api/v1/try", body.clone(), None);
     assert_eq!(status, 401);
     let (status, answer) = server.post("/api/v1/try", body, Some(&try_token));
-    assert_eq!(status, 400);
+    assert_eq!(status, 409, "the patch conflicts with the base");
     assert!(
         answer["error"].as_str().unwrap().contains("does not apply"),
         "{answer}"

@@ -4,16 +4,14 @@
 //! project's poller: herd fetches the mirror itself, so a forged payload
 //! cannot name a commit that is not really in the repository.
 
-use super::ApiError;
+use super::{ApiError, ApiPath, AppState};
 use crate::auth::{hmac_sha256_verify, secrets_equal};
-use crate::App;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use bytes::Bytes;
+use herd_api::{ErrorBody, HookAnswer};
 use herd_core::webhook::{read_event, Forge, HookEvent};
-use serde_json::{json, Value};
-use std::sync::Arc;
 
 /// Largest webhook body read (the signature covers all of it). Push
 /// payloads are mostly far smaller; one larger gets 413 and the next poll
@@ -29,12 +27,34 @@ fn header<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
         .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
 }
 
+/// A forge's delivery: checked by its signature, then it wakes the
+/// project's poller (a hook never names what is built).
+#[utoipa::path(
+    post,
+    path = "/api/v1/hooks/{forge}/{project}",
+    tag = "projects",
+    params(
+        ("forge" = String, Path, description = "`github`, `gitea`, `forgejo`, `gitlab` or `generic`"),
+        ("project" = String, Path, description = "The project's name"),
+    ),
+    request_body(content = serde_json::Value, description = "The forge's payload, as it sends it"),
+    responses(
+        (status = 200, description = "A ping, or nothing to do", body = HookAnswer),
+        (status = 202, description = "The project is being fetched", body = HookAnswer),
+        (status = 400, description = "A payload that cannot be read", body = ErrorBody),
+        (status = 401, description = "A bad or missing signature", body = ErrorBody),
+        (status = 404, description = "No such forge kind, or the project takes no webhooks", body = ErrorBody),
+        (status = 413, description = "A payload larger than 10 MiB", body = ErrorBody),
+    ),
+    security(()),
+)]
 pub async fn receive(
-    State(app): State<Arc<App>>,
-    Path((forge, project)): Path<(String, String)>,
+    State(app): AppState,
+    ApiPath((forge, project)): ApiPath<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<HookAnswer>), ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let Some(forge) = Forge::parse(&forge) else {
         return Err(ApiError::not_found(format!(
             "no webhook kind `{forge}`: use github, gitea, forgejo, gitlab or generic"
@@ -86,13 +106,15 @@ pub async fn receive(
         ],
     );
     let reference = match read_event(event, &body).map_err(ApiError::bad_request)? {
-        HookEvent::Ping => return Ok((StatusCode::OK, Json(json!({ "ok": "pong" })))),
+        HookEvent::Ping => {
+            return Ok((StatusCode::OK, Json(HookAnswer::Pong { ok: "pong".into() })))
+        }
         HookEvent::Ignored(event) => {
             return Ok((
                 StatusCode::OK,
-                Json(
-                    json!({ "ignored": format!("event `{event}` does not change the repository") }),
-                ),
+                Json(HookAnswer::Ignored {
+                    ignored: format!("event `{event}` does not change the repository"),
+                }),
             ))
         }
         HookEvent::Push { reference } => reference,
@@ -117,7 +139,9 @@ pub async fn receive(
         if !app.hub.store.note_delivery(&project, id).await? {
             return Ok((
                 StatusCode::OK,
-                Json(json!({ "ignored": format!("delivery `{id}` was received before") })),
+                Json(HookAnswer::Ignored {
+                    ignored: format!("delivery `{id}` was received before"),
+                }),
             ));
         }
     }
@@ -128,6 +152,9 @@ pub async fn receive(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "fetching": project, "ref": reference })),
+        Json(HookAnswer::Fetching {
+            fetching: project,
+            reference,
+        }),
     ))
 }

@@ -1,55 +1,100 @@
-//! `GET /api/v1/projects` and `/api/v1/projects/{name}`: each project's
-//! repository, what it watches, its polling state and recent changes
-//! (`herd project list/show`). Secrets are never shown, only whether set.
+//! Projects: each one's repository, what it watches, its polling state and
+//! recent changes (`herd project list/show`). Secrets are never shown,
+//! only whether set.
 
-use super::ApiError;
-use crate::config::ProjectConfig;
-use crate::store::ProjectRow;
+use super::openapi::TokenRefusals;
+use super::{ApiError, ApiPath, AppState};
+use crate::store::{ChangeRow, ProjectRow};
 use crate::App;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
-use serde_json::{json, Value};
-use std::sync::Arc;
+use herd_api::projects::{Change, PollStatus, Project, ProjectDetail, ProjectList};
+use herd_api::ErrorBody;
 
-fn project_json(app: &App, row: &ProjectRow) -> Value {
-    let config: Option<&ProjectConfig> = app.project_configs.get(&row.name);
-    let poll = app.pollers.status(&row.name);
-    json!({
-        "name": row.name,
-        "repo": row.repo,
-        "branches": config.map(|c| c.branches.clone()).unwrap_or_default(),
-        "poll_secs": config.and_then(|c| c.poll).map(|d| d.as_secs_f64()),
-        "collapse": config.is_none_or(|c| c.collapse),
-        "webhook": config.is_some_and(|c| c.webhook_secret.is_some()),
-        "report": config
-            .map(|c| c.report.iter().map(|r| r.target()).collect::<Vec<_>>())
+fn project_view(app: &App, row: &ProjectRow) -> Project {
+    let config = app.project_configs.get(&row.name);
+    Project {
+        name: row.name.clone(),
+        repo: row.repo.clone(),
+        branches: config.map(|c| c.branches.clone()).unwrap_or_default(),
+        poll_secs: config.and_then(|c| c.poll).map(|d| d.as_secs_f64()),
+        collapse: config.is_none_or(|c| c.collapse),
+        webhook: config.is_some_and(|c| c.webhook_secret.is_some()),
+        report: config
+            .map(|c| c.report.iter().map(|r| r.target()).collect())
             .unwrap_or_default(),
-        "polling": poll,
-    })
+        polling: app.pollers.status(&row.name).map(|p| PollStatus {
+            last_poll_at: p.last_poll_at,
+            last_success_at: p.last_success_at,
+            last_error: p.last_error,
+            failures: p.failures,
+            next_poll_at: p.next_poll_at,
+            branches: p.branches,
+        }),
+    }
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
-    let projects: Vec<Value> = app
+fn change_view(c: ChangeRow) -> Change {
+    Change {
+        id: c.id,
+        project: c.project,
+        branch: c.branch,
+        revision: c.revision,
+        author: c.author,
+        message: c.message,
+        committed_at: c.committed_at,
+        files: c.files,
+        created_at: c.created_at,
+        build_id: c.build_id,
+        skipped: c.skipped,
+    }
+}
+
+/// Every project, with its polling state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects",
+    tag = "projects",
+    responses((status = 200, body = ProjectList), TokenRefusals),
+    security((), ("token" = [])),
+)]
+pub async fn list(State(app): AppState) -> Result<Json<ProjectList>, ApiError> {
+    let projects = app
         .hub
         .store
         .projects()
         .await?
         .iter()
-        .map(|p| project_json(&app, p))
+        .map(|p| project_view(&app, p))
         .collect();
-    Ok(Json(json!({ "projects": projects })))
+    Ok(Json(ProjectList { projects }))
 }
 
+/// One project with its latest changes and what became of each.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{name}",
+    tag = "projects",
+    params(("name" = String, Path, description = "The project's name")),
+    responses(
+        (status = 200, body = ProjectDetail),
+        (status = 404, description = "No such project", body = ErrorBody),
+        TokenRefusals,
+    ),
+    security((), ("token" = [])),
+)]
 pub async fn show(
-    State(app): State<Arc<App>>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    State(app): AppState,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<ProjectDetail>, ApiError> {
     let Some(row) = app.hub.store.project(&name).await? else {
         return Err(ApiError::not_found(format!(
             "unknown project `{name}`: `herd project list` shows them"
         )));
     };
-    let mut v = project_json(&app, &row);
-    v["changes"] = json!(app.hub.store.changes(&name, 20).await?);
-    Ok(Json(v))
+    let changes = app.hub.store.changes(&name, 20).await?;
+    Ok(Json(ProjectDetail {
+        project: project_view(&app, &row),
+        changes: changes.into_iter().map(change_view).collect(),
+    }))
 }

@@ -2,55 +2,47 @@
 //! top of a revision it has (`herd try`). Needs a try token or the admin
 //! token; the build is marked `try` with who sent it.
 
-use super::access::MaybeCaller;
-use super::ApiError;
+use super::openapi::{BodyRefusals, TokenRefusals};
+use super::{ApiError, ApiJson, AppState};
+use crate::access::MaybeCaller;
 use crate::auth::Principal;
-use crate::builds::{start, Origin, StartBuild, Started};
+use crate::builds::{start, BuildRequest, Origin, Started};
 use crate::store::BuildKind;
-use crate::App;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
-use std::sync::Arc;
-
+use herd_api::{ErrorBody, TryRequest, TryStarted};
 use herd_proto::MAX_TRY_PATCH;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TryRequest {
-    project: String,
-    /// The commit the patch applies to (the merge base on the sender's side).
-    base: String,
-    /// `git diff --binary` output.
-    patch: String,
-    #[serde(default)]
-    builder: Option<String>,
-    /// The sender's git identity, shown beside the token's user.
-    #[serde(default)]
-    author: Option<String>,
-}
-
+/// Builds a patch on top of a revision the server has (`herd try`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/try",
+    tag = "builds",
+    request_body = TryRequest,
+    responses(
+        (status = 201, body = TryStarted),
+        (status = 404, description = "No such project", body = ErrorBody),
+        BodyRefusals,
+        TokenRefusals,
+    ),
+    security(("token" = [])),
+)]
 pub async fn create(
-    State(app): State<Arc<App>>,
+    State(app): AppState,
     MaybeCaller(caller): MaybeCaller,
-    body: Result<Json<TryRequest>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    body: Result<ApiJson<TryRequest>, ApiError>,
+) -> Result<(StatusCode, Json<TryStarted>), ApiError> {
     let token_user = match caller {
         Some(Principal::Try { token_id, user }) => {
             user.unwrap_or_else(|| format!("token {token_id}"))
         }
         Some(Principal::Admin { .. }) => "admin".to_string(),
         Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "a {} token cannot send try builds: use a try token",
-                    other.kind().as_str()
-                ),
-            ))
+            return Err(ApiError::forbidden(format!(
+                "a {} token cannot send try builds: use a try token",
+                other.kind().as_str()
+            )))
         }
         None => {
             return Err(ApiError::unauthorized(
@@ -58,7 +50,7 @@ pub async fn create(
             ))
         }
     };
-    let Json(req) = body.map_err(ApiError::from_json)?;
+    let ApiJson(req) = body?;
     if req.patch.len() > MAX_TRY_PATCH {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -87,7 +79,7 @@ pub async fn create(
         Some(author) => format!("{author} ({token_user})"),
         None => token_user,
     };
-    let start_req = StartBuild {
+    let start_req = BuildRequest {
         project: req.project,
         builder: req.builder,
         rev: Some(req.base),
@@ -104,7 +96,10 @@ pub async fn create(
     match start(&app, start_req, origin).await? {
         Started::Build(id) => Ok((
             StatusCode::CREATED,
-            Json(json!({ "id": id, "url": format!("{}/builds/{id}", app.public_url) })),
+            Json(TryStarted {
+                id,
+                url: format!("{}/builds/{id}", app.public_url),
+            }),
         )),
         Started::NothingToBuild(why) => Err(ApiError::bad_request(why)),
     }

@@ -122,12 +122,12 @@ impl Hub {
                 let full = w.running.len() as u32 + w.reserved >= w.slots;
                 let quarantined = Self::quarantined(&st, name);
                 let state = match (&unmet, w.draining, w.paused, full) {
-                    (Some(_), _, _, _) => "incapable",
-                    (None, true, _, _) => "draining",
-                    (None, _, true, _) => "paused",
-                    _ if quarantined => "quarantined",
-                    (None, false, false, true) => "busy",
-                    (None, false, false, false) => "free",
+                    (Some(_), _, _, _) => Fit::Incapable,
+                    (None, true, _, _) => Fit::Draining,
+                    (None, _, true, _) => Fit::Paused,
+                    _ if quarantined => Fit::Quarantined,
+                    (None, false, false, true) => Fit::Busy,
+                    (None, false, false, false) => Fit::Free,
                 };
                 WorkerWhyNot {
                     worker: name.clone(),
@@ -194,17 +194,43 @@ pub(super) fn probe_requests(set: &BTreeMap<String, Option<String>>) -> Vec<Prob
 }
 
 /// Why a queued job waits, per worker.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct WhyNot {
     /// One line for people: "no worker is online", "every capable worker is busy" ...
     pub summary: String,
     pub workers: Vec<WorkerWhyNot>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct WorkerWhyNot {
     pub worker: String,
     /// None when the worker could run the job (it is busy or paused).
     pub unmet: Option<String>,
-    pub state: &'static str,
+    pub state: Fit,
+}
+
+/// How a connected worker stands towards a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// It does not meet a requirement.
+    Incapable,
+    Draining,
+    Paused,
+    Quarantined,
+    /// Every slot is taken.
+    Busy,
+    Free,
+}
+
+impl Fit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fit::Incapable => "incapable",
+            Fit::Draining => "draining",
+            Fit::Paused => "paused",
+            Fit::Quarantined => "quarantined",
+            Fit::Busy => "busy",
+            Fit::Free => "free",
+        }
+    }
 }

@@ -11,7 +11,7 @@ mod health;
 pub mod peers;
 
 use capabilities::{capabilities, probe_requests};
-pub use capabilities::{WhyNot, WorkerWhyNot};
+pub use capabilities::{Fit, WhyNot, WorkerWhyNot};
 use health::Health;
 
 use crate::store::{

@@ -1,53 +1,14 @@
 //! Builds, jobs, attempts and steps: creating them and applying what workers
 //! report, each change in one transaction.
 
+use super::encoding::{decode_job_spec, encode_job_spec};
+pub use super::locks::FinishedJob;
+use super::locks::{finish_job, lock_build, lock_build_of_job, release_attempt, Tx};
 use super::{now_ms, AttemptRow, BuildRow, JobRow, Result, StepRow, Store, StoreError};
-use herd_core::requirement::Requirement;
+use herd_core::plan::JobSpec;
 use herd_core::state::{AttemptState, RunState};
-use herd_proto::{StepSpec, StepStatus};
-use serde::{Deserialize, Serialize};
-use sqlx::{Any, Row, Transaction};
-
-/// What a job runs, as stored with it (JSON in `jobs.spec`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct JobSpec {
-    pub requires: Vec<Requirement>,
-    pub steps: Vec<StepSpec>,
-    /// The builder's `max_concurrent`.
-    #[serde(default)]
-    pub cap: Option<u32>,
-    /// Set on the shards of a job with a split step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shard: Option<Shard>,
-    /// A try build: the build's patch (`build_patches`) joins the checkout
-    /// step when the job is assigned.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub patched: bool,
-    /// Secrets the steps' env refers to; their values join at assignment.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub secrets: Vec<String>,
-}
-
-/// One shard of a split job: which split it serves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Shard {
-    /// The job as named in herd.yml.
-    pub job: String,
-    /// 1-based.
-    pub index: u32,
-    pub of: u32,
-    /// Index of the split step among the job's steps (checkout included).
-    pub step: u32,
-    pub step_name: String,
-    pub flaky_fails: bool,
-}
-
-impl Shard {
-    /// Shards with the same key never share a worker.
-    pub fn spread_key(&self, build_id: i64, builder: &str) -> String {
-        format!("{build_id}/{builder}/{}", self.job)
-    }
-}
+use herd_proto::StepStatus;
+use sqlx::Row;
 
 pub struct NewBuild {
     pub project: String,
@@ -85,6 +46,15 @@ impl BuildKind {
             BuildKind::Manual => "manual",
             BuildKind::Change => "change",
             BuildKind::Try => "try",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<BuildKind> {
+        match text {
+            "manual" => Some(BuildKind::Manual),
+            "change" => Some(BuildKind::Change),
+            "try" => Some(BuildKind::Try),
+            _ => None,
         }
     }
 }
@@ -155,13 +125,6 @@ pub enum Applied {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FinishedJob {
-    pub job_id: i64,
-    pub build_id: i64,
-    pub build_state: RunState,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LostOutcome {
     /// The job is queued again for a new attempt.
     Requeued(i64),
@@ -219,8 +182,7 @@ impl Store {
         }
         let mut job_ids = Vec::with_capacity(b.jobs.len());
         for job in &b.jobs {
-            let spec = serde_json::to_string(&job.spec)
-                .map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?;
+            let spec = encode_job_spec(&job.spec)?;
             let row = sqlx::query(
                 "INSERT INTO jobs (build_id, builder, name, state, spec, created_at) \
                  VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING id",
@@ -285,8 +247,7 @@ impl Store {
                     job: r.try_get("name")?,
                     revision: r.try_get("revision")?,
                     priority: r.try_get("priority")?,
-                    spec: serde_json::from_str(&spec)
-                        .map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?,
+                    spec: decode_job_spec(&spec)?,
                 })
             })
             .collect()
@@ -302,15 +263,10 @@ impl Store {
     ) -> Result<Option<AttemptRow>> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
-        let Some(build) = sqlx::query("SELECT build_id FROM jobs WHERE id = $1")
-            .bind(job_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(None);
-        };
         // Build before job, as everywhere: no two transactions wait on each other.
-        lock_build(&mut tx, build.try_get("build_id")?).await?;
+        if lock_build_of_job(&mut tx, job_id).await?.is_none() {
+            return Ok(None);
+        }
         let claimed = sqlx::query(
             "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, $2) \
              WHERE id = $1 AND state = 'queued'",
@@ -362,7 +318,7 @@ impl Store {
             job_id,
             number,
             worker: worker.to_string(),
-            state: AttemptState::Assigned.as_str().into(),
+            state: AttemptState::Assigned,
             reason: None,
             last_seq: 0,
             created_at: now,
@@ -436,7 +392,7 @@ impl Store {
         if res.rows_affected() == 0 {
             return Ok(LostOutcome::AlreadyEnded);
         }
-        super::splits::release_attempt(&mut tx, attempt, reason, now).await?;
+        release_attempt(&mut tx, attempt, reason, now).await?;
         let row = sqlx::query("SELECT job_id, number FROM attempts WHERE id = $1")
             .bind(attempt)
             .fetch_one(&mut *tx)
@@ -460,13 +416,17 @@ impl Store {
     }
 
     /// Cancels a build: queued jobs end at once; returns the live attempts,
-    /// which the caller tells their workers to stop.
+    /// which the caller tells their workers to stop. The build's lock is
+    /// taken before the queued jobs are read: a job claimed meanwhile (its
+    /// attempt created under the same lock) is then live, not queued, and
+    /// is never marked cancelled while its attempt runs.
     pub async fn cancel_build(
         &self,
         build_id: i64,
     ) -> Result<(Option<RunState>, Vec<(i64, String)>)> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
+        lock_build(&mut tx, build_id).await?;
         let queued = sqlx::query("SELECT id FROM jobs WHERE build_id = $1 AND state = 'queued'")
             .bind(build_id)
             .fetch_all(&mut *tx)
@@ -518,7 +478,7 @@ impl Store {
         if res.rows_affected() == 0 {
             return Ok(None);
         }
-        super::splits::release_attempt(&mut tx, attempt, reason, now).await?;
+        release_attempt(&mut tx, attempt, reason, now).await?;
         let job_id: i64 = sqlx::query("SELECT job_id FROM attempts WHERE id = $1")
             .bind(attempt)
             .fetch_one(&mut *tx)
@@ -676,10 +636,7 @@ impl Store {
         rows.iter()
             .map(|r| {
                 let spec: String = r.try_get("spec")?;
-                Ok((
-                    r.try_get("builder")?,
-                    serde_json::from_str(&spec).unwrap_or_default(),
-                ))
+                Ok((r.try_get("builder")?, decode_job_spec(&spec)?))
             })
             .collect()
     }
@@ -785,7 +742,7 @@ impl Store {
 }
 
 async fn apply_one(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut Tx<'_>,
     attempt: i64,
     ev: &StoredEvent,
     now: i64,
@@ -842,13 +799,7 @@ async fn apply_one(
                 .await?;
         }
         StoredEvent::Finished { result, error } => {
-            super::splits::release_attempt(
-                tx,
-                attempt,
-                "the job ended while it held the batch",
-                now,
-            )
-            .await?;
+            release_attempt(tx, attempt, "the job ended while it held the batch", now).await?;
             sqlx::query("UPDATE attempts SET state = $2, finished_at = $3 WHERE id = $1")
                 .bind(attempt)
                 .bind(result.as_str())
@@ -866,68 +817,4 @@ async fn apply_one(
         }
     }
     Ok(None)
-}
-
-/// Takes the build's row lock for the rest of the transaction: a
-/// transaction that reads a build's jobs or splits and writes from what it
-/// read takes it first, so that two of them (two jobs ending at once, two
-/// shards asking at once) follow each other and each sees what the other
-/// wrote. A no-op UPDATE: a row lock in PostgreSQL; SQLite has one writer.
-pub(super) async fn lock_build(tx: &mut Transaction<'_, Any>, build_id: i64) -> Result<()> {
-    sqlx::query("UPDATE builds SET state = state WHERE id = $1")
-        .bind(build_id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Ends a job and brings its build's state up to date.
-pub(super) async fn finish_job(
-    tx: &mut Transaction<'_, Any>,
-    job_id: i64,
-    state: RunState,
-    error: Option<&str>,
-    now: i64,
-) -> Result<FinishedJob> {
-    let build_id: i64 = sqlx::query("SELECT build_id FROM jobs WHERE id = $1")
-        .bind(job_id)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get("build_id")?;
-    lock_build(tx, build_id).await?;
-    sqlx::query("UPDATE jobs SET state = $2, error = $3, finished_at = $4 WHERE id = $1")
-        .bind(job_id)
-        .bind(state.as_str())
-        .bind(error)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    let states = sqlx::query("SELECT state FROM jobs WHERE build_id = $1")
-        .bind(build_id)
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| {
-            let s: String = r.try_get("state")?;
-            RunState::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("job state `{s}`")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let build_state = RunState::of_build(&states);
-    sqlx::query(
-        "UPDATE builds SET state = $2, finished_at = CASE WHEN $3 = 1 THEN $4 ELSE finished_at END WHERE id = $1",
-    )
-    .bind(build_id)
-    .bind(build_state.as_str())
-    .bind(i64::from(build_state.is_finished()))
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    if build_state.is_finished() {
-        super::splits::finalize_build(tx, build_id, now).await?;
-    }
-    Ok(FinishedJob {
-        job_id,
-        build_id,
-        build_state,
-    })
 }

@@ -2,7 +2,6 @@
 //! deliveries already seen, and the statuses still to report.
 
 use super::{get, now_ms, Result, Store};
-use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -20,7 +19,7 @@ pub struct NewChange {
     pub files: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ChangeRow {
     pub id: i64,
     pub project: String,

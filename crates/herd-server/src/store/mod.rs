@@ -11,12 +11,15 @@
 
 mod builds;
 mod changes;
+pub mod encoding;
+mod locks;
 mod logs;
 mod migrate;
 mod probes;
 mod rows;
 mod servers;
 mod splits;
+mod timings;
 
 pub use builds::*;
 pub use changes::{ChangeRow, NewChange, ReportRow};
@@ -168,6 +171,17 @@ impl Store {
             .fetch_one(&self.write)
             .await?;
         Ok(Some(TokenRow::from_row(&row)?))
+    }
+
+    /// Revokes every live token of one kind; how many.
+    pub async fn revoke_tokens_of_kind(&self, kind: &str) -> Result<u64> {
+        let res =
+            sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE kind = $1 AND revoked_at IS NULL")
+                .bind(kind)
+                .bind(now_ms())
+                .execute(&self.write)
+                .await?;
+        Ok(res.rows_affected())
     }
 
     /// Takes one use of an enrollment token, in one statement so that two

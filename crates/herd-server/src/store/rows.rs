@@ -1,13 +1,21 @@
-//! Rows as stored, one struct per table, serialized as the API shows them.
+//! Rows as stored, one struct per table; `api/` turns them into the
+//! `herd-api` types it answers with.
 
-use super::{get, Result};
-use serde::Serialize;
+use super::encoding::decode_job_spec;
+use super::{get, Result, StoreError};
+use herd_core::plan::JobSpec;
+use herd_core::state::{AttemptState, RunState, StepState};
 use sqlx::any::AnyRow;
 
-#[derive(Debug, Clone, Serialize)]
+/// A state column read into its enum; an unknown word is corrupt data.
+fn state<T>(r: &AnyRow, col: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    let text: String = get(r, col)?;
+    parse(&text).ok_or_else(|| StoreError::Corrupt(format!("unknown {col} `{text}`")))
+}
+
+#[derive(Debug, Clone)]
 pub struct TokenRow {
     pub id: String,
-    #[serde(skip)]
     pub secret_hash: String,
     pub kind: String,
     pub worker: Option<String>,
@@ -36,11 +44,10 @@ impl TokenRow {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ProjectRow {
     pub name: String,
     pub repo: Option<String>,
-    #[serde(skip)]
     pub pipeline: Option<String>,
 }
 
@@ -54,7 +61,7 @@ impl ProjectRow {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct WorkerRow {
     pub name: String,
     pub slots: i64,
@@ -85,13 +92,13 @@ impl WorkerRow {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct BuildRow {
     pub id: i64,
     pub project: String,
     pub ref_name: Option<String>,
     pub revision: Option<String>,
-    pub state: String,
+    pub state: RunState,
     pub priority: i64,
     pub reason: String,
     pub error: Option<String>,
@@ -102,8 +109,7 @@ pub struct BuildRow {
     pub message: Option<String>,
     /// The branch a change came from.
     pub branch: Option<String>,
-    /// `manual`, `change` or `try`.
-    pub kind: String,
+    pub kind: super::BuildKind,
     /// Who sent a try build.
     pub sender: Option<String>,
 }
@@ -115,7 +121,7 @@ impl BuildRow {
             project: get(r, "project")?,
             ref_name: get(r, "ref_name")?,
             revision: get(r, "revision")?,
-            state: get(r, "state")?,
+            state: state(r, "state", RunState::parse)?,
             priority: get(r, "priority")?,
             reason: get(r, "reason")?,
             error: get(r, "error")?,
@@ -123,7 +129,7 @@ impl BuildRow {
             author: get(r, "author")?,
             message: get(r, "message")?,
             branch: get(r, "branch")?,
-            kind: get(r, "kind")?,
+            kind: state(r, "kind", super::BuildKind::parse)?,
             sender: get(r, "sender")?,
             started_at: get(r, "started_at")?,
             finished_at: get(r, "finished_at")?,
@@ -131,15 +137,14 @@ impl BuildRow {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct JobRow {
     pub id: i64,
     pub build_id: i64,
     pub builder: String,
     pub name: String,
-    pub state: String,
-    #[serde(skip)]
-    pub spec: String,
+    pub state: RunState,
+    pub spec: JobSpec,
     pub error: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
@@ -153,8 +158,8 @@ impl JobRow {
             build_id: get(r, "build_id")?,
             builder: get(r, "builder")?,
             name: get(r, "name")?,
-            state: get(r, "state")?,
-            spec: get(r, "spec")?,
+            state: state(r, "state", RunState::parse)?,
+            spec: decode_job_spec(&get::<String>(r, "spec")?)?,
             error: get(r, "error")?,
             created_at: get(r, "created_at")?,
             started_at: get(r, "started_at")?,
@@ -163,15 +168,14 @@ impl JobRow {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct AttemptRow {
     pub id: i64,
     pub job_id: i64,
     pub number: i64,
     pub worker: String,
-    pub state: String,
+    pub state: AttemptState,
     pub reason: Option<String>,
-    #[serde(skip)]
     pub last_seq: i64,
     pub created_at: i64,
     pub finished_at: Option<i64>,
@@ -184,7 +188,7 @@ impl AttemptRow {
             job_id: get(r, "job_id")?,
             number: get(r, "number")?,
             worker: get(r, "worker")?,
-            state: get(r, "state")?,
+            state: state(r, "state", AttemptState::parse)?,
             reason: get(r, "reason")?,
             last_seq: get(r, "last_seq")?,
             created_at: get(r, "created_at")?,
@@ -193,12 +197,12 @@ impl AttemptRow {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct StepRow {
     pub attempt_id: i64,
     pub idx: i64,
     pub name: String,
-    pub state: String,
+    pub state: StepState,
     pub exit_code: Option<i64>,
     pub message: Option<String>,
     pub log_size: i64,
@@ -212,7 +216,7 @@ impl StepRow {
             attempt_id: get(r, "attempt_id")?,
             idx: get(r, "idx")?,
             name: get(r, "name")?,
-            state: get(r, "state")?,
+            state: state(r, "state", StepState::parse)?,
             exit_code: get(r, "exit_code")?,
             message: get(r, "message")?,
             log_size: get(r, "log_size")?,

@@ -1,14 +1,14 @@
 //! Split steps: the state of each (one row, `herd_core::split::SplitState`
-//! as JSON), changed in one transaction per shard request, and the test
-//! timings remembered between builds.
+//! in its versioned encoding), changed in one transaction per shard
+//! request. Releasing a batch when an attempt ends, and closing splits
+//! when a build ends, are lock-order steps (`store::locks`).
 
-use super::builds::{finish_job, JobSpec};
-use super::{now_ms, Result, Store, StoreError};
-use herd_core::split::{moving_average, Next, SplitState, MAX_SPLIT_TESTS, MAX_TEST_ID_LEN};
-use herd_core::state::RunState;
+use super::encoding::{decode_job_spec, decode_split_state, encode_split_state};
+use super::locks::{lock_build, persist_split};
+use super::{now_ms, timings, Result, Store};
+use herd_core::split::{Next, SplitState, MAX_SPLIT_TESTS, MAX_TEST_ID_LEN};
 use herd_proto::{SplitReply, SplitRequest};
-use sqlx::{Any, Row, Transaction};
-use std::collections::HashMap;
+use sqlx::Row;
 
 /// How long a shard with nothing to do waits before it asks again.
 pub const SPLIT_WAIT_MS: u64 = 300;
@@ -50,8 +50,7 @@ impl SplitRow {
             state: r.try_get("state")?,
             failed: r.try_get::<i64, _>("failed")? != 0,
             summary: r.try_get("summary")?,
-            data: serde_json::from_str(&data)
-                .map_err(|e| StoreError::Corrupt(format!("split state: {e}")))?,
+            data: decode_split_state(&data)?,
             created_at: r.try_get("created_at")?,
             finished_at: r.try_get("finished_at")?,
         })
@@ -114,8 +113,7 @@ impl Store {
         let build_id: i64 = row.try_get("build_id")?;
         let builder: String = row.try_get("builder")?;
         let project: String = row.try_get("project")?;
-        let spec: JobSpec = serde_json::from_str(&row.try_get::<String, _>("spec")?)
-            .map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?;
+        let spec = decode_job_spec(&row.try_get::<String, _>("spec")?)?;
         let Some(shard) = spec.shard else {
             return Ok(fail("this job has no split step"));
         };
@@ -125,7 +123,7 @@ impl Store {
                 req.step, shard.step
             )));
         }
-        super::builds::lock_build(&mut tx, build_id).await?;
+        lock_build(&mut tx, build_id).await?;
         let existing = sqlx::query(
             "SELECT * FROM splits WHERE build_id = $1 AND builder = $2 AND job = $3 AND step_idx = $4",
         )
@@ -150,7 +148,8 @@ impl Store {
                 if let Err(msg) = check_list(list) {
                     return Ok(fail(msg));
                 }
-                let mut timings = timings_in(&mut tx, &project, &builder, &shard.step_name).await?;
+                let mut timings =
+                    timings::of_suite(&mut tx, &project, &builder, &shard.step_name).await?;
                 let startup = timings
                     .remove("")
                     .or(req.list_secs.filter(|s| s.is_finite() && *s > 0.0))
@@ -171,7 +170,7 @@ impl Store {
                 .bind(&shard.job)
                 .bind(i64::from(shard.step))
                 .bind(&shard.step_name)
-                .bind(encode(&state)?)
+                .bind(encode_split_state(&state)?)
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?
@@ -195,7 +194,7 @@ impl Store {
         };
         // A shard that only waits changes nothing: no write for it.
         let skipped = if created || reported || !matches!(reply, SplitReply::Wait { .. }) {
-            persist(&mut tx, split_id, &state, now).await?
+            persist_split(&mut tx, split_id, &state, now).await?
         } else {
             Vec::new()
         };
@@ -218,197 +217,4 @@ impl Store {
             .await?;
         row.as_ref().map(SplitRow::from_row).transpose()
     }
-}
-
-async fn timings_in(
-    tx: &mut Transaction<'_, Any>,
-    project: &str,
-    builder: &str,
-    step: &str,
-) -> Result<HashMap<String, f64>> {
-    let rows = sqlx::query(
-        "SELECT test, secs FROM test_timings WHERE project = $1 AND builder = $2 AND step = $3",
-    )
-    .bind(project)
-    .bind(builder)
-    .bind(step)
-    .fetch_all(&mut **tx)
-    .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("test")?, r.try_get("secs")?)))
-        .collect()
-}
-
-fn encode(state: &SplitState) -> Result<String> {
-    serde_json::to_string(state).map_err(|e| StoreError::Corrupt(format!("split state: {e}")))
-}
-
-/// Writes a split's state and, when nothing is left to hand out, ends its
-/// queued shards that owe no verdict as `skipped` (returned).
-async fn persist(
-    tx: &mut Transaction<'_, Any>,
-    split_id: i64,
-    state: &SplitState,
-    now: i64,
-) -> Result<Vec<i64>> {
-    let Some((build_id, builder, job)) = write_split(tx, split_id, state, now).await? else {
-        return Ok(Vec::new());
-    };
-    let mut skipped = Vec::new();
-    if state.queue.is_empty() {
-        let queued = sqlx::query(
-            "SELECT id, spec FROM jobs WHERE build_id = $1 AND builder = $2 AND state = 'queued'",
-        )
-        .bind(build_id)
-        .bind(&builder)
-        .fetch_all(&mut **tx)
-        .await?;
-        for r in queued {
-            let id: i64 = r.try_get("id")?;
-            let spec: JobSpec = serde_json::from_str(&r.try_get::<String, _>("spec")?)
-                .map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?;
-            let ours = spec.shard.is_some_and(|s| s.job == job);
-            // A shard that a failure belongs to must run to report it.
-            let owes = state.owes_failure(id);
-            if ours && !owes {
-                finish_job(
-                    tx,
-                    id,
-                    RunState::Skipped,
-                    Some("not needed: the other shards ran every test"),
-                    now,
-                )
-                .await?;
-                skipped.push(id);
-            }
-        }
-    }
-    Ok(skipped)
-}
-
-/// Writes a split's state; when every test has its outcome, the split ends
-/// and its passing timings are remembered. None when it had ended already.
-async fn write_split(
-    tx: &mut Transaction<'_, Any>,
-    split_id: i64,
-    state: &SplitState,
-    now: i64,
-) -> Result<Option<(i64, String, String)>> {
-    let complete = state.is_complete();
-    let was_running = sqlx::query(
-        "UPDATE splits SET data = $2, state = $3, failed = $4, summary = $5, \
-         finished_at = CASE WHEN $3 = 'done' THEN COALESCE(finished_at, $6) ELSE NULL END \
-         WHERE id = $1 AND state = 'running' RETURNING build_id, builder, job, step_name",
-    )
-    .bind(split_id)
-    .bind(encode(state)?)
-    .bind(if complete { "done" } else { "running" })
-    .bind(i64::from(state.failed()))
-    .bind(state.summary_line())
-    .bind(now)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(meta) = was_running else {
-        return Ok(None);
-    };
-    let build_id: i64 = meta.try_get("build_id")?;
-    let builder: String = meta.try_get("builder")?;
-    let job: String = meta.try_get("job")?;
-    let step_name: String = meta.try_get("step_name")?;
-    if complete {
-        remember_timings(tx, build_id, &builder, &step_name, state, now).await?;
-    }
-    Ok(Some((build_id, builder, job)))
-}
-
-async fn remember_timings(
-    tx: &mut Transaction<'_, Any>,
-    build_id: i64,
-    builder: &str,
-    step: &str,
-    state: &SplitState,
-    now: i64,
-) -> Result<()> {
-    let project: String = sqlx::query("SELECT project FROM builds WHERE id = $1")
-        .bind(build_id)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get("project")?;
-    let old = timings_in(tx, &project, builder, step).await?;
-    let mut fresh = state.passing_timings();
-    if let Some(s) = state.measured_startup_secs() {
-        fresh.push((String::new(), s));
-    }
-    for (test, secs) in fresh {
-        let avg = moving_average(old.get(&test).copied(), secs);
-        sqlx::query(
-            "INSERT INTO test_timings (project, builder, step, test, secs, runs, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 1, $6) \
-             ON CONFLICT (project, builder, step, test) DO UPDATE SET \
-             secs = excluded.secs, runs = test_timings.runs + 1, updated_at = excluded.updated_at",
-        )
-        .bind(&project)
-        .bind(builder)
-        .bind(step)
-        .bind(&test)
-        .bind(avg)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
-/// The attempt ended while it may hold a batch of a split: the batch goes
-/// back to the queue (or its test is lost for good).
-pub(super) async fn release_attempt(
-    tx: &mut Transaction<'_, Any>,
-    attempt: i64,
-    reason: &str,
-    now: i64,
-) -> Result<()> {
-    let build = sqlx::query(
-        "SELECT j.build_id FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = $1",
-    )
-    .bind(attempt)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(b) = build {
-        super::builds::lock_build(tx, b.try_get("build_id")?).await?;
-    }
-    let rows = sqlx::query(
-        "SELECT s.* FROM splits s JOIN jobs j ON j.build_id = s.build_id AND j.builder = s.builder \
-         JOIN attempts a ON a.job_id = j.id WHERE a.id = $1 AND s.state = 'running'",
-    )
-    .bind(attempt)
-    .fetch_all(&mut **tx)
-    .await?;
-    for r in rows {
-        let mut split = SplitRow::from_row(&r)?;
-        if split.data.release(attempt, reason, now) {
-            persist(tx, split.id, &split.data, now).await?;
-        }
-    }
-    Ok(())
-}
-
-/// The build ended: a split that still has tests without an outcome (its
-/// shards gave up or were cancelled) ends with them `not_run`.
-pub(super) async fn finalize_build(
-    tx: &mut Transaction<'_, Any>,
-    build_id: i64,
-    now: i64,
-) -> Result<()> {
-    let rows = sqlx::query("SELECT * FROM splits WHERE build_id = $1 AND state = 'running'")
-        .bind(build_id)
-        .fetch_all(&mut **tx)
-        .await?;
-    for r in rows {
-        let mut split = SplitRow::from_row(&r)?;
-        split
-            .data
-            .abandon_rest("no shard was left to run it (the build ended)");
-        write_split(tx, split.id, &split.data, now).await?;
-    }
-    Ok(())
 }

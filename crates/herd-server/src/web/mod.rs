@@ -7,10 +7,17 @@
 //! messages, log output, test names) reaches the page through askama's
 //! escaping or `ansi::to_html`, never raw.
 
+mod add_worker;
 mod ansi;
-mod pages;
+mod build;
+mod builder;
+mod grid;
+mod log;
 mod projects;
 mod session;
+mod timeline;
+mod view;
+mod workers;
 
 use crate::App;
 use axum::extract::State;
@@ -24,29 +31,31 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use grid::{grid_page, GridQuery};
 pub use session::{private_guard, Sessions};
+pub use view::Page;
 
 const APP_CSS: &str = include_str!("static/app.css");
 const APP_JS: &str = include_str!("static/app.js");
 
 pub fn router() -> Router<Arc<App>> {
     Router::new()
-        .route("/", get(pages::grid))
-        .route("/builds/{id}", get(pages::build))
-        .route("/builders/{project}/{builder}", get(pages::builder))
-        .route("/builds/{id}/cancel", post(pages::cancel))
-        .route("/builds/{id}/rebuild", post(pages::rebuild))
-        .route("/attempts/{id}/steps/{idx}", get(pages::log))
+        .route("/", get(grid::grid))
+        .route("/builds/{id}", get(build::build))
+        .route("/builders/{project}/{builder}", get(builder::builder))
+        .route("/builds/{id}/cancel", post(build::cancel))
+        .route("/builds/{id}/rebuild", post(build::rebuild))
+        .route("/attempts/{id}/steps/{idx}", get(log::log))
         .route("/projects", get(projects::projects))
         .route("/projects/{name}", get(projects::project))
-        .route("/workers", get(pages::workers))
+        .route("/workers", get(workers::workers))
         .route(
             "/workers/add",
-            get(pages::add_worker).post(pages::make_install_command),
+            get(add_worker::add_worker).post(add_worker::make_install_command),
         )
-        .route("/workers/{name}", get(pages::worker))
-        .route("/workers/{name}/pause", post(pages::pause))
-        .route("/workers/{name}/resume", post(pages::resume))
+        .route("/workers/{name}", get(workers::worker))
+        .route("/workers/{name}/pause", post(workers::pause))
+        .route("/workers/{name}/resume", post(workers::resume))
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/events", get(events))

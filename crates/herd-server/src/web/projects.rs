@@ -2,8 +2,8 @@
 //! watched, how polling goes (a failing fetch shows here), webhooks,
 //! reporters, and the recent changes with what became of each.
 
-use super::pages::{ago, not_found, server_error, Page};
 use super::session::render;
+use super::view::{ago, not_found, server_error, Page};
 use crate::App;
 use askama::Template;
 use axum::extract::{Path, State};

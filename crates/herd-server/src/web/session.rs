@@ -2,7 +2,7 @@
 //! cookie (HttpOnly, SameSite=Strict) and a CSRF token that every form
 //! carries. Sessions live in memory: a server restart signs everyone out.
 
-use super::pages::Page;
+use super::view::Page;
 use crate::auth::{self, random_hex, Principal};
 use crate::App;
 use askama::Template;
@@ -137,15 +137,14 @@ pub async fn private_guard(
         return match auth::verify(&app.hub.store, &t).await {
             Ok(Some(p)) => {
                 let mut req = req;
-                req.extensions_mut().insert(crate::api::access::Caller(p));
+                req.extensions_mut().insert(crate::access::Caller(p));
                 next.run(req).await
             }
-            Ok(None) => (
+            Ok(None) => crate::access::refusal(
                 StatusCode::UNAUTHORIZED,
-                axum::Json(serde_json::json!({"error": "the token is not valid (mistyped, revoked or expired): ask the server's admin for a new one"})),
-            )
-                .into_response(),
-            Err(e) => crate::api::ApiError::from(e).into_response(),
+                "the token is not valid (mistyped, revoked or expired): ask the server's admin for a new one",
+            ),
+            Err(e) => super::view::server_error(e),
         };
     }
     if path.starts_with("/api/") {

@@ -1,12 +1,12 @@
 //! `herd build start|show|log|cancel`.
 
 use crate::client::Client;
-use crate::ClientArgs;
+use crate::{exit_codes, outln, ClientArgs, Output};
 use clap::Subcommand;
+use herd_api::builds::{Attempt, Build, Cancelling, Job, StartBuild};
+use herd_api::{RunState, StepState};
 use indicatif::{ProgressBar, ProgressStyle};
 use miette::{miette, Result};
-use serde_json::{json, Value};
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use std::time::Duration;
 pub enum BuildCommand {
     /// Start a build; prints its id as the first line.
     Start {
+        /// The project to build (`herd project list` shows them).
         project: String,
         /// Only this builder.
         #[arg(long)]
@@ -32,12 +33,14 @@ pub enum BuildCommand {
     },
     /// Show a build: jobs, attempts, steps.
     Show {
+        /// The build's id (the first line `herd build start` prints).
         id: i64,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Print a build's output exactly as the steps wrote it (step headers go to stderr).
     Log {
+        /// The build's id.
         id: i64,
         /// Only this job: `builder/job`, `builder` (its only job) or a job id.
         #[arg(long)]
@@ -56,6 +59,7 @@ pub enum BuildCommand {
     },
     /// Cancel a build: queued jobs end, running steps are stopped.
     Cancel {
+        /// The build's id.
         id: i64,
         #[command(flatten)]
         client: ClientArgs,
@@ -73,32 +77,30 @@ pub async fn run(cmd: BuildCommand) -> Result<ExitCode> {
             client,
         } => {
             let c = Client::new(&client)?;
-            let b = c
+            let b: Build = c
                 .post(
                     "/api/v1/builds",
-                    &json!({ "project": project, "builder": builder, "rev": rev, "priority": priority }),
+                    &StartBuild {
+                        project,
+                        builder,
+                        rev,
+                        priority,
+                        reason: None,
+                    },
                 )
                 .await?;
-            let id = b["id"]
-                .as_i64()
-                .ok_or_else(|| miette!("the server answered without a build id"))?;
-            println!("{id}");
-            let _ = std::io::stdout().flush();
+            outln!("{}", b.id);
             if !wait {
                 return Ok(ExitCode::SUCCESS);
             }
-            let end = wait_for(&c, id).await?;
-            print_build(&end);
-            Ok(if end["state"] == "success" {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            let end = wait_for(&c, b.id).await?;
+            show(&end, client.output)?;
+            Ok(verdict(&end))
         }
         BuildCommand::Show { id, client } => {
             let c = Client::new(&client)?;
-            let b = c.get(&format!("/api/v1/builds/{id}")).await?;
-            print_build(&b);
+            let b: Build = c.get(&format!("/api/v1/builds/{id}")).await?;
+            show(&b, client.output)?;
             Ok(ExitCode::SUCCESS)
         }
         BuildCommand::Log {
@@ -120,20 +122,40 @@ pub async fn run(cmd: BuildCommand) -> Result<ExitCode> {
         }
         BuildCommand::Cancel { id, client } => {
             let c = Client::new(&client)?;
-            c.post(&format!("/api/v1/builds/{id}/cancel"), &json!({}))
-                .await?;
+            let _: Cancelling = c.act(&format!("/api/v1/builds/{id}/cancel")).await?;
             eprintln!("cancelling build {id}");
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn finished(state: &Value) -> bool {
-    !matches!(state.as_str(), Some("queued") | Some("running"))
+/// Exit 0 for a build that succeeded, [`exit_codes::FAILED`] otherwise.
+pub fn verdict(b: &Build) -> ExitCode {
+    if b.state == RunState::Success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit_codes::FAILED)
+    }
+}
+
+/// Prints a build as asked: the table, or the API's JSON.
+pub fn show(b: &Build, output: Output) -> Result<()> {
+    match output {
+        Output::Human => print_build(b),
+        Output::Json => print_json(b)?,
+    }
+    Ok(())
+}
+
+/// One value as the API's JSON.
+pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| miette!("cannot write JSON: {e}"))?;
+    outln!("{text}");
+    Ok(())
 }
 
 /// Long-polls the build until it ends, drawing a progress bar on stderr.
-pub async fn wait_for(c: &Client, id: i64) -> Result<Value> {
+pub async fn wait_for(c: &Client, id: i64) -> Result<Build> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -144,157 +166,139 @@ pub async fn wait_for(c: &Client, id: i64) -> Result<Value> {
     );
     bar.set_prefix(id.to_string());
     bar.enable_steady_tick(Duration::from_millis(120));
-    let mut since: Option<u64> = None;
+    let mut since: Option<i64> = None;
     loop {
         let path = match since {
             Some(v) => format!("/api/v1/builds/{id}?since={v}&wait_ms=20000"),
             None => format!("/api/v1/builds/{id}"),
         };
-        let b = c.get(&path).await?;
-        let jobs = b["jobs"].as_array().cloned().unwrap_or_default();
-        bar.set_length(jobs.len() as u64);
-        bar.set_position(jobs.iter().filter(|j| finished(&j["state"])).count() as u64);
-        bar.set_message(current_activity(&jobs));
-        if finished(&b["state"]) {
+        let b: Build = c.get(&path).await?;
+        bar.set_length(b.jobs.len() as u64);
+        bar.set_position(b.jobs.iter().filter(|j| j.state.is_finished()).count() as u64);
+        bar.set_message(current_activity(&b.jobs));
+        if b.is_finished() {
             bar.finish_and_clear();
             return Ok(b);
         }
-        since = b["version"].as_u64();
+        since = Some(b.version);
     }
 }
 
 /// "linux/main: test (worker-1)" for the running steps.
-fn current_activity(jobs: &[Value]) -> String {
+fn current_activity(jobs: &[Job]) -> String {
     let mut parts = Vec::new();
     for j in jobs {
-        if j["state"] == "queued" {
-            parts.push(format!(
-                "{}/{}: waiting for a worker",
-                s(&j["builder"]),
-                s(&j["name"])
-            ));
+        if j.state == RunState::Queued {
+            parts.push(format!("{}/{}: waiting for a worker", j.builder, j.name));
             continue;
         }
-        let Some(a) = j["attempts"].as_array().and_then(|a| a.last()) else {
+        let Some(a) = j.attempts.last() else {
             continue;
         };
-        if let Some(step) = a["steps"]
-            .as_array()
-            .and_then(|st| st.iter().find(|x| x["state"] == "running"))
-        {
+        if let Some(step) = a.steps.iter().find(|s| s.state == StepState::Running) {
             parts.push(format!(
                 "{}/{}: {} ({})",
-                s(&j["builder"]),
-                s(&j["name"]),
-                s(&step["name"]),
-                s(&a["worker"])
+                j.builder, j.name, step.name, a.worker
             ));
         }
     }
     parts.join("; ")
 }
 
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
-}
-
-fn ms(v: &Value) -> String {
-    v.as_i64()
-        .map(|m| herd_core::duration::format_duration(Duration::from_millis(m.max(0) as u64)))
+fn ms(v: Option<i64>) -> String {
+    v.map(|m| herd_core::duration::format_duration(Duration::from_millis(m.max(0) as u64)))
         .unwrap_or_else(|| "-".into())
 }
 
-pub fn print_build(b: &Value) {
-    println!(
+pub fn print_build(b: &Build) {
+    outln!(
         "build {} of {} {}: {}",
-        b["id"],
-        s(&b["project"]),
-        b["revision"]
-            .as_str()
+        b.id,
+        b.project,
+        b.revision
+            .as_deref()
             .map(|r| &r[..r.len().min(12)])
             .unwrap_or("(no repository)"),
-        s(&b["state"])
+        b.state
     );
-    if let Some(e) = b["error"].as_str() {
-        println!("  error: {e}");
+    if let Some(e) = &b.error {
+        outln!("  error: {e}");
     }
-    for j in b["jobs"].as_array().into_iter().flatten() {
-        println!(
-            "  job {} {}/{}: {}",
-            j["id"],
-            s(&j["builder"]),
-            s(&j["name"]),
-            s(&j["state"])
-        );
-        if let Some(e) = j["error"].as_str() {
-            println!("    error: {e}");
+    for j in &b.jobs {
+        outln!("  job {} {}/{}: {}", j.id, j.builder, j.name, j.state);
+        if let Some(e) = &j.error {
+            outln!("    error: {e}");
         }
-        let w = &j["waiting"];
-        if let Some(summary) = w["summary"].as_str() {
-            let reqs: Vec<&str> = crate::client::str_list(&j["requires"]);
-            println!(
-                "    waiting: {summary}{}",
-                if reqs.is_empty() {
+        if let Some(w) = &j.waiting {
+            outln!(
+                "    waiting: {}{}",
+                w.summary,
+                if j.requires.is_empty() {
                     String::new()
                 } else {
-                    format!(" (requires {})", reqs.join(", "))
+                    format!(" (requires {})", j.requires.join(", "))
                 }
             );
-            for x in w["workers"].as_array().into_iter().flatten() {
-                match x["unmet"].as_str() {
-                    Some(u) => println!("      {}: {u}", s(&x["worker"])),
-                    None => println!("      {}: {}", s(&x["worker"]), s(&x["state"])),
+            for x in &w.workers {
+                match &x.unmet {
+                    Some(u) => outln!("      {}: {u}", x.worker),
+                    None => outln!("      {}: {}", x.worker, x.state),
                 }
             }
         }
-        for a in j["attempts"].as_array().into_iter().flatten() {
-            let reason = a["reason"]
-                .as_str()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default();
-            println!(
-                "    attempt {} on {}: {}{reason}",
-                a["number"],
-                s(&a["worker"]),
-                s(&a["state"])
-            );
-            for st in a["steps"].as_array().into_iter().flatten() {
-                let code = st["exit_code"]
-                    .as_i64()
-                    .map(|c| format!(" exit {c}"))
-                    .unwrap_or_default();
-                let msg = st["message"]
-                    .as_str()
-                    .map(|m| format!(" — {m}"))
-                    .unwrap_or_default();
-                println!(
-                    "      {:>2} {:<32} {:<9} {:>8}{code}{msg}",
-                    st["idx"],
-                    s(&st["name"]),
-                    s(&st["state"]),
-                    ms(&st["duration_ms"])
-                );
-            }
+        for a in &j.attempts {
+            print_attempt(a);
         }
     }
-    for sp in b["splits"].as_array().into_iter().flatten() {
-        println!(
+    for sp in &b.splits {
+        outln!(
             "  tests {}/{} step {} ({}): {}",
-            s(&sp["builder"]),
-            s(&sp["job"]),
-            s(&sp["step"]),
-            s(&sp["state"]),
-            s(&sp["summary"])
+            sp.builder,
+            sp.job,
+            sp.step,
+            sp.state,
+            sp.summary.as_deref().unwrap_or("")
         );
-        println!("    merged JUnit report: {}", s(&sp["junit"]));
+        outln!("    merged JUnit report: {}", sp.junit);
     }
 }
 
-fn job_matches(j: &Value, filter: &str) -> bool {
-    let full = format!("{}/{}", s(&j["builder"]), s(&j["name"]));
-    full == filter
-        || s(&j["builder"]) == filter
-        || j["id"].as_i64().map(|i| i.to_string()).as_deref() == Some(filter)
+fn print_attempt(a: &Attempt) {
+    let reason = a
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    outln!(
+        "    attempt {} on {}: {}{reason}",
+        a.number,
+        a.worker,
+        a.state
+    );
+    for st in &a.steps {
+        let code = st
+            .exit_code
+            .map(|c| format!(" exit {c}"))
+            .unwrap_or_default();
+        let msg = st
+            .message
+            .as_deref()
+            .map(|m| format!(" — {m}"))
+            .unwrap_or_default();
+        outln!(
+            "      {:>2} {:<32} {:<9} {:>8}{code}{msg}",
+            st.idx,
+            st.name,
+            st.state,
+            ms(st.duration_ms)
+        );
+    }
+}
+
+fn job_matches(j: &Job, filter: &str) -> bool {
+    format!("{}/{}", j.builder, j.name) == filter
+        || j.builder == filter
+        || j.id.to_string() == filter
 }
 
 /// Which part of a build's output to print.
@@ -304,102 +308,75 @@ struct LogSelection<'a> {
     attempt: Option<i64>,
 }
 
+impl LogSelection<'_> {
+    /// The attempt of a job to print: the asked number, or the latest.
+    fn pick(&self, j: &Job) -> Option<Attempt> {
+        match self.attempt {
+            None => j.attempts.last().cloned(),
+            Some(n) => j.attempts.iter().find(|a| a.number == n).cloned(),
+        }
+    }
+}
+
 /// Prints the steps' output; headers go to stderr so stdout is exact.
 async fn print_log(c: &Client, id: i64, which: &LogSelection<'_>, follow: bool) -> Result<()> {
-    let (job, step) = (which.job, which.step);
-    let mut out = std::io::stdout().lock();
-    let build = c.get(&format!("/api/v1/builds/{id}")).await?;
-    let jobs: Vec<Value> = build["jobs"]
-        .as_array()
+    let build: Build = c.get(&format!("/api/v1/builds/{id}")).await?;
+    let jobs: Vec<Job> = build
+        .jobs
+        .iter()
+        .filter(|j| which.job.is_none_or(|f| job_matches(j, f)))
         .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|j| job.is_none_or(|f| job_matches(j, f)))
         .collect();
     if jobs.is_empty() {
-        return Err(match job {
+        return Err(match which.job {
             Some(f) => miette!("build {id} has no job `{f}`"),
             None => miette!(
                 "build {id} has no jobs{}",
-                build["error"]
-                    .as_str()
+                build
+                    .error
+                    .as_deref()
                     .map(|e| format!(": {e}"))
                     .unwrap_or_default()
             ),
         });
     }
     for j in jobs {
-        let job_id = j["id"].as_i64().unwrap_or(0);
         if let Some(n) = which.attempt {
-            let found = j["attempts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|a| a["number"].as_i64() == Some(n));
-            if !found {
-                return Err(miette!(
-                    "job {}/{} has no attempt {n}",
-                    s(&j["builder"]),
-                    s(&j["name"])
-                ));
+            if !j.attempts.iter().any(|a| a.number == n) {
+                return Err(miette!("job {}/{} has no attempt {n}", j.builder, j.name));
             }
         }
-        let pick = |j: &Value| match which.attempt {
-            None => latest_attempt(j),
-            Some(n) => j["attempts"]
-                .as_array()
-                .and_then(|a| a.iter().find(|a| a["number"].as_i64() == Some(n)))
-                .cloned(),
-        };
-        let mut attempt = pick(&j);
+        let mut attempt = which.pick(&j);
         while attempt.is_none() && follow {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let b = c.get(&format!("/api/v1/builds/{id}")).await?;
-            let j = b["jobs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|x| x["id"].as_i64() == Some(job_id))
-                .cloned();
-            match j {
-                Some(j) if finished(&j["state"]) && pick(&j).is_none() => break,
-                Some(j) => attempt = pick(&j),
+            let b: Build = c.get(&format!("/api/v1/builds/{id}")).await?;
+            match b.jobs.into_iter().find(|x| x.id == j.id) {
+                Some(now) if now.state.is_finished() && which.pick(&now).is_none() => break,
+                Some(now) => attempt = which.pick(&now),
                 None => break,
             }
         }
         let Some(a) = attempt else {
-            eprintln!(
-                "==> {}/{}: no attempt ({})",
-                s(&j["builder"]),
-                s(&j["name"]),
-                s(&j["state"])
-            );
+            eprintln!("==> {}/{}: no attempt ({})", j.builder, j.name, j.state);
             continue;
         };
-        let attempt_id = a["id"].as_i64().unwrap_or(0);
-        for st in a["steps"].as_array().into_iter().flatten() {
-            let idx = st["idx"].as_i64().unwrap_or(0);
-            if let Some(f) = step {
-                if f != idx.to_string() && f != s(&st["name"]) {
+        for st in &a.steps {
+            if let Some(f) = which.step {
+                if f != st.idx.to_string() && f != st.name {
                     continue;
                 }
             }
             eprintln!(
-                "==> {}/{} step {idx}: {} <==",
-                s(&j["builder"]),
-                s(&j["name"]),
-                s(&st["name"])
+                "==> {}/{} step {}: {} <==",
+                j.builder, j.name, st.idx, st.name
             );
             let mut offset = 0u64;
             loop {
                 let r = c
-                    .log(attempt_id, idx, offset, if follow { 20_000 } else { 0 })
+                    .log(a.id, st.idx, offset, if follow { 20_000 } else { 0 })
                     .await?;
                 offset += r.data.len() as u64;
-                out.write_all(&r.data)
-                    .map_err(|e| miette!("cannot write output: {e}"))?;
-                out.flush()
-                    .map_err(|e| miette!("cannot write output: {e}"))?;
+                crate::out::bytes(&r.data);
                 let drained = offset >= r.size;
                 if drained && (!follow || !r.more) {
                     break;
@@ -408,8 +385,4 @@ async fn print_log(c: &Client, id: i64, which: &LogSelection<'_>, follow: bool) 
         }
     }
     Ok(())
-}
-
-fn latest_attempt(j: &Value) -> Option<Value> {
-    j["attempts"].as_array().and_then(|a| a.last()).cloned()
 }

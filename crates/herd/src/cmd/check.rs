@@ -12,7 +12,7 @@ pub fn run(file: Option<PathBuf>) -> Result<ExitCode> {
     match Pipeline::parse(&path.display().to_string(), &text) {
         Ok(p) => {
             let jobs: usize = p.builders.iter().map(|b| b.jobs.len()).sum();
-            println!(
+            crate::outln!(
                 "{}: ok ({} builders, {} jobs)",
                 path.display(),
                 p.builders.len(),
@@ -20,13 +20,13 @@ pub fn run(file: Option<PathBuf>) -> Result<ExitCode> {
             );
             for b in &p.builders {
                 let names: Vec<&str> = b.jobs.iter().map(|j| j.name.as_str()).collect();
-                println!("  {}: {}", b.name, names.join(", "));
+                crate::outln!("  {}: {}", b.name, names.join(", "));
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(crate::exit_codes::FAILED))
         }
     }
 }

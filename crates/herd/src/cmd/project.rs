@@ -2,10 +2,11 @@
 //! and their recent changes.
 
 use crate::client::Client;
-use crate::ClientArgs;
+use crate::cmd::build::print_json;
+use crate::{outln, ClientArgs, Output};
 use clap::Subcommand;
+use herd_api::projects::{Project, ProjectDetail, ProjectList};
 use miette::Result;
-use serde_json::Value;
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
@@ -17,32 +18,36 @@ pub enum ProjectCommand {
     },
     /// One project: its settings, polling, webhooks, reporters and recent changes.
     Show {
+        /// The project's name (`herd project list` shows them).
         name: String,
         #[command(flatten)]
         client: ClientArgs,
     },
 }
 
-fn when(v: &Value) -> String {
-    v.as_i64()
-        .and_then(chrono::DateTime::from_timestamp_millis)
+fn when(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".into())
 }
 
-fn polling(p: &Value) -> String {
-    let poll = &p["polling"];
-    if let Some(e) = poll["last_error"].as_str() {
-        return format!(
-            "FAILING ({} in a row, next try {}): {e}",
-            poll["failures"],
-            when(&poll["next_poll_at"])
-        );
+fn polling(p: &Project) -> String {
+    if let Some(poll) = &p.polling {
+        if let Some(e) = &poll.last_error {
+            return format!(
+                "FAILING ({} in a row, next try {}): {e}",
+                poll.failures,
+                when(poll.next_poll_at)
+            );
+        }
     }
-    match p["poll_secs"].as_f64() {
-        None if p["repo"].is_null() => "no repository".into(),
+    match p.poll_secs {
+        None if p.repo.is_none() => "no repository".into(),
         None => "webhooks only".into(),
-        Some(s) => format!("every {s}s, last {}", when(&poll["last_success_at"])),
+        Some(s) => format!(
+            "every {s}s, last {}",
+            when(p.polling.as_ref().and_then(|x| x.last_success_at))
+        ),
     }
 }
 
@@ -50,13 +55,17 @@ pub async fn run(cmd: ProjectCommand) -> Result<ExitCode> {
     match cmd {
         ProjectCommand::List { client } => {
             let c = Client::new(&client)?;
-            let res = c.get("/api/v1/projects").await?;
-            println!("{:<20} {:<40} POLLING", "PROJECT", "REPOSITORY");
-            for p in res["projects"].as_array().into_iter().flatten() {
-                println!(
+            let res: ProjectList = c.get("/api/v1/projects").await?;
+            if client.output == Output::Json {
+                print_json(&res)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            outln!("{:<20} {:<40} POLLING", "PROJECT", "REPOSITORY");
+            for p in &res.projects {
+                outln!(
                     "{:<20} {:<40} {}",
-                    p["name"].as_str().unwrap_or(""),
-                    p["repo"].as_str().unwrap_or("(inline pipeline)"),
+                    p.name,
+                    p.repo.as_deref().unwrap_or("(inline pipeline)"),
                     polling(p)
                 );
             }
@@ -64,66 +73,69 @@ pub async fn run(cmd: ProjectCommand) -> Result<ExitCode> {
         }
         ProjectCommand::Show { name, client } => {
             let c = Client::new(&client)?;
-            let p = c.get(&format!("/api/v1/projects/{name}")).await?;
-            println!("project     {}", p["name"].as_str().unwrap_or(""));
-            println!("repository  {}", p["repo"].as_str().unwrap_or("-"));
-            let branches = crate::client::str_list(&p["branches"]);
-            println!(
-                "branches    {}",
-                if branches.is_empty() {
-                    "the default branch".to_string()
-                } else {
-                    branches.join(", ")
-                }
-            );
-            println!("polling     {}", polling(&p));
-            println!(
-                "webhook     {}",
-                if p["webhook"] == true {
-                    format!("POST /api/v1/hooks/{{github|gitea|gitlab|generic}}/{name}")
-                } else {
-                    "none (set webhook_secret)".into()
-                }
-            );
-            let report = crate::client::str_list(&p["report"]);
-            if !report.is_empty() {
-                println!("reports to  {}", report.join(", "));
+            let d: ProjectDetail = c.get(&format!("/api/v1/projects/{name}")).await?;
+            if client.output == Output::Json {
+                print_json(&d)?;
+                return Ok(ExitCode::SUCCESS);
             }
-            if let Some(heads) = p["polling"]["branches"].as_object() {
-                for (b, sha) in heads {
-                    println!(
-                        "  {b:<20} {}",
-                        sha.as_str().unwrap_or("").get(..12).unwrap_or("")
-                    );
-                }
-            }
-            println!("\nrecent changes:");
-            for ch in p["changes"].as_array().into_iter().flatten() {
-                let built = match (ch["build_id"].as_i64(), ch["skipped"].as_str()) {
-                    (Some(id), _) => format!("build {id}"),
-                    (None, Some(why)) => format!("not built: {why}"),
-                    (None, None) => "pending".into(),
-                };
-                println!(
-                    "  {} {:<16} {} {:<24} {}",
-                    ch["revision"]
-                        .as_str()
-                        .unwrap_or("")
-                        .get(..10)
-                        .unwrap_or(""),
-                    ch["branch"].as_str().unwrap_or(""),
-                    when(&ch["created_at"]),
-                    ch["message"]
-                        .as_str()
-                        .and_then(|m| m.lines().next())
-                        .unwrap_or("")
-                        .chars()
-                        .take(24)
-                        .collect::<String>(),
-                    built
-                );
-            }
+            print_project(&d);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn print_project(d: &ProjectDetail) {
+    let p = &d.project;
+    outln!("project     {}", p.name);
+    outln!("repository  {}", p.repo.as_deref().unwrap_or("-"));
+    outln!(
+        "branches    {}",
+        if p.branches.is_empty() {
+            "the default branch".to_string()
+        } else {
+            p.branches.join(", ")
+        }
+    );
+    outln!("polling     {}", polling(p));
+    outln!(
+        "webhook     {}",
+        if p.webhook {
+            format!(
+                "POST /api/v1/hooks/{{github|gitea|gitlab|generic}}/{}",
+                p.name
+            )
+        } else {
+            "none (set webhook_secret)".into()
+        }
+    );
+    if !p.report.is_empty() {
+        outln!("reports to  {}", p.report.join(", "));
+    }
+    if let Some(poll) = &p.polling {
+        for (b, sha) in &poll.branches {
+            outln!("  {b:<20} {}", sha.get(..12).unwrap_or(sha));
+        }
+    }
+    outln!("\nrecent changes:");
+    for ch in &d.changes {
+        let built = match (ch.build_id, &ch.skipped) {
+            (Some(id), _) => format!("build {id}"),
+            (None, Some(why)) => format!("not built: {why}"),
+            (None, None) => "pending".into(),
+        };
+        outln!(
+            "  {} {:<16} {} {:<24} {}",
+            ch.revision.get(..10).unwrap_or(&ch.revision),
+            ch.branch,
+            when(Some(ch.created_at)),
+            ch.message
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(24)
+                .collect::<String>(),
+            built
+        );
     }
 }

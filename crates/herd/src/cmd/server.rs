@@ -65,6 +65,10 @@ pub struct ServerArgs {
     /// (Default 10s.)
     #[arg(long, value_name = "DURATION")]
     client_timeout: Option<String>,
+    /// Revoke every admin token and write a new one to DATA/admin-token
+    /// (the way to replace the admin token; the API does not revoke it).
+    #[arg(long)]
+    new_admin_token: bool,
 }
 
 pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
@@ -131,6 +135,7 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
         (None, None) => herd_server::serve::ConnLimits::default().client_timeout,
     };
     Ok(ServerOptions {
+        new_admin_token: args.new_admin_token,
         tls,
         conn_limits: herd_server::serve::ConnLimits {
             client_timeout,
@@ -190,7 +195,7 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode> {
     } else {
         "http"
     };
-    println!("{scheme}://{}", server.addr);
+    crate::outln!("{scheme}://{}", server.addr);
     super::stop_signal().await;
     eprintln!("stopping");
     server.stop().await;

@@ -1,11 +1,12 @@
 //! `herd token create|list|revoke`.
 
 use crate::client::Client;
+use crate::cmd::build::print_json;
 use crate::cmd::worker::parse_labels;
-use crate::ClientArgs;
+use crate::{outln, ClientArgs, Output};
 use clap::Subcommand;
+use herd_api::tokens::{CreateToken, CreatedToken, Revoked, TokenList};
 use miette::{miette, Result};
-use serde_json::json;
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
@@ -49,31 +50,25 @@ pub enum TokenCommand {
     /// Revoke a token at once (by the id `herd token list` shows); a
     /// revoked worker is disconnected.
     Revoke {
+        /// The token's id (not its secret).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
 }
 
-fn when(v: &serde_json::Value) -> String {
-    v.as_i64()
-        .and_then(chrono::DateTime::from_timestamp_millis)
+fn when(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
         .unwrap_or_else(|| "-".into())
 }
 
 /// Creates a token and prints it (stdout's first line); the server's answer
 /// and the token, for the hint that follows on stderr.
-async fn create(
-    client: &ClientArgs,
-    body: &serde_json::Value,
-) -> Result<(serde_json::Value, String)> {
-    let res = Client::new(client)?.post("/api/v1/tokens", body).await?;
-    let token = res["token"]
-        .as_str()
-        .ok_or_else(|| miette!("the server answered without a token"))?
-        .to_string();
-    println!("{token}");
+async fn create(client: &ClientArgs, body: &CreateToken) -> Result<(CreatedToken, String)> {
+    let res: CreatedToken = Client::new(client)?.post("/api/v1/tokens", body).await?;
+    let token = res.token.clone();
+    outln!("{token}");
     Ok((res, token))
 }
 
@@ -86,11 +81,7 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             client,
             ..
         } => {
-            let (_, token) = create(
-                &client,
-                &json!({ "kind": "try", "user": user, "expires": expires }),
-            )
-            .await?;
+            let (_, token) = create(&client, &CreateToken::Try { user, expires }).await?;
             eprintln!(
                 "in a checkout with changes, run:
   HERD_SERVER={} HERD_TOKEN={token} herd try --wait",
@@ -104,7 +95,7 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             client,
             ..
         } => {
-            create(&client, &json!({ "kind": "read", "expires": expires })).await?;
+            create(&client, &CreateToken::Read { expires }).await?;
             eprintln!("it reads only: pass it as `Authorization: Bearer TOKEN` or HERD_TOKEN");
             Ok(ExitCode::SUCCESS)
         }
@@ -117,7 +108,10 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
         } => {
             let (_, token) = create(
                 &client,
-                &json!({ "kind": "worker", "worker": worker, "expires": expires }),
+                &CreateToken::Worker {
+                    worker: worker.clone(),
+                    expires,
+                },
             )
             .await?;
             eprintln!(
@@ -136,14 +130,17 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             let labels = parse_labels(&labels)?;
             let (res, token) = create(
                 &client,
-                &json!({ "kind": "enroll", "uses": uses, "expires": expires, "labels": labels }),
+                &CreateToken::Enroll {
+                    uses,
+                    expires,
+                    labels: Some(labels),
+                },
             )
             .await?;
             let server = client.server.trim_end_matches('/');
-            let install = res["install"].as_str().map_or_else(
-                || format!("curl -fsSL '{server}/install.sh?token={token}' | sudo sh"),
-                str::to_string,
-            );
+            let install = res.install.unwrap_or_else(|| {
+                format!("curl -fsSL '{server}/install.sh?token={token}' | sudo sh")
+            });
             eprintln!(
                 "on the machine to lend, run:\n  {install}\n\
                  (without sudo it installs for the current user). It creates the service user `herd`,\n\
@@ -154,32 +151,39 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
         }
         TokenCommand::List { client } => {
             let c = Client::new(&client)?;
-            let res = c.get("/api/v1/tokens").await?;
-            println!(
+            let res: TokenList = c.get("/api/v1/tokens").await?;
+            if client.output == Output::Json {
+                print_json(&res)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            outln!(
                 "{:<18} {:<7} {:<16} {:<17} {:<17} {:>5} REVOKED",
-                "ID", "KIND", "WORKER", "CREATED", "EXPIRES", "USES"
+                "ID",
+                "KIND",
+                "WORKER",
+                "CREATED",
+                "EXPIRES",
+                "USES"
             );
-            for t in res["tokens"].as_array().into_iter().flatten() {
-                println!(
+            for t in &res.tokens {
+                outln!(
                     "{:<18} {:<7} {:<16} {:<17} {:<17} {:>5} {}",
-                    t["id"].as_str().unwrap_or(""),
-                    t["kind"].as_str().unwrap_or(""),
-                    t["worker"].as_str().unwrap_or("-"),
-                    when(&t["created_at"]),
-                    when(&t["expires_at"]),
-                    t["uses_left"]
-                        .as_i64()
+                    t.id,
+                    t.kind,
+                    t.worker.as_deref().unwrap_or("-"),
+                    when(Some(t.created_at)),
+                    when(t.expires_at),
+                    t.uses_left
                         .map(|u| u.to_string())
                         .unwrap_or_else(|| "-".into()),
-                    when(&t["revoked_at"]),
+                    when(t.revoked_at),
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::Revoke { id, client } => {
             let c = Client::new(&client)?;
-            c.post(&format!("/api/v1/tokens/{id}/revoke"), &json!({}))
-                .await?;
+            let _: Revoked = c.act(&format!("/api/v1/tokens/{id}/revoke")).await?;
             eprintln!("revoked token {id}");
             Ok(ExitCode::SUCCESS)
         }
@@ -204,6 +208,6 @@ pub fn hash_password() -> Result<ExitCode> {
     let hash = argon2::Argon2::default()
         .hash_password_with_salt(password.as_bytes(), &salt)
         .map_err(|e| miette!("cannot hash: {e}"))?;
-    println!("{hash}");
+    outln!("{hash}");
     Ok(ExitCode::SUCCESS)
 }

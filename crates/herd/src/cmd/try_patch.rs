@@ -4,10 +4,11 @@
 //! builds that base with the patch applied on the workers.
 
 use crate::client::Client;
-use crate::ClientArgs;
+use crate::{outln, ClientArgs};
 use clap::Args;
+use herd_api::projects::ProjectList;
+use herd_api::{TryRequest, TryStarted};
 use miette::{miette, Result};
-use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -57,38 +58,32 @@ pub async fn run(args: TryArgs) -> Result<ExitCode> {
         None => guess_project(&c, &top).await?,
     };
     let author = identity(&top);
-    let res = c
+    let patch_len = patch.len();
+    let res: TryStarted = c
         .post(
             "/api/v1/try",
-            &json!({
-                "project": project,
-                "base": base,
-                "patch": patch,
-                "builder": args.builder,
-                "author": author,
-            }),
+            &TryRequest {
+                project: project.clone(),
+                base: base.clone(),
+                patch,
+                builder: args.builder,
+                author,
+            },
         )
         .await?;
-    let id = res["id"]
-        .as_i64()
-        .ok_or_else(|| miette!("the server answered without a build id"))?;
-    println!("{id}");
+    let id = res.id;
+    outln!("{id}");
     eprintln!(
-        "try build {id} of {project} at {} with {} bytes of patch: {}",
+        "try build {id} of {project} at {} with {patch_len} bytes of patch: {}",
         &base[..12.min(base.len())],
-        patch.len(),
-        res["url"].as_str().unwrap_or("")
+        res.url
     );
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }
     let end = super::build::wait_for(&c, id).await?;
-    super::build::print_build(&end);
-    Ok(if end["state"] == "success" {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    super::build::show(&end, args.client.output)?;
+    Ok(super::build::verdict(&end))
 }
 
 fn git(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<String> {
@@ -166,27 +161,28 @@ fn identity(top: &Path) -> Option<String> {
 
 /// The project whose repository is this checkout's `origin`; else the only one.
 async fn guess_project(c: &Client, top: &Path) -> Result<String> {
-    let res = c.get("/api/v1/projects").await?;
-    let projects: Vec<&Value> = res["projects"].as_array().into_iter().flatten().collect();
+    let res: ProjectList = c.get("/api/v1/projects").await?;
     let origin = git(top, &["remote", "get-url", "origin"], &[]).ok();
     if let Some(origin) = origin.as_deref().map(str::trim) {
-        let found: Vec<&str> = projects
+        let found: Vec<&str> = res
+            .projects
             .iter()
             .filter(|p| {
-                p["repo"]
-                    .as_str()
+                p.repo
+                    .as_deref()
                     .is_some_and(|r| same_repository(r, origin))
             })
-            .filter_map(|p| p["name"].as_str())
+            .map(|p| p.name.as_str())
             .collect();
         if let [one] = found[..] {
             return Ok(one.to_string());
         }
     }
-    let with_repo: Vec<&str> = projects
+    let with_repo: Vec<&str> = res
+        .projects
         .iter()
-        .filter(|p| p["repo"].is_string())
-        .filter_map(|p| p["name"].as_str())
+        .filter(|p| p.repo.is_some())
+        .map(|p| p.name.as_str())
         .collect();
     match with_repo[..] {
         [one] => Ok(one.to_string()),

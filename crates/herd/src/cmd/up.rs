@@ -4,7 +4,7 @@
 
 use clap::Args;
 use herd_server::auth::{self, TokenKind};
-use herd_server::builds::{start_build, StartBuild};
+use herd_server::builds::{start_build, BuildRequest};
 use herd_server::config::ProjectConfig;
 use herd_server::hub::Settings;
 use herd_server::ServerOptions;
@@ -66,6 +66,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     }
     let names: Vec<String> = projects.iter().map(|p| p.name.clone()).collect();
     let server = herd_server::start(ServerOptions {
+        new_admin_token: false,
         listen: args.listen.clone(),
         data_dir: data.clone(),
         dist_dir: None,
@@ -118,7 +119,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     ));
     let build = start_build(
         &server.app,
-        StartBuild {
+        BuildRequest {
             project: "example".into(),
             builder: None,
             rev: None,
@@ -127,27 +128,27 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         },
     )
     .await
-    .map_err(|e| miette!("could not start the first build: {}", e.message))?;
+    .map_err(|e| miette!("could not start the first build: {e}"))?;
 
-    println!("herd is running at {url}");
-    println!("  web page:    {url}");
-    println!("  data:        {}", data.display());
-    println!(
+    crate::outln!("herd is running at {url}");
+    crate::outln!("  web page:    {url}");
+    crate::outln!("  data:        {}", data.display());
+    crate::outln!(
         "  admin token: {}",
         data.join(herd_server::ADMIN_TOKEN_FILE).display()
     );
-    println!("  projects:    {}", names.join(", "));
-    println!("  worker:      local ({} slots)", args.slots);
-    println!();
-    println!("First build: {build}. Follow it with:");
-    println!("  herd build log {build} --follow");
-    println!("Start another:");
-    println!("  herd build start example --wait");
-    println!("Add a worker on another machine:");
-    println!("  herd token create --worker NAME          # prints TOKEN");
-    println!("  herd worker --server {url} --token TOKEN");
-    println!();
-    println!(
+    crate::outln!("  projects:    {}", names.join(", "));
+    crate::outln!("  worker:      local ({} slots)", args.slots);
+    crate::outln!();
+    crate::outln!("First build: {build}. Follow it with:");
+    crate::outln!("  herd build log {build} --follow");
+    crate::outln!("Start another:");
+    crate::outln!("  herd build start example --wait");
+    crate::outln!("Add a worker on another machine:");
+    crate::outln!("  herd token create --worker NAME          # prints TOKEN");
+    crate::outln!("  herd worker --server {url} --token TOKEN");
+    crate::outln!();
+    crate::outln!(
         "Ctrl-C stops herd; running it again reuses {}.",
         data.display()
     );

@@ -7,14 +7,43 @@
 //! (else 401, even where no token is needed: a revoked token is never
 //! quietly ignored) and of a kind the route allows (else 403).
 
-use super::ApiError;
 use crate::auth::{self, Principal, Scope};
 use crate::App;
 use axum::extract::{FromRequestParts, MatchedPath, State};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use std::sync::Arc;
+
+/// A refusal in the API's error form (`{"error": …}`); 401 says which
+/// scheme to use.
+pub fn refusal(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut res = (
+        status,
+        Json(herd_api::ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    res
+}
+
+/// A failure of the store while checking a token: the detail goes to the
+/// log, not to the client.
+fn store_failure(e: &crate::store::StoreError) -> Response {
+    tracing::error!("store error while checking a token: {e}");
+    refusal(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the server could not read or write its database; the server log says why",
+    )
+}
 
 /// What `method route` needs; `route` is the route's template as
 /// registered (`/api/v1/builds/{id}`). Unknown routes need the admin token.
@@ -71,15 +100,15 @@ pub async fn token_guard(
         Some(Caller(p)) => Some(p.clone()),
         None => match auth::verify(&app.hub.store, &token).await {
             Ok(p) => p,
-            Err(e) => return ApiError::from(e).into_response(),
+            Err(e) => return store_failure(&e),
         },
     };
     let Some(principal) = principal else {
         tracing::info!(route = %route, "refused a call with an invalid, revoked or expired token");
-        return ApiError::unauthorized(
+        return refusal(
+            StatusCode::UNAUTHORIZED,
             "the token is not valid (mistyped, revoked or expired): ask the server's admin for a new one",
-        )
-        .into_response();
+        );
     };
     let own = match (&principal, scope) {
         (Principal::Worker { worker, .. }, Scope::OwnWorkerOrAdmin | Scope::OwnWorkerOrRead) => {
@@ -89,15 +118,14 @@ pub async fn token_guard(
     };
     if !principal.allows(scope) || !own {
         tracing::info!(route = %route, kind = principal.kind().as_str(), "refused a call with a token of the wrong kind");
-        return ApiError::new(
+        return refusal(
             StatusCode::FORBIDDEN,
             format!(
                 "a {} token may not make this call: it needs {}",
                 principal.kind().as_str(),
                 scope.needs()
             ),
-        )
-        .into_response();
+        );
     }
     req.extensions_mut().insert(Caller(principal));
     next.run(req).await

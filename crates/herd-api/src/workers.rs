@@ -1,0 +1,96 @@
+//! Workers: what each is, what it found out about itself, and the calls
+//! that pause, resume and probe them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// What a probe found on a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Probe {
+    pub name: String,
+    pub present: bool,
+    pub version: Option<String>,
+    /// The probe's output when it failed, to show why.
+    pub output: Option<String>,
+    pub probed_at: i64,
+}
+
+/// A worker the server has seen (`GET /api/v1/workers/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Worker {
+    pub name: String,
+    pub online: bool,
+    pub slots: i64,
+    pub labels: BTreeMap<String, String>,
+    /// What it reports unasked: os, arch, cpus, memory …
+    pub facts: BTreeMap<String, String>,
+    /// Its herd version.
+    pub version: String,
+    pub paused: bool,
+    pub running_attempts: Vec<i64>,
+    pub probes: Vec<Probe>,
+    pub first_seen: i64,
+    /// When it last came or went.
+    pub last_change: i64,
+    /// Quarantined (it lost jobs again and again) until then.
+    pub quarantined_until: Option<i64>,
+}
+
+/// `GET /api/v1/workers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerList {
+    pub workers: Vec<Worker>,
+}
+
+/// `POST /api/v1/workers/{name}/pause` and `/resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Paused {
+    pub worker: String,
+    pub paused: bool,
+}
+
+/// Body of `POST /api/v1/workers/reprobe`: one worker, or every connected one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReprobeRequest {
+    #[serde(default)]
+    pub worker: Option<String>,
+}
+
+/// The answer to a reprobe: the workers asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Reprobing {
+    pub reprobing: Vec<String>,
+}
+
+/// `POST /api/v1/workers/{name}/forget`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Forgotten {
+    pub worker: String,
+    pub forgotten: bool,
+}
+
+/// `GET /api/v1/projects/{name}/builders`: per job of the project's latest
+/// build, the connected workers able to run it and why the others cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectBuilders {
+    pub project: String,
+    /// The build whose jobs are shown; null before the first build.
+    pub build: Option<i64>,
+    pub builders: Vec<BuilderFit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BuilderFit {
+    pub builder: String,
+    pub jobs: Vec<JobFit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobFit {
+    pub job: String,
+    pub requires: Vec<String>,
+    pub capable_workers: Vec<String>,
+    pub workers: Vec<crate::builds::WorkerWhyNot>,
+}

@@ -1,0 +1,296 @@
+use super::*;
+use proptest::prelude::*;
+
+fn pipeline(text: &str) -> Pipeline {
+    Pipeline::parse("herd.yml", text).expect("a valid pipeline")
+}
+
+fn request<'a>(p: &'a Pipeline, secrets: &'a BTreeMap<String, SecretRule>) -> PlanRequest<'a> {
+    PlanRequest {
+        project: "proj",
+        pipeline: p,
+        checkout: Some(Checkout {
+            repo: "/srv/repo.git",
+            revision: "abc123",
+        }),
+        builder: None,
+        change: None,
+        patched: false,
+        secrets,
+    }
+}
+
+fn jobs(plan: Result<Plan, PlanError>) -> Vec<PlannedJob> {
+    match plan.expect("a plan") {
+        Plan::Jobs(j) => j,
+        Plan::NothingToBuild(why) => panic!("nothing to build: {why}"),
+    }
+}
+
+const TWO_BUILDERS: &str = r#"builders:
+  docs:
+    branches: [main]
+    paths: ['docs/**']
+    requires: [sphinx]
+    max_concurrent: 1
+    steps:
+      - run: make docs
+  linux:
+    jobs:
+      unit:
+        requires: [python3 >= 3.10]
+        steps:
+          - run: make unit
+      suite:
+        steps:
+          - run: make
+          - name: tests
+            split: {list: ls tests, run: 'run {tests}', workers: 3}
+          - run: rm -rf out
+            always: true
+"#;
+
+#[test]
+fn every_job_gets_a_checkout_and_a_split_becomes_shards() {
+    let p = pipeline(TWO_BUILDERS);
+    let rules = BTreeMap::new();
+    let jobs = jobs(plan(&request(&p, &rules)));
+    let names: Vec<String> = jobs
+        .iter()
+        .map(|j| format!("{}/{}", j.builder, j.name))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "docs/main",
+            "linux/unit",
+            "linux/suite#1",
+            "linux/suite#2",
+            "linux/suite#3"
+        ]
+    );
+    for j in &jobs {
+        assert!(
+            matches!(&j.spec.steps[0].action, StepAction::Checkout { revision, patch: None, .. } if revision == "abc123"),
+            "{j:?}"
+        );
+    }
+    assert_eq!(jobs[0].spec.cap, Some(1));
+    assert_eq!(jobs[0].spec.requires[0].to_string(), "sphinx");
+    assert_eq!(jobs[1].spec.requires[0].to_string(), "python3 >= 3.10");
+    let shard = jobs[3].spec.shard.as_ref().expect("a shard");
+    assert_eq!((shard.index, shard.of), (2, 3));
+    assert_eq!(shard.job, "suite");
+    // checkout, make, tests: the split step is the third.
+    assert_eq!(shard.step, 2);
+    assert_eq!(shard.step_name, "tests");
+    assert_eq!(
+        shard.spread_key(7, "linux"),
+        jobs[2].spec.shard.as_ref().unwrap().spread_key(7, "linux")
+    );
+}
+
+#[test]
+fn without_a_repository_there_is_no_checkout() {
+    let p = pipeline("builders:\n  a:\n    steps: [{run: x}]\n");
+    let rules = BTreeMap::new();
+    let mut req = request(&p, &rules);
+    req.checkout = None;
+    let jobs = jobs(plan(&req));
+    assert_eq!(jobs[0].spec.steps.len(), 1);
+    assert_eq!(jobs[0].spec.steps[0].name, "x");
+}
+
+#[test]
+fn a_named_builder_alone_and_an_unknown_one_is_refused() {
+    let p = pipeline(TWO_BUILDERS);
+    let rules = BTreeMap::new();
+    let mut req = request(&p, &rules);
+    req.builder = Some("docs");
+    assert_eq!(jobs(plan(&req)).len(), 1);
+    req.builder = Some("nope");
+    let e = plan(&req).expect_err("refused");
+    assert!(e.is_refusal());
+    assert_eq!(
+        e.to_string(),
+        "no builder `nope` in the herd.yml of project `proj`; builders: docs, linux"
+    );
+}
+
+#[test]
+fn a_change_takes_only_the_builders_its_filters_let_in() {
+    let p = pipeline(TWO_BUILDERS);
+    let rules = BTreeMap::new();
+    let mut req = request(&p, &rules);
+    let change = ChangeFacts {
+        branch: Some("main".into()),
+        files: Some(vec!["src/lib.rs".into()]),
+    };
+    req.change = Some(&change);
+    let names: Vec<String> = jobs(plan(&req)).into_iter().map(|j| j.builder).collect();
+    assert!(names.iter().all(|b| b == "linux"), "{names:?}");
+
+    let only_docs = pipeline("builders:\n  docs:\n    paths: ['docs/**']\n    steps: [{run: x}]\n");
+    req.pipeline = &only_docs;
+    match plan(&req).expect("a plan") {
+        Plan::NothingToBuild(why) => {
+            assert!(why.contains("docs: none of the 1 changed file(s)"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_try_build_marks_its_jobs_patched() {
+    let p = pipeline("builders:\n  a:\n    steps: [{run: x}]\n");
+    let rules = BTreeMap::new();
+    let mut req = request(&p, &rules);
+    req.patched = true;
+    assert!(jobs(plan(&req))[0].spec.patched);
+}
+
+#[test]
+fn secrets_are_checked_and_bring_their_labels() {
+    let p = pipeline(
+        "builders:\n  release:\n    steps:\n      - run: upload\n        env: {KEY: '${{ secrets.key }}', B: '${{ secrets.key }} ${{ secrets.other }}'}\n",
+    );
+    let mut rules = BTreeMap::new();
+    rules.insert(
+        "key".to_string(),
+        SecretRule {
+            builders: vec!["proj/release".into()],
+            labels: [("trusted".to_string(), "yes".to_string())].into(),
+        },
+    );
+    let e = plan(&request(&p, &rules)).expect_err("other is unknown");
+    assert!(!e.is_refusal());
+    assert!(
+        e.to_string()
+            .contains("secret `other`, which the server does not have (it has: key)"),
+        "{e}"
+    );
+    rules.insert("other".to_string(), SecretRule::default());
+    let jobs = jobs(plan(&request(&p, &rules)));
+    assert_eq!(jobs[0].spec.secrets, ["key", "other"]);
+    assert_eq!(
+        jobs[0]
+            .spec
+            .requires
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>(),
+        ["trusted == yes"]
+    );
+    // The env keeps the reference; values join at assignment.
+    assert_eq!(jobs[0].spec.steps[1].env["KEY"], "${{ secrets.key }}");
+
+    rules.get_mut("key").expect("key").builders = vec!["deploy".into()];
+    let e = plan(&request(&p, &rules)).expect_err("not allowed");
+    assert!(
+        e.to_string()
+            .contains("may not use secret `key` (allowed: deploy)"),
+        "{e}"
+    );
+}
+
+/// A pipeline made of `builders`, each a list of jobs, each job a number
+/// of steps and maybe a split over some workers.
+fn pipeline_text(builders: &[Vec<(usize, Option<u32>)>]) -> String {
+    let mut t = String::from("builders:\n");
+    for (b, jobs) in builders.iter().enumerate() {
+        t.push_str(&format!("  b{b}:\n    jobs:\n"));
+        for (j, (steps, split)) in jobs.iter().enumerate() {
+            t.push_str(&format!("      j{j}:\n        steps:\n"));
+            for s in 0..*steps {
+                t.push_str(&format!("          - run: echo {s}\n"));
+            }
+            if let Some(w) = split {
+                t.push_str(&format!(
+                    "          - split: {{list: ls, run: 'r {{tests}}', workers: {w}}}\n"
+                ));
+            }
+        }
+    }
+    t
+}
+
+fn arb_builders() -> impl Strategy<Value = Vec<Vec<(usize, Option<u32>)>>> {
+    prop::collection::vec(
+        prop::collection::vec((1usize..4, prop::option::of(1u32..6)), 1..4),
+        1..5,
+    )
+}
+
+proptest! {
+    #[test]
+    fn plans_have_one_job_per_job_or_shard(builders in arb_builders(), with_repo: bool, patched: bool) {
+        let p = pipeline(&pipeline_text(&builders));
+        let rules = BTreeMap::new();
+        let mut req = request(&p, &rules);
+        req.patched = patched;
+        if !with_repo {
+            req.checkout = None;
+        }
+        let jobs = jobs(plan(&req));
+        let expected: usize = builders.iter().flatten().map(|(_, split)| split.unwrap_or(1) as usize).sum();
+        prop_assert_eq!(jobs.len(), expected);
+        let mut seen = std::collections::HashSet::new();
+        for j in &jobs {
+            prop_assert!(seen.insert((j.builder.clone(), j.name.clone())), "job names are unique in a build");
+            let checks_out = matches!(j.spec.steps[0].action, StepAction::Checkout { .. });
+            prop_assert_eq!(checks_out, with_repo);
+            prop_assert_eq!(j.spec.patched, patched);
+            if let Some(s) = &j.spec.shard {
+                prop_assert!(s.index >= 1 && s.index <= s.of);
+                let is_split = matches!(j.spec.steps[s.step as usize].action, StepAction::Split { .. });
+                prop_assert!(is_split, "the shard's step is the split");
+                prop_assert_eq!(&j.name, &shard_job_name(&s.job, s.index));
+            }
+        }
+    }
+
+    #[test]
+    fn a_named_builder_plans_exactly_its_jobs(builders in arb_builders(), pick in 0usize..8) {
+        let p = pipeline(&pipeline_text(&builders));
+        let rules = BTreeMap::new();
+        let mut req = request(&p, &rules);
+        let name = format!("b{pick}");
+        req.builder = Some(&name);
+        match plan(&req) {
+            Ok(Plan::Jobs(jobs)) => {
+                prop_assert!(pick < builders.len());
+                prop_assert!(jobs.iter().all(|j| j.builder == name));
+            }
+            Err(e) => prop_assert!(pick >= builders.len() && e.is_refusal()),
+            Ok(Plan::NothingToBuild(_)) => prop_assert!(false, "a named builder is never filtered"),
+        }
+    }
+
+    #[test]
+    fn a_change_plans_the_builders_whose_filters_take_it(
+        branch in "(main|dev|release/1)",
+        file in "(src/a.rs|docs/b.md)",
+        filters in prop::collection::vec((prop::option::of("(main|release/\\*)"), prop::option::of("(src/\\*\\*|docs/\\*\\*)")), 1..5),
+    ) {
+        let mut text = String::from("builders:\n");
+        for (i, (b, p)) in filters.iter().enumerate() {
+            text.push_str(&format!("  b{i}:\n"));
+            if let Some(b) = b { text.push_str(&format!("    branches: ['{b}']\n")); }
+            if let Some(p) = p { text.push_str(&format!("    paths: ['{p}']\n")); }
+            text.push_str("    steps: [{run: x}]\n");
+        }
+        let p = pipeline(&text);
+        let rules = BTreeMap::new();
+        let mut req = request(&p, &rules);
+        let change = ChangeFacts { branch: Some(branch), files: Some(vec![file]) };
+        req.change = Some(&change);
+        let wanted: Vec<&str> = p.builders.iter().filter(|b| builder_skips(&b.branches, &b.paths, &change).is_none()).map(|b| b.name.as_str()).collect();
+        match plan(&req).expect("no refusal") {
+            Plan::Jobs(jobs) => {
+                let got: Vec<&str> = jobs.iter().map(|j| j.builder.as_str()).collect();
+                prop_assert_eq!(got, wanted);
+            }
+            Plan::NothingToBuild(_) => prop_assert!(wanted.is_empty()),
+        }
+    }
+}

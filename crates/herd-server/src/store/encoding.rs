@@ -1,0 +1,146 @@
+//! Versioned encodings of what the store keeps as JSON: job specs
+//! (`jobs.spec`) and split states (`splits.data`).
+//!
+//! Servers sharing one PostgreSQL database read each other's rows, also
+//! during a rolling upgrade, and a database outlives the release that
+//! wrote it. So every encoded value says which format it is in:
+//! `{"v": N, …fields}`. The rule is **read old, write new**: a reader takes
+//! every format up to its own (a row without `v` is format 1, from before
+//! versions were written) and writes only the newest; a format newer than
+//! the reader's is refused with a word to upgrade, never guessed at.
+//!
+//! A new format: bump the constant, keep the old struct as `…V{n}` with a
+//! `From` into the new one, and add its arm to the decoder and a test that
+//! reads a row written in the old format.
+
+use super::StoreError;
+use herd_core::plan::JobSpec;
+use herd_core::split::SplitState;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+/// The format `jobs.spec` is written in.
+pub const JOB_SPEC_FORMAT: u64 = 2;
+/// The format `splits.data` is written in.
+pub const SPLIT_STATE_FORMAT: u64 = 2;
+
+pub fn encode_job_spec(spec: &JobSpec) -> Result<String, StoreError> {
+    encode("job spec", JOB_SPEC_FORMAT, spec)
+}
+
+pub fn decode_job_spec(text: &str) -> Result<JobSpec, StoreError> {
+    let (format, body) = split_version("job spec", text)?;
+    match format {
+        // Format 1 (no `v`) has the fields of format 2.
+        1 | 2 => from_value("job spec", body),
+        newer => Err(too_new("job spec", newer, JOB_SPEC_FORMAT)),
+    }
+}
+
+pub fn encode_split_state(state: &SplitState) -> Result<String, StoreError> {
+    encode("split state", SPLIT_STATE_FORMAT, state)
+}
+
+pub fn decode_split_state(text: &str) -> Result<SplitState, StoreError> {
+    let (format, body) = split_version("split state", text)?;
+    match format {
+        1 | 2 => from_value("split state", body),
+        newer => Err(too_new("split state", newer, SPLIT_STATE_FORMAT)),
+    }
+}
+
+fn encode<T: Serialize>(what: &str, format: u64, value: &T) -> Result<String, StoreError> {
+    let mut v = serde_json::to_value(value)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode a {what}: {e}")))?;
+    let Value::Object(map) = &mut v else {
+        return Err(StoreError::Corrupt(format!(
+            "a {what} must encode as a JSON object"
+        )));
+    };
+    map.insert("v".into(), Value::from(format));
+    Ok(v.to_string())
+}
+
+/// The format of an encoded value and its fields without `v`.
+fn split_version(what: &str, text: &str) -> Result<(u64, Value), StoreError> {
+    let mut value: Value =
+        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+    let Value::Object(map) = &mut value else {
+        return Err(StoreError::Corrupt(format!("{what}: not a JSON object")));
+    };
+    let format = match map.remove("v") {
+        None => 1,
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| StoreError::Corrupt(format!("{what}: format `{v}` is not a number")))?,
+    };
+    Ok((format, value))
+}
+
+fn from_value<T: DeserializeOwned>(what: &str, body: Value) -> Result<T, StoreError> {
+    serde_json::from_value(body).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn too_new(what: &str, format: u64, known: u64) -> StoreError {
+    StoreError::Corrupt(format!(
+        "a {what} in format {format} was written by a newer herd (this one reads formats up to {known}): upgrade this server"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `jobs.spec` as herd 0.1 wrote it, before formats were versioned.
+    const SPEC_FORMAT_1: &str = r#"{"requires":[{"alternatives":[{"kind":"compare","name":"os","op":"==","value":"linux"}]}],"steps":[{"name":"checkout","action":{"kind":"checkout","repo":"/r.git","revision":"abc"},"timeout_secs":null,"env":{},"always":false},{"name":"tests","action":{"kind":"split","list":"ls","run":"r {tests}","junit":null},"timeout_secs":60,"env":{"A":"${{ secrets.k }}"},"always":false}],"cap":2,"shard":{"job":"suite","index":1,"of":2,"step":1,"step_name":"tests","flaky_fails":false},"patched":true,"secrets":["k"]}"#;
+
+    #[test]
+    fn a_job_spec_of_format_1_is_read() {
+        let spec = decode_job_spec(SPEC_FORMAT_1).expect("format 1 reads");
+        assert_eq!(spec.requires.len(), 1);
+        assert_eq!(spec.steps.len(), 2);
+        assert_eq!(spec.cap, Some(2));
+        assert_eq!(spec.shard.as_ref().map(|s| s.of), Some(2));
+        assert!(spec.patched);
+        assert_eq!(spec.secrets, ["k"]);
+    }
+
+    #[test]
+    fn job_specs_are_written_in_the_newest_format_and_read_back() {
+        let spec = decode_job_spec(SPEC_FORMAT_1).expect("format 1 reads");
+        let text = encode_job_spec(&spec).expect("encodes");
+        let v: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["v"], JOB_SPEC_FORMAT);
+        assert_eq!(decode_job_spec(&text).expect("reads"), spec);
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_with_a_word_to_upgrade() {
+        let e = decode_job_spec(r#"{"v": 99, "requires": []}"#).expect_err("too new");
+        assert!(e.to_string().contains("written by a newer herd"), "{e}");
+        assert!(decode_job_spec("[]").is_err());
+        assert!(decode_job_spec(r#"{"v": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn a_split_state_of_format_1_is_read() {
+        let state = SplitState::new(
+            vec!["a".into(), "b".into()],
+            &Default::default(),
+            2,
+            0.5,
+            false,
+        );
+        // Format 1 is the state's fields without `v`.
+        let old = serde_json::to_string(&state).expect("json");
+        assert!(!old.contains("\"v\""));
+        let read = decode_split_state(&old).expect("format 1 reads");
+        let again = encode_split_state(&read).expect("encodes");
+        assert!(again.contains(&format!("\"v\":{SPLIT_STATE_FORMAT}")));
+        assert_eq!(
+            serde_json::to_value(decode_split_state(&again).expect("reads")).expect("json"),
+            serde_json::to_value(&state).expect("json")
+        );
+    }
+}

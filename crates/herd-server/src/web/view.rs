@@ -1,0 +1,125 @@
+//! What every page shares: the frame (`Page`), error pages, and the small
+//! formatters (times, durations, revisions, escaping) the view models use.
+
+use super::session::Viewer;
+use crate::App;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use std::collections::BTreeMap;
+
+/// What every page's frame needs.
+pub struct Page {
+    pub live: bool,
+    pub signed_in: bool,
+    pub csrf: String,
+}
+
+impl Page {
+    pub fn new(app: &App, headers: &HeaderMap, live: bool) -> Page {
+        let Viewer { signed_in, csrf } = app.sessions.viewer(headers);
+        Page {
+            live,
+            signed_in,
+            csrf,
+        }
+    }
+}
+
+/// A failure on this server: the detail goes to the log, the page says
+/// where to look.
+pub(super) fn server_error(e: impl std::fmt::Display) -> Response {
+    tracing::error!("page failed: {e}");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server error: the server log says why",
+    )
+        .into_response()
+}
+
+pub(super) fn not_found(what: String) -> Response {
+    (StatusCode::NOT_FOUND, what).into_response()
+}
+
+pub(super) fn ago(ms: i64) -> String {
+    let secs = (crate::store::now_ms() - ms).max(0) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+pub(super) fn duration(start: Option<i64>, end: Option<i64>) -> String {
+    match (start, end) {
+        (Some(s), Some(e)) => fmt_ms(e - s),
+        (Some(s), None) => format!("{}…", fmt_ms(crate::store::now_ms() - s)),
+        _ => String::new(),
+    }
+}
+
+pub(super) fn fmt_ms(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+pub(super) fn short(rev: &Option<String>) -> String {
+    rev.as_deref()
+        .map(|r| r[..r.len().min(10)].to_string())
+        .unwrap_or_default()
+}
+
+/// Escapes text for HTML that is written by hand (grid cells, the
+/// timeline); templates escape by themselves.
+pub(super) fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Where a build came from, in a few words: its branch, or who tried what.
+pub(super) fn origin_label(b: &crate::store::BuildRow) -> String {
+    match (b.kind.as_str(), &b.branch, &b.sender) {
+        ("try", _, Some(sender)) => format!("try by {sender}"),
+        ("try", _, None) => "try".into(),
+        (_, Some(branch), _) => branch.clone(),
+        _ => String::new(),
+    }
+}
+
+pub(super) fn worker_state(app: &App, w: &crate::store::WorkerRow) -> String {
+    if app.hub.quarantined_until(&w.name).is_some() {
+        "quarantined".into()
+    } else if w.paused {
+        "paused".into()
+    } else if w.online {
+        "online".into()
+    } else {
+        "offline".into()
+    }
+}
+
+pub(super) fn json_map(s: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+/// None when the request carries a signed-in session and its CSRF token;
+/// else the way to the sign-in page, back here after.
+pub(super) fn signed_in_or_login(
+    app: &App,
+    headers: &HeaderMap,
+    csrf: &str,
+    back: &str,
+) -> Option<Response> {
+    if app.sessions.check(headers, csrf) {
+        return None;
+    }
+    Some(Redirect::to(&format!("/login?next={back}")).into_response())
+}

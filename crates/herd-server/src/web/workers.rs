@@ -1,0 +1,174 @@
+//! The workers' pages (`/workers`, `/workers/{name}`): state, slots,
+//! labels, facts and probe results; pausing and resuming.
+
+use super::session::{render, CsrfForm};
+use super::view::{ago, json_map, not_found, server_error, signed_in_or_login, worker_state, Page};
+use crate::App;
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use std::sync::Arc;
+
+pub struct WorkerRowView {
+    pub name: String,
+    pub state: String,
+    pub since: String,
+    pub running: usize,
+    pub slots: i64,
+    pub platform: String,
+    pub labels: String,
+}
+
+#[derive(Template)]
+#[template(path = "workers.html")]
+pub struct WorkersPage {
+    pub page: Page,
+    pub workers: Vec<WorkerRowView>,
+}
+
+pub async fn workers(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let rows = match app.hub.store.workers().await {
+        Ok(r) => r,
+        Err(e) => return server_error(e),
+    };
+    let live = app.hub.live_workers();
+    let workers = rows
+        .iter()
+        .map(|w| {
+            let facts = json_map(&w.facts);
+            WorkerRowView {
+                name: w.name.clone(),
+                state: worker_state(&app, w),
+                since: ago(w.last_change),
+                running: live.get(&w.name).map_or(0, Vec::len),
+                slots: w.slots,
+                platform: format!(
+                    "{} {}",
+                    facts.get("os").cloned().unwrap_or_default(),
+                    facts.get("arch").cloned().unwrap_or_default()
+                ),
+                labels: json_map(&w.labels)
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            }
+        })
+        .collect();
+    render(&WorkersPage {
+        page: Page::new(&app, &headers, true),
+        workers,
+    })
+}
+
+pub struct ProbeView {
+    pub name: String,
+    pub present: bool,
+    pub version: String,
+    pub output: String,
+}
+
+#[derive(Template)]
+#[template(path = "worker.html")]
+pub struct WorkerPage {
+    pub page: Page,
+    pub name: String,
+    pub state: String,
+    pub since: String,
+    pub slots: i64,
+    pub version: String,
+    pub paused: bool,
+    pub running: Vec<(i64, String)>,
+    /// (build, builder/job, attempt, state, when)
+    pub recent: Vec<(i64, String, i64, String, String)>,
+    pub labels: Vec<(String, String)>,
+    pub facts: Vec<(String, String)>,
+    pub probes: Vec<ProbeView>,
+}
+
+pub async fn worker(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let store = &app.hub.store;
+    let w = match store.worker(&name).await {
+        Ok(Some(w)) => w,
+        Ok(None) => return not_found(format!("no worker `{name}` has connected yet")),
+        Err(e) => return server_error(e),
+    };
+    let probes = store.worker_probes(&name).await.unwrap_or_default();
+    let mut running = Vec::new();
+    for a in store.live_attempts(Some(&name)).await.unwrap_or_default() {
+        if let Ok(b) = store.job_build(a.job_id).await {
+            running.push((b, format!("attempt {} (job {})", a.number, a.job_id)));
+        }
+    }
+    let recent = store
+        .recent_attempts(&name, 20)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(b, job, n, st, at)| (b, job, n, st, ago(at)))
+        .collect();
+    render(&WorkerPage {
+        page: Page::new(&app, &headers, true),
+        recent,
+        state: worker_state(&app, &w),
+        since: ago(w.last_change),
+        slots: w.slots,
+        version: w.version.clone(),
+        paused: w.paused,
+        running,
+        labels: json_map(&w.labels).into_iter().collect(),
+        facts: json_map(&w.facts).into_iter().collect(),
+        probes: probes
+            .into_iter()
+            .map(|p| ProbeView {
+                name: p.name,
+                present: p.present,
+                version: p.version.unwrap_or_default(),
+                output: p.output.unwrap_or_default(),
+            })
+            .collect(),
+        name,
+    })
+}
+
+pub async fn pause(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    set_paused(app, headers, name, f, true).await
+}
+
+pub async fn resume(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    set_paused(app, headers, name, f, false).await
+}
+
+async fn set_paused(
+    app: Arc<App>,
+    headers: HeaderMap,
+    name: String,
+    f: CsrfForm,
+    paused: bool,
+) -> Response {
+    let back = format!("/workers/{name}");
+    if let Some(r) = signed_in_or_login(&app, &headers, &f.csrf, &back) {
+        return r;
+    }
+    match app.hub.set_paused(&name, paused).await {
+        Ok(true) => Redirect::to(&back).into_response(),
+        Ok(false) => not_found(format!("no worker `{name}`")),
+        Err(e) => server_error(e),
+    }
+}
