@@ -16,6 +16,9 @@ pub struct PollStatus {
     pub next_poll_at: Option<i64>,
     /// The watched branches and their heads at the last poll.
     pub branches: BTreeMap<String, String>,
+    /// Webhooks that woke the poller since the server started.
+    #[serde(default)]
+    pub wakes: u64,
 }
 
 /// A project (`GET /api/v1/projects`). Secrets are never shown, only

@@ -15,6 +15,39 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::sync::Arc;
+use utoipa::IntoResponses;
+
+/// A token that is not valid (401) or of a kind that may not make the
+/// call (403): every route may answer these when a token is presented.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // documentation only: `token_guard` answers these
+pub enum TokenRefusals {
+    /// The token is mistyped, revoked or expired; or the call needs one
+    /// and none was given.
+    #[response(status = 401)]
+    Unauthorized(herd_api::ErrorBody),
+    /// The token is valid but of a kind that may not make this call.
+    #[response(status = 403)]
+    Forbidden(herd_api::ErrorBody),
+}
+
+/// A JSON body that could not be taken.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // documentation only: `api::ApiJson` answers these
+pub enum BodyRefusals {
+    /// The body is not valid JSON, or not what the call takes.
+    #[response(status = 400)]
+    BadRequest(herd_api::ErrorBody),
+    /// The body is larger than the server takes.
+    #[response(status = 413)]
+    TooLarge(herd_api::ErrorBody),
+    /// The body is not sent as `application/json`.
+    #[response(status = 415)]
+    NotJson(herd_api::ErrorBody),
+    /// The body is JSON of the wrong shape.
+    #[response(status = 422)]
+    WrongShape(herd_api::ErrorBody),
+}
 
 /// A refusal in the API's error form (`{"error": …}`); 401 says which
 /// scheme to use.

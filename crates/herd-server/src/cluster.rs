@@ -5,7 +5,7 @@
 //! an idle worker connected to another at once; pages and log followers on
 //! one server hear of events stored by another).
 
-use crate::hub::peers::{alive_since, DEAD_AFTER, HEARTBEAT};
+use crate::hub::peers::{alive_since, PeerMsg, DEAD_AFTER, HEARTBEAT};
 use crate::hub::Hub;
 use crate::store::NOTIFY_CHANNEL;
 use std::sync::Arc;
@@ -72,7 +72,7 @@ async fn take_over_dead_servers(hub: &Hub) -> Result<(), crate::store::StoreErro
 
 /// Sends this hub's messages as NOTIFY `SERVER_ID MESSAGE`, at once;
 /// `changed` waits up to 50 ms, and a burst of them goes as one.
-async fn send_to_peers(hub: Arc<Hub>, mut outbox: tokio::sync::mpsc::UnboundedReceiver<String>) {
+async fn send_to_peers(hub: Arc<Hub>, mut outbox: tokio::sync::mpsc::UnboundedReceiver<PeerMsg>) {
     let mut changed_due: Option<tokio::time::Instant> = None;
     loop {
         let message = match changed_due {
@@ -80,14 +80,14 @@ async fn send_to_peers(hub: Arc<Hub>, mut outbox: tokio::sync::mpsc::UnboundedRe
                 m = outbox.recv() => m,
                 _ = tokio::time::sleep_until(due) => {
                     changed_due = None;
-                    notify(&hub, "changed").await;
+                    notify(&hub, &PeerMsg::Changed).await;
                     continue;
                 }
             },
             None => outbox.recv().await,
         };
         let Some(message) = message else { break };
-        if message == "changed" {
+        if message == PeerMsg::Changed {
             changed_due.get_or_insert_with(|| tokio::time::Instant::now() + CHANGED_COALESCE);
             continue;
         }
@@ -95,10 +95,10 @@ async fn send_to_peers(hub: Arc<Hub>, mut outbox: tokio::sync::mpsc::UnboundedRe
     }
 }
 
-async fn notify(hub: &Hub, message: &str) {
+async fn notify(hub: &Hub, message: &PeerMsg) {
     if let Err(e) = hub
         .store
-        .notify(&format!("{} {message}", hub.server_id))
+        .notify(&format!("{} {}", hub.server_id, message.encode()))
         .await
     {
         tracing::warn!("cannot notify the other servers: {e}");

@@ -34,6 +34,8 @@ pub struct PollStatus {
     pub next_poll_at: Option<i64>,
     /// The watched branches and their heads at the last poll.
     pub branches: BTreeMap<String, String>,
+    /// Webhooks that woke the poller since the server started.
+    pub wakes: u64,
 }
 
 #[derive(Default)]
@@ -83,6 +85,7 @@ impl Pollers {
     pub fn wake(&self, project: &str) -> bool {
         match self.wake.get(project) {
             Some(n) => {
+                self.update(project, |s| s.wakes += 1);
                 n.notify_one();
                 true
             }

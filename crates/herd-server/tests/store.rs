@@ -124,6 +124,7 @@ on_both!(
     branch_heads_move_once_and_deliveries_are_seen_once,
     status_reports_count_failures_and_keep_the_last_sent,
     a_change_is_claimed_by_one_server,
+    a_cancel_racing_claims_never_cancels_a_claimed_job,
 );
 
 fn shell_job(builder: &str) -> NewJob {
@@ -530,4 +531,70 @@ async fn a_change_is_claimed_by_one_server(store: Store) {
         !store.claim_change(ids[0], "server-a").await.unwrap(),
         "settled"
     );
+}
+
+/// A cancel and claims of the same build's jobs at the same moment: a job
+/// is either claimed (running, its attempt among those the cancel returns
+/// to be stopped) or cancelled (no live attempt), never cancelled while an
+/// attempt of it runs. Without the build lock taken before the cancel
+/// reads the queued jobs, PostgreSQL lets a claim slip in between.
+async fn a_cancel_racing_claims_never_cancels_a_claimed_job(store: Store) {
+    let names = vec!["run".to_string()];
+    for round in 0..30 {
+        let (build, jobs) = store.create_build(&new_build(6)).await.unwrap();
+        let claimer = {
+            let store = store.clone();
+            let names = names.clone();
+            let jobs = jobs.clone();
+            tokio::spawn(async move {
+                let mut claimed = Vec::new();
+                for (i, job) in jobs.iter().enumerate() {
+                    if let Some(a) = store
+                        .create_attempt(*job, &format!("w{i}"), &names)
+                        .await
+                        .unwrap()
+                    {
+                        claimed.push(a.id);
+                    }
+                }
+                claimed
+            })
+        };
+        // Let the claims start first in half of the rounds.
+        if round % 2 == 0 {
+            tokio::task::yield_now().await;
+        }
+        let (_, live) = store.cancel_build(build).await.unwrap();
+        let claimed = claimer.await.unwrap();
+        let detail = store.build_detail(build).await.unwrap().unwrap();
+        for job in &detail.jobs {
+            let live_attempts: Vec<i64> = detail
+                .attempts
+                .iter()
+                .filter(|a| a.job_id == job.id && !a.state.is_finished())
+                .map(|a| a.id)
+                .collect();
+            if live_attempts.is_empty() {
+                assert_eq!(
+                    job.state,
+                    RunState::Cancelled,
+                    "round {round}: a job nobody claimed is cancelled"
+                );
+            } else {
+                assert_eq!(
+                    job.state,
+                    RunState::Running,
+                    "round {round}: job {} was cancelled while its attempt {live_attempts:?} runs",
+                    job.id
+                );
+                for a in &live_attempts {
+                    assert!(claimed.contains(a));
+                    assert!(
+                        live.iter().any(|(id, _)| id == a),
+                        "round {round}: the cancel returns attempt {a} to be stopped"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -111,7 +111,7 @@ pub async fn run(
         outbox.stop(r.attempt, StopKind::Abandon);
     }
     // Let the executors stop their process groups (TERM, grace, KILL).
-    let deadline = Instant::now() + crate::exec::KILL_GRACE + Duration::from_secs(1);
+    let deadline = Instant::now() + crate::process::KILL_GRACE + Duration::from_secs(1);
     while executors.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -139,6 +139,7 @@ fn backoff(failures: u32) -> Duration {
     base.mul_f64(jitter)
 }
 
+/// One connection: the handshake, then the session's event loop.
 async fn session(
     url: &str,
     opts: &WorkerOptions,
@@ -146,12 +147,36 @@ async fn session(
     shared: &Shared,
     shutdown: &mut watch::Receiver<Shutdown>,
 ) -> SessionEnd {
-    let mut request = match url.into_client_request() {
-        Ok(r) => r,
-        Err(e) => return SessionEnd::Lost(format!("bad server URL {url}: {e}")),
-    };
+    match handshake(url, opts, outbox, shared, shutdown).await {
+        Ok(mut s) => s.run().await,
+        Err(end) => end,
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Message,
+>;
+type Stream = futures_util::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+>;
+
+/// Connects, says hello with what the worker runs, and reads the welcome
+/// (the attempts the server resumes).
+async fn handshake<'a>(
+    url: &str,
+    opts: &WorkerOptions,
+    outbox: &'a Outbox,
+    shared: &'a Shared,
+    shutdown: &'a mut watch::Receiver<Shutdown>,
+) -> Result<Session<'a>, SessionEnd> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| SessionEnd::Lost(format!("bad server URL {url}: {e}")))?;
     let Ok(auth) = HeaderValue::from_str(&format!("Bearer {}", opts.token.trim())) else {
-        return SessionEnd::Lost("the token has characters that cannot be sent".into());
+        return Err(SessionEnd::Lost(
+            "the token has characters that cannot be sent".into(),
+        ));
     };
     request.headers_mut().insert("authorization", auth);
     let config = WebSocketConfig::default()
@@ -165,17 +190,17 @@ async fn session(
         tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
     let ws = tokio::select! {
         r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
-            Err(_) => return SessionEnd::Lost(format!("no answer from {url} within {CONNECT_TIMEOUT:?}")),
+            Err(_) => return Err(SessionEnd::Lost(format!("no answer from {url} within {CONNECT_TIMEOUT:?}"))),
             Ok(Err(tungstenite::Error::Http(resp))) if resp.status() == 401 => {
-                return SessionEnd::Lost("the server refused the worker token (401): check --token, or create one with `herd token create --worker NAME`".into())
+                return Err(SessionEnd::Lost("the server refused the worker token (401): check --token, or create one with `herd token create --worker NAME`".into()))
             }
-            Ok(Err(e)) => return SessionEnd::Lost(match herd_tls::client::refusal(&e) {
+            Ok(Err(e)) => return Err(SessionEnd::Lost(match herd_tls::client::refusal(&e) {
                 Some(why) => format!("refusing {url}: its TLS certificate does not verify: {why}"),
                 None => format!("cannot connect to {url}: {e}"),
-            }),
+            })),
             Ok(Ok((ws, _))) => ws,
         },
-        _ = shutdown.changed() => return SessionEnd::Shutdown,
+        _ = shutdown.changed() => return Err(SessionEnd::Shutdown),
     };
     let (mut sink, mut stream) = ws.split();
     let hello = WorkerMsg::Hello(Hello {
@@ -188,24 +213,9 @@ async fn session(
         draining: *shutdown.borrow() == Shutdown::Drain,
     });
     if let Err(e) = sink.send(Message::Text(hello.encode().into())).await {
-        return SessionEnd::Lost(format!("cannot send hello: {e}"));
+        return Err(SessionEnd::Lost(format!("cannot send hello: {e}")));
     }
-    let welcome: Welcome = match tokio::time::timeout(CONNECT_TIMEOUT, stream.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) => match ServerMsg::decode(&t) {
-            Ok(ServerMsg::Welcome(w)) => w,
-            Ok(ServerMsg::Error { message }) => {
-                return SessionEnd::Lost(format!("the server refused us: {message}"))
-            }
-            Ok(other) => return SessionEnd::Lost(format!("expected a welcome, got {other:?}")),
-            Err(e) => return SessionEnd::Lost(format!("bad welcome: {e}")),
-        },
-        Ok(Some(Ok(other))) => {
-            return SessionEnd::Lost(format!("expected a welcome, got {other:?}"))
-        }
-        Ok(Some(Err(e))) => return SessionEnd::Lost(format!("connection error: {e}")),
-        Ok(None) => return SessionEnd::Lost("the server closed the connection".into()),
-        Err(_) => return SessionEnd::Lost("no welcome within 10s".into()),
-    };
+    let welcome = read_welcome(&mut stream).await?;
     let name = welcome.worker.clone();
     if let Some(wanted) = &opts.name {
         if wanted != &name {
@@ -237,108 +247,233 @@ async fn session(
         split: Arc::clone(&shared.split),
     });
     // This connection sends the split requests of all running steps.
-    let mut split_rx = shared.split.rx.lock().await;
-    let hb_timeout = Duration::from_millis(welcome.heartbeat_timeout_ms.max(1000));
+    let split_rx = shared.split.rx.lock().await;
     let mut heartbeat = tokio::time::interval(Duration::from_millis(
         welcome.heartbeat_interval_ms.max(100),
     ));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    // Messages from tasks of this session (probe results) to the server.
-    let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::unbounded_channel::<WorkerMsg>();
-    let mut probed: HashSet<String> = HashSet::new();
-    loop {
-        let draining = *shutdown.borrow() == Shutdown::Drain;
-        let emptied = outbox.emptied.notified();
-        if draining && outbox.is_empty() {
-            let _ = sink.close().await;
-            return SessionEnd::Shutdown;
+    let (ctl_tx, ctl_rx) = tokio::sync::mpsc::unbounded_channel::<WorkerMsg>();
+    Ok(Session {
+        ctx,
+        outbox,
+        executors: &shared.executors,
+        shutdown,
+        sink,
+        stream,
+        split_rx,
+        ctl_tx,
+        ctl_rx,
+        heartbeat,
+        hb_timeout: Duration::from_millis(welcome.heartbeat_timeout_ms.max(1000)),
+        last_heard: Instant::now(),
+        probed: HashSet::new(),
+    })
+}
+
+async fn read_welcome(stream: &mut Stream) -> Result<Welcome, SessionEnd> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, stream.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => match ServerMsg::decode(&t) {
+            Ok(ServerMsg::Welcome(w)) => Ok(w),
+            Ok(ServerMsg::Error { message }) => Err(SessionEnd::Lost(format!(
+                "the server refused us: {message}"
+            ))),
+            Ok(other) => Err(SessionEnd::Lost(format!(
+                "expected a welcome, got {other:?}"
+            ))),
+            Err(e) => Err(SessionEnd::Lost(format!("bad welcome: {e}"))),
+        },
+        Ok(Some(Ok(other))) => Err(SessionEnd::Lost(format!(
+            "expected a welcome, got {other:?}"
+        ))),
+        Ok(Some(Err(e))) => Err(SessionEnd::Lost(format!("connection error: {e}"))),
+        Ok(None) => Err(SessionEnd::Lost("the server closed the connection".into())),
+        Err(_) => Err(SessionEnd::Lost("no welcome within 10s".into())),
+    }
+}
+
+/// What a session reacts to.
+enum Event {
+    /// A frame from the server.
+    Frame(Message),
+    /// The connection ended or failed.
+    Lost(String),
+    /// The outbox has new frames to send.
+    OutboxReady,
+    /// A message from a task of this worker (a split request, probe results).
+    Outgoing(WorkerMsg),
+    /// Nothing heard from the server for the heartbeat timeout.
+    Silence,
+    /// Time to send our heartbeat.
+    HeartbeatDue,
+    /// The outbox emptied while draining.
+    Emptied,
+    /// The owner asked to drain or stop.
+    Shutdown(Shutdown),
+    /// A full batch was sent and more is waiting: send on.
+    More,
+}
+
+/// One connection to the server, after the welcome.
+struct Session<'a> {
+    ctx: Arc<JobContext>,
+    outbox: &'a Outbox,
+    executors: &'a Arc<AtomicUsize>,
+    shutdown: &'a mut watch::Receiver<Shutdown>,
+    sink: Sink,
+    stream: Stream,
+    split_rx: tokio::sync::MutexGuard<'a, tokio::sync::mpsc::UnboundedReceiver<WorkerMsg>>,
+    /// Messages from tasks of this session (probe results) to the server.
+    ctl_tx: tokio::sync::mpsc::UnboundedSender<WorkerMsg>,
+    ctl_rx: tokio::sync::mpsc::UnboundedReceiver<WorkerMsg>,
+    heartbeat: tokio::time::Interval,
+    hb_timeout: Duration,
+    last_heard: Instant,
+    /// Probes run on this connection (a `fresh` request runs them again).
+    probed: HashSet<String>,
+}
+
+impl Session<'_> {
+    async fn run(&mut self) -> SessionEnd {
+        loop {
+            // Taken before the outbox is looked at: `emptied` wakes only
+            // the waiters that exist when it fires.
+            let emptied = Arc::clone(&self.outbox.emptied);
+            let emptied = emptied.notified();
+            let draining = *self.shutdown.borrow() == Shutdown::Drain;
+            if draining && self.outbox.is_empty() {
+                let _ = self.sink.close().await;
+                return SessionEnd::Shutdown;
+            }
+            let more = match self.send_outbox().await {
+                Ok(more) => more,
+                Err(end) => return end,
+            };
+            let event = self.next_event(draining, more, emptied).await;
+            if let Some(end) = self.handle(event).await {
+                return end;
+            }
         }
-        let ready = outbox.ready.notified();
-        let frames = outbox.take_unsent(SEND_BATCH);
+    }
+
+    /// Sends what the outbox holds, up to a batch; true when more waits.
+    async fn send_outbox(&mut self) -> Result<bool, SessionEnd> {
+        let frames = self.outbox.take_unsent(SEND_BATCH);
         let more = frames.len() == SEND_BATCH;
         for f in frames {
             let msg = match f {
                 Frame::Text(t) => Message::Text(t.into()),
                 Frame::Binary(b) => Message::Binary(b.into()),
             };
-            if let Err(e) = sink.feed(msg).await {
-                return SessionEnd::Lost(format!("send failed: {e}"));
-            }
+            self.sink
+                .feed(msg)
+                .await
+                .map_err(|e| SessionEnd::Lost(format!("send failed: {e}")))?;
         }
-        if let Err(e) = sink.flush().await {
-            return SessionEnd::Lost(format!("send failed: {e}"));
-        }
+        self.sink
+            .flush()
+            .await
+            .map_err(|e| SessionEnd::Lost(format!("send failed: {e}")))?;
+        Ok(more)
+    }
+
+    /// Waits for whatever comes first.
+    async fn next_event(
+        &mut self,
+        draining: bool,
+        more: bool,
+        emptied: tokio::sync::futures::Notified<'_>,
+    ) -> Event {
+        // `ready` keeps a permit when nobody waits: no wake-up is missed.
+        let ready = self.outbox.ready.notified();
         tokio::select! {
             biased;
-            incoming = stream.next() => {
-                last_heard = Instant::now();
-                match incoming {
-                    None => return SessionEnd::Lost("the server closed the connection".into()),
-                    Some(Err(e)) => return SessionEnd::Lost(format!("connection error: {e}")),
-                    Some(Ok(Message::Text(t))) => match ServerMsg::decode(&t) {
-                        Ok(ServerMsg::Probe { probes, fresh }) => {
-                            if fresh {
-                                probed.clear();
-                            }
-                            let todo: Vec<_> = probes.into_iter().filter(|p| probed.insert(p.name.clone())).collect();
-                            if !todo.is_empty() {
-                                let tx = ctl_tx.clone();
-                                tokio::spawn(async move {
-                                    let results = probe::run_all(todo).await;
-                                    let _ = tx.send(WorkerMsg::ProbeResults { results });
-                                });
-                            }
-                        }
-                        Ok(m) => {
-                            if let Some(end) = handle(m, &ctx, outbox, &shared.executors) {
-                                return end;
-                            }
-                        }
-                        Err(e) => return SessionEnd::Lost(format!("malformed message from the server: {e}")),
-                    },
-                    Some(Ok(Message::Close(_))) => return SessionEnd::Lost("the server closed the connection".into()),
-                    Some(Ok(_)) => {}
-                }
+            incoming = self.stream.next() => match incoming {
+                None => Event::Lost("the server closed the connection".into()),
+                Some(Err(e)) => Event::Lost(format!("connection error: {e}")),
+                Some(Ok(m)) => Event::Frame(m),
+            },
+            _ = ready, if !more => Event::OutboxReady,
+            Some(msg) = self.split_rx.recv() => Event::Outgoing(msg),
+            Some(msg) = self.ctl_rx.recv() => Event::Outgoing(msg),
+            _ = tokio::time::sleep_until((self.last_heard + self.hb_timeout).into()) => Event::Silence,
+            _ = self.heartbeat.tick() => Event::HeartbeatDue,
+            _ = emptied, if draining => Event::Emptied,
+            changed = self.shutdown.changed() => {
+                Event::Shutdown(if changed.is_ok() { *self.shutdown.borrow() } else { Shutdown::Now })
             }
-            _ = ready, if !more => {}
-            Some(msg) = split_rx.recv() => {
-                if let Err(e) = sink.send(Message::Text(msg.encode().into())).await {
-                    return SessionEnd::Lost(format!("send failed: {e}"));
-                }
-            }
-            Some(msg) = ctl_rx.recv() => {
-                if let Err(e) = sink.send(Message::Text(msg.encode().into())).await {
-                    return SessionEnd::Lost(format!("send failed: {e}"));
-                }
-            }
-            _ = tokio::time::sleep_until((last_heard + hb_timeout).into()) => {
-                return SessionEnd::Lost(format!("no heartbeat from the server for {hb_timeout:?}"));
-            }
-            _ = heartbeat.tick() => {
-                if let Err(e) = sink.send(Message::Text(WorkerMsg::Heartbeat.encode().into())).await {
-                    return SessionEnd::Lost(format!("send failed: {e}"));
-                }
-            }
-            _ = emptied, if draining => {}
-            changed = shutdown.changed() => {
-                let mode = if changed.is_ok() { *shutdown.borrow() } else { Shutdown::Now };
-                match mode {
-                    Shutdown::Run => {}
-                    Shutdown::Drain => {
-                        tracing::info!("draining: finishing {} running job(s), taking no new ones", outbox.len());
-                        let _ = sink.send(Message::Text(WorkerMsg::Draining.encode().into())).await;
-                    }
-                    Shutdown::Now => {
-                        // Say so first, so that the server moves the jobs at once.
-                        let _ = sink.send(Message::Text(WorkerMsg::Stopping.encode().into())).await;
-                        let _ = sink.close().await;
-                        return SessionEnd::Shutdown;
-                    }
-                }
-            }
-            _ = std::future::ready(()), if more => {}
+            _ = std::future::ready(()), if more => Event::More,
         }
+    }
+
+    /// Acts on one event; Some ends the session.
+    async fn handle(&mut self, event: Event) -> Option<SessionEnd> {
+        match event {
+            Event::Frame(m) => {
+                self.last_heard = Instant::now();
+                self.frame(m)
+            }
+            Event::Lost(reason) => Some(SessionEnd::Lost(reason)),
+            Event::OutboxReady | Event::Emptied | Event::More => None,
+            Event::Outgoing(msg) => self.send(&msg).await.err(),
+            Event::Silence => Some(SessionEnd::Lost(format!(
+                "no heartbeat from the server for {:?}",
+                self.hb_timeout
+            ))),
+            Event::HeartbeatDue => self.send(&WorkerMsg::Heartbeat).await.err(),
+            Event::Shutdown(Shutdown::Run) => None,
+            Event::Shutdown(Shutdown::Drain) => {
+                tracing::info!(
+                    "draining: finishing {} running job(s), taking no new ones",
+                    self.outbox.len()
+                );
+                self.send(&WorkerMsg::Draining).await.err()
+            }
+            Event::Shutdown(Shutdown::Now) => {
+                // Say so first, so that the server moves the jobs at once.
+                let _ = self.send(&WorkerMsg::Stopping).await;
+                let _ = self.sink.close().await;
+                Some(SessionEnd::Shutdown)
+            }
+        }
+    }
+
+    /// A frame from the server.
+    fn frame(&mut self, m: Message) -> Option<SessionEnd> {
+        match m {
+            Message::Text(t) => match ServerMsg::decode(&t) {
+                Ok(ServerMsg::Probe { probes, fresh }) => {
+                    if fresh {
+                        self.probed.clear();
+                    }
+                    let todo: Vec<_> = probes
+                        .into_iter()
+                        .filter(|p| self.probed.insert(p.name.clone()))
+                        .collect();
+                    if !todo.is_empty() {
+                        let tx = self.ctl_tx.clone();
+                        tokio::spawn(async move {
+                            let results = probe::run_all(todo).await;
+                            let _ = tx.send(WorkerMsg::ProbeResults { results });
+                        });
+                    }
+                    None
+                }
+                Ok(m) => handle(m, &self.ctx, self.outbox, self.executors),
+                Err(e) => Some(SessionEnd::Lost(format!(
+                    "malformed message from the server: {e}"
+                ))),
+            },
+            Message::Close(_) => Some(SessionEnd::Lost("the server closed the connection".into())),
+            _ => None,
+        }
+    }
+
+    /// The one way out for control messages (log frames go by the outbox).
+    async fn send(&mut self, msg: &WorkerMsg) -> Result<(), SessionEnd> {
+        self.sink
+            .send(Message::Text(msg.encode().into()))
+            .await
+            .map_err(|e| SessionEnd::Lost(format!("send failed: {e}")))
     }
 }
 

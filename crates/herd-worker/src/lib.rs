@@ -11,6 +11,7 @@ pub mod install;
 pub mod mask;
 pub mod outbox;
 pub mod probe;
+pub mod process;
 pub mod reaper;
 mod split;
 

@@ -5,8 +5,10 @@
 //! request whose answer does not come is sent again (the server answers a
 //! repeat with the same batch), so a reconnect costs a delay, not a test.
 
-use crate::exec::{cancelled, spawn_error, timed_out, End, StepOutcome, StepRunner};
 use crate::outbox::StopKind;
+use crate::process::{
+    cancelled, signal_message, spawn_error, timed_out, End, StepOutcome, StepRunner,
+};
 use herd_core::junit;
 use herd_proto::{
     AttemptId, BatchReport, SplitReply, SplitRequest, StepStatus, WorkerMsg, MAX_TEXT_FRAME,
@@ -146,6 +148,10 @@ pub(crate) struct SplitStep<'a> {
     pub run: &'a str,
     pub junit: Option<&'a str>,
     pub timeout: Option<Duration>,
+    /// Where the step asks the server for batches.
+    pub link: &'a SplitLink,
+    /// The worker's work directory (the test lists go beside workspaces).
+    pub workdir: &'a std::path::Path,
 }
 
 impl SplitStep<'_> {
@@ -173,10 +179,7 @@ impl SplitStep<'_> {
                     exit_code: status.code(),
                     message: Some(match status.code() {
                         Some(c) => format!("the list command failed with exit code {c}"),
-                        None => format!(
-                            "the list command was {}",
-                            crate::exec::signal_message(&status)
-                        ),
+                        None => format!("the list command was {}", signal_message(&status)),
                     }),
                 })
             }
@@ -206,8 +209,7 @@ impl SplitStep<'_> {
         {
             return None;
         }
-        let tests_file = cmd
-            .ctx
+        let tests_file = self
             .workdir
             .join(".split")
             .join(format!("{}-{}.txt", cmd.attempt, cmd.step));
@@ -228,7 +230,7 @@ impl SplitStep<'_> {
             done: None,
         };
         loop {
-            let reply = match cmd.ctx.split.request(req.clone(), stop, cmd.deadline).await {
+            let reply = match self.link.request(req.clone(), stop, cmd.deadline).await {
                 Ok(r) => r,
                 Err(Interrupted::TimedOut) => return Some(timed_out(self.timeout)),
                 Err(Interrupted::Stop(StopKind::Cancel)) => return Some(cancelled()),

@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     };
     if let Command::Reaper = cli.command {
         // No runtime needed: read the worker's pipe until it closes.
-        herd_worker::reaper::run_reaper(std::io::stdin().lock(), herd_worker::exec::KILL_GRACE);
+        herd_worker::reaper::run_reaper(std::io::stdin().lock(), herd_worker::process::KILL_GRACE);
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

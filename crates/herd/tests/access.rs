@@ -235,7 +235,10 @@ fn every_route_takes_only_its_own_kind_of_token() {
     let out = server.cli(&["token", "revoke", &revoked_id]);
     assert!(out.status.success());
     let expired = new_token(&server, &["token", "create", "--read", "--expires", "1s"]);
-    std::thread::sleep(Duration::from_millis(1100));
+    wait_until(Duration::from_secs(10), "the token to expire", || {
+        let out = server.cli(&["workers", "--token", &expired]);
+        (out.status.code() == Some(4)).then_some(())
+    });
 
     let client = http()
         .redirect(reqwest::redirect::Policy::none())

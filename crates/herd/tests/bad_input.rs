@@ -203,7 +203,7 @@ fn state_changes_need_the_admin_token() {
 fn a_worker_with_a_wrong_token_is_refused_and_the_server_goes_on() {
     let server = Server::start(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let _bad = Worker::spawn(
+    let bad = Worker::spawn(
         &server.url,
         "herd_worker_abc_def",
         "bad",
@@ -211,7 +211,7 @@ fn a_worker_with_a_wrong_token_is_refused_and_the_server_goes_on() {
         1,
         &[],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    bad.wait_log("refused the worker token (401)");
     assert!(server.get("/api/v1/workers/bad").is_err());
     assert_eq!(server.get("/api/v1/health").unwrap()["ok"], true);
 }

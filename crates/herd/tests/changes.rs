@@ -315,6 +315,12 @@ fn webhooks_fetch_at_once_and_refuse_bad_signatures_and_replays() {
     let body = br#"{"ref":"refs/heads/main","after":"0000000000000000000000000000000000000000"}"#;
 
     let sha = forge.push(&[("a.txt", b"a")], "first hooked commit");
+    let wakes = |server: &Server| {
+        project(server, "p")["polling"]["wakes"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let woken_before = wakes(&server);
     // Bad signature, missing signature, wrong GitLab token: 401, nothing happens.
     let bad_sig = format!("sha256={}", hmac_hex("wrong", body));
     let (status, _) = post_raw(
@@ -337,7 +343,8 @@ fn webhooks_fetch_at_once_and_refuse_bad_signatures_and_replays() {
         body,
     );
     assert_eq!(status, 401);
-    std::thread::sleep(Duration::from_millis(1500));
+    // A hook wakes the poller before it answers: a refused one did not.
+    assert_eq!(wakes(&server), woken_before, "a refused hook wakes nothing");
     assert_eq!(
         project(&server, "p")["changes"],
         json!([]),

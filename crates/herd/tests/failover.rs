@@ -17,6 +17,30 @@ fn attempts(b: &Value) -> Vec<Value> {
     b["jobs"][0]["attempts"].as_array().unwrap().clone()
 }
 
+/// A builder only the `fence` worker runs: a build of it that ends
+/// proves the scheduler has since passed over every job queued before it.
+const FENCE: &str = "  fence:\n    requires: [fence == yes]\n    steps:\n      - run: echo fence\n";
+
+/// How the server sees `worker` towards the first job of a queued build.
+fn standing(b: &Value, worker: &str) -> Value {
+    b["jobs"][0]["waiting"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["worker"] == worker)
+        .map(|w| w["state"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Runs a fence build of `project` to its end (see [`FENCE`]).
+fn fence(server: &Server, project: &str) {
+    let id = server.start_build(project, &["--builder", "fence"]);
+    assert_eq!(
+        server.wait_build(id, Duration::from_secs(20))["state"],
+        "success"
+    );
+}
+
 fn pause(server: &Server, name: &str, on: bool) {
     let verb = if on { "pause" } else { "resume" };
     let out = server.cli(&["workers", verb, name]);
@@ -141,7 +165,8 @@ fn a_hung_worker_loses_its_job_after_the_heartbeat_timeout_and_its_late_report_i
     // and nothing it reports changes the build.
     signal(victim.pid(), Signal::SIGCONT);
     server.wait_online("victim");
-    std::thread::sleep(Duration::from_millis(500));
+    let lost = att[0]["id"].as_i64().unwrap();
+    victim.wait_log(&format!("abandoning attempt {lost}"));
     let after = server.build(id);
     assert_eq!(after["state"], "success");
     assert_eq!(attempts(&after).len(), 2);
@@ -188,20 +213,24 @@ fn the_server_killed_with_builds_in_flight_loses_nothing() {
 
 #[test]
 fn a_paused_worker_gets_no_jobs_and_stays_paused_across_a_restart() {
-    let pipeline = "builders:\n  job:\n    steps:\n      - run: echo ok\n";
-    let mut server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let pipeline = format!(
+        "builders:\n  job:\n    requires: ['!fence']\n    steps:\n      - run: echo ok\n{FENCE}"
+    );
+    let mut server = Server::start_with_pipelines(&[("p", &pipeline)], &[]);
     let _w = server.worker("w", 1, &[]);
+    let _f = server.worker("f", 1, &["fence=yes"]);
     pause(&server, "w", true);
-    let id = server.start_build("p", &[]);
-    std::thread::sleep(Duration::from_millis(300));
+    let id = server.start_build("p", &["--builder", "job"]);
+    fence(&server, "p");
     let b = server.build(id);
     assert_eq!(b["state"], "queued");
-    assert_eq!(b["jobs"][0]["waiting"]["workers"][0]["state"], "paused");
+    assert_eq!(standing(&b, "w"), "paused");
     let list = server.cli(&["workers"]);
     assert!(String::from_utf8_lossy(&list.stdout).contains("paused"));
     server.kill_and_restart();
     server.wait_online("w");
-    std::thread::sleep(Duration::from_millis(300));
+    server.wait_online("f");
+    fence(&server, "p");
     assert_eq!(server.build(id)["state"], "queued");
     pause(&server, "w", false);
     assert_eq!(
@@ -225,8 +254,17 @@ fn sigterm_finishes_running_jobs_and_takes_no_new_ones() {
             .then_some(())
     });
     signal(w.pid(), Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(200));
     let second = server.start_build("p", &[]);
+    // The worker is busy with the first job: the second waits for it,
+    // until the server hears that it drains.
+    wait_until(
+        Duration::from_secs(20),
+        "the server to hear that w drains",
+        || {
+            let b = server.build(second);
+            (standing(&b, "w") == "draining").then_some(())
+        },
+    );
     let b = server.wait_build(first, Duration::from_secs(20));
     assert_eq!(b["state"], "success");
     assert_eq!(server.step_log(first, "job", "0"), b"finished\n");
@@ -260,7 +298,7 @@ fn a_second_signal_stops_at_once_and_the_job_moves_without_waiting() {
     });
     pause(&server, "other", false);
     signal(quitter.pid(), Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(200));
+    quitter.wait_log("draining: finishing 1 running job(s)");
     signal(quitter.pid(), Signal::SIGINT);
     let status = wait_until(Duration::from_secs(20), "the worker to exit", || {
         quitter.child.try_wait().unwrap()
@@ -301,15 +339,16 @@ fn a_worker_that_keeps_losing_jobs_is_quarantined() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().display();
     let pipeline = format!(
-        "builders:\n  job:\n    steps:\n      - run: sleep 300 & echo $! > {dir}/pid-$HERD_BUILD_ID; wait\n"
+        "builders:\n  job:\n    requires: ['!fence']\n    steps:\n      - run: sleep 300 & echo $! > {dir}/pid-$HERD_BUILD_ID; wait\n{FENCE}"
     );
     let server = Server::start_with_pipelines(&[("p", &pipeline)], &["--retries", "0"]);
+    let _f = server.worker("f", 1, &["fence=yes"]);
     let token = server.worker_token("flaky");
     let workdir = root.path().join("work");
     for round in 0..3 {
         let mut w = Worker::spawn(&server.url, &token, "flaky", &workdir, 1, &[]);
         server.wait_online("flaky");
-        let id = server.start_build("p", &[]);
+        let id = server.start_build("p", &["--builder", "job"]);
         wait_until(Duration::from_secs(20), "the step", || {
             root.path().join(format!("pid-{id}")).exists().then_some(())
         });
@@ -329,14 +368,11 @@ fn a_worker_that_keeps_losing_jobs_is_quarantined() {
     server.wait_online("flaky");
     let w = server.get("/api/v1/workers/flaky").unwrap();
     assert!(w["quarantined_until"].is_i64(), "{w}");
-    let id = server.start_build("p", &[]);
-    std::thread::sleep(Duration::from_millis(300));
+    let id = server.start_build("p", &["--builder", "job"]);
+    fence(&server, "p");
     let b = server.build(id);
     assert_eq!(b["state"], "queued");
-    assert_eq!(
-        b["jobs"][0]["waiting"]["workers"][0]["state"],
-        "quarantined"
-    );
+    assert_eq!(standing(&b, "flaky"), "quarantined");
     assert!(String::from_utf8_lossy(&server.cli(&["workers"]).stdout).contains("quarantined"));
 }
 
@@ -363,12 +399,20 @@ fn a_short_network_outage_is_ridden_out_with_one_attempt_and_a_whole_log() {
     );
     server.wait_online("behind-proxy");
     let id = server.start_build("p", &[]);
-    wait_until(Duration::from_secs(20), "the step", || {
-        root.path().join("started").exists().then_some(())
+    wait_until(Duration::from_secs(20), "output to flow", || {
+        let b = server.build(id);
+        (attempts(&b).first()?["steps"][0]["log_size"].as_i64()? > 0).then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
     proxy.stall(true);
-    std::thread::sleep(Duration::from_millis(1200));
+    let outage = std::time::Instant::now();
+    wait_until(
+        Duration::from_millis(1500),
+        "the outage to hold up both ways",
+        || proxy.holds_both_ways().then_some(()),
+    );
+    // The outage itself: 1.2 s, 60 % of the heartbeat timeout (the
+    // stimulus, not a wait for something to happen).
+    std::thread::sleep(Duration::from_millis(1200).saturating_sub(outage.elapsed()));
     proxy.stall(false);
     let b = server.wait_build(id, Duration::from_secs(30));
     assert_eq!(b["state"], "success");

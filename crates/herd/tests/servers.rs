@@ -87,7 +87,7 @@ fn a_build_started_through_one_server_runs_on_a_worker_of_another_and_its_log_is
         .env("HERD_SERVER", &a.url)
         .env("HERD_TOKEN", &a.token)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -99,7 +99,19 @@ fn a_build_started_through_one_server_runs_on_a_worker_of_another_and_its_log_is
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The follower names the step (on stderr) just before it starts
+    // waiting for its output.
+    let (header_tx, header_rx) = std::sync::mpsc::channel();
+    let stderr = follower.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("==> ") && header_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let header = header_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(header.contains("step 0"), "{header}");
     std::fs::write(&go, "").unwrap();
     // The follower's long poll waits 20 s when nobody wakes it: B's
     // notification makes the line arrive well before.
@@ -315,13 +327,22 @@ fn two_servers_polling_one_repository_build_each_commit_once() {
     }
     let mut shas = Vec::new();
     for i in 0..5 {
-        shas.push(commit(
+        let sha = commit(
             &repo,
             &[("n.txt", i.to_string().as_bytes())],
             &format!("commit {i}"),
-        ));
-        // Both servers poll every 200 ms: give them a few rounds each.
-        std::thread::sleep(Duration::from_millis(700));
+        );
+        // One commit per poll (collapse would build only the newest of
+        // several): the next comes once a server has recorded this one.
+        wait_until(LONG, &format!("commit {i} recorded"), || {
+            let p = a.get("/api/v1/projects/app").ok()?;
+            p["changes"]
+                .as_array()?
+                .iter()
+                .any(|c| c["revision"] == sha.as_str())
+                .then_some(())
+        });
+        shas.push(sha);
     }
     let changes = wait_until(LONG, "every commit built", || {
         let p = a.get("/api/v1/projects/app").ok()?;

@@ -1,8 +1,8 @@
 //! Builds: listing, starting, showing (a long poll), cancelling, and the
 //! steps' logs by byte range.
 
-use super::openapi::{BodyRefusals, TokenRefusals};
 use super::{Admin, ApiError, ApiJson, ApiPath, ApiQuery, AppState};
+use crate::access::{BodyRefusals, TokenRefusals};
 use crate::builds::{start_build, BuildRequest};
 use crate::hub::WhyNot;
 use crate::store::{BuildDetail, BuildKind, BuildRow};

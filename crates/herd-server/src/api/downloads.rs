@@ -2,8 +2,8 @@
 //! server's address and the enrollment token in it, and the `herd`
 //! executables (with their SHA-256).
 
-use super::openapi::TokenRefusals;
 use super::{ApiError, ApiPath, AppState};
+use crate::access::TokenRefusals;
 use crate::install;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap};

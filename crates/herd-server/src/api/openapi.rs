@@ -3,45 +3,13 @@
 //! the server itself (health, the document).
 
 use super::AppState;
+use crate::access::TokenRefusals;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herd_api::ErrorBody;
 use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoResponses, Modify, OpenApi};
-
-/// A token that is not valid (401) or of a kind that may not make the
-/// call (403): every route may answer these when a token is presented.
-#[derive(IntoResponses)]
-#[allow(dead_code)] // documentation only: the answers come from `access`
-pub enum TokenRefusals {
-    /// The token is mistyped, revoked or expired; or the call needs one
-    /// and none was given.
-    #[response(status = 401)]
-    Unauthorized(ErrorBody),
-    /// The token is valid but of a kind that may not make this call.
-    #[response(status = 403)]
-    Forbidden(ErrorBody),
-}
-
-/// A JSON body that could not be taken.
-#[derive(IntoResponses)]
-#[allow(dead_code)] // documentation only: the answers come from `ApiJson`
-pub enum BodyRefusals {
-    /// The body is not valid JSON, or not what the call takes.
-    #[response(status = 400)]
-    BadRequest(ErrorBody),
-    /// The body is larger than the server takes.
-    #[response(status = 413)]
-    TooLarge(ErrorBody),
-    /// The body is not sent as `application/json`.
-    #[response(status = 415)]
-    NotJson(ErrorBody),
-    /// The body is JSON of the wrong shape.
-    #[response(status = 422)]
-    WrongShape(ErrorBody),
-}
+use utoipa::{Modify, OpenApi};
 
 /// Tagged enums that take no unknown fields (serde's `deny_unknown_fields`
 /// on the enum): utoipa does not mark their variants closed, so this does.

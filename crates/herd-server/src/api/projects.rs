@@ -2,8 +2,8 @@
 //! recent changes (`herd project list/show`). Secrets are never shown,
 //! only whether set.
 
-use super::openapi::TokenRefusals;
 use super::{ApiError, ApiPath, AppState};
+use crate::access::TokenRefusals;
 use crate::store::{ChangeRow, ProjectRow};
 use crate::App;
 use axum::extract::State;
@@ -30,6 +30,7 @@ fn project_view(app: &App, row: &ProjectRow) -> Project {
             failures: p.failures,
             next_poll_at: p.next_poll_at,
             branches: p.branches,
+            wakes: p.wakes,
         }),
     }
 }

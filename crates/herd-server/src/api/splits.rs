@@ -1,8 +1,8 @@
 //! Results of split test suites: per test, per batch (the timeline of each
 //! worker), and one merged JUnit report.
 
-use super::openapi::TokenRefusals;
 use super::{ApiError, ApiPath, AppState};
+use crate::access::TokenRefusals;
 use crate::store::SplitRow;
 use axum::extract::State;
 use axum::http::header;

@@ -2,9 +2,9 @@
 //! enrolling a worker (an enrollment token traded for a worker token);
 //! what a presented token is.
 
-use super::openapi::{BodyRefusals, TokenRefusals};
 use super::{Admin, ApiError, ApiJson, ApiPath, AppState};
 use crate::access::MaybeCaller;
+use crate::access::{BodyRefusals, TokenRefusals};
 use crate::auth::{self, EnrollRefusal, NewToken, Principal};
 use crate::App;
 use axum::extract::{ConnectInfo, State};

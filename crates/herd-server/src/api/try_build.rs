@@ -2,9 +2,9 @@
 //! top of a revision it has (`herd try`). Needs a try token or the admin
 //! token; the build is marked `try` with who sent it.
 
-use super::openapi::{BodyRefusals, TokenRefusals};
 use super::{ApiError, ApiJson, AppState};
 use crate::access::MaybeCaller;
+use crate::access::{BodyRefusals, TokenRefusals};
 use crate::auth::Principal;
 use crate::builds::{start, BuildRequest, Origin, Started};
 use crate::store::BuildKind;

@@ -2,9 +2,9 @@
 //! resuming, asking for new probes, forgetting one; and which workers can
 //! run which job of a project.
 
-use super::openapi::{BodyRefusals, TokenRefusals};
 use super::{Admin, ApiError, ApiJson, ApiPath, AppState};
 use crate::access::MaybeCaller;
+use crate::access::{BodyRefusals, TokenRefusals};
 use crate::auth::Principal;
 use crate::store::WorkerRow;
 use axum::extract::State;

@@ -30,7 +30,7 @@ impl Hub {
         }
         self.store.set_wanted_probes(&new).await?;
         self.apply_probe_set(new);
-        self.tell_peers("probes");
+        self.tell_peers(super::peers::PeerMsg::Probes);
         Ok(())
     }
 

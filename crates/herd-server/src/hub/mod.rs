@@ -13,6 +13,7 @@ pub mod peers;
 use capabilities::{capabilities, probe_requests};
 pub use capabilities::{Fit, WhyNot, WorkerWhyNot};
 use health::Health;
+use peers::PeerMsg;
 
 use crate::store::{
     Applied, FinishedJob, LostOutcome, QueuedJobInfo, Store, StoreError, WorkerRow,
@@ -119,8 +120,8 @@ pub struct Hub {
     /// This server among those sharing the database.
     pub server_id: String,
     /// Messages for the other servers sharing the database (None: alone).
-    peers: Option<mpsc::UnboundedSender<String>>,
-    peer_outbox: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    peers: Option<mpsc::UnboundedSender<PeerMsg>>,
+    peer_outbox: Mutex<Option<mpsc::UnboundedReceiver<PeerMsg>>>,
 }
 
 /// The result of a worker's hello.
@@ -204,7 +205,7 @@ impl Hub {
 
     pub fn changed(&self) {
         self.changed_here();
-        self.tell_peers("changed");
+        self.tell_peers(PeerMsg::Changed);
     }
 
     /// A change readers of this server wait for, already known to the others.
@@ -226,7 +227,7 @@ impl Hub {
         self.lock().queue.extend(jobs);
         self.wake();
         for b in builds {
-            self.tell_peers(&format!("jobs {b}"));
+            self.tell_peers(PeerMsg::Jobs { build: Some(b) });
         }
         self.changed();
     }
@@ -239,7 +240,10 @@ impl Hub {
     /// removed), whichever server it is connected to.
     pub fn close_worker(&self, name: &str, reason: &str) {
         self.close_here(name, reason);
-        self.tell_peers(&format!("close {name} {reason}"));
+        self.tell_peers(PeerMsg::Close {
+            worker: name.to_string(),
+            reason: reason.to_string(),
+        });
     }
 
     pub(crate) fn close_here(&self, name: &str, reason: &str) {
@@ -448,7 +452,9 @@ impl Hub {
         if let Some(w) = self.lock().workers.get_mut(name) {
             w.paused = paused;
         }
-        self.tell_peers(&format!("paused {name}"));
+        self.tell_peers(PeerMsg::Paused {
+            worker: name.to_string(),
+        });
         self.wake();
         self.changed();
         Ok(true)
@@ -533,7 +539,10 @@ impl Hub {
                     .await?
             {
                 // Its worker is on another server: that one tells it.
-                self.tell_peers(&format!("cancel {attempt} {worker}"));
+                self.tell_peers(PeerMsg::Cancel {
+                    attempt,
+                    worker: worker.clone(),
+                });
             } else if !sent {
                 // Its worker is away: end it here; a late report is fenced.
                 self.lock().orphans.remove(&attempt);

@@ -434,6 +434,8 @@ pub struct Worker {
     pub name: String,
     pub child: Child,
     pub workdir: PathBuf,
+    /// Its standard error (its log), printed when a test fails.
+    log: PathBuf,
 }
 
 impl Worker {
@@ -475,8 +477,16 @@ impl Worker {
         ])
         .arg(workdir)
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .stdout(Stdio::null());
+        // Beside the workdir: a worker may be restarted on the same one.
+        std::fs::create_dir_all(workdir).expect("workdir");
+        let log = workdir.with_extension(format!("{}.log", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("worker log");
+        cmd.stderr(file);
         for l in labels {
             cmd.args(["--label", l]);
         }
@@ -484,7 +494,22 @@ impl Worker {
             name: name.to_string(),
             child: cmd.spawn().expect("spawn herd worker"),
             workdir: workdir.to_path_buf(),
+            log,
         }
+    }
+
+    /// What the worker has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the worker's log says `text`.
+    pub fn wait_log(&self, text: &str) {
+        wait_until(
+            Duration::from_secs(20),
+            &format!("worker {} to log `{text}`", self.name),
+            || self.log().contains(text).then_some(()),
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -501,6 +526,9 @@ impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- log of worker {} ---\n{}", self.name, self.log());
+        }
     }
 }
 
@@ -632,6 +660,9 @@ pub fn pseudo_random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
 pub struct Proxy {
     pub url: String,
     stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Per direction (to the target, back): a chunk read while stalled
+    /// waits to be written.
+    held: std::sync::Arc<[std::sync::atomic::AtomicBool; 2]>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -651,6 +682,11 @@ impl Proxy {
             .expect("proxy bind");
         let addr = listener.local_addr().expect("proxy addr");
         let flag = std::sync::Arc::clone(&stalled);
+        let held: std::sync::Arc<[std::sync::atomic::AtomicBool; 2]> = std::sync::Arc::new([
+            std::sync::atomic::AtomicBool::new(false),
+            std::sync::atomic::AtomicBool::new(false),
+        ]);
+        let held_by_tasks = std::sync::Arc::clone(&held);
         runtime.spawn(async move {
             loop {
                 while flag.load(Ordering::SeqCst) {
@@ -666,14 +702,18 @@ impl Proxy {
                 let _ = upstream.set_nodelay(true);
                 let (cr, cw) = client.into_split();
                 let (ur, uw) = upstream.into_split();
-                for (mut from, mut to) in [
+                for (direction, (mut from, mut to)) in [
                     (
                         Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
                         Box::new(uw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
                     ),
                     (Box::new(ur), Box::new(cw)),
-                ] {
+                ]
+                .into_iter()
+                .enumerate()
+                {
                     let flag = std::sync::Arc::clone(&flag);
+                    let held = std::sync::Arc::clone(&held_by_tasks);
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 16 * 1024];
                         loop {
@@ -684,6 +724,7 @@ impl Proxy {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => {
                                     while flag.load(Ordering::SeqCst) {
+                                        held[direction].store(true, Ordering::SeqCst);
                                         tokio::time::sleep(Duration::from_millis(10)).await;
                                     }
                                     if to.write_all(&buf[..n]).await.is_err() {
@@ -700,12 +741,25 @@ impl Proxy {
         Proxy {
             url: format!("http://{addr}"),
             stalled,
+            held,
             _runtime: runtime,
         }
     }
 
     pub fn stall(&self, on: bool) {
+        if on {
+            for h in self.held.iter() {
+                h.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         self.stalled.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether traffic of both directions is held up by the stall.
+    pub fn holds_both_ways(&self) -> bool {
+        self.held
+            .iter()
+            .all(|h| h.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 
