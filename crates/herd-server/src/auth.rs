@@ -135,7 +135,7 @@ pub enum Principal {
 }
 
 /// What a call needs from the token presented with it; the table of every
-/// route is `api::access::scope_of`.
+/// route is `access::scope_of`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     /// Open to all (health, downloads); a token, if given, must be valid.
@@ -185,7 +185,7 @@ impl Principal {
 
     /// Architecture invariant: each kind of token makes only its own calls.
     /// (For the `OwnWorker…` scopes the caller also checks that a worker
-    /// names itself: see `api::access`.)
+    /// names itself: see `access`.)
     /// The admin token cannot pose as a worker, and a worker token reads
     /// nothing (a volunteer's machine learns only its own jobs).
     pub fn allows(&self, scope: Scope) -> bool {
