@@ -120,7 +120,19 @@ pub struct Job {
     pub requires: Vec<String>,
     /// Why a queued job waits; null once it runs.
     pub waiting: Option<WhyNot>,
+    /// Secrets its steps refer to that this build may not have: they are
+    /// empty in the job's environment.
+    #[serde(default)]
+    pub withheld: Vec<WithheldSecret>,
     pub attempts: Vec<Attempt>,
+}
+
+/// A secret a job refers to and does not get, and why (its `projects:`,
+/// `refs:` or `try:` rule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WithheldSecret {
+    pub secret: String,
+    pub reason: String,
 }
 
 /// One attempt at running a job on one worker.

@@ -22,7 +22,13 @@ pub struct Worker {
     pub name: String,
     pub online: bool,
     pub slots: i64,
+    /// Labels the worker states itself (`--label`): they meet `requires:`,
+    /// never a secret's labels.
     pub labels: BTreeMap<String, String>,
+    /// Labels the server gave it (its enrollment token, `herd workers
+    /// label`): they win over stated ones and alone meet a secret's labels.
+    #[serde(default)]
+    pub server_labels: BTreeMap<String, String>,
     /// What it reports unasked: os, arch, cpus, memory …
     pub facts: BTreeMap<String, String>,
     /// Its herd version.
@@ -56,6 +62,57 @@ pub struct Paused {
 pub struct ReprobeRequest {
     #[serde(default)]
     pub worker: Option<String>,
+}
+
+/// A label's key: what a requirement can name.
+pub const LABEL_KEY_PATTERN: &str = "^[A-Za-z0-9._-]{1,100}$";
+/// A label's value: printable text (no control characters, no
+/// bidirectional overrides), at most 200 characters.
+pub const LABEL_VALUE_PATTERN: &str =
+    "^[^\\x00-\\x1f\\x7f-\\x9f\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069]{0,200}$";
+/// Labels set or removed in one request, each.
+pub const MAX_LABELS_AT_ONCE: usize = 100;
+
+/// `POST /api/v1/workers/{name}/labels`: labels the server gives a worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetLabels {
+    /// Labels to set (a key set again gets the new value).
+    #[serde(default)]
+    #[schema(schema_with = label_map)]
+    pub set: BTreeMap<String, String>,
+    /// Keys to remove.
+    #[serde(default)]
+    #[schema(schema_with = label_keys)]
+    pub remove: Vec<String>,
+}
+
+fn label_key() -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(LABEL_KEY_PATTERN))
+}
+
+fn label_map() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(label_key()))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(LABEL_VALUE_PATTERN)),
+        ))
+        .max_properties(Some(MAX_LABELS_AT_ONCE))
+        .build()
+}
+
+fn label_keys() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(label_key())
+        .max_items(Some(MAX_LABELS_AT_ONCE))
+        .build()
 }
 
 /// The answer to a reprobe: the workers asked.

@@ -84,7 +84,53 @@ fn parse(xml: &str) -> Result<Report, String> {
     } else {
         body
     };
-    Report::deserialize_from_str(doc).map_err(|e| e.to_string())
+    let named = name_suites(doc);
+    Report::deserialize_from_str(&named).map_err(|e| e.to_string())
+}
+
+/// The document with `name=""` added to each `<testsuite>` without a
+/// name: quick-junit requires one, and hand-written reports (a shell
+/// script's) often leave it out.
+fn name_suites(doc: &str) -> std::borrow::Cow<'_, str> {
+    const TAG: &str = "<testsuite";
+    let mut out = String::new();
+    let mut rest = doc;
+    let mut changed = false;
+    while let Some(at) = rest.find(TAG) {
+        let after = &rest[at + TAG.len()..];
+        let is_suite = after.starts_with(|c: char| c.is_whitespace() || c == '>' || c == '/');
+        // The tag's end: the first `>` outside a quoted value.
+        let mut quote = None;
+        let end = after.char_indices().find_map(|(i, c)| match (quote, c) {
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                None
+            }
+            (Some(q), c) if c == q => {
+                quote = None;
+                None
+            }
+            (None, '>') => Some(i),
+            _ => None,
+        });
+        let head = &after[..end.unwrap_or(after.len())];
+        out.push_str(&rest[..at + TAG.len()]);
+        if is_suite && !has_name_attribute(head) {
+            out.push_str(" name=\"\"");
+            changed = true;
+        }
+        rest = after;
+    }
+    if !changed {
+        return std::borrow::Cow::Borrowed(doc);
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+fn has_name_attribute(head: &str) -> bool {
+    head.split_whitespace()
+        .any(|a| a.starts_with("name=") || a.starts_with("name ="))
 }
 
 /// The document from its root element on (no declaration or comments).
@@ -148,6 +194,23 @@ fn norm(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suite_without_a_name_is_read() {
+        let runs = results(
+            "<testsuite><testcase name=\"a\"><failure message=\"m\">x</failure></testcase><testcase name=\"b\"/></testsuite>",
+            &["a".to_string(), "b".to_string()],
+        )
+        .unwrap();
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!(runs[0].outcome, RunOutcome::Failed);
+        assert_eq!(runs[0].message.as_deref(), Some("failure: m\nx"));
+        let named = name_suites("<testsuites><testsuite tests=\"1\" x='a>b'><testsuite name=\"n\"/></testsuite></testsuites>");
+        assert_eq!(
+            named,
+            "<testsuites><testsuite name=\"\" tests=\"1\" x='a>b'><testsuite name=\"n\"/></testsuite></testsuites>"
+        );
+    }
 
     const PYTEST: &str = r#"<?xml version="1.0" encoding="utf-8"?><testsuites name="pytest tests"><testsuite name="pytest" errors="0" failures="1" skipped="1" tests="4" time="0.05" timestamp="2026-11-29T10:00:00.000000+00:00" hostname="h"><testcase classname="tests.test_a.TestX" name="test_y" time="0.001" /><testcase classname="tests.test_a" name="test_p[1-2]" time="0.25"><failure message="assert 1 == 2">def test_p(): assert 1 == 2</failure></testcase><testcase classname="tests.test_a" name="test_s" time="0.000"><skipped type="pytest.skip" message="no">skip</skipped></testcase><testcase classname="tests.test_b" name="test_other" time="0.1" /></testsuite></testsuites>"#;
 

@@ -12,6 +12,7 @@ pub mod junit;
 pub mod pipeline;
 pub mod plan;
 pub mod probe;
+pub mod redact;
 pub mod requirement;
 pub mod schedule;
 pub mod secret_ref;

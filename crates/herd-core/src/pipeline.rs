@@ -21,8 +21,6 @@ pub const MAX_PIPELINE_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pipeline {
-    /// Custom probes: name -> shell command printing a version.
-    pub probes: BTreeMap<String, String>,
     pub builders: Vec<Builder>,
 }
 
@@ -77,6 +75,9 @@ pub struct SplitDef {
     pub flaky_fails: bool,
 }
 
+/// Where custom probes are defined instead of herd.yml.
+pub const PROBES_HELP: &str = "a probe's command runs on every worker, so it comes from whoever runs them: the server's admin (`probes:` in the server config) or a worker's owner (`herd worker --probe NAME=COMMAND`); herd.yml names a probe in `requires:`, e.g. `requires: [wx >= 3.2]`";
+
 /// Most workers one split step may use.
 pub const MAX_SPLIT_WORKERS: u32 = 64;
 
@@ -85,8 +86,8 @@ pub const MAX_SPLIT_WORKERS: u32 = 64;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPipeline {
-    #[serde(default)]
-    probes: IndexMap<String, String>,
+    /// Refused with a word on where probes are defined.
+    probes: Option<Spanned<serde::de::IgnoredAny>>,
     builders: Option<IndexMap<Spanned<String>, RawBuilder>>,
 }
 
@@ -192,6 +193,13 @@ impl Lower<'_> {
     }
 
     fn pipeline(&self, raw: RawPipeline) -> Result<Pipeline, ConfigError> {
+        if let Some(p) = &raw.probes {
+            // A probe's command runs on every connected worker: code from
+            // whoever can push must not get there.
+            return Err(self
+                .err(&p.referenced, "`probes:` cannot be defined in herd.yml")
+                .with_help(PROBES_HELP));
+        }
         let Some(raw_builders) = raw.builders else {
             return Err(ConfigError::at(
                 self.file,
@@ -212,10 +220,7 @@ impl Lower<'_> {
         for (name, b) in raw_builders {
             builders.push(self.builder(name, b)?);
         }
-        Ok(Pipeline {
-            probes: raw.probes.into_iter().collect(),
-            builders,
-        })
+        Ok(Pipeline { builders })
     }
 
     fn builder(&self, name: Spanned<String>, raw: RawBuilder) -> Result<Builder, ConfigError> {
@@ -334,6 +339,22 @@ impl Lower<'_> {
                 Some(n) => {
                     if n.value.trim().is_empty() {
                         return Err(self.err(&n.referenced, "a step name cannot be empty"));
+                    }
+                    if let Some(c) = n.value.chars().find(|c| is_hidden_char(*c)) {
+                        return Err(self
+                            .err(
+                                &n.referenced,
+                                format!("step name contains the control character {}", c.escape_unicode()),
+                            )
+                            .with_help("a step name is shown on pages and terminals: use printable text on one line"));
+                    }
+                    if n.value.chars().count() > MAX_STEP_NAME {
+                        return Err(self
+                            .err(
+                                &n.referenced,
+                                format!("a step name has at most {MAX_STEP_NAME} characters"),
+                            )
+                            .with_help("shorten the name; the command can say the rest"));
                     }
                     n.value.clone()
                 }
@@ -560,13 +581,28 @@ impl Lower<'_> {
     }
 }
 
-/// A step without a name is named after the first line of its command.
+/// Longest step name, in characters.
+pub const MAX_STEP_NAME: usize = 200;
+
+/// Characters that a terminal or a page would act on instead of show: C0
+/// and C1 controls, DEL, and the bidirectional overrides that reorder text
+/// ("Trojan Source").
+pub fn is_hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A step without a name is named after the first line of its command,
+/// with anything a terminal would act on made a space.
 fn default_step_name(run: &str) -> String {
-    let first = run
+    let first: String = run
         .lines()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
-        .trim();
+        .chars()
+        .map(|c| if is_hidden_char(c) { ' ' } else { c })
+        .collect();
+    let first = first.trim();
     if first.chars().count() > 60 {
         format!("{}…", first.chars().take(59).collect::<String>())
     } else {

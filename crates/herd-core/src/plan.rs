@@ -33,6 +33,22 @@ pub struct JobSpec {
     /// Secrets the steps' env refers to; their values join at assignment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// Secrets the steps refer to but may not have here: they are empty in
+    /// the env, and the build says why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<Withheld>,
+    /// Requirements met only by labels the server gave the worker (an
+    /// enrollment token, `herd workers label`), never by labels a worker
+    /// states itself: those of the secrets the job gets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_requires: Vec<Requirement>,
+}
+
+/// A secret a job refers to and does not get, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withheld {
+    pub secret: String,
+    pub reason: String,
 }
 
 /// One shard of a split job: which split it serves.
@@ -62,12 +78,21 @@ pub fn shard_job_name(job: &str, index: u32) -> String {
 }
 
 /// Who may use a secret: the server config's `secrets:` without values.
+/// What the repository writes (builder names, herd.yml) cannot meet it
+/// alone: projects, refs and try builds are the server's facts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SecretRule {
     /// `BUILDER` or `PROJECT/BUILDER`; empty: any builder.
     pub builders: Vec<String>,
-    /// Only workers with all these labels run a job that uses it.
+    /// Only workers with all these labels, set by the server, run a job
+    /// that uses it.
     pub labels: BTreeMap<String, String>,
+    /// Projects that may use it; empty: any.
+    pub projects: Vec<String>,
+    /// Branches or tags (globs) of the builds that get it; empty: any.
+    pub refs: Vec<String>,
+    /// Try builds get it only when this says so.
+    pub try_builds: bool,
 }
 
 /// Where workers check the revision out from.
@@ -91,7 +116,27 @@ pub struct PlanRequest<'a> {
     pub change: Option<&'a ChangeFacts>,
     /// A try build: its patch joins the checkout step at assignment.
     pub patched: bool,
+    /// The branch or tag the build is of (a change's branch, the ref a
+    /// build by hand names); None for a try build or a bare commit.
+    pub ref_name: Option<&'a str>,
     pub secrets: &'a BTreeMap<String, SecretRule>,
+    pub limits: PlanLimits,
+}
+
+/// How big one build may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanLimits {
+    pub max_builders: u32,
+    pub max_jobs: u32,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        PlanLimits {
+            max_builders: 200,
+            max_jobs: 1_000,
+        }
+    }
 }
 
 /// A job to create.
@@ -121,10 +166,20 @@ pub enum PlanError {
         builder: String,
         known: Vec<String>,
     },
-    /// The pipeline uses a secret it may not have: the build is recorded
-    /// as failed with this reason, so that whoever pushed sees why.
+    /// The pipeline refers to a secret the server does not have: the build
+    /// is recorded as failed with this reason, so that whoever pushed sees
+    /// why.
     #[error("{0}")]
     Secret(String),
+    /// The build would be larger than the server takes.
+    #[error("this build would have {count} {what}, more than the {limit} the server takes (`limits: {{{setting}: N}}` in its config)")]
+    TooBig {
+        what: &'static str,
+        /// The setting of the server config that says how many.
+        setting: &'static str,
+        count: usize,
+        limit: u32,
+    },
 }
 
 impl PlanError {
@@ -141,9 +196,25 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
         Ok(b) => b,
         Err(why) => return Ok(Plan::NothingToBuild(why)),
     };
+    if builders.len() > req.limits.max_builders as usize {
+        return Err(PlanError::TooBig {
+            what: "builders",
+            setting: "max_builders_per_build",
+            count: builders.len(),
+            limit: req.limits.max_builders,
+        });
+    }
     let mut jobs = Vec::new();
     for b in builders {
         plan_builder(req, b, &mut jobs)?;
+        if jobs.len() > req.limits.max_jobs as usize {
+            return Err(PlanError::TooBig {
+                what: "jobs or more",
+                setting: "max_jobs_per_build",
+                count: jobs.len(),
+                limit: req.limits.max_jobs,
+            });
+        }
     }
     Ok(Plan::Jobs(jobs))
 }
@@ -199,20 +270,16 @@ fn plan_builder(
         }
         let offset = steps.len();
         steps.extend(j.steps.iter().map(step_spec));
-        let (secrets, secret_requires) = secrets_of_job(req.secrets, req.project, &b.name, &steps)?;
-        let mut requires = j.requires.clone();
-        for r in secret_requires {
-            if !requires.contains(&r) {
-                requires.push(r);
-            }
-        }
+        let granted = secrets_of_job(req, &b.name, &steps)?;
         let spec = JobSpec {
-            requires,
+            requires: j.requires.clone(),
             steps,
             cap: b.max_concurrent,
             shard: None,
             patched: req.patched,
-            secrets,
+            secrets: granted.names,
+            withheld: granted.withheld,
+            trusted_requires: granted.trusted_requires,
         };
         let split = j
             .steps
@@ -283,14 +350,23 @@ fn step_spec(s: &Step) -> StepSpec {
     }
 }
 
-/// The secrets a job's steps refer to, checked against the rules (the
-/// builder must be allowed), and the label requirements they bring.
+/// What a job gets of the secrets its steps refer to.
+struct Granted {
+    names: Vec<String>,
+    withheld: Vec<Withheld>,
+    /// The label requirements of the granted secrets (server labels only).
+    trusted_requires: Vec<Requirement>,
+}
+
+/// The secrets a job's steps refer to, checked against the server's rules:
+/// granted (their labels become requirements only server-given labels
+/// meet) or withheld with the reason. A name the server does not have is
+/// an error.
 fn secrets_of_job(
-    rules: &BTreeMap<String, SecretRule>,
-    project: &str,
+    req: &PlanRequest<'_>,
     builder: &str,
     steps: &[StepSpec],
-) -> Result<(Vec<String>, Vec<Requirement>), PlanError> {
+) -> Result<Granted, PlanError> {
     let mut names: Vec<String> = Vec::new();
     for step in steps {
         for value in step.env.values() {
@@ -301,25 +377,25 @@ fn secrets_of_job(
             }
         }
     }
-    let mut requires = Vec::new();
-    for name in &names {
-        let Some(rule) = rules.get(name) else {
-            let known: Vec<&str> = rules.keys().map(String::as_str).collect();
+    let mut granted = Granted {
+        names: Vec::new(),
+        withheld: Vec::new(),
+        trusted_requires: Vec::new(),
+    };
+    for name in names {
+        let Some(rule) = req.secrets.get(&name) else {
+            let known: Vec<&str> = req.secrets.keys().map(String::as_str).collect();
             return Err(PlanError::Secret(format!(
                 "builder `{builder}` refers to secret `{name}`, which the server does not have (it has: {}); add it under `secrets:` in the server config",
                 if known.is_empty() { "none".to_string() } else { known.join(", ") }
             )));
         };
-        let allowed = rule.builders.is_empty()
-            || rule
-                .builders
-                .iter()
-                .any(|b| b == builder || *b == format!("{project}/{builder}"));
-        if !allowed {
-            return Err(PlanError::Secret(format!(
-                "builder `{builder}` of project `{project}` may not use secret `{name}` (allowed: {}); change `builders:` of the secret in the server config",
-                rule.builders.join(", ")
-            )));
+        if let Some(reason) = withholding(rule, req, builder) {
+            granted.withheld.push(Withheld {
+                secret: name,
+                reason,
+            });
+            continue;
         }
         for (key, value) in &rule.labels {
             let text = format!("{key} == {value}");
@@ -328,12 +404,58 @@ fn secrets_of_job(
                     "secret `{name}` needs label `{key}={value}`, which is not a valid requirement: {e}"
                 ))
             })?;
-            if !requires.contains(&r) {
-                requires.push(r);
+            if !granted.trusted_requires.contains(&r) {
+                granted.trusted_requires.push(r);
+            }
+        }
+        granted.names.push(name);
+    }
+    Ok(granted)
+}
+
+/// Why a build of this request does not get a secret, if it does not.
+fn withholding(rule: &SecretRule, req: &PlanRequest<'_>, builder: &str) -> Option<String> {
+    if req.patched && !rule.try_builds {
+        return Some(
+            "try builds do not get it (unless the server's config says `try: true`)".into(),
+        );
+    }
+    if !rule.projects.is_empty() && !rule.projects.iter().any(|p| p == req.project) {
+        return Some(format!(
+            "project `{}` is not among its projects ({})",
+            req.project,
+            rule.projects.join(", ")
+        ));
+    }
+    if !rule.refs.is_empty() {
+        match req.ref_name {
+            Some(r) if crate::change::globs_select(&rule.refs, r) => {}
+            Some(r) => {
+                return Some(format!(
+                    "`{r}` is not among its branches and tags ({})",
+                    rule.refs.join(", ")
+                ))
+            }
+            None => {
+                return Some(format!(
+                    "the build is of no branch or tag, and it goes only to {}",
+                    rule.refs.join(", ")
+                ))
             }
         }
     }
-    Ok((names, requires))
+    let allowed = rule.builders.is_empty()
+        || rule
+            .builders
+            .iter()
+            .any(|b| b == builder || *b == format!("{}/{builder}", req.project));
+    if !allowed {
+        return Some(format!(
+            "builder `{builder}` is not among its builders ({})",
+            rule.builders.join(", ")
+        ));
+    }
+    None
 }
 
 #[cfg(test)]

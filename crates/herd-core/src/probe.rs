@@ -5,7 +5,10 @@
 //! * a **fact** every worker reports unasked (`os`, `arch`, `cpus` ...);
 //! * `pkg:NAME`: a library, through `pkg-config --modversion NAME`;
 //! * `py:MODULE`: a Python module importable by `python3`;
-//! * a **custom probe** declared under `probes:` in herd.yml (a shell command);
+//! * a **custom probe**: its shell command defined by the server's admin
+//!   (`probes:` in the server config) or by the worker's owner (`herd
+//!   worker --probe NAME=COMMAND`, which wins on that worker); never by
+//!   herd.yml, which only names probes;
 //! * otherwise an **executable** on PATH, its version from `NAME --version`
 //!   (then `-version`, `-V`).
 //!
@@ -64,8 +67,11 @@ pub fn is_fact(name: &str) -> bool {
 }
 
 /// The probes a pipeline's requirements need (facts excluded), with the
-/// commands of its custom probes.
-pub fn probes_for(pipeline: &Pipeline) -> BTreeMap<String, ProbeSpec> {
+/// commands the server's config gives custom probes.
+pub fn probes_for(
+    pipeline: &Pipeline,
+    commands: &BTreeMap<String, String>,
+) -> BTreeMap<String, ProbeSpec> {
     let mut out = BTreeMap::new();
     for b in &pipeline.builders {
         for j in &b.jobs {
@@ -78,7 +84,7 @@ pub fn probes_for(pipeline: &Pipeline) -> BTreeMap<String, ProbeSpec> {
                         name.to_string(),
                         ProbeSpec {
                             name: name.to_string(),
-                            command: pipeline.probes.get(name).cloned(),
+                            command: commands.get(name).cloned(),
                         },
                     );
                 }
@@ -167,10 +173,11 @@ mod tests {
     fn probes_come_from_requirements_without_facts() {
         let p = Pipeline::parse(
             "f",
-            "probes:\n  wx: wx-config --version\nbuilders:\n  a:\n    requires: [os == linux, python3 >= 3.10]\n    jobs:\n      j:\n        requires: [pkg:gtk+-3.0 | wx, py:yaml]\n        steps: [{run: x}]\n",
+            "builders:\n  a:\n    requires: [os == linux, python3 >= 3.10]\n    jobs:\n      j:\n        requires: [pkg:gtk+-3.0 | wx, py:yaml]\n        steps: [{run: x}]\n",
         )
         .unwrap();
-        let probes = probes_for(&p);
+        let commands = BTreeMap::from([("wx".to_string(), "wx-config --version".to_string())]);
+        let probes = probes_for(&p, &commands);
         let names: Vec<&str> = probes.keys().map(String::as_str).collect();
         assert_eq!(names, ["pkg:gtk+-3.0", "py:yaml", "python3", "wx"]);
         assert_eq!(

@@ -17,6 +17,8 @@ pub struct QueuedJob {
     pub builder: String,
     pub priority: i64,
     pub requires: Vec<Requirement>,
+    /// Met by labels the server gave the worker only (see [`WorkerView`]).
+    pub trusted_requires: Vec<Requirement>,
     /// The builder's `max_concurrent`: jobs of this builder running at once.
     pub cap: Option<u32>,
     /// Jobs with the same spread key (the shards of one split step) never
@@ -30,7 +32,11 @@ pub struct WorkerView {
     pub free_slots: u32,
     /// False while paused, draining or quarantined.
     pub accepting: bool,
+    /// Facts, probe results and labels: what `requires` is matched with.
     pub caps: Capabilities,
+    /// Labels the server gave the worker (an enrollment token, `herd
+    /// workers label`): the only thing `trusted_requires` is matched with.
+    pub trusted_caps: Capabilities,
     /// Builders this worker ran recently, most recent first.
     pub recent_builders: Vec<String>,
     /// Spread keys of the jobs it runs now.
@@ -46,6 +52,25 @@ pub struct Placement {
 /// Whether `worker` satisfies every requirement; the first unmet one's reason otherwise.
 pub fn can_run(requires: &[Requirement], caps: &Capabilities) -> Result<(), Unmet> {
     requires.iter().try_for_each(|r| r.check(caps))
+}
+
+/// Whether a worker may run a job: its requirements against all the
+/// worker has, its trusted requirements against the labels the server
+/// gave it alone. The same function places jobs and explains waits.
+pub fn fits(
+    requires: &[Requirement],
+    trusted_requires: &[Requirement],
+    caps: &Capabilities,
+    trusted_caps: &Capabilities,
+) -> Result<(), Unmet> {
+    can_run(requires, caps)?;
+    can_run(trusted_requires, trusted_caps).map_err(|u| Unmet {
+        message: format!(
+            "{} (a secret needs it set by the server: `herd workers label`; a label the worker states itself does not count)",
+            u.message
+        ),
+        name: u.name,
+    })
 }
 
 /// Places queued jobs (given oldest first) on free worker slots. `running`
@@ -79,7 +104,15 @@ pub fn plan(
             .enumerate()
             .filter(|(i, _)| free[*i] > 0)
             .filter(|(i, _)| job.spread.as_ref().is_none_or(|k| !spreads[*i].contains(k)))
-            .filter(|(_, w)| can_run(&job.requires, &w.caps).is_ok())
+            .filter(|(_, w)| {
+                fits(
+                    &job.requires,
+                    &job.trusted_requires,
+                    &w.caps,
+                    &w.trusted_caps,
+                )
+                .is_ok()
+            })
             .max_by_key(|(i, w)| {
                 let warmth = w
                     .recent_builders
@@ -154,6 +187,7 @@ mod tests {
                 .iter()
                 .map(|r| Requirement::parse(r).unwrap())
                 .collect(),
+            trusted_requires: vec![],
             cap: None,
             spread: None,
         }
@@ -169,6 +203,7 @@ mod tests {
             free_slots: slots,
             accepting: true,
             caps,
+            trusted_caps: Capabilities::default(),
             recent_builders: vec![],
             spreads: vec![],
         }
@@ -252,6 +287,34 @@ mod tests {
         let p = plan(&q, &w, &HashMap::new());
         assert_eq!(p.len(), 5);
         assert_eq!(p.iter().filter(|p| p.worker == "a").count(), 2);
+    }
+
+    #[test]
+    fn a_trusted_requirement_is_met_by_a_server_label_only() {
+        let mut j = job(1, "p/release", 0, &[]);
+        j.trusted_requires = vec![Requirement::parse("trusted == yes").unwrap()];
+        // States the label itself: not enough.
+        let stated = worker("stated", 1, &[("trusted", "yes")]);
+        assert!(plan(
+            std::slice::from_ref(&j),
+            std::slice::from_ref(&stated),
+            &HashMap::new()
+        )
+        .is_empty());
+        let e = fits(
+            &j.requires,
+            &j.trusted_requires,
+            &stated.caps,
+            &stated.trusted_caps,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("set by the server"), "{}", e.message);
+        let mut given = worker("given", 1, &[]);
+        given.trusted_caps.set("trusted", "yes");
+        assert_eq!(
+            plan(&[j], &[stated, given], &HashMap::new())[0].worker,
+            "given"
+        );
     }
 
     #[test]

@@ -344,6 +344,16 @@ pub struct Assignment {
     /// a notice (the step goes on). None: [`DEFAULT_STEP_LOG_LIMIT`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_limit: Option<u64>,
+    /// Most bytes of output kept for the whole attempt (all its steps);
+    /// past it the worker drops output as past a step's limit. None: no
+    /// limit but the steps'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_log_limit: Option<u64>,
+    /// What the job should know before it starts (a secret withheld, and
+    /// why): the worker writes each as a line at the top of the first
+    /// step's log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use crate::store::{BuildKind, NewBuild, NewJob, QueuedJobInfo, StoreError};
 use crate::App;
 use herd_core::change::ChangeFacts;
 use herd_core::pipeline::Pipeline;
-use herd_core::plan::{plan, Checkout, Plan, PlanError, PlanRequest, SecretRule};
+use herd_core::plan::{plan, Checkout, Plan, PlanError, PlanLimits, PlanRequest, SecretRule};
 use std::collections::BTreeMap;
 
 /// What is asked to be built.
@@ -66,6 +66,10 @@ pub enum StartError {
     UnknownProject { name: String, known: Vec<String> },
     #[error("project `{0}` has neither a repository nor a pipeline")]
     NoSource(String),
+    /// A try patch for a project whose pipeline is in the server config:
+    /// there is nothing to apply it to.
+    #[error("project `{0}` has no repository, so a try patch has nothing to apply to: try a project that builds from a repository")]
+    NoRepository(String),
     #[error("no revision `{rev}` in the repository of project `{project}`")]
     UnknownRevision { project: String, rev: String },
     #[error("{0}")]
@@ -92,6 +96,8 @@ pub async fn start_build(app: &App, req: BuildRequest) -> Result<i64, StartError
 /// and subject; Err(text) when the build is to be recorded as failed.
 struct Source {
     revision: Option<String>,
+    /// The branch or tag, when the revision was asked by one.
+    ref_name: Option<String>,
     pipeline_text: String,
     file: String,
     author: Option<String>,
@@ -132,10 +138,19 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
     };
     // Before the jobs are queued, so that no job is matched against a worker
     // that was never asked about what the job needs.
+    let settings = &app.hub.settings;
     app.hub
-        .want_probes(herd_core::probe::probes_for(&pipeline).into_values())
+        .want_probes(
+            herd_core::probe::probes_for(&pipeline, &settings.probe_commands).into_values(),
+        )
         .await?;
-    let rules = secret_rules(&app.hub.settings.secrets);
+    let rules = secret_rules(&settings.secrets);
+    // A change is of its branch; a build by hand of the ref it names.
+    let ref_name = match origin.kind {
+        BuildKind::Change => origin.branch.clone(),
+        BuildKind::Manual => source.ref_name.clone(),
+        BuildKind::Try => None,
+    };
     let planned = plan(&PlanRequest {
         project: &project.name,
         pipeline: &pipeline,
@@ -147,7 +162,12 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
         builder: req.builder.as_deref(),
         change: origin.change.as_ref(),
         patched: origin.patch.is_some(),
+        ref_name: ref_name.as_deref(),
         secrets: &rules,
+        limits: PlanLimits {
+            max_builders: settings.limits.max_builders_per_build,
+            max_jobs: settings.limits.max_jobs_per_build,
+        },
     });
     let jobs = match planned {
         Ok(Plan::Jobs(jobs)) => jobs,
@@ -222,6 +242,7 @@ async fn resolve(
             match resolved {
                 Ok(r) => Ok(Ok(Source {
                     revision: Some(r.revision),
+                    ref_name: r.ref_name,
                     pipeline_text: r.pipeline_text,
                     file: "herd.yml".into(),
                     author: Some(r.author),
@@ -241,8 +262,12 @@ async fn resolve(
                 Err(e) => Ok(Err(e.to_string())),
             }
         }
+        (None, Some(_)) if origin.patch.is_some() => {
+            Err(StartError::NoRepository(project.name.clone()))
+        }
         (None, Some(text)) => Ok(Ok(Source {
             revision: None,
+            ref_name: None,
             pipeline_text: text.clone(),
             file: format!("pipeline of project {}", project.name),
             author: None,
@@ -264,6 +289,9 @@ fn secret_rules(
                 SecretRule {
                     builders: s.builders.clone(),
                     labels: s.labels.clone(),
+                    projects: s.projects.clone(),
+                    refs: s.refs.clone(),
+                    try_builds: s.try_builds,
                 },
             )
         })

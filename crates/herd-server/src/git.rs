@@ -1,6 +1,9 @@
 //! The server's bare mirror of each project's repository: it resolves what
 //! to build (a branch, tag or commit) to a commit, and reads the herd.yml of
-//! that commit. Shells out to `git`, with the user's usual credential setup.
+//! that commit. Shells out to `git`, with the user's usual credential setup,
+//! or a project's `credentials:` given through `GIT_ASKPASS` (`herd
+//! __askpass`), so that a token is never on a command line or in a URL.
+//! Errors have the user information of any URL in them hidden.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +52,9 @@ pub struct CommitInfo {
 pub struct Mirrors {
     dir: PathBuf,
     locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Per project: the environment that makes git ask `herd __askpass`
+    /// for the project's credentials.
+    auth: HashMap<String, Vec<(&'static str, String)>>,
 }
 
 pub struct Resolved {
@@ -57,14 +63,51 @@ pub struct Resolved {
     /// The commit's author and first line of its message.
     pub author: String,
     pub message: String,
+    /// The branch or tag built, when the revision was asked by one (or
+    /// left to the repository's default branch).
+    pub ref_name: Option<String>,
 }
+
+/// The environment of `herd __askpass`: the user and the token it gives git.
+pub const ASKPASS_USER: &str = "HERD_GIT_USER";
+pub const ASKPASS_TOKEN: &str = "HERD_GIT_TOKEN";
 
 impl Mirrors {
     pub fn new(dir: PathBuf) -> Self {
         Mirrors {
             dir,
             locks: Default::default(),
+            auth: HashMap::new(),
         }
+    }
+
+    /// Fetches of `project` present `user` and `token` through
+    /// `askpass` (the `herd` executable, run as `herd __askpass PROMPT`).
+    pub fn with_credentials(
+        mut self,
+        project: &str,
+        askpass: &Path,
+        user: &str,
+        token: &str,
+    ) -> Self {
+        self.auth.insert(
+            project.to_string(),
+            vec![
+                ("GIT_ASKPASS", format!("{}", askpass.display())),
+                ("HERD_ASKPASS", "1".to_string()),
+                (ASKPASS_USER, user.to_string()),
+                (ASKPASS_TOKEN, token.to_string()),
+            ],
+        );
+        self
+    }
+
+    /// The environment of git commands that reach `project`'s remote.
+    fn remote_env(&self, project: &str) -> Vec<(&str, String)> {
+        self.auth
+            .get(project)
+            .map(|e| e.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default()
     }
 
     fn lock_for(&self, project: &str) -> Arc<Mutex<()>> {
@@ -82,11 +125,11 @@ impl Mirrors {
     ) -> Result<Resolved, GitError> {
         let lock = self.lock_for(project);
         let _guard = lock.lock().await;
-        let (mirror, revision) = self.update_and_resolve(project, repo, rev).await?;
+        let (mirror, revision, ref_name) = self.update_and_resolve(project, repo, rev).await?;
         let pipeline_text = git(&mirror, &["show", &format!("{revision}:herd.yml")])
             .await
             .map_err(|_| GitError::NoPipeline(revision.clone()))?;
-        commit_summary(&mirror, revision, pipeline_text).await
+        commit_summary(&mirror, revision, pipeline_text, ref_name).await
     }
 
     /// Like [`Mirrors::resolve`], with `patch` applied on top of the
@@ -101,7 +144,8 @@ impl Mirrors {
     ) -> Result<Resolved, GitError> {
         let lock = self.lock_for(project);
         let _guard = lock.lock().await;
-        let (mirror, revision) = self.update_and_resolve(project, repo, rev).await?;
+        // A try is of no branch: its patch is its sender's.
+        let (mirror, revision, _) = self.update_and_resolve(project, repo, rev).await?;
         let index = self
             .dir
             .join(format!("{project}.try-{}.index", std::process::id()));
@@ -126,7 +170,7 @@ impl Mirrors {
         }
         .await;
         let _ = tokio::fs::remove_file(&index).await;
-        commit_summary(&mirror, revision, result?).await
+        commit_summary(&mirror, revision, result?, None).await
     }
 
     /// Fetches the mirror (cloning it the first time) and lists its branches.
@@ -249,16 +293,52 @@ impl Mirrors {
         project: &str,
         repo: &str,
         rev: Option<&str>,
-    ) -> Result<(PathBuf, String), GitError> {
-        let rev = rev.unwrap_or("HEAD");
-        let mirror = self.update(project, repo, Some(rev)).await?;
-        let spec = format!("{rev}^{{commit}}");
-        let revision = git(&mirror, &["rev-parse", "--verify", "--quiet", &spec])
-            .await
-            .map_err(|_| GitError::UnknownRevision(rev.to_string()))?
-            .trim()
-            .to_string();
-        Ok((mirror, revision))
+    ) -> Result<(PathBuf, String, Option<String>), GitError> {
+        let asked = rev.unwrap_or("HEAD");
+        let mirror = self.update(project, repo, Some(asked)).await?;
+        // A name is a branch first, then a tag, each by its full ref: git's
+        // own order would let a pushed tag called `main` stand for the
+        // branch, and a secret bound to `refs: [main]` follow it.
+        let mut ref_name = None;
+        let mut full = None;
+        match rev {
+            None => {
+                ref_name = git(&mirror, &["symbolic-ref", "--quiet", "--short", "HEAD"])
+                    .await
+                    .ok()
+                    .map(|b| b.trim().to_string());
+            }
+            Some(r) if !r.starts_with('-') => {
+                for prefix in ["refs/heads/", "refs/tags/"] {
+                    let candidate = format!("{prefix}{r}");
+                    if git(&mirror, &["show-ref", "--verify", "--quiet", &candidate])
+                        .await
+                        .is_ok()
+                    {
+                        ref_name = Some(r.to_string());
+                        full = Some(candidate);
+                        break;
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+        let spec = format!("{}^{{commit}}", full.as_deref().unwrap_or(asked));
+        let revision = git(
+            &mirror,
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                &spec,
+            ],
+        )
+        .await
+        .map_err(|_| GitError::UnknownRevision(asked.to_string()))?
+        .trim()
+        .to_string();
+        Ok((mirror, revision, ref_name))
     }
 
     async fn update(
@@ -276,9 +356,11 @@ impl Mirrors {
                 .map_err(GitError::Spawn)?;
             let tmp = self.dir.join(format!("{project}.git.tmp"));
             let _ = tokio::fs::remove_dir_all(&tmp).await;
-            git(
+            git_with(
                 &self.dir,
                 &["clone", "--mirror", "--quiet", repo, &tmp.to_string_lossy()],
+                &self.remote_env(project),
+                None,
             )
             .await?;
             tokio::fs::rename(&tmp, &mirror)
@@ -286,7 +368,13 @@ impl Mirrors {
                 .map_err(GitError::Spawn)?;
         } else if !(is_full_sha && has_commit(&mirror, rev.unwrap_or("")).await) {
             git(&mirror, &["remote", "set-url", "origin", repo]).await?;
-            git(&mirror, &["fetch", "--prune", "--quiet", "origin"]).await?;
+            git_with(
+                &mirror,
+                &["fetch", "--prune", "--quiet", "origin"],
+                &self.remote_env(project),
+                None,
+            )
+            .await?;
         }
         Ok(mirror)
     }
@@ -296,6 +384,7 @@ async fn commit_summary(
     mirror: &Path,
     revision: String,
     pipeline_text: String,
+    ref_name: Option<String>,
 ) -> Result<Resolved, GitError> {
     let info = git(mirror, &["show", "-s", "--format=%an%x00%s", &revision])
         .await
@@ -308,6 +397,7 @@ async fn commit_summary(
         pipeline_text,
         author,
         message,
+        ref_name,
     })
 }
 
@@ -354,12 +444,13 @@ async fn git_with(
     };
     let out = tokio::time::timeout(GIT_TIMEOUT, run)
         .await
-        .map_err(|_| GitError::Timeout(args.join(" ")))?
+        .map_err(|_| GitError::Timeout(herd_core::redact::redact_text(&args.join(" "))))?
         .map_err(GitError::Spawn)?;
     if !out.status.success() {
+        // git quotes URLs in its errors: no credentials in them go further.
         return Err(GitError::Failed {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            args: herd_core::redact::redact_text(&args.join(" ")),
+            stderr: herd_core::redact::redact_text(String::from_utf8_lossy(&out.stderr).trim()),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -10,6 +10,7 @@ pub mod builds;
 pub mod cluster;
 pub mod config;
 pub mod git;
+pub mod headers;
 pub mod hub;
 pub mod install;
 pub mod limits;
@@ -54,6 +55,12 @@ pub struct App {
 }
 
 impl App {
+    /// Whether browsers reach this server over HTTPS: it serves TLS itself,
+    /// or its public address (behind a proxy) says `https`.
+    pub fn https(&self) -> bool {
+        self.tls_pin.is_some() || self.public_url.starts_with("https://")
+    }
+
     /// Whether builds of this project send statuses anywhere.
     pub fn reports_for(&self, project: &str) -> bool {
         self.project_configs
@@ -221,6 +228,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         )?),
     };
     let server_id = auth::random_hex(8);
+    let mirrors = mirrors(&opts);
     let hub = Hub::start(store, opts.settings, server_id).await?;
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
@@ -236,7 +244,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         })?;
     let app = Arc::new(App {
         hub,
-        mirrors: git::Mirrors::new(opts.data_dir.join("repos")),
+        mirrors,
         data_dir: opts.data_dir.clone(),
         dist_dir: opts.dist_dir.clone(),
         sessions: web::Sessions::default(),
@@ -276,7 +284,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         listener,
         router,
         tls.map(|t| t.config),
-        opts.conn_limits,
+        opts.conn_limits.fit_to_open_files(),
         rx,
     ));
     tracing::info!("herd server listening on {}", app.public_url);
@@ -289,6 +297,19 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         task,
         background,
     })
+}
+
+/// The mirrors, with each project's credentials handed to git through
+/// `herd __askpass` (this very executable).
+fn mirrors(opts: &ServerOptions) -> git::Mirrors {
+    let mut mirrors = git::Mirrors::new(opts.data_dir.join("repos"));
+    let askpass = std::env::current_exe().ok();
+    for p in &opts.projects {
+        if let (Some(c), Some(exe)) = (&p.credentials, &askpass) {
+            mirrors = mirrors.with_credentials(&p.name, exe, &c.user, &c.token.0);
+        }
+    }
+    mirrors
 }
 
 /// On first start, creates the admin token and writes it to

@@ -1,6 +1,8 @@
-//! Rate limits per client address: sign-ins and enrollments. Guessing a
-//! 256-bit token is hopeless anyway; these keep a password from being
-//! guessed and one client from flooding the server with registrations.
+//! Limits per client address: sign-ins and enrollments per minute,
+//! downloads at once, try builds per token and hour. Guessing a 256-bit
+//! token is hopeless anyway; these keep a password from being guessed and
+//! one client from flooding the server with registrations, downloads or
+//! builds.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -66,6 +68,10 @@ pub struct Limits {
     pub login_failures: RateLimit,
     /// Enrollment attempts (and install scripts fetched) per address.
     pub enrollments: RateLimit,
+    /// Executables being downloaded, per address.
+    pub downloads: InFlight,
+    /// Try builds per try token (its id) in the last hour.
+    pub try_builds: Hourly,
 }
 
 impl Default for Limits {
@@ -73,7 +79,87 @@ impl Default for Limits {
         Limits {
             login_failures: RateLimit::per_minute(10),
             enrollments: RateLimit::per_minute(20),
+            downloads: InFlight::new(2),
+            try_builds: Hourly::default(),
         }
+    }
+}
+
+/// At most `max` things at once per address; a [`Slot`] holds one.
+pub struct InFlight {
+    max: usize,
+    now: std::sync::Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One of an address's things in flight, until it drops.
+pub struct Slot {
+    ip: IpAddr,
+    now: std::sync::Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl InFlight {
+    pub fn new(max: usize) -> Self {
+        InFlight {
+            max,
+            now: Default::default(),
+        }
+    }
+
+    /// A slot for `ip`, unless it has `max` already.
+    pub fn start(&self, ip: IpAddr) -> Option<Slot> {
+        let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
+        let n = now.entry(ip).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            ip,
+            now: std::sync::Arc::clone(&self.now),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = now.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                now.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Counts per key (a token's id) within the last hour.
+#[derive(Default)]
+pub struct Hourly {
+    seen: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl Hourly {
+    /// Counts one for `key` unless it had `max` in the last hour; then
+    /// Err(how long until the next may come).
+    pub fn take(&self, key: &str, max: usize, now: Instant) -> Result<(), Duration> {
+        const HOUR: Duration = Duration::from_secs(3600);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= MAX_ADDRESSES && !seen.contains_key(key) {
+            seen.retain(|_, t| t.back().is_some_and(|b| now.duration_since(*b) < HOUR));
+        }
+        let times = seen.entry(key.to_string()).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= HOUR)
+        {
+            times.pop_front();
+        }
+        if times.len() >= max {
+            let oldest = times.front().copied().unwrap_or(now);
+            return Err(HOUR.saturating_sub(now.duration_since(oldest)));
+        }
+        times.push_back(now);
+        Ok(())
     }
 }
 
@@ -95,5 +181,31 @@ mod tests {
         assert_eq!(limit.blocked(a, now), Some(Duration::from_secs(50)));
         assert_eq!(limit.blocked(b, now), None, "another address is not held");
         assert_eq!(limit.blocked(a, t0 + Duration::from_secs(60)), None);
+    }
+
+    #[test]
+    fn an_address_holds_at_most_its_slots_until_they_drop() {
+        let d = InFlight::new(2);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let s1 = d.start(a).unwrap();
+        let _s2 = d.start(a).unwrap();
+        assert!(d.start(a).is_none());
+        assert!(d.start([127, 0, 0, 2].into()).is_some());
+        drop(s1);
+        assert!(d.start(a).is_some());
+    }
+
+    #[test]
+    fn a_key_gets_its_hourly_count_and_no_more() {
+        let h = Hourly::default();
+        let t0 = Instant::now();
+        assert!(h.take("t", 2, t0).is_ok());
+        assert!(h.take("t", 2, t0 + Duration::from_secs(1)).is_ok());
+        assert_eq!(
+            h.take("t", 2, t0 + Duration::from_secs(60)),
+            Err(Duration::from_secs(3540))
+        );
+        assert!(h.take("u", 2, t0).is_ok());
+        assert!(h.take("t", 2, t0 + Duration::from_secs(3600)).is_ok());
     }
 }

@@ -131,6 +131,7 @@ async fn poll_loop(app: Arc<App>, project: ProjectConfig, repo: String, wake: Ar
                     s.branches = branches;
                 }
                 Err(e) => {
+                    let e = herd_core::redact::redact_text(&e);
                     tracing::warn!(project = %project.name, "poll failed ({failures} in a row): {e}");
                     s.last_error = Some(e);
                 }

@@ -69,6 +69,7 @@ pub async fn run(
     };
     let executors = Arc::new(AtomicUsize::new(0));
     let split = Arc::new(SplitLink::default());
+    let secrets = crate::mask::KnownSecrets::new(vec![opts.token.trim().to_string()]);
     let mut failures: u32 = 0;
     loop {
         let mode = *shutdown.borrow();
@@ -81,6 +82,7 @@ pub async fn run(
             executors: Arc::clone(&executors),
             split: Arc::clone(&split),
             tls: tls.clone(),
+            secrets: secrets.clone(),
         };
         let url = &urls[current % urls.len()];
         match session(url, &opts, &outbox, &shared, &mut shutdown).await {
@@ -128,6 +130,9 @@ struct Shared {
     split: Arc<SplitLink>,
     /// For `wss://` servers: the pinned or CA-checked client configuration.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The worker's token and the secrets of its running jobs: masked in
+    /// all it sends.
+    secrets: crate::mask::KnownSecrets,
 }
 
 /// Exponential backoff with full jitter between half and all of the step.
@@ -241,6 +246,7 @@ async fn handshake<'a>(
         outbox.resume(r.attempt, r.acked_seq);
     }
     let ctx = Arc::new(JobContext {
+        secrets: shared.secrets.clone(),
         worker_name: name,
         workdir: opts.workdir.clone(),
         reaper: shared.reaper.clone(),
@@ -267,6 +273,7 @@ async fn handshake<'a>(
         hb_timeout: Duration::from_millis(welcome.heartbeat_timeout_ms.max(1000)),
         last_heard: Instant::now(),
         probed: HashSet::new(),
+        own_probes: Arc::new(opts.probes.clone()),
     })
 }
 
@@ -330,6 +337,8 @@ struct Session<'a> {
     last_heard: Instant,
     /// Probes run on this connection (a `fresh` request runs them again).
     probed: HashSet<String>,
+    /// Probes this worker defines itself (`--probe NAME=COMMAND`).
+    own_probes: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl Session<'_> {
@@ -451,8 +460,11 @@ impl Session<'_> {
                         .collect();
                     if !todo.is_empty() {
                         let tx = self.ctl_tx.clone();
+                        let own = Arc::clone(&self.own_probes);
+                        let known = self.ctx.secrets.clone();
                         tokio::spawn(async move {
-                            let results = probe::run_all(todo).await;
+                            let masker = known.masker();
+                            let results = probe::run_all(todo, &own, masker.as_ref()).await;
                             let _ = tx.send(WorkerMsg::ProbeResults { results });
                         });
                     }

@@ -40,6 +40,9 @@ pub struct JobContext {
     pub split: std::sync::Arc<crate::split::SplitLink>,
     pub workdir: PathBuf,
     pub reaper: Option<std::sync::Arc<crate::reaper::Reaper>>,
+    /// What this worker must never send: its own token, and the secrets of
+    /// the jobs it runs now (probes mask their output with them too).
+    pub secrets: crate::mask::KnownSecrets,
 }
 
 /// Runs a job to its end and queues all its events; returns when the
@@ -51,10 +54,18 @@ pub async fn run_job(
     mut stop: watch::Receiver<Option<StopKind>>,
 ) {
     let attempt = job.attempt;
+    let _held = ctx.secrets.hold(attempt, &job.mask);
+    let mut mask = job.mask.clone();
+    mask.extend(ctx.secrets.own());
     let output = OutputRules {
-        mask: crate::mask::Masker::new(&job.mask).map(std::sync::Arc::new),
+        mask: crate::mask::Masker::new(&mask).map(std::sync::Arc::new),
         log_limit: job.log_limit.unwrap_or(herd_proto::DEFAULT_STEP_LOG_LIMIT),
+        attempt_limit: job.attempt_log_limit.unwrap_or(u64::MAX),
+        attempt_used: Default::default(),
+        notices: std::sync::Arc::new(std::sync::Mutex::new(job.notices.clone())),
     };
+    let masker = output.mask.clone();
+    let masked = |text: Option<String>| text.map(|t| crate::mask::mask_opt(masker.as_deref(), &t));
     let workspace = ctx
         .workdir
         .join(safe(&job.project))
@@ -132,7 +143,13 @@ pub async fn run_job(
         if !push(
             &outbox,
             attempt,
-            finished(idx, outcome.status, outcome.exit_code, ms, outcome.message),
+            finished(
+                idx,
+                outcome.status,
+                outcome.exit_code,
+                ms,
+                masked(outcome.message),
+            ),
         )
         .await
         {
@@ -151,7 +168,10 @@ pub async fn run_job(
     push(
         &outbox,
         attempt,
-        Payload::Event(JobEvent::Finished { result, error }),
+        Payload::Event(JobEvent::Finished {
+            result,
+            error: masked(error),
+        }),
     )
     .await;
 }
@@ -225,6 +245,15 @@ async fn run_step(
         deadline: timeout.map(|t| tokio::time::Instant::now() + t),
         output,
     };
+    // What the job should know first (a secret withheld) tops the first
+    // step that runs.
+    let notices = std::mem::take(&mut *output.notices.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut offset = 0u64;
+    for n in notices {
+        if !cmd.note(&mut offset, &format!("[herd] {n}\n")).await {
+            return None;
+        }
+    }
     let (script, failure_status) = match &step.action {
         StepAction::Shell { run } => (run.as_str(), StepStatus::Failure),
         // A failed checkout is herd's failure to run the job, not the step's.
@@ -238,10 +267,10 @@ async fn run_step(
                 link: &ctx.split,
                 workdir: &ctx.workdir,
             };
-            return split.run(&cmd, stop).await;
+            return split.run(&cmd, offset, stop).await;
         }
     };
-    let ran = cmd.run(script, 0, false, stop).await;
+    let ran = cmd.run(script, offset, false, stop).await;
     if let Some(path) = patch_file {
         let _ = tokio::fs::remove_file(path).await;
     }

@@ -37,6 +37,9 @@ pub struct WorkerOptions {
     /// The server's TLS pin (`sha256//…`): for `https://` servers, trust
     /// exactly that key instead of the machine's CAs.
     pub tls_pin: Option<String>,
+    /// Custom probes this worker defines itself: name -> shell command.
+    /// They win over the server's definition of the same name.
+    pub probes: BTreeMap<String, String>,
 }
 
 /// What the worker's owner asked for.

@@ -1,5 +1,12 @@
 //! Running probes: is a tool, library or Python module here, and which
-//! version. Each probe runs with a timeout; probes run concurrently.
+//! version. Probes run concurrently, each in its own process group with a
+//! timeout; when a probe's command ends (or times out) its group is
+//! stopped, so nothing it started survives. What they print is masked
+//! before it leaves the worker.
+//!
+//! A custom probe's command comes from the server's config, or from this
+//! worker's own (`--probe NAME=COMMAND`), which wins: never from a
+//! repository.
 
 use herd_core::probe::{first_version, ProbeKind, ProbeSpec};
 use herd_proto::{ProbeRequest, ProbeResult};
@@ -22,17 +29,27 @@ if not isinstance(v, str):\n\
         v = ''\n\
 print(v)\n";
 
-pub async fn run_all(requests: Vec<ProbeRequest>) -> Vec<ProbeResult> {
+/// Runs the probes asked for: a probe this worker defines itself runs its
+/// own command. Results are masked with `masker`.
+pub async fn run_all(
+    requests: Vec<ProbeRequest>,
+    own: &std::collections::BTreeMap<String, String>,
+    masker: Option<&crate::mask::Masker>,
+) -> Vec<ProbeResult> {
     let mut set = tokio::task::JoinSet::new();
     for r in requests {
+        let command = own.get(&r.name).cloned().or(r.command);
         set.spawn(run_one(ProbeSpec {
             name: r.name,
-            command: r.command,
+            command,
         }));
     }
     let mut out = Vec::new();
     while let Some(res) = set.join_next().await {
-        if let Ok(r) = res {
+        if let Ok(mut r) = res {
+            let mask = |t: Option<String>| t.map(|t| crate::mask::mask_opt(masker, &t));
+            r.version = mask(r.version);
+            r.output = mask(r.output);
             out.push(r);
         }
     }
@@ -45,30 +62,84 @@ struct Ran {
     output: String,
 }
 
+/// Runs a probe's command in its own process group: its output until it
+/// exits (at most [`PROBE_TIMEOUT`]); then the group is stopped, whatever
+/// it left running in the background.
 async fn run(program: &str, args: &[&str]) -> Ran {
+    use tokio::io::AsyncReadExt;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
-    match tokio::time::timeout(PROBE_TIMEOUT, cmd.output()).await {
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Ran {
+                ok: false,
+                output: format!("cannot run {program}: {e}"),
+            }
+        }
+    };
+    let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    // Read both pipes as they come, keeping at most a little of each.
+    let reader = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
+        tokio::spawn(async move {
+            let mut kept = Vec::new();
+            if let Some(mut p) = pipe {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = p.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if kept.len() < 16 * MAX_OUTPUT {
+                        kept.extend_from_slice(&buf[..n]);
+                    }
+                }
+            }
+            kept
+        })
+    };
+    let out = reader(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = reader(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = tokio::time::timeout(PROBE_TIMEOUT, child.wait()).await;
+    if let Some(pgid) = pgid {
+        crate::process::kill_group(pgid, &mut child).await;
+    }
+    let _ = child.wait().await;
+    // The pipes close once the group is gone; a process that left the
+    // group may still hold one: do not wait for it.
+    let grace = std::time::Duration::from_secs(1);
+    let mut text = String::from_utf8_lossy(
+        &tokio::time::timeout(grace, out)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default(),
+    )
+    .into_owned();
+    text.push_str(&String::from_utf8_lossy(
+        &tokio::time::timeout(grace, err)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default(),
+    ));
+    match status {
         Err(_) => Ran {
             ok: false,
             output: format!("timed out after {PROBE_TIMEOUT:?}"),
         },
         Ok(Err(e)) => Ran {
             ok: false,
-            output: format!("cannot run {program}: {e}"),
+            output: format!("cannot wait for {program}: {e}"),
         },
-        Ok(Ok(out)) => {
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            Ran {
-                ok: out.status.success(),
-                output: text,
-            }
-        }
+        Ok(Ok(status)) => Ran {
+            ok: status.success(),
+            output: text,
+        },
     }
 }
 
@@ -179,13 +250,18 @@ mod tests {
 
     #[tokio::test]
     async fn real_tools_are_found_with_their_versions() {
-        let results = run_all(vec![
-            req("git", None),
-            req("sh", None),
-            req("no-such-tool-herd", None),
-            req("custom", Some("echo 3.2.4")),
-            req("failing", Some("exit 3")),
-        ])
+        let results = run_all(
+            vec![
+                req("git", None),
+                req("sh", None),
+                req("no-such-tool-herd", None),
+                req("custom", Some("echo 3.2.4")),
+                req("failing", Some("exit 3")),
+                req("mine", Some("echo 1.0")),
+            ],
+            &std::collections::BTreeMap::from([("mine".to_string(), "echo 7.7".to_string())]),
+            None,
+        )
         .await;
         let by = |n: &str| results.iter().find(|r| r.name == n).unwrap().clone();
         let git = by("git");
@@ -202,5 +278,44 @@ mod tests {
         assert!(!by("no-such-tool-herd").present);
         assert_eq!(by("custom").version.as_deref(), Some("3.2.4"));
         assert!(!by("failing").present);
+        // The worker's own definition wins over the server's.
+        assert_eq!(by("mine").version.as_deref(), Some("7.7"));
+    }
+
+    #[tokio::test]
+    async fn nothing_a_probe_starts_survives_it_and_its_output_is_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let command = format!(
+            "sleep 300 & echo $! > {}; echo 2.0 token-abcdef",
+            pid_file.display()
+        );
+        let masker = crate::mask::Masker::new(&["token-abcdef".to_string()]).unwrap();
+        let started = std::time::Instant::now();
+        let results = run_all(
+            vec![req("bg", Some(&command))],
+            &Default::default(),
+            Some(&masker),
+        )
+        .await;
+        assert!(
+            started.elapsed() < PROBE_TIMEOUT,
+            "the probe ended with its command"
+        );
+        assert_eq!(results[0].version.as_deref(), Some("2.0"));
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        assert!(!alive, "the background sleep was stopped with its group");
+        let failing = run_all(
+            vec![req("leak", Some("echo token-abcdef; exit 1"))],
+            &Default::default(),
+            Some(&masker),
+        )
+        .await;
+        assert_eq!(failing[0].output.as_deref(), Some("***"));
     }
 }

@@ -94,15 +94,23 @@ pub(crate) struct OutputRules {
     pub mask: Option<std::sync::Arc<crate::mask::Masker>>,
     /// Bytes kept per step; the rest is dropped after a notice.
     pub log_limit: u64,
+    /// Bytes kept for the whole attempt, all steps together.
+    pub attempt_limit: u64,
+    /// Bytes of output the attempt has sent so far.
+    pub attempt_used: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Lines herd writes at the top of the first step that runs (a secret
+    /// withheld, and why); taken by that step.
+    pub notices: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Most standard output kept from a captured command (a test list).
 const MAX_CAPTURE: usize = 64 * 1024 * 1024;
 
 impl StepRunner<'_> {
-    /// Appends herd's own text to the step's log. False when abandoned.
+    /// Appends herd's own text to the step's log (masked: it may quote
+    /// what a command printed). False when abandoned.
     pub async fn note(&self, offset: &mut u64, text: &str) -> bool {
-        let data = text.as_bytes().to_vec();
+        let data = crate::mask::mask_opt(self.output.mask.as_deref(), text).into_bytes();
         let len = data.len() as u64;
         if !self
             .outbox
@@ -299,7 +307,14 @@ async fn pump_output(
     let mut masking = rules.mask.as_deref().map(crate::mask::MaskStream::new);
     // Past the limit the pipe is still drained (a blocked writer would
     // hang the step), but nothing more is sent.
-    let mut truncated = offset >= rules.log_limit;
+    let used = |n: u64| {
+        rules
+            .attempt_used
+            .fetch_add(n, std::sync::atomic::Ordering::SeqCst)
+            + n
+    };
+    let mut truncated = offset >= rules.log_limit
+        || rules.attempt_used.load(std::sync::atomic::Ordering::SeqCst) >= rules.attempt_limit;
     loop {
         // The first read waits as long as the step is silent; then up to
         // COALESCE more to fill one frame.
@@ -326,6 +341,9 @@ async fn pump_output(
                 data
             }
         };
+        let attempt_left = rules
+            .attempt_limit
+            .saturating_sub(rules.attempt_used.load(std::sync::atomic::Ordering::SeqCst));
         if truncated {
             data.clear();
         } else if offset + data.len() as u64 > rules.log_limit {
@@ -338,18 +356,33 @@ async fn pump_output(
                 .as_bytes(),
             );
             truncated = true;
+        } else if data.len() as u64 > attempt_left {
+            data.truncate(attempt_left as usize);
+            data.extend_from_slice(
+                format!(
+                    "\n[herd] this job's output passed the limit of {} bytes for all its steps: the rest is dropped (the job goes on)\n",
+                    rules.attempt_limit
+                )
+                .as_bytes(),
+            );
+            truncated = true;
         }
-        let len = data.len() as u64;
-        if len > 0
-            && !outbox
+        used(data.len() as u64);
+        // Masking's held-back tail and a limit's notice can make `data`
+        // longer than one frame may carry.
+        for piece in data.chunks(MAX_LOG_CHUNK) {
+            let len = piece.len() as u64;
+            let data = piece.to_vec();
+            if !outbox
                 .push(attempt, Payload::Log { step, offset, data })
                 .await
-        {
-            return false;
+            {
+                return false;
+            }
+            // No await between the push and this store: an abort cannot split them.
+            offset += len;
+            written.store(offset, std::sync::atomic::Ordering::SeqCst);
         }
-        // No await between the push and this store: an abort cannot split them.
-        offset += len;
-        written.store(offset, std::sync::atomic::Ordering::SeqCst);
         if eof {
             return true;
         }
@@ -358,7 +391,7 @@ async fn pump_output(
 
 /// TERM to the whole group, up to [`KILL_GRACE`] for it to go, then KILL.
 /// Reaps the group's leader meanwhile, so that a zombie does not count.
-async fn kill_group(pgid: Pid, leader: &mut tokio::process::Child) {
+pub(crate) async fn kill_group(pgid: Pid, leader: &mut tokio::process::Child) {
     if killpg(pgid, Signal::SIGTERM).is_err() {
         return; // no process left in the group
     }

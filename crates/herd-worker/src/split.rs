@@ -159,9 +159,10 @@ impl SplitStep<'_> {
     pub async fn run(
         &self,
         cmd: &StepRunner<'_>,
+        start: u64,
         stop: &mut watch::Receiver<Option<StopKind>>,
     ) -> Option<StepOutcome> {
-        let mut offset = 0u64;
+        let mut offset = start;
         if !cmd.note(&mut offset, &format!("$ {}\n", self.list)).await {
             return None;
         }
@@ -191,11 +192,13 @@ impl SplitStep<'_> {
             other => return self.interrupted(other),
         }
         let list_secs = started.elapsed().as_secs_f64();
+        // Test ids leave the worker: a secret in one is masked too.
+        let masker = cmd.output.mask.as_deref();
         let ids: Vec<String> = String::from_utf8_lossy(&ran.stdout)
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
-            .map(String::from)
+            .map(|l| crate::mask::mask_opt(masker, l))
             .collect();
         if ids.is_empty() {
             let _ = cmd
@@ -377,7 +380,14 @@ impl SplitStep<'_> {
             None => None,
             Some(p) => match std::fs::read_to_string(p) {
                 Ok(xml) => match junit::results(&xml, tests) {
-                    Ok(runs) => Some(runs),
+                    Ok(mut runs) => {
+                        // Failure messages quote what a test printed.
+                        let masker = cmd.output.mask.as_deref();
+                        for r in &mut runs {
+                            r.message = r.message.take().map(|m| crate::mask::mask_opt(masker, &m));
+                        }
+                        Some(runs)
+                    }
                     Err(e) => {
                         let msg = format!("cannot read the JUnit report {}: {e}\n", p.display());
                         if !cmd.note(&mut offset, &msg).await {

@@ -61,6 +61,9 @@ enum Command {
     /// Internal: stops a dead worker's steps (started by the worker).
     #[command(name = "__reaper", hide = true)]
     Reaper,
+    /// Internal: answers git's credential prompt for the server (`GIT_ASKPASS`).
+    #[command(name = "__askpass", hide = true)]
+    Askpass { prompt: Option<String> },
 }
 
 /// Where the server is and which token to present.
@@ -109,6 +112,21 @@ fn main() -> ExitCode {
             });
         }
     };
+    if let Command::Askpass { prompt } = &cli.command {
+        // git asks for the user, then the password; nothing else is answered.
+        let var = match prompt.as_deref() {
+            Some(p) if p.starts_with("Username") => herd_server::git::ASKPASS_USER,
+            Some(p) if p.starts_with("Password") => herd_server::git::ASKPASS_TOKEN,
+            _ => return ExitCode::from(exit_codes::ERROR),
+        };
+        return match std::env::var(var) {
+            Ok(v) => {
+                out::write(format_args!("{v}"), true);
+                ExitCode::SUCCESS
+            }
+            Err(_) => ExitCode::from(exit_codes::ERROR),
+        };
+    }
     if let Command::Reaper = cli.command {
         // No runtime needed: read the worker's pipe until it closes.
         herd_worker::reaper::run_reaper(std::io::stdin().lock(), herd_worker::process::KILL_GRACE);
@@ -144,7 +162,7 @@ fn main() -> ExitCode {
                 out::bytes(&script);
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Reaper => Ok(ExitCode::SUCCESS),
+            Command::Reaper | Command::Askpass { .. } => Ok(ExitCode::SUCCESS),
         }
     });
     match result {
@@ -153,7 +171,8 @@ fn main() -> ExitCode {
             let code = report
                 .downcast_ref::<client::ClientError>()
                 .map_or(exit_codes::ERROR, client::ClientError::exit_code);
-            eprintln!("error: {report}");
+            // A server's error may quote what a build said.
+            errln!("error: {report}");
             ExitCode::from(code)
         }
     }

@@ -178,15 +178,19 @@ fn a_job_nobody_can_run_waits_with_the_reason_and_runs_when_a_capable_worker_joi
 
 #[test]
 fn real_tools_custom_probes_labels_and_absence() {
-    let pipeline = "probes:
+    // herd.yml names the probe `wx`; the server config defines it.
+    let config = "probes:
   wx: echo 'wx-config 3.2.4'
-builders:
+projects:
   real:
-    requires: [git >= 1.0, sh, wx >= 3.0, gpu == a100, '!no-such-tool-for-herd', os == linux | os == freebsd]
-    steps:
-      - run: echo ok
+    pipeline: |
+      builders:
+        real:
+          requires: [git >= 1.0, sh, wx >= 3.0, gpu == a100, '!no-such-tool-for-herd', os == linux | os == freebsd]
+          steps:
+            - run: echo ok
 ";
-    let server = Server::start_with_pipelines(&[("real", pipeline)], &[]);
+    let server = Server::start_with_config(config, &[]);
     let _plain = server.worker("plain", 1, &[]);
     let _gpu = server.worker("gpu-box", 1, &["gpu=a100"]);
     let id = server.start_build("real", &[]);

@@ -126,8 +126,14 @@ fn empty_things_are_errors() {
     assert!(e.message.contains("no jobs"), "{e}");
     let e = err("builders: {}\n");
     assert!(e.message.contains("empty"), "{e}");
-    let e = err("probes: {}\n");
-    assert!(e.message.contains("no `builders:`"), "{e}");
+    let e = err("builders:\n  a:\n    steps: [{run: x}]\nprobes:\n  wx: wx-config --version\n");
+    assert_eq!(e.line, 5, "{e}");
+    assert!(
+        e.message
+            .contains("`probes:` cannot be defined in herd.yml"),
+        "{e}"
+    );
+    assert!(e.help.as_deref().unwrap().contains("server config"), "{e}");
     let e = err("builders:\n  a:\n    steps:\n      - run: x\n    jobs:\n      j:\n        steps: [{run: y}]\n");
     assert!(e.message.contains("both"), "{e}");
 }
@@ -284,4 +290,33 @@ fn branch_and_path_filters_are_kept_and_checked() {
     let e = err("builders:\n  a:\n    paths: ['src/[']\n    steps: [{run: x}]\n");
     assert_eq!((e.line, e.column), (3, 13));
     assert!(e.message.contains("src/["), "{}", e.message);
+}
+
+#[test]
+fn step_names_that_a_terminal_would_act_on_are_refused() {
+    // The attack of issue 17: a title change, a screen clear, a bell.
+    let e = err(
+        "builders:\n  a:\n    steps:\n      - name: \"ok\\e]0;owned\\a\\e[2J\"\n        run: x\n",
+    );
+    assert_eq!((e.line, e.column), (4, 15), "{e}");
+    assert!(e.message.contains("control character \\u{1b}"), "{e}");
+    let e = err("builders:\n  a:\n    steps:\n      - name: \"abc\\u202Eevil\"\n        run: x\n");
+    assert!(e.message.contains("\\u{202e}"), "{e}");
+    let long = "n".repeat(MAX_STEP_NAME + 1);
+    let e = err(&format!(
+        "builders:\n  a:\n    steps:\n      - name: {long}\n        run: x\n"
+    ));
+    assert!(e.message.contains("at most 200"), "{e}");
+}
+
+#[test]
+fn a_name_taken_from_a_command_has_its_control_characters_made_spaces() {
+    let p = Pipeline::parse(
+        "f",
+        "builders:\n  a:\n    steps:\n      - run: \"printf '\\e[2J'\\tdone\\u0085\"\n",
+    )
+    .unwrap();
+    let name = &p.builders[0].jobs[0].steps[0].name;
+    assert_eq!(name, "printf ' [2J' done");
+    assert!(!name.chars().any(is_hidden_char));
 }

@@ -16,7 +16,9 @@ fn request<'a>(p: &'a Pipeline, secrets: &'a BTreeMap<String, SecretRule>) -> Pl
         builder: None,
         change: None,
         patched: false,
+        ref_name: Some("main"),
         secrets,
+        limits: PlanLimits::default(),
     }
 }
 
@@ -150,7 +152,7 @@ fn a_try_build_marks_its_jobs_patched() {
 }
 
 #[test]
-fn secrets_are_checked_and_bring_their_labels() {
+fn secrets_are_granted_with_their_labels_as_trusted_requirements() {
     let p = pipeline(
         "builders:\n  release:\n    steps:\n      - run: upload\n        env: {KEY: '${{ secrets.key }}', B: '${{ secrets.key }} ${{ secrets.other }}'}\n",
     );
@@ -160,6 +162,7 @@ fn secrets_are_checked_and_bring_their_labels() {
         SecretRule {
             builders: vec!["proj/release".into()],
             labels: [("trusted".to_string(), "yes".to_string())].into(),
+            ..SecretRule::default()
         },
     );
     let e = plan(&request(&p, &rules)).expect_err("other is unknown");
@@ -172,10 +175,13 @@ fn secrets_are_checked_and_bring_their_labels() {
     rules.insert("other".to_string(), SecretRule::default());
     let jobs = jobs(plan(&request(&p, &rules)));
     assert_eq!(jobs[0].spec.secrets, ["key", "other"]);
+    assert!(jobs[0].spec.withheld.is_empty());
+    // Only labels the server gave a worker meet these.
+    assert!(jobs[0].spec.requires.is_empty());
     assert_eq!(
         jobs[0]
             .spec
-            .requires
+            .trusted_requires
             .iter()
             .map(|r| r.to_string())
             .collect::<Vec<_>>(),
@@ -183,14 +189,84 @@ fn secrets_are_checked_and_bring_their_labels() {
     );
     // The env keeps the reference; values join at assignment.
     assert_eq!(jobs[0].spec.steps[1].env["KEY"], "${{ secrets.key }}");
+}
 
-    rules.get_mut("key").expect("key").builders = vec!["deploy".into()];
-    let e = plan(&request(&p, &rules)).expect_err("not allowed");
+#[test]
+fn what_the_repository_chooses_never_meets_a_secret_alone() {
+    let p = pipeline(
+        "builders:\n  release:\n    steps:\n      - run: upload\n        env: {KEY: '${{ secrets.key }}'}\n",
+    );
+    let rule = SecretRule {
+        builders: vec!["release".into()],
+        projects: vec!["proj".into()],
+        refs: vec!["main".into(), "v*".into()],
+        ..SecretRule::default()
+    };
+    let rules = BTreeMap::from([("key".to_string(), rule.clone())]);
+    let withheld = |req: &PlanRequest<'_>| -> Vec<String> {
+        jobs(plan(req))[0]
+            .spec
+            .withheld
+            .iter()
+            .map(|w| w.reason.clone())
+            .collect()
+    };
+    let mut req = request(&p, &rules);
+    assert!(withheld(&req).is_empty(), "main of proj gets it");
+    req.ref_name = Some("v1.2");
+    assert!(withheld(&req).is_empty(), "a tag that matches gets it");
+    // A builder named `release` on another branch does not.
+    req.ref_name = Some("feature/x");
+    let why = withheld(&req);
     assert!(
-        e.to_string()
-            .contains("may not use secret `key` (allowed: deploy)"),
+        why[0].contains("`feature/x` is not among its branches and tags (main, v*)"),
+        "{why:?}"
+    );
+    assert!(jobs(plan(&req))[0].spec.secrets.is_empty());
+    req.ref_name = None;
+    assert!(withheld(&req)[0].contains("no branch or tag"));
+    // Another project with a builder of the same name does not.
+    req.ref_name = Some("main");
+    req.project = "other";
+    assert!(withheld(&req)[0].contains("project `other`"));
+    // A try build does not, unless the rule says so.
+    req.project = "proj";
+    req.patched = true;
+    assert!(withheld(&req)[0].contains("try builds"));
+    let mut tryable = rule;
+    tryable.try_builds = true;
+    let rules = BTreeMap::from([("key".to_string(), tryable)]);
+    let mut req = request(&p, &rules);
+    req.patched = true;
+    assert!(withheld(&req).is_empty());
+}
+
+#[test]
+fn a_build_larger_than_the_limits_is_refused_whole() {
+    let text: String = std::iter::once("builders:\n".to_string())
+        .chain((0..12).map(|i| format!("  b{i}:\n    steps: [{{run: x}}]\n")))
+        .collect();
+    let p = pipeline(&text);
+    let rules = BTreeMap::new();
+    let mut req = request(&p, &rules);
+    req.limits = PlanLimits {
+        max_builders: 10,
+        max_jobs: 100,
+    };
+    let e = plan(&req).expect_err("too many builders");
+    assert!(!e.is_refusal());
+    assert!(
+        e.to_string().contains("12 builders, more than the 10"),
         "{e}"
     );
+    req.limits = PlanLimits {
+        max_builders: 100,
+        max_jobs: 5,
+    };
+    assert!(plan(&req)
+        .expect_err("too many jobs")
+        .to_string()
+        .contains("jobs"));
 }
 
 /// A pipeline made of `builders`, each a list of jobs, each job a number

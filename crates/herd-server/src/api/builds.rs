@@ -267,7 +267,7 @@ fn why_not_map(app: &App, d: &BuildDetail) -> HashMap<i64, WhyNot> {
     d.jobs
         .iter()
         .filter(|j| j.state == herd_core::state::RunState::Queued)
-        .map(|j| (j.id, app.hub.why_not(&j.spec.requires)))
+        .map(|j| (j.id, app.hub.why_not(&j.spec)))
         .collect()
 }
 
@@ -339,6 +339,15 @@ fn build_view(d: &BuildDetail, version: u64, waiting: &HashMap<i64, WhyNot>) -> 
             finished_at: j.finished_at,
             requires: j.spec.requires.iter().map(|r| r.to_string()).collect(),
             waiting: waiting.get(&j.id).map(why_not_view),
+            withheld: j
+                .spec
+                .withheld
+                .iter()
+                .map(|w| herd_api::builds::WithheldSecret {
+                    secret: w.secret.clone(),
+                    reason: w.reason.clone(),
+                })
+                .collect(),
             attempts: d
                 .attempts
                 .iter()

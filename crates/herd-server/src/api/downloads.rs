@@ -8,6 +8,7 @@ use crate::install;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use herd_api::ErrorBody;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -84,7 +85,8 @@ pub async fn install_sh(
         .into_response()
 }
 
-/// `herd-OS-ARCH`: a `herd` executable; `herd-OS-ARCH.sha256`: its SHA-256.
+/// `herd-OS-ARCH`: a `herd` executable, streamed from its file (at most
+/// two at once per address); `herd-OS-ARCH.sha256`: its SHA-256.
 #[utoipa::path(
     get,
     path = "/download/{file}",
@@ -93,12 +95,14 @@ pub async fn install_sh(
     responses(
         (status = 200, description = "The executable, or its checksum as `SUM  NAME`", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 404, description = "No executable for that platform here", body = ErrorBody),
+        (status = 429, description = "This address downloads two already", body = ErrorBody),
         TokenRefusals,
     ),
     security(()),
 )]
 pub async fn download(
     State(app): AppState,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiPath(file): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let (name, checksum) = match file.strip_suffix(".sha256") {
@@ -124,8 +128,32 @@ pub async fn download(
         )
             .into_response());
     }
-    let bytes = tokio::fs::read(&path)
+    // Streamed a chunk at a time: a slow client holds 64 KiB, not the file.
+    let Some(slot) = app.limits.downloads.start(peer.ip()) else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "this address downloads two executables already: try again when one is done",
+        ));
+    };
+    let file = tokio::fs::File::open(&path)
         .await
-        .map_err(|e| ApiError::internal("could not read an executable", e))?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        .map_err(|e| ApiError::internal("could not open an executable", e))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::internal("could not read an executable", e))?
+        .len();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024).map(move |chunk| {
+        // The slot is the stream's: it frees when the download ends.
+        let _held = &slot;
+        chunk
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }

@@ -71,6 +71,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v1/workers/{name}/resume",
             post(workers::resume_worker),
         )
+        .route("/api/v1/workers/{name}/labels", post(workers::set_labels))
         .route(
             "/api/v1/tokens",
             get(tokens::list_tokens).post(tokens::create_token),
@@ -113,6 +114,10 @@ pub fn router(app: Arc<App>) -> Router {
             ),
         )
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::headers::security_headers,
+        ))
         .with_state(app)
 }
 
@@ -178,6 +183,7 @@ impl From<StartError> for ApiError {
             // The request is fine; the project's state does not allow it.
             StartError::PatchDoesNotApply(_)
             | StartError::NoSource(_)
+            | StartError::NoRepository(_)
             | StartError::NothingToBuild(_) => ApiError::conflict(e.to_string()),
             StartError::Store(e) => e.into(),
         }

@@ -75,6 +75,7 @@ impl Modify for BearerToken {
         super::workers::get_worker,
         super::workers::pause_worker,
         super::workers::resume_worker,
+        super::workers::set_labels,
         super::workers::reprobe,
         super::workers::forget_worker,
         super::workers::project_builders,

@@ -15,7 +15,7 @@ fn project_view(app: &App, row: &ProjectRow) -> Project {
     let config = app.project_configs.get(&row.name);
     Project {
         name: row.name.clone(),
-        repo: row.repo.clone(),
+        repo: row.repo.as_deref().map(herd_core::redact::redact_url),
         branches: config.map(|c| c.branches.clone()).unwrap_or_default(),
         poll_secs: config.and_then(|c| c.poll).map(|d| d.as_secs_f64()),
         collapse: config.is_none_or(|c| c.collapse),
@@ -26,7 +26,7 @@ fn project_view(app: &App, row: &ProjectRow) -> Project {
         polling: app.pollers.status(&row.name).map(|p| PollStatus {
             last_poll_at: p.last_poll_at,
             last_success_at: p.last_success_at,
-            last_error: p.last_error,
+            last_error: p.last_error.as_deref().map(herd_core::redact::redact_text),
             failures: p.failures,
             next_poll_at: p.next_poll_at,
             branches: p.branches,

@@ -257,6 +257,10 @@ pub async fn enroll(
         return Err(ApiError::forbidden(EnrollRefusal::UsedUp.message()));
     }
     let token = auth::create_token(store, auth::TokenKind::Worker, Some(&name)).await?;
+    // The enrollment token's labels are the server's word, not the worker's.
+    if !labels.is_empty() {
+        app.hub.set_server_labels(&name, &labels, &[]).await?;
+    }
     tracing::info!("enrolled worker {name} with enrollment token {}", row.id);
     Ok((
         StatusCode::CREATED,

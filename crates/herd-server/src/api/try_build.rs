@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use herd_api::{ErrorBody, TryRequest, TryStarted};
 use herd_proto::MAX_TRY_PATCH;
+use std::time::Instant;
 
 /// Builds a patch on top of a revision the server has (`herd try`).
 #[utoipa::path(
@@ -23,6 +24,8 @@ use herd_proto::MAX_TRY_PATCH;
     responses(
         (status = 201, body = TryStarted),
         (status = 404, description = "No such project", body = ErrorBody),
+        (status = 409, description = "The patch does not apply, or the project has no repository", body = ErrorBody),
+        (status = 429, description = "The try token's builds per hour are spent", body = ErrorBody),
         BodyRefusals,
         TokenRefusals,
     ),
@@ -35,6 +38,21 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<TryStarted>), ApiError> {
     let token_user = match caller {
         Some(Principal::Try { token_id, user }) => {
+            // Per token, before any work (git, planning) is spent on it.
+            let per_hour = app.hub.settings.limits.try_builds_per_hour;
+            if let Err(wait) =
+                app.limits
+                    .try_builds
+                    .take(&token_id.to_string(), per_hour as usize, Instant::now())
+            {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "this try token started {per_hour} try builds in the last hour, the most the server allows (limits: try_builds_per_hour): the next may start in {} min",
+                        wait.as_secs().div_ceil(60).max(1)
+                    ),
+                ));
+            }
             user.unwrap_or_else(|| format!("token {token_id}"))
         }
         Some(Principal::Admin { .. }) => "admin".to_string(),

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::Json;
 use herd_api::workers::{
     BuilderFit, Forgotten, JobFit, Paused, Probe, ProjectBuilders, ReprobeRequest, Reprobing,
-    Worker, WorkerList,
+    SetLabels, Worker, WorkerList,
 };
 use herd_api::ErrorBody;
 use herd_proto::ProbeResult;
@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 pub async fn list_workers(State(app): AppState) -> Result<Json<WorkerList>, ApiError> {
     let live = app.hub.live_workers();
     let mut probes = app.hub.store.probes_by_worker(None).await?;
+    let mut server_labels = app.hub.store.all_worker_labels().await?;
     let workers = app
         .hub
         .store
@@ -36,12 +37,14 @@ pub async fn list_workers(State(app): AppState) -> Result<Json<WorkerList>, ApiE
         .iter()
         .map(|w| {
             let probes = probes.remove(&w.name).unwrap_or_default();
-            worker_view(
+            let mut v = worker_view(
                 w,
                 live.get(&w.name),
                 &probes,
                 app.hub.quarantined_until(&w.name),
-            )
+            );
+            v.server_labels = server_labels.remove(&w.name).unwrap_or_default();
+            v
         })
         .collect();
     Ok(Json(WorkerList { workers }))
@@ -73,12 +76,76 @@ pub async fn get_worker(
         .ok_or_else(|| ApiError::not_found(format!("no worker `{name}` has connected yet")))?;
     let live = app.hub.live_workers();
     let probes = app.hub.store.worker_probes(&name).await?;
-    Ok(Json(worker_view(
+    let mut v = worker_view(
         &w,
         live.get(&name),
         &probes,
         app.hub.quarantined_until(&name),
-    )))
+    );
+    v.server_labels = app.hub.store.worker_labels(&name).await?;
+    Ok(Json(v))
+}
+
+/// Sets and removes labels the server gives a worker. Unlike the labels a
+/// worker states itself, these meet the `labels:` of a secret. The worker
+/// need not have connected yet (an enrollment names it first).
+#[utoipa::path(
+    post,
+    path = "/api/v1/workers/{name}/labels",
+    tag = "workers",
+    params(("name" = String, Path, description = "The worker's name")),
+    request_body = SetLabels,
+    responses(
+        (status = 200, description = "The labels the server now gives it", body = std::collections::BTreeMap<String, String>),
+        (status = 400, description = "A name or key that is not valid", body = ErrorBody),
+        BodyRefusals,
+        TokenRefusals,
+    ),
+    security(("token" = [])),
+)]
+pub async fn set_labels(
+    _: Admin,
+    State(app): AppState,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SetLabels>,
+) -> Result<Json<BTreeMap<String, String>>, ApiError> {
+    if !super::valid_worker_name(&name) {
+        return Err(ApiError::bad_request(format!(
+            "invalid worker name `{name}`: use letters, digits, `-`, `_` and `.`"
+        )));
+    }
+    for key in req.set.keys().chain(&req.remove) {
+        if !valid_label_key(key) {
+            return Err(ApiError::bad_request(format!(
+                "invalid label `{key}`: a label is named with letters, digits, `-`, `_` and `.`"
+            )));
+        }
+    }
+    for (key, value) in &req.set {
+        if value.chars().count() > 200 || value.chars().any(herd_core::pipeline::is_hidden_char) {
+            return Err(ApiError::bad_request(format!(
+                "invalid value of label `{key}`: at most 200 printable characters"
+            )));
+        }
+    }
+    if req.set.len().max(req.remove.len()) > herd_api::workers::MAX_LABELS_AT_ONCE {
+        return Err(ApiError::bad_request(format!(
+            "at most {} labels set, and as many removed, at once",
+            herd_api::workers::MAX_LABELS_AT_ONCE
+        )));
+    }
+    app.hub
+        .set_server_labels(&name, &req.set, &req.remove)
+        .await?;
+    Ok(Json(app.hub.store.worker_labels(&name).await?))
+}
+
+/// A label's key: what a requirement can name.
+pub fn valid_label_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 100
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// No new jobs for the worker (running ones finish); kept across restarts.
@@ -247,7 +314,7 @@ pub async fn project_builders(
         .ok_or_else(|| ApiError::not_found("the build vanished"))?;
     let mut builders: Vec<BuilderFit> = Vec::new();
     for j in &detail.jobs {
-        let why = app.hub.why_not(&j.spec.requires);
+        let why = app.hub.why_not(&j.spec);
         let job = JobFit {
             job: j.name.clone(),
             requires: j.spec.requires.iter().map(|r| r.to_string()).collect(),
@@ -290,6 +357,7 @@ fn worker_view(
         online: running.is_some() || w.online,
         slots: w.slots,
         labels: map(&w.labels),
+        server_labels: BTreeMap::new(),
         facts: map(&w.facts),
         version: w.version.clone(),
         paused: w.paused,

@@ -54,6 +54,9 @@ pub struct ServerConfig {
     /// How long a client may take for its first byte, TLS handshake or
     /// request head.
     pub client_timeout: Option<Duration>,
+    /// Custom probes (the server's and its projects'): name -> command.
+    pub probes: std::collections::BTreeMap<String, String>,
+    pub limits: BuildLimits,
 }
 
 /// `tls:` of the config file.
@@ -91,6 +94,45 @@ struct RawConfig {
     max_step_log: Option<u64>,
     tls: Option<Spanned<RawTls>>,
     client_timeout: Option<Spanned<String>>,
+    /// Custom probes: name -> the shell command that prints a version.
+    #[serde(default)]
+    probes: IndexMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    limits: Option<Spanned<RawLimits>>,
+}
+
+/// `limits:` of the config file: what one build and one sender may ask.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_builders_per_build: Option<u32>,
+    max_jobs_per_build: Option<u32>,
+    try_builds_per_hour: Option<u32>,
+    max_attempt_log: Option<u64>,
+}
+
+/// What one build and one sender may ask (`limits:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildLimits {
+    /// Builders one build may have (a try's herd.yml is its sender's).
+    pub max_builders_per_build: u32,
+    /// Jobs (shards included) one build may have.
+    pub max_jobs_per_build: u32,
+    /// Try builds one try token may send per hour.
+    pub try_builds_per_hour: u32,
+    /// Bytes of output kept per attempt, all its steps together.
+    pub max_attempt_log: u64,
+}
+
+impl Default for BuildLimits {
+    fn default() -> Self {
+        BuildLimits {
+            max_builders_per_build: 200,
+            max_jobs_per_build: 1_000,
+            try_builds_per_hour: 60,
+            max_attempt_log: 1024 * 1024 * 1024,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -111,8 +153,35 @@ impl ServerConfig {
                 })
                 .transpose()
         };
+        let mut probes = std::collections::BTreeMap::new();
+        let mut add_probe =
+            |name: &Spanned<String>, command: &Spanned<String>| -> Result<(), ConfigError> {
+                check_probe(file, text, name, command)?;
+                match probes.get(&name.value) {
+                    Some(c) if *c != command.value => Err(ConfigError::at_location(
+                        file,
+                        text,
+                        &name.referenced,
+                        format!(
+                            "probe `{}` is defined twice, with another command",
+                            name.value
+                        ),
+                    )
+                    .with_help("one name is one probe on every worker: rename one of them")),
+                    _ => {
+                        probes.insert(name.value.clone(), command.value.clone());
+                        Ok(())
+                    }
+                }
+            };
+        for (name, command) in &raw.probes {
+            add_probe(name, command)?;
+        }
         let mut projects = Vec::new();
         for (name, p) in raw.projects.unwrap_or_default() {
+            for (probe, command) in &p.probes {
+                add_probe(probe, command)?;
+            }
             if !valid_project_name(&name.value) {
                 return Err(ConfigError::at_location(
                     file,
@@ -196,8 +265,92 @@ impl ServerConfig {
                 }
             },
             client_timeout: duration(&raw.client_timeout)?,
+            probes,
+            limits: lower_limits(file, text, raw.limits)?,
         })
     }
+}
+
+/// A custom probe's name must be one a requirement can name, and not a
+/// fact; its command must say something.
+fn check_probe(
+    file: &str,
+    text: &str,
+    name: &Spanned<String>,
+    command: &Spanned<String>,
+) -> Result<(), ConfigError> {
+    let n = &name.value;
+    let ok = !n.is_empty()
+        && n.len() <= 100
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'))
+        && !herd_core::probe::is_fact(n);
+    if !ok {
+        return Err(ConfigError::at_location(
+            file,
+            text,
+            &name.referenced,
+            format!("invalid probe name `{n}`"),
+        )
+        .with_help("a probe is named as requirements name it: letters, digits, `-`, `_`, `.`, `+`, and not a fact such as `os`"));
+    }
+    if command.value.trim().is_empty() {
+        return Err(ConfigError::at_location(
+            file,
+            text,
+            &command.referenced,
+            format!("probe `{n}` has an empty command"),
+        )
+        .with_help("give a shell command that prints a version, e.g. `wx-config --version`"));
+    }
+    Ok(())
+}
+
+fn lower_limits(
+    file: &str,
+    text: &str,
+    raw: Option<Spanned<RawLimits>>,
+) -> Result<BuildLimits, ConfigError> {
+    let mut limits = BuildLimits::default();
+    let Some(raw) = raw else {
+        return Ok(limits);
+    };
+    let zero = |what: &str| {
+        ConfigError::at_location(
+            file,
+            text,
+            &raw.referenced,
+            format!("`{what}` must be at least 1"),
+        )
+        .with_help("leave it out for the default")
+    };
+    let r = &raw.value;
+    if let Some(n) = r.max_builders_per_build {
+        limits.max_builders_per_build = (n > 0)
+            .then_some(n)
+            .ok_or_else(|| zero("max_builders_per_build"))?;
+    }
+    if let Some(n) = r.max_jobs_per_build {
+        limits.max_jobs_per_build = (n > 0)
+            .then_some(n)
+            .ok_or_else(|| zero("max_jobs_per_build"))?;
+    }
+    if let Some(n) = r.try_builds_per_hour {
+        limits.try_builds_per_hour = (n > 0)
+            .then_some(n)
+            .ok_or_else(|| zero("try_builds_per_hour"))?;
+    }
+    if let Some(n) = r.max_attempt_log {
+        limits.max_attempt_log = (n >= 1024).then_some(n).ok_or_else(|| {
+            ConfigError::at_location(
+                file,
+                text,
+                &raw.referenced,
+                "`max_attempt_log` must be at least 1024 bytes",
+            )
+        })?;
+    }
+    Ok(limits)
 }
 
 pub fn valid_project_name(n: &str) -> bool {

@@ -38,6 +38,16 @@ pub struct ProjectConfig {
     pub collapse: bool,
     pub webhook_secret: Option<Secret>,
     pub report: Vec<Reporter>,
+    /// What the server's git presents to fetch the repository.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user and a token for a repository over https, given to git by the
+/// server (through `GIT_ASKPASS`, never on a command line or in a URL).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credentials {
+    pub user: String,
+    pub token: Secret,
 }
 
 impl ProjectConfig {
@@ -52,6 +62,7 @@ impl ProjectConfig {
             collapse: true,
             webhook_secret: None,
             report: Vec::new(),
+            credentials: None,
         }
     }
 }
@@ -63,8 +74,15 @@ pub struct SecretConfig {
     pub value: Secret,
     /// `BUILDER` or `PROJECT/BUILDER`; empty: any builder.
     pub builders: Vec<String>,
-    /// Only workers with all these labels run a job that uses it.
+    /// Only workers with all these labels, set by the server (an
+    /// enrollment token, `herd workers label`), run a job that uses it.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Projects that may use it; empty: any.
+    pub projects: Vec<String>,
+    /// Branches and tags (globs) whose builds get it; empty: any.
+    pub refs: Vec<String>,
+    /// Whether try builds get it (never, unless said).
+    pub try_builds: bool,
 }
 
 /// `NAME: {env: X}` (any builder, any worker) or `NAME: {value: …,
@@ -78,6 +96,12 @@ pub(super) enum RawSecretConfig {
         builders: Vec<String>,
         #[serde(default)]
         labels: std::collections::BTreeMap<String, String>,
+        #[serde(default)]
+        projects: Vec<String>,
+        #[serde(default)]
+        refs: Vec<String>,
+        #[serde(default, rename = "try")]
+        try_builds: bool,
     },
     Plain(RawSecret),
 }
@@ -141,6 +165,19 @@ pub(super) struct RawProject {
     pub webhook_secret: Option<Spanned<RawSecret>>,
     #[serde(default)]
     pub report: Vec<Spanned<RawReporter>>,
+    /// Custom probes this project's builders name.
+    #[serde(default)]
+    pub probes: indexmap::IndexMap<Spanned<String>, Spanned<String>>,
+    /// How the server reaches a private repository (never in the URL).
+    pub credentials: Option<Spanned<RawCredentials>>,
+}
+
+/// `credentials: {user: NAME, token: SECRET}` of a project's repository.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCredentials {
+    pub user: String,
+    pub token: RawSecret,
 }
 
 /// `secret: text`, `secret: {env: NAME}` or `secret: {file: PATH}`.
@@ -228,6 +265,24 @@ impl Lower<'_> {
         for r in &raw.report {
             p.report.push(self.reporter(r)?);
         }
+        if let Some(c) = &raw.credentials {
+            if c.value.user.is_empty() || c.value.user.contains(['\n', ':']) {
+                return Err(self
+                    .err(&c.referenced, "`credentials.user` is empty or has a `:`")
+                    .with_help("give the user name the forge expects, e.g. `x-access-token` for a GitHub token"));
+            }
+            p.credentials = Some(Credentials {
+                user: c.value.user.clone(),
+                token: self.secret_at(&c.value.token, &c.referenced)?,
+            });
+        }
+        if let Some(repo) = &p.repo {
+            if herd_core::redact::has_credentials(repo) {
+                tracing::warn!(
+                    "project {name}: the repository URL carries credentials; give them as `credentials:` (from an env or a file) instead, so that nothing shows them"
+                );
+            }
+        }
         Ok(p)
     }
 
@@ -240,16 +295,33 @@ impl Lower<'_> {
                 value: self.secret_at(s, &raw.referenced)?,
                 builders: Vec::new(),
                 labels: Default::default(),
+                projects: Vec::new(),
+                refs: Vec::new(),
+                try_builds: false,
             },
             RawSecretConfig::Full {
                 value,
                 builders,
                 labels,
-            } => SecretConfig {
-                value: self.secret_at(value, &raw.referenced)?,
-                builders: builders.clone(),
-                labels: labels.clone(),
-            },
+                projects,
+                refs,
+                try_builds,
+            } => {
+                for r in refs {
+                    herd_core::change::compile_glob(r).map_err(|e| {
+                        self.err(&raw.referenced, format!("invalid ref pattern `{r}`: {e}"))
+                            .with_help("branches and tags as globs: `main`, `release/*`, `v*`")
+                    })?;
+                }
+                SecretConfig {
+                    value: self.secret_at(value, &raw.referenced)?,
+                    builders: builders.clone(),
+                    labels: labels.clone(),
+                    projects: projects.clone(),
+                    refs: refs.clone(),
+                    try_builds: *try_builds,
+                }
+            }
         })
     }
 

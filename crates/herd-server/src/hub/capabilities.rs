@@ -4,7 +4,7 @@
 use super::{Hub, LiveWorker, Outbound};
 use crate::store::StoreError;
 use herd_core::probe::{is_fact, ProbeSpec};
-use herd_core::requirement::{Capabilities, Capability, Requirement};
+use herd_core::requirement::{Capabilities, Capability};
 use herd_core::schedule;
 use herd_proto::{ProbeRequest, ProbeResult, ServerMsg};
 use std::collections::BTreeMap;
@@ -109,16 +109,23 @@ impl Hub {
             .collect()
     }
 
-    /// Why a job with these requirements is not running: per connected
-    /// worker, the first requirement it fails and what it has.
-    pub fn why_not(&self, requires: &[Requirement]) -> WhyNot {
+    /// Why a job is not running: per connected worker, the first
+    /// requirement it fails and what it has.
+    pub fn why_not(&self, spec: &herd_core::plan::JobSpec) -> WhyNot {
         let st = self.lock();
         let mut workers: Vec<WorkerWhyNot> = st
             .workers
             .iter()
             .map(|(name, w)| {
                 let caps = capabilities(w, &st.probe_set);
-                let unmet = schedule::can_run(requires, &caps).err().map(|u| u.message);
+                let unmet = schedule::fits(
+                    &spec.requires,
+                    &spec.trusted_requires,
+                    &caps,
+                    &trusted_capabilities(w),
+                )
+                .err()
+                .map(|u| u.message);
                 let full = w.running.len() as u32 + w.reserved >= w.slots;
                 let quarantined = Self::quarantined(&st, name);
                 let state = match (&unmet, w.draining, w.paused, full) {
@@ -173,7 +180,7 @@ pub(super) fn capabilities(
             },
         );
     }
-    for (k, v) in &w.labels {
+    for (k, v) in w.labels.iter().chain(&w.server_labels) {
         caps.set(k.clone(), v.clone());
     }
     for name in probe_set.keys() {
@@ -182,6 +189,47 @@ pub(super) fn capabilities(
         }
     }
     caps
+}
+
+/// What a job's trusted requirements are matched with: the labels the
+/// server gave the worker, nothing it states itself.
+pub(super) fn trusted_capabilities(w: &LiveWorker) -> Capabilities {
+    let mut caps = Capabilities::default();
+    for (k, v) in &w.server_labels {
+        caps.set(k.clone(), v.clone());
+    }
+    caps
+}
+
+impl Hub {
+    /// The labels the server gives a worker changed (here or on another
+    /// server): the live worker takes them, and the queue is looked at again.
+    pub async fn reload_server_labels(&self, name: &str) -> Result<(), StoreError> {
+        let labels = self.store.worker_labels(name).await?;
+        if let Some(w) = self.lock().workers.get_mut(name) {
+            w.server_labels = labels;
+        }
+        self.wake();
+        self.changed_here();
+        Ok(())
+    }
+
+    /// Sets and removes labels the server gives a worker; every server
+    /// hears of it.
+    pub async fn set_server_labels(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(), StoreError> {
+        self.store.set_worker_labels(name, set, remove).await?;
+        self.reload_server_labels(name).await?;
+        self.tell_peers(super::peers::PeerMsg::Labels {
+            worker: name.to_string(),
+        });
+        self.changed();
+        Ok(())
+    }
 }
 
 pub(super) fn probe_requests(set: &BTreeMap<String, Option<String>>) -> Vec<ProbeRequest> {

@@ -10,7 +10,7 @@ mod capabilities;
 mod health;
 pub mod peers;
 
-use capabilities::{capabilities, probe_requests};
+use capabilities::{capabilities, probe_requests, trusted_capabilities};
 pub use capabilities::{Fit, WhyNot, WorkerWhyNot};
 use health::Health;
 use peers::PeerMsg;
@@ -46,6 +46,10 @@ pub struct Settings {
     pub secrets: Arc<BTreeMap<String, crate::config::SecretConfig>>,
     /// Bytes of output kept per step (workers drop the rest with a notice).
     pub max_step_log: u64,
+    /// Custom probes of the server's config: name -> command.
+    pub probe_commands: Arc<BTreeMap<String, String>>,
+    /// What one build and one sender may ask.
+    pub limits: crate::config::BuildLimits,
 }
 
 impl Default for Settings {
@@ -61,6 +65,8 @@ impl Default for Settings {
             quarantine_base: Duration::from_secs(60),
             secrets: Arc::default(),
             max_step_log: herd_proto::DEFAULT_STEP_LOG_LIMIT,
+            probe_commands: Arc::default(),
+            limits: crate::config::BuildLimits::default(),
         }
     }
 }
@@ -79,7 +85,11 @@ struct LiveWorker {
     tx: mpsc::UnboundedSender<Outbound>,
     slots: u32,
     facts: BTreeMap<String, String>,
+    /// Labels the worker states itself (`--label`).
     labels: BTreeMap<String, String>,
+    /// Labels the server gave it (enrollment token, `herd workers label`):
+    /// they win over stated ones, and they alone meet a secret's labels.
+    server_labels: BTreeMap<String, String>,
     /// Probe results reported on this connection.
     probes: BTreeMap<String, ProbeResult>,
     running: HashSet<AttemptId>,
@@ -171,7 +181,20 @@ impl Hub {
                 )
             })
             .collect();
-        let probe_set = store.wanted_probes().await?;
+        // A probe's command is the server config's (an older release took
+        // commands from herd.yml: those are forgotten, never run again).
+        let stored = store.wanted_probes().await?;
+        let probe_set: BTreeMap<String, Option<String>> = stored
+            .keys()
+            .map(|name| (name.clone(), settings.probe_commands.get(name).cloned()))
+            .collect();
+        if probe_set != stored {
+            let corrected: Vec<(String, Option<String>)> = probe_set
+                .iter()
+                .map(|(n, c)| (n.clone(), c.clone()))
+                .collect();
+            store.set_wanted_probes(&corrected).await?;
+        }
         let (peers, peer_outbox) = if clustered {
             let (tx, rx) = mpsc::unbounded_channel();
             (Some(tx), Some(rx))
@@ -329,6 +352,7 @@ impl Hub {
             self.record_loss(name);
         }
         let paused = self.store.worker(name).await?.is_some_and(|w| w.paused);
+        let server_labels = self.store.worker_labels(name).await?;
         let conn_id = {
             let mut st = self.lock();
             st.next_conn_id += 1;
@@ -356,6 +380,7 @@ impl Hub {
                     slots: hello.slots,
                     facts: hello.facts.clone(),
                     labels: hello.labels.clone(),
+                    server_labels,
                     probes: BTreeMap::new(),
                     running: kept,
                     spreads: HashMap::new(),
@@ -587,6 +612,7 @@ impl Hub {
                     free_slots: w.slots.saturating_sub(w.running.len() as u32 + w.reserved),
                     accepting: !w.draining && !w.paused && !Self::quarantined(&st, name),
                     caps: capabilities(w, &st.probe_set),
+                    trusted_caps: trusted_capabilities(w),
                     recent_builders: w.recent.iter().cloned().collect(),
                 })
                 .collect();
@@ -598,6 +624,7 @@ impl Hub {
                     builder: format!("{}/{}", j.project, j.builder),
                     priority: j.priority,
                     requires: j.spec.requires.clone(),
+                    trusted_requires: j.spec.trusted_requires.clone(),
                     cap: j.spec.cap,
                     spread: j
                         .spec
@@ -627,12 +654,17 @@ impl Hub {
             let names: Vec<String> = job.spec.steps.iter().map(|s| s.name.clone()).collect();
             let mut steps = job.spec.steps.clone();
             let mut mask = Vec::new();
-            if !job.spec.secrets.is_empty() {
-                // Values join here, on the way to the worker only.
+            let granted = &job.spec.secrets;
+            if !granted.is_empty() || !job.spec.withheld.is_empty() {
+                // Values join here, on the way to the worker only; a
+                // withheld secret is empty.
                 let secrets = &self.settings.secrets;
                 for s in &mut steps {
                     for v in s.env.values_mut() {
                         *v = herd_core::secret_ref::fill_secrets(v, |name| {
+                            if !granted.iter().any(|g| g == name) {
+                                return Some(String::new());
+                            }
                             let value = secrets.get(name)?.value.0.clone();
                             mask.push(value.clone());
                             Some(value)
@@ -640,6 +672,24 @@ impl Hub {
                     }
                 }
             }
+            // Credentials in the repository's URL are masked like secrets
+            // (git may quote the URL in the checkout's log).
+            for s in &steps {
+                if let herd_proto::StepAction::Checkout { repo, .. } = &s.action {
+                    mask.extend(herd_core::redact::url_credentials(repo));
+                }
+            }
+            let notices = job
+                .spec
+                .withheld
+                .iter()
+                .map(|w| {
+                    format!(
+                        "secret `{}` is withheld from this job: {}",
+                        w.secret, w.reason
+                    )
+                })
+                .collect();
             if job.spec.patched {
                 let patch = self.store.build_patch(job.build_id).await?;
                 for s in &mut steps {
@@ -676,6 +726,8 @@ impl Hub {
                                     steps,
                                     mask,
                                     log_limit: Some(self.settings.max_step_log),
+                                    attempt_log_limit: Some(self.settings.limits.max_attempt_log),
+                                    notices,
                                 };
                                 w.tx.send(Outbound::Assign(Box::new(assignment))).is_ok()
                             }

@@ -31,6 +31,8 @@ pub enum PeerMsg {
     Cancel { attempt: AttemptId, worker: String },
     /// A worker's connection is to be closed (revoked, removed).
     Close { worker: String, reason: String },
+    /// The labels the server gives a worker changed.
+    Labels { worker: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -147,6 +149,7 @@ impl Hub {
                 self.cancel_here(*attempt, worker);
                 Ok(())
             }
+            PeerMsg::Labels { worker } => self.reload_server_labels(worker).await,
         };
         if let Err(e) = result {
             tracing::warn!("could not act on {message:?} from another server: {e}");
@@ -239,6 +242,9 @@ mod tests {
             PeerMsg::Close {
                 worker: "w3".into(),
                 reason: "its token was revoked".into(),
+            },
+            PeerMsg::Labels {
+                worker: "w4".into(),
             },
         ];
         for m in &all {

@@ -360,6 +360,10 @@ impl Store {
             }
             let mut finished = None;
             for ev in &a.events {
+                // After `finished` an attempt takes nothing more.
+                if finished.is_some() {
+                    break;
+                }
                 if let Some(f) = apply_one(&mut tx, a.attempt, ev, now).await? {
                     finished = Some(f);
                 }

@@ -19,8 +19,9 @@ use herd_core::split::SplitState;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The format `jobs.spec` is written in.
-pub const JOB_SPEC_FORMAT: u64 = 2;
+/// The format `jobs.spec` is written in. 3 added `withheld` and
+/// `trusted_requires` (both empty in older rows).
+pub const JOB_SPEC_FORMAT: u64 = 3;
 /// The format `splits.data` is written in.
 pub const SPLIT_STATE_FORMAT: u64 = 2;
 
@@ -30,8 +31,9 @@ pub fn encode_job_spec(spec: &JobSpec) -> Result<String, StoreError> {
 
 pub fn decode_job_spec(text: &str) -> Result<JobSpec, StoreError> {
     match format_of("job spec", text)? {
-        // Format 1 (no `v`) has the fields of format 2.
-        1 | 2 => from_text("job spec", text),
+        // Format 1 (no `v`) has the fields of format 2; format 3 adds
+        // fields that default to empty.
+        1..=3 => from_text("job spec", text),
         newer => Err(too_new("job spec", newer, JOB_SPEC_FORMAT)),
     }
 }

@@ -136,6 +136,10 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         &[("name", Text), ("command", Text), ("updated_at", Int)],
     ),
     (
+        "worker_labels",
+        &[("worker", Text), ("key", Text), ("value", Text)],
+    ),
+    (
         "worker_probes",
         &[
             ("worker", Text),

@@ -30,6 +30,7 @@ pub use splits::{SplitAnswer, SplitRow, SPLIT_WAIT_MS};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -211,6 +212,10 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM worker_labels WHERE worker = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM workers WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -327,6 +332,59 @@ impl Store {
             .fetch_all(&self.read)
             .await?;
         rows.iter().map(WorkerRow::from_row).collect()
+    }
+
+    /// The labels the server gave a worker.
+    pub async fn worker_labels(&self, name: &str) -> Result<BTreeMap<String, String>> {
+        let rows =
+            sqlx::query("SELECT key, value FROM worker_labels WHERE worker = $1 ORDER BY key")
+                .bind(name)
+                .fetch_all(&self.read)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("key")?, r.try_get("value")?)))
+            .collect()
+    }
+
+    /// The labels the server gave every worker: worker -> labels.
+    pub async fn all_worker_labels(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+        let rows = sqlx::query("SELECT worker, key, value FROM worker_labels ORDER BY worker, key")
+            .fetch_all(&self.read)
+            .await?;
+        let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for r in &rows {
+            out.entry(r.try_get("worker")?)
+                .or_default()
+                .insert(r.try_get("key")?, r.try_get("value")?);
+        }
+        Ok(out)
+    }
+
+    /// Sets and removes labels the server gives a worker, in one transaction.
+    pub async fn set_worker_labels(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        for key in remove.iter().chain(set.keys()) {
+            sqlx::query("DELETE FROM worker_labels WHERE worker = $1 AND key = $2")
+                .bind(name)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (key, value) in set {
+            sqlx::query("INSERT INTO worker_labels (worker, key, value) VALUES ($1, $2, $3)")
+                .bind(name)
+                .bind(key)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn worker(&self, name: &str) -> Result<Option<WorkerRow>> {

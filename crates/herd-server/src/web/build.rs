@@ -49,6 +49,8 @@ pub struct JobView {
     pub error: Option<String>,
     pub waiting: Option<String>,
     pub why: Vec<String>,
+    /// "secret `x` is withheld: …", one per secret the job may not have.
+    pub withheld: Vec<String>,
     pub attempts: Vec<AttemptView>,
 }
 
@@ -116,7 +118,7 @@ pub async fn build_page(
     let mut jobs = Vec::new();
     for j in &d.jobs {
         let (waiting, why) = if j.state == RunState::Queued {
-            let w = app.hub.why_not(&j.spec.requires);
+            let w = app.hub.why_not(&j.spec);
             let why = w
                 .workers
                 .iter()
@@ -166,6 +168,12 @@ pub async fn build_page(
             error: j.error.clone(),
             waiting,
             why,
+            withheld: j
+                .spec
+                .withheld
+                .iter()
+                .map(|w| format!("secret `{}` is withheld: {}", w.secret, w.reason))
+                .collect(),
             attempts,
         });
     }

@@ -48,7 +48,7 @@ pub async fn builder(
         ));
     };
     let spec = &latest.spec;
-    let why = app.hub.why_not(&spec.requires);
+    let why = app.hub.why_not(spec);
     let (mut capable, mut incapable) = (Vec::new(), Vec::new());
     for w in &why.workers {
         match &w.unmet {

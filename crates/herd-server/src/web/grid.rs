@@ -184,12 +184,9 @@ pub async fn grid_page(
     let columns = columns
         .into_iter()
         .map(|name| {
-            let why = app.hub.why_not(
-                &specs
-                    .get(&name)
-                    .map(|s| s.requires.clone())
-                    .unwrap_or_default(),
-            );
+            let why = app
+                .hub
+                .why_not(specs.get(&name).unwrap_or(&JobSpec::default()));
             let capable: Vec<&crate::hub::WorkerWhyNot> =
                 why.workers.iter().filter(|w| w.unmet.is_none()).collect();
             let busy = capable

@@ -60,7 +60,11 @@ fn view(app: &App, row: &crate::store::ProjectRow) -> ProjectView {
     };
     ProjectView {
         name: row.name.clone(),
-        repo: row.repo.clone().unwrap_or_default(),
+        repo: row
+            .repo
+            .as_deref()
+            .map(herd_core::redact::redact_url)
+            .unwrap_or_default(),
         branches: match config.map(|c| c.branches.join(", ")) {
             Some(b) if !b.is_empty() => b,
             _ => "the default branch".into(),

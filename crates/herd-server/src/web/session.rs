@@ -158,10 +158,30 @@ pub async fn private_guard(
 }
 
 /// Only local paths: a sign-in never sends the browser elsewhere.
-fn safe_next(next: Option<&str>) -> String {
+/// Where to go after signing in: only a path on this server. Browsers drop
+/// tabs and newlines from a URL and read `\\` as `/`, so `/\t/evil.example`
+/// would be `//evil.example`, another site: anything but printable ASCII
+/// without a backslash, or a second leading slash, means the front page.
+pub(crate) fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n.to_string()
+        }
         _ => "/".into(),
+    }
+}
+
+/// The session cookie's attributes; `Secure` when the server speaks TLS, so
+/// a browser never sends it over plain HTTP.
+fn cookie_attributes(app: &App) -> &'static str {
+    if app.https() {
+        "Path=/; HttpOnly; SameSite=Strict; Secure"
+    } else {
+        "Path=/; HttpOnly; SameSite=Strict"
     }
 }
 
@@ -249,7 +269,8 @@ pub async fn login(
                 [(
                     header::SET_COOKIE,
                     format!(
-                        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+                        "{COOKIE}={id}; {}; Max-Age={}",
+                        cookie_attributes(&app),
                         LIFETIME.as_secs()
                     ),
                 )],
@@ -293,7 +314,7 @@ pub async fn logout(
     (
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+            format!("{COOKIE}=; {}; Max-Age=0", cookie_attributes(&app)),
         )],
         Redirect::to("/"),
     )
@@ -308,5 +329,34 @@ pub fn render<T: Template>(t: &T) -> Response {
             format!("cannot render the page: {e}"),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_is_a_path_on_this_server_or_the_front_page() {
+        for ok in ["/", "/builds/3", "/workers?x=1&y=%2F", "/b/a.b-c_d~e"] {
+            assert_eq!(safe_next(Some(ok)), ok);
+        }
+        for off in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/\t//evil.example",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "https://evil.example",
+            "/\n/evil.example",
+            "/ /evil.example",
+            "/\u{7f}/evil.example",
+            "/\u{3000}/evil.example",
+            "evil.example",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(off)), "/", "{off:?}");
+        }
+        assert_eq!(safe_next(None), "/");
     }
 }

@@ -34,6 +34,7 @@ pub async fn workers(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
         Err(e) => return server_error(e),
     };
     let live = app.hub.live_workers();
+    let mut server_labels = app.hub.store.all_worker_labels().await.unwrap_or_default();
     let workers = rows
         .iter()
         .map(|w| {
@@ -49,9 +50,12 @@ pub async fn workers(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
                     facts.get("os").cloned().unwrap_or_default(),
                     facts.get("arch").cloned().unwrap_or_default()
                 ),
-                labels: json_map(&w.labels)
+                labels: server_labels
+                    .remove(&w.name)
+                    .unwrap_or_default()
                     .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
+                    .map(|(k, v)| format!("{k}={v} (server)"))
+                    .chain(json_map(&w.labels).iter().map(|(k, v)| format!("{k}={v}")))
                     .collect::<Vec<_>>()
                     .join(" "),
             }
@@ -83,7 +87,10 @@ pub struct WorkerPage {
     pub running: Vec<(i64, String)>,
     /// (build, builder/job, attempt, state, when)
     pub recent: Vec<(i64, String, i64, String, String)>,
+    /// Labels the worker states itself.
     pub labels: Vec<(String, String)>,
+    /// Labels the server gave it (enrollment, `herd workers label`).
+    pub server_labels: Vec<(String, String)>,
     pub facts: Vec<(String, String)>,
     pub probes: Vec<ProbeView>,
 }
@@ -123,6 +130,12 @@ pub async fn worker(
         paused: w.paused,
         running,
         labels: json_map(&w.labels).into_iter().collect(),
+        server_labels: store
+            .worker_labels(&name)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         facts: json_map(&w.facts).into_iter().collect(),
         probes: probes
             .into_iter()

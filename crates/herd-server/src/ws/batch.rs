@@ -18,7 +18,13 @@ pub(super) const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// What the server knows of one attempt the connection carries.
 struct Cursor {
     last_seq: u64,
+    /// How many steps the attempt has: events of any other step are refused.
+    steps: u32,
     step_sizes: HashMap<u32, u64>,
+    /// Bytes of output of all its steps.
+    total: u64,
+    /// Its `finished` event came: it takes nothing more.
+    finished: bool,
     builder_key: Option<String>,
 }
 
@@ -97,7 +103,10 @@ impl Ledger {
                 r.attempt,
                 Cursor {
                     last_seq: r.acked_seq,
+                    steps: step_sizes.len() as u32,
+                    total: step_sizes.values().sum(),
                     step_sizes,
+                    finished: false,
                     builder_key: None,
                 },
             );
@@ -111,7 +120,10 @@ impl Ledger {
             a.attempt,
             Cursor {
                 last_seq: 0,
+                steps: a.steps.len() as u32,
                 step_sizes: HashMap::new(),
+                total: 0,
+                finished: false,
                 builder_key: Some(format!("{}/{}", a.project, a.builder)),
             },
         );
@@ -227,6 +239,25 @@ impl Ledger {
                 cursor.last_seq
             ));
         }
+        // Every event is fenced, not only every batch: after `finished` an
+        // attempt takes nothing more, and only its own steps exist.
+        if cursor.finished {
+            return Flow::Stop(format!(
+                "attempt {attempt}: event {seq} after the attempt finished"
+            ));
+        }
+        let step = match &ev {
+            StoredEvent::StepStarted { step }
+            | StoredEvent::StepFinished { step, .. }
+            | StoredEvent::Log { step, .. } => Some(*step),
+            StoredEvent::Finished { .. } => None,
+        };
+        if let Some(step) = step.filter(|s| *s >= cursor.steps) {
+            return Flow::Stop(format!(
+                "attempt {attempt}: step {step} does not exist (it has {} steps)",
+                cursor.steps
+            ));
+        }
         if let Some((step, offset, len)) = log {
             let size = cursor.step_sizes.entry(step).or_insert(0);
             if offset != *size {
@@ -236,13 +267,27 @@ impl Ledger {
             }
             // A worker that ignores the limit it was given is cut off
             // rather than allowed to fill the disk.
-            let limit = self.app.hub.settings.max_step_log + herd_proto::STEP_LOG_NOTICE_ROOM;
+            let settings = &self.app.hub.settings;
+            let limit = settings.max_step_log + herd_proto::STEP_LOG_NOTICE_ROOM;
             if *size + len > limit {
                 return Flow::Stop(format!(
                     "attempt {attempt} step {step}: output past the limit of {limit} bytes"
                 ));
             }
+            let attempt_limit = settings
+                .limits
+                .max_attempt_log
+                .saturating_add(herd_proto::STEP_LOG_NOTICE_ROOM * u64::from(cursor.steps));
+            if cursor.total + len > attempt_limit {
+                return Flow::Stop(format!(
+                    "attempt {attempt}: output past the limit of {attempt_limit} bytes for all its steps"
+                ));
+            }
             *size += len;
+            cursor.total += len;
+        }
+        if matches!(ev, StoredEvent::Finished { .. }) {
+            cursor.finished = true;
         }
         cursor.last_seq = seq;
         batch.push(attempt, seq, ev);

@@ -19,6 +19,10 @@ pub struct WorkerConfig {
     pub slots: u32,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Custom probes the machine's owner defines: name -> shell command
+    /// (they win over the server's definitions).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probes: BTreeMap<String, String>,
     /// The server's TLS pin (`sha256//…`), from the install one-liner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_pin: Option<String>,
@@ -78,6 +82,7 @@ mod tests {
             workdir: "/var/lib/herd/work".into(),
             slots: 2,
             labels: BTreeMap::from([("gpu".into(), "a100".into())]),
+            probes: BTreeMap::from([("wx".into(), "wx-config --version".into())]),
             tls_pin: None,
             install: Some(InstallInfo {
                 user: "herd".into(),

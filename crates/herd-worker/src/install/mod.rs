@@ -187,10 +187,9 @@ pub async fn install(opts: InstallOptions) -> Result<(), String> {
             }
             let name = body["worker"].as_str().unwrap_or("").to_string();
             let token = body["token"].as_str().unwrap_or("").to_string();
-            let mut labels: std::collections::BTreeMap<String, String> =
-                serde_json::from_value(body["labels"].clone()).unwrap_or_default();
-            labels.extend(opts.labels.clone());
-            (name, token, labels)
+            // The enrollment token's labels stay the server's (it keeps
+            // them for this worker); the config holds what the owner states.
+            (name, token, opts.labels.clone())
         }
     };
     let mut labels = labels;
@@ -214,6 +213,10 @@ pub async fn install(opts: InstallOptions) -> Result<(), String> {
             .map(|c| c.slots)
             .unwrap_or(opts.slots.max(1)),
         labels,
+        probes: existing
+            .as_ref()
+            .map(|c| c.probes.clone())
+            .unwrap_or_default(),
         tls_pin: opts.tls_pin.clone(),
         install: Some(InstallInfo {
             user: layout.user.clone(),

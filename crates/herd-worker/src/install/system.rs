@@ -324,6 +324,8 @@ pub async fn capabilities_line() -> String {
                 command: None,
             })
             .collect(),
+        &Default::default(),
+        None,
     )
     .await;
     for n in wanted {

@@ -150,7 +150,7 @@ pub fn show(b: &Build, output: Output) -> Result<()> {
 /// One value as the API's JSON.
 pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| miette!("cannot write JSON: {e}"))?;
-    outln!("{text}");
+    crate::out::json(&text);
     Ok(())
 }
 
@@ -221,6 +221,13 @@ pub fn print_build(b: &Build) {
             .unwrap_or("(no repository)"),
         b.state
     );
+    if let Some(m) = &b.message {
+        let subject = m.lines().next().unwrap_or("");
+        match &b.author {
+            Some(a) => outln!("  commit: {subject} ({a})"),
+            None => outln!("  commit: {subject}"),
+        }
+    }
     if let Some(e) = &b.error {
         outln!("  error: {e}");
     }
@@ -228,6 +235,9 @@ pub fn print_build(b: &Build) {
         outln!("  job {} {}/{}: {}", j.id, j.builder, j.name, j.state);
         if let Some(e) = &j.error {
             outln!("    error: {e}");
+        }
+        for w in &j.withheld {
+            outln!("    secret `{}` is withheld: {}", w.secret, w.reason);
         }
         if let Some(w) = &j.waiting {
             outln!(
@@ -357,7 +367,7 @@ async fn print_log(c: &Client, id: i64, which: &LogSelection<'_>, follow: bool) 
             }
         }
         let Some(a) = attempt else {
-            eprintln!("==> {}/{}: no attempt ({})", j.builder, j.name, j.state);
+            crate::errln!("==> {}/{}: no attempt ({})", j.builder, j.name, j.state);
             continue;
         };
         for st in &a.steps {
@@ -366,22 +376,27 @@ async fn print_log(c: &Client, id: i64, which: &LogSelection<'_>, follow: bool) 
                     continue;
                 }
             }
-            eprintln!(
+            crate::errln!(
                 "==> {}/{} step {}: {} <==",
-                j.builder, j.name, st.idx, st.name
+                j.builder,
+                j.name,
+                st.idx,
+                st.name
             );
             let mut offset = 0u64;
+            let mut log = crate::out::LogWriter::new();
             loop {
                 let r = c
                     .log(a.id, st.idx, offset, if follow { 20_000 } else { 0 })
                     .await?;
                 offset += r.data.len() as u64;
-                crate::out::bytes(&r.data);
+                log.write(&r.data);
                 let drained = offset >= r.size;
                 if drained && (!follow || !r.more) {
                     break;
                 }
             }
+            log.finish();
         }
     }
     Ok(())

@@ -25,7 +25,7 @@ pub fn run(file: Option<PathBuf>) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             Ok(ExitCode::from(crate::exit_codes::FAILED))
         }
     }

@@ -94,6 +94,8 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
     let mut settings = Settings {
         max_attempts: i64::from(args.retries) + 1,
         secrets: std::sync::Arc::new(config.secrets.clone()),
+        probe_commands: std::sync::Arc::new(config.probes.clone()),
+        limits: config.limits,
         ..Settings::default()
     };
     if let Some(bytes) = config.max_step_log {

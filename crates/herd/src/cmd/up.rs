@@ -114,6 +114,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
             labels: Default::default(),
             herd_bin: std::env::current_exe().ok(),
             tls_pin: None,
+            probes: Default::default(),
         },
         stop_rx,
     ));

@@ -34,9 +34,16 @@ pub struct WorkerArgs {
     /// Jobs run at once (default 1).
     #[arg(long)]
     slots: Option<u32>,
-    /// KEY=VALUE labels matched by `requires:` (repeatable).
+    /// KEY=VALUE labels matched by `requires:` (repeatable). A label the
+    /// worker states itself never meets a secret's `labels:`: those are set
+    /// by the server (`herd workers label`, an enrollment token).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// NAME=COMMAND: a custom probe this machine answers with its own shell
+    /// command (it wins over the server's definition), e.g.
+    /// `--probe 'wx=wx-config --version'` (repeatable).
+    #[arg(long = "probe", value_name = "NAME=COMMAND")]
+    probes: Vec<String>,
     /// The server's TLS pin (`sha256//…`, printed by `herd server`): trust
     /// exactly that key rather than the machine's CAs.
     #[arg(long, env = "HERD_TLS_PIN")]
@@ -183,6 +190,19 @@ pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
     let workdir = std::path::absolute(&workdir).into_diagnostic()?;
     let mut labels = file.as_ref().map(|f| f.labels.clone()).unwrap_or_default();
     labels.extend(parse_labels(&args.labels)?);
+    let mut probes = file.as_ref().map(|f| f.probes.clone()).unwrap_or_default();
+    for p in &args.probes {
+        match p.split_once('=') {
+            Some((name, command)) if !name.trim().is_empty() && !command.trim().is_empty() => {
+                probes.insert(name.trim().to_string(), command.to_string());
+            }
+            _ => {
+                return Err(miette!(
+                    "--probe {p}: expected NAME=COMMAND, e.g. --probe 'wx=wx-config --version'"
+                ))
+            }
+        }
+    }
     let opts = WorkerOptions {
         server,
         token,
@@ -194,6 +214,7 @@ pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
         tls_pin: args
             .tls_pin
             .or(file.as_ref().and_then(|f| f.tls_pin.clone())),
+        probes,
     };
     let (tx, rx) = tokio::sync::watch::channel(Shutdown::Run);
     tokio::spawn(shutdown_signals(tx));

@@ -4,8 +4,9 @@ use crate::client::Client;
 use crate::cmd::build::print_json;
 use crate::{outln, ClientArgs, Output};
 use clap::{Args, Subcommand};
-use herd_api::workers::{Paused, ReprobeRequest, Reprobing, Worker, WorkerList};
+use herd_api::workers::{Paused, ReprobeRequest, Reprobing, SetLabels, Worker, WorkerList};
 use miette::Result;
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 #[derive(Args)]
@@ -38,6 +39,25 @@ enum WorkersCommand {
         /// The worker's name.
         name: String,
     },
+    /// Labels the server gives a worker (admin). Unlike the labels a worker
+    /// states itself, these meet the `labels:` of a secret.
+    Label {
+        /// The worker's name (it need not have connected yet).
+        name: String,
+        /// Labels to set, as KEY=VALUE.
+        #[arg(value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// A label to remove (repeat for more).
+        #[arg(long, value_name = "KEY")]
+        remove: Vec<String>,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
 }
 
 pub async fn run(args: WorkersArgs) -> Result<ExitCode> {
@@ -65,6 +85,36 @@ pub async fn run(args: WorkersArgs) -> Result<ExitCode> {
         Some(WorkersCommand::Resume { name }) => {
             let _: Paused = c.act(&format!("/api/v1/workers/{name}/resume")).await?;
             outln!("resumed {name}");
+        }
+        Some(WorkersCommand::Label {
+            name,
+            labels,
+            remove,
+        }) => {
+            if labels.is_empty() && remove.is_empty() {
+                return Err(miette::miette!(
+                    "nothing to do: give labels as KEY=VALUE, or --remove KEY"
+                ));
+            }
+            let req = SetLabels {
+                set: labels.into_iter().collect(),
+                remove,
+            };
+            let now: BTreeMap<String, String> = c
+                .post(&format!("/api/v1/workers/{name}/labels"), &req)
+                .await?;
+            match output {
+                Output::Json => print_json(&now)?,
+                Output::Human if now.is_empty() => {
+                    outln!("{name} has no labels set by the server")
+                }
+                Output::Human => {
+                    outln!("labels of {name} set by the server:");
+                    for (k, v) in &now {
+                        outln!("  {k:<12} {v}");
+                    }
+                }
+            }
         }
         Some(WorkersCommand::Reprobe { name }) => {
             let res: Reprobing = c
@@ -95,8 +145,14 @@ fn print_worker(w: &Worker) {
     for (k, v) in &w.facts {
         outln!("  {k:<12} {v}");
     }
+    if !w.server_labels.is_empty() {
+        outln!("labels set by the server:");
+        for (k, v) in &w.server_labels {
+            outln!("  {k:<12} {v}");
+        }
+    }
     if !w.labels.is_empty() {
-        outln!("labels:");
+        outln!("labels the worker states (they never meet a secret's labels):");
         for (k, v) in &w.labels {
             outln!("  {k:<12} {v}");
         }
@@ -145,12 +201,22 @@ fn print_list(workers: &[Worker]) {
         };
         let fact = |k: &str| w.facts.get(k).map_or("?", String::as_str);
         let platform = format!("{} {} {}cpu", fact("os"), fact("arch"), fact("cpus"));
-        let labels = w
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let join = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        // Whose word a label is matters (only the server's meet secrets).
+        let labels = match (w.server_labels.is_empty(), w.labels.is_empty()) {
+            (true, _) => join(&w.labels),
+            (false, true) => format!("server: {}", join(&w.server_labels)),
+            (false, false) => format!(
+                "server: {}; own: {}",
+                join(&w.server_labels),
+                join(&w.labels)
+            ),
+        };
         outln!(
             "{:<20} {:<8} {:>5} {:<8} {:<24} {}",
             w.name,

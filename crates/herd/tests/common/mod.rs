@@ -23,6 +23,8 @@ pub struct Server {
     pub database: Option<String>,
     /// The pin of its TLS key, when it serves https.
     pub pin: Option<String>,
+    /// Its limit of open files (soft and hard), when the test sets one.
+    open_files: Option<u64>,
 }
 
 impl Server {
@@ -60,6 +62,12 @@ impl Server {
         Self::launch(config, extra, None, None)
     }
 
+    /// A server that may open at most `n` files (soft and hard limit), as
+    /// on a machine with a low `ulimit -n`.
+    pub fn start_with_open_files(config: &str, extra: &[&str], n: u64) -> Server {
+        Self::launch_limited(config, extra, None, None, Some(n))
+    }
+
     /// A server on this database, presenting this admin token.
     pub fn start_with_database(config: &str, database: &str, token: &str) -> Server {
         Self::launch(
@@ -93,6 +101,16 @@ impl Server {
         database: Option<String>,
         token: Option<String>,
     ) -> Server {
+        Self::launch_limited(config, extra, database, token, None)
+    }
+
+    fn launch_limited(
+        config: &str,
+        extra: &[&str],
+        database: Option<String>,
+        token: Option<String>,
+        open_files: Option<u64>,
+    ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -106,7 +124,7 @@ impl Server {
             args.push("--config".into());
             args.push(path.display().to_string());
         }
-        let (child, url) = spawn_server(&data, "127.0.0.1:0", &args);
+        let (child, url) = spawn_server(&data, "127.0.0.1:0", &args, open_files);
         let token = token.unwrap_or_else(|| {
             std::fs::read_to_string(data.join("admin-token"))
                 .expect("admin token written on first start")
@@ -123,6 +141,7 @@ impl Server {
             args,
             database,
             pin,
+            open_files,
         }
     }
 
@@ -139,7 +158,7 @@ impl Server {
             .split_once("://")
             .map_or(self.url.as_str(), |(_, a)| a)
             .to_string();
-        let (child, url) = spawn_server(&self.data, &addr, &self.args);
+        let (child, url) = spawn_server(&self.data, &addr, &self.args, self.open_files);
         assert_eq!(url, self.url);
         self.child = child;
     }
@@ -204,6 +223,19 @@ impl Server {
             env.push(("HERD_TLS_PIN", pin.clone()));
         }
         let w = Worker::spawn_with_env(&self.url, &token, name, &workdir, slots, labels, &env);
+        self.wait_online(name);
+        w
+    }
+
+    /// A worker started with extra command-line arguments (`--probe …`).
+    pub fn worker_with_args(&self, name: &str, args: &[&str]) -> Worker {
+        let token = self.worker_token(name);
+        let workdir = self.dir.path().join(format!("work-{name}"));
+        let mut env = Vec::new();
+        if let Some(pin) = &self.pin {
+            env.push(("HERD_TLS_PIN", pin.clone()));
+        }
+        let w = Worker::spawn_full(&self.url, &token, name, &workdir, 1, &[], &env, args);
         self.wait_online(name);
         w
     }
@@ -357,13 +389,27 @@ pub fn server_log(data: &Path) -> PathBuf {
     data.with_extension("log")
 }
 
-fn spawn_server(data: &Path, listen: &str, extra: &[String]) -> (Child, String) {
+fn spawn_server(
+    data: &Path,
+    listen: &str,
+    extra: &[String],
+    open_files: Option<u64>,
+) -> (Child, String) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(server_log(data))
         .expect("server log");
-    let mut child = Command::new(HERD)
+    // prlimit sets the limit and execs herd: the child's PID is herd's.
+    let mut cmd = match open_files {
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(HERD);
+            c
+        }
+        None => Command::new(HERD),
+    };
+    let mut child = cmd
         .args(["server", "--listen", listen, "--data"])
         .arg(data)
         .args(extra)
@@ -459,6 +505,20 @@ impl Worker {
         labels: &[&str],
         env: &[(&str, String)],
     ) -> Worker {
+        Self::spawn_full(url, token, name, workdir, slots, labels, env, &[])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_full(
+        url: &str,
+        token: &str,
+        name: &str,
+        workdir: &Path,
+        slots: u32,
+        labels: &[&str],
+        env: &[(&str, String)],
+        args: &[&str],
+    ) -> Worker {
         let mut cmd = Command::new(HERD);
         for (k, v) in env {
             cmd.env(k, v);
@@ -490,6 +550,7 @@ impl Worker {
         for l in labels {
             cmd.args(["--label", l]);
         }
+        cmd.args(args);
         Worker {
             name: name.to_string(),
             child: cmd.spawn().expect("spawn herd worker"),
