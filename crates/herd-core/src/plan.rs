@@ -100,6 +100,9 @@ pub struct SecretRule {
 pub struct Checkout<'a> {
     pub repo: &'a str,
     pub revision: &'a str,
+    /// The workers fetch from the server's mirror (the default), not from
+    /// `repo` (`checkout: direct`).
+    pub served: bool,
 }
 
 /// Everything a plan depends on.
@@ -266,7 +269,7 @@ fn plan_builder(
     for j in &b.jobs {
         let mut steps = Vec::with_capacity(j.steps.len() + 1);
         if let Some(c) = req.checkout {
-            steps.push(checkout_step(c));
+            steps.push(checkout_step(req.project, c));
         }
         let offset = steps.len();
         steps.extend(j.steps.iter().map(step_spec));
@@ -317,14 +320,22 @@ fn plan_builder(
     Ok(())
 }
 
-fn checkout_step(c: Checkout<'_>) -> StepSpec {
+fn checkout_step(project: &str, c: Checkout<'_>) -> StepSpec {
     StepSpec {
         name: "checkout".into(),
         action: StepAction::Checkout {
-            repo: c.repo.to_string(),
+            // Served: the workers never need the URL's credentials.
+            repo: if c.served {
+                crate::redact::redact_url(c.repo)
+            } else {
+                c.repo.to_string()
+            },
             revision: c.revision.to_string(),
             // Joins at assignment (a try build's patch is stored once per build).
             patch: None,
+            served: c
+                .served
+                .then(|| herd_proto::source_path(project, c.revision)),
         },
         timeout_secs: None,
         env: Default::default(),

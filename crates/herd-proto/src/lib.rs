@@ -29,6 +29,14 @@ pub const DEFAULT_STEP_LOG_LIMIT: u64 = 256 * 1024 * 1024;
 pub const STEP_LOG_NOTICE_ROOM: u64 = 4096;
 pub const MAX_TRY_PATCH: usize = 384 * 1024;
 /// Largest payload of one log frame; workers split output into chunks this big.
+/// Where the server serves its mirrors to workers (git smart HTTP).
+pub const SOURCE_PREFIX: &str = "/git";
+
+/// The path, on the server, a worker fetches `revision` of `project` from.
+pub fn source_path(project: &str, revision: &str) -> String {
+    format!("{SOURCE_PREFIX}/{project}/{revision}")
+}
+
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;
 /// Largest binary frame (a log frame with its header).
 pub const MAX_BINARY_FRAME: usize = MAX_LOG_CHUNK + LOG_FRAME_HEADER_LEN;
@@ -376,10 +384,16 @@ pub enum StepAction {
     /// Check out `revision` of `repo` into the job's workspace.
     /// A try build also applies `patch` (a `git diff --binary`) on top.
     Checkout {
+        /// The repository as configured (credentials redacted when the
+        /// server serves the sources).
         repo: String,
         revision: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         patch: Option<String>,
+        /// Where on the server the worker fetches from
+        /// ([`source_path`]); None: from `repo` itself (`checkout: direct`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        served: Option<String>,
     },
     /// Run a command with `sh -c`.
     Shell { run: String },

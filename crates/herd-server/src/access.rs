@@ -92,6 +92,8 @@ pub fn scope_of(method: &Method, route: &str) -> Option<Scope> {
         "/api/v1/workers/{name}/forget" => Scope::OwnWorkerOrAdmin,
         "/api/v1/workers/{name}" if read => Scope::OwnWorkerOrRead,
         "/api/v1/try" => Scope::Try,
+        // The handler checks that the worker runs a job of the project.
+        r if r.starts_with(herd_proto::SOURCE_PREFIX) => Scope::AnyToken,
         // Token ids and their kinds are the admin's business.
         "/api/v1/tokens" => Scope::Admin,
         _ if read => Scope::Read,

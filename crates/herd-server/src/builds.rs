@@ -154,11 +154,17 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
     let planned = plan(&PlanRequest {
         project: &project.name,
         pipeline: &pipeline,
-        checkout: project
-            .repo
-            .as_deref()
-            .zip(source.revision.as_deref())
-            .map(|(repo, revision)| Checkout { repo, revision }),
+        checkout: project.repo.as_deref().zip(source.revision.as_deref()).map(
+            |(repo, revision)| Checkout {
+                repo,
+                revision,
+                served: app
+                    .project_configs
+                    .get(&project.name)
+                    .map_or(crate::config::CheckoutFrom::Server, |p| p.checkout)
+                    == crate::config::CheckoutFrom::Server,
+            },
+        ),
         builder: req.builder.as_deref(),
         change: origin.change.as_ref(),
         patched: origin.patch.is_some(),

@@ -110,6 +110,29 @@ impl Mirrors {
             .unwrap_or_default()
     }
 
+    /// The directory of the mirrors (`PROJECT.git` each).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes sure the mirror has commit `sha` (fetching when it does not)
+    /// and returns the mirror's path.
+    pub async fn ensure_commit(
+        &self,
+        project: &str,
+        repo: &str,
+        sha: &str,
+    ) -> Result<PathBuf, GitError> {
+        let lock = self.lock_for(project);
+        let _guard = lock.lock().await;
+        let mirror = self.update(project, repo, Some(sha)).await?;
+        if has_commit(&mirror, sha).await {
+            Ok(mirror)
+        } else {
+            Err(GitError::UnknownRevision(sha.to_string()))
+        }
+    }
+
     fn lock_for(&self, project: &str) -> Arc<Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(locks.entry(project.to_string()).or_default())

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod poll;
 pub mod report;
 pub mod serve;
+pub mod source;
 pub mod store;
 pub mod web;
 mod ws;

@@ -72,6 +72,8 @@ pub struct Limits {
     pub downloads: InFlight,
     /// Try builds per try token (its id) in the last hour.
     pub try_builds: Hourly,
+    /// Workers' fetches of sources being served (`source`), over all.
+    pub source_fetches: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for Limits {
@@ -81,6 +83,9 @@ impl Default for Limits {
             enrollments: RateLimit::per_minute(20),
             downloads: InFlight::new(2),
             try_builds: Hourly::default(),
+            source_fetches: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                crate::source::MAX_FETCHES,
+            )),
         }
     }
 }

@@ -246,6 +246,11 @@ async fn handshake<'a>(
         outbox.resume(r.attempt, r.acked_seq);
     }
     let ctx = Arc::new(JobContext {
+        source: crate::source::SourceAccess::for_endpoint(
+            url,
+            &opts.token,
+            opts.tls_pin.as_deref(),
+        ),
         secrets: shared.secrets.clone(),
         worker_name: name,
         workdir: opts.workdir.clone(),

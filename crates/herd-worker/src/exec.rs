@@ -43,6 +43,8 @@ pub struct JobContext {
     /// What this worker must never send: its own token, and the secrets of
     /// the jobs it runs now (probes mask their output with them too).
     pub secrets: crate::mask::KnownSecrets,
+    /// The server of this connection, for checkouts it serves.
+    pub source: crate::source::SourceAccess,
 }
 
 /// Runs a job to its end and queues all its events; returns when the
@@ -215,9 +217,19 @@ async fn run_step(
         repo,
         revision,
         patch,
+        served,
     } = &step.action
     {
-        env.insert("HERD_CHECKOUT_REPO".into(), repo.clone());
+        match served {
+            Some(path) => {
+                let (url, git_env) = ctx.source.checkout_env(path);
+                env.insert("HERD_CHECKOUT_REPO".into(), url);
+                env.extend(git_env);
+            }
+            None => {
+                env.insert("HERD_CHECKOUT_REPO".into(), repo.clone());
+            }
+        }
         env.insert("HERD_CHECKOUT_REV".into(), revision.clone());
         env.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
         if let Some(patch) = patch {

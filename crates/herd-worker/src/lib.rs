@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod probe;
 pub mod process;
 pub mod reaper;
+mod source;
 mod split;
 
 pub use conn::run;

@@ -10,6 +10,7 @@ fn request<'a>(p: &'a Pipeline, secrets: &'a BTreeMap<String, SecretRule>) -> Pl
         project: "proj",
         pipeline: p,
         checkout: Some(Checkout {
+            served: false,
             repo: "/srv/repo.git",
             revision: "abc123",
         }),
@@ -101,6 +102,35 @@ fn without_a_repository_there_is_no_checkout() {
     let jobs = jobs(plan(&req));
     assert_eq!(jobs[0].spec.steps.len(), 1);
     assert_eq!(jobs[0].spec.steps[0].name, "x");
+}
+
+#[test]
+fn a_served_checkout_names_the_servers_path_and_no_credentials() {
+    let p = pipeline("builders:\n  a:\n    steps: [{run: x}]\n");
+    let rules = BTreeMap::new();
+    let mut req = request(&p, &rules);
+    req.checkout = Some(Checkout {
+        repo: "https://u:s3cret@forge.example/x.git",
+        revision: "abc123",
+        served: true,
+    });
+    let served_jobs = jobs(plan(&req));
+    let StepAction::Checkout { repo, served, .. } = &served_jobs[0].spec.steps[0].action else {
+        panic!("{:?}", served_jobs[0].spec.steps[0]);
+    };
+    assert_eq!(served.as_deref(), Some("/git/proj/abc123"));
+    assert!(!repo.contains("s3cret"), "{repo}");
+    // Direct: the workers need the URL as configured.
+    req.checkout = Some(Checkout {
+        repo: "/srv/repo.git",
+        revision: "abc123",
+        served: false,
+    });
+    let jobs = jobs(plan(&req));
+    let StepAction::Checkout { repo, served, .. } = &jobs[0].spec.steps[0].action else {
+        panic!("{:?}", jobs[0].spec.steps[0]);
+    };
+    assert_eq!((repo.as_str(), served), ("/srv/repo.git", &None::<String>));
 }
 
 #[test]

@@ -92,6 +92,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/download/{file}", get(downloads::download))
         .route(herd_proto::WORKER_ENDPOINT, get(crate::ws::worker_endpoint))
         .merge(crate::web::router())
+        .merge(crate::source::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             crate::access::token_guard,
@@ -107,8 +108,14 @@ pub fn router(app: Arc<App>) -> Router {
             tower_http::compression::CompressionLayer::new().compress_when(
                 tower_http::compression::Predicate::and(
                     tower_http::compression::predicate::DefaultPredicate::new(),
-                    tower_http::compression::predicate::NotForContentType::const_new(
-                        "application/octet-stream",
+                    tower_http::compression::Predicate::and(
+                        tower_http::compression::predicate::NotForContentType::const_new(
+                            "application/octet-stream",
+                        ),
+                        // git's packs are compressed already.
+                        tower_http::compression::predicate::NotForContentType::const_new(
+                            "application/x-git-",
+                        ),
                     ),
                 ),
             ),

@@ -28,7 +28,7 @@ use serde_saphyr::Spanned;
 use std::time::Duration;
 
 mod project;
-pub use project::{ProjectConfig, Reporter, Secret, SecretConfig, DEFAULT_POLL};
+pub use project::{CheckoutFrom, ProjectConfig, Reporter, Secret, SecretConfig, DEFAULT_POLL};
 use project::{RawProject, RawSecretConfig};
 
 #[derive(Debug, Clone, Default)]

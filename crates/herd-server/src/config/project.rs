@@ -40,6 +40,20 @@ pub struct ProjectConfig {
     pub report: Vec<Reporter>,
     /// What the server's git presents to fetch the repository.
     pub credentials: Option<Credentials>,
+    /// Where workers check out from: the server's mirror (the default),
+    /// or the repository itself (`checkout: direct`).
+    pub checkout: CheckoutFrom,
+}
+
+/// `checkout:` of a project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckoutFrom {
+    /// Workers fetch from the server (git smart HTTP, their worker token).
+    #[default]
+    Server,
+    /// Workers fetch from the repository URL themselves.
+    Direct,
 }
 
 /// A user and a token for a repository over https, given to git by the
@@ -63,6 +77,7 @@ impl ProjectConfig {
             webhook_secret: None,
             report: Vec::new(),
             credentials: None,
+            checkout: CheckoutFrom::Server,
         }
     }
 }
@@ -170,6 +185,9 @@ pub(super) struct RawProject {
     pub probes: indexmap::IndexMap<Spanned<String>, Spanned<String>>,
     /// How the server reaches a private repository (never in the URL).
     pub credentials: Option<Spanned<RawCredentials>>,
+    /// `server` (the default) or `direct`.
+    #[serde(default)]
+    pub checkout: CheckoutFrom,
 }
 
 /// `credentials: {user: NAME, token: SECRET}` of a project's repository.
@@ -232,6 +250,7 @@ impl Lower<'_> {
         let mut p = ProjectConfig {
             pipeline: raw.pipeline.map(|s| s.value),
             repo: raw.repo,
+            checkout: raw.checkout,
             ..ProjectConfig::with_repo(&name, "")
         };
         for b in &raw.branches {

@@ -272,6 +272,22 @@ impl Store {
         row.as_ref().map(ProjectRow::from_row).transpose()
     }
 
+    /// Whether `worker` has a live attempt of a job of `project` (what
+    /// lets it fetch the project's sources from the server).
+    pub async fn worker_runs_project(&self, worker: &str, project: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM attempts a JOIN jobs j ON j.id = a.job_id \
+             JOIN builds b ON b.id = j.build_id \
+             WHERE a.worker = $1 AND a.state IN ('assigned', 'running') AND b.project = $2 \
+             LIMIT 1",
+        )
+        .bind(worker)
+        .bind(project)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.is_some())
+    }
+
     // ---- workers ------------------------------------------------------
 
     /// A worker connected to server `server`.

@@ -519,7 +519,47 @@ impl Worker {
         env: &[(&str, String)],
         args: &[&str],
     ) -> Worker {
-        let mut cmd = Command::new(HERD);
+        let cmd = Command::new(HERD);
+        Self::launch(cmd, url, token, name, workdir, slots, labels, env, args)
+    }
+
+    /// A worker running as user and group `id` (no other groups), its
+    /// workdir (and HOME) owned by it.
+    pub fn spawn_as(
+        id: u32,
+        url: &str,
+        token: &str,
+        name: &str,
+        workdir: &Path,
+        args: &[&str],
+    ) -> Worker {
+        std::fs::create_dir_all(workdir).expect("workdir");
+        let owner = Some(nix::unistd::Uid::from_raw(id));
+        nix::unistd::chown(workdir, owner, Some(nix::unistd::Gid::from_raw(id))).expect("chown");
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            format!("--reuid={id}"),
+            format!("--regid={id}"),
+            "--clear-groups".into(),
+            "--".into(),
+            HERD.into(),
+        ]);
+        let home = [("HOME", workdir.display().to_string())];
+        Self::launch(cmd, url, token, name, workdir, 1, &[], &home, args)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        mut cmd: Command,
+        url: &str,
+        token: &str,
+        name: &str,
+        workdir: &Path,
+        slots: u32,
+        labels: &[&str],
+        env: &[(&str, String)],
+        args: &[&str],
+    ) -> Worker {
         for (k, v) in env {
             cmd.env(k, v);
         }
