@@ -98,6 +98,9 @@ struct RawBuilder {
     requires: Vec<Spanned<String>>,
     steps: Option<Vec<RawStep>>,
     jobs: Option<IndexMap<Spanned<String>, RawJob>>,
+    matrix: Option<Spanned<matrix::RawMatrix>>,
+    /// The name of each matrix job, with `${{ matrix.AXIS }}`.
+    name: Option<Spanned<String>>,
     max_concurrent: Option<Spanned<u32>>,
     #[serde(default)]
     branches: Vec<Spanned<String>>,
@@ -111,9 +114,11 @@ struct RawJob {
     #[serde(default)]
     requires: Vec<Spanned<String>>,
     steps: Option<Vec<RawStep>>,
+    matrix: Option<Spanned<matrix::RawMatrix>>,
+    name: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawStep {
     name: Option<Spanned<String>>,
@@ -126,7 +131,7 @@ struct RawStep {
     always: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawSplit {
     list: Spanned<String>,
@@ -137,7 +142,7 @@ struct RawSplit {
 }
 
 /// An env value: YAML lets people write `FOO: 1` or `FOO: true`; all are text.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(untagged)]
 enum Scalar {
     Text(String),
@@ -179,6 +184,21 @@ impl Pipeline {
 
     pub fn builder(&self, name: &str) -> Option<&Builder> {
         self.builders.iter().find(|b| b.name == name)
+    }
+
+    /// Jobs that no worker could ever run (`BUILDER/JOB`, and why): their
+    /// requirements contradict each other, as a matrix cell's may
+    /// (`python3 == 3.10` from the cell, `python3 >= 3.12` from the builder).
+    pub fn impossible_jobs(&self) -> Vec<(String, String)> {
+        self.builders
+            .iter()
+            .flat_map(|b| {
+                b.jobs.iter().filter_map(move |j| {
+                    crate::requirement::contradiction(&j.requires)
+                        .map(|why| (format!("{}/{}", b.name, j.name), why))
+                })
+            })
+            .collect()
     }
 }
 
@@ -225,7 +245,15 @@ impl Lower<'_> {
 
     fn builder(&self, name: Spanned<String>, raw: RawBuilder) -> Result<Builder, ConfigError> {
         self.check_name(&name, "builder")?;
-        let requires = self.requirements(&raw.requires)?;
+        let builder_cells = self.matrix_cells(raw.matrix.as_ref(), raw.name.as_ref())?;
+        // The builder's own requirements: those every cell shares.
+        let shared: Vec<Spanned<String>> = raw
+            .requires
+            .iter()
+            .filter(|r| !matrix::mentions_matrix(&r.value))
+            .cloned()
+            .collect();
+        let requires = self.requirements(&shared)?;
         let jobs = match (raw.steps, raw.jobs) {
             (Some(_), Some(_)) => {
                 return Err(self
@@ -246,7 +274,12 @@ impl Lower<'_> {
                     .with_help("give it `steps:` (one job) or `jobs:` (several jobs)"))
             }
             (Some(steps), None) => {
-                vec![self.job(&name, MAIN_JOB.to_string(), &requires, Vec::new(), steps)?]
+                let mut jobs = Vec::new();
+                for cell in &builder_cells {
+                    let at = self.cell_name(&name, raw.name.as_ref(), MAIN_JOB, cell)?;
+                    jobs.push(self.cell_job(&at, cell, &raw.requires, &[], &steps)?);
+                }
+                jobs
             }
             (None, Some(raw_jobs)) => {
                 if raw_jobs.is_empty() {
@@ -268,18 +301,36 @@ impl Lower<'_> {
                             )
                             .with_help("give it `steps:`"));
                     };
-                    let own = self.requirements(&job.requires)?;
-                    jobs.push(self.job(
-                        &job_name,
-                        job_name.value.clone(),
-                        &requires,
-                        own,
-                        steps,
-                    )?);
+                    let job_cells = matrix::product(
+                        &builder_cells,
+                        &self.matrix_cells(job.matrix.as_ref(), job.name.as_ref())?,
+                    );
+                    for cell in &job_cells {
+                        let at =
+                            self.cell_name(&job_name, job.name.as_ref(), &job_name.value, cell)?;
+                        jobs.push(self.cell_job(
+                            &at,
+                            cell,
+                            &raw.requires,
+                            &job.requires,
+                            &steps,
+                        )?);
+                    }
                 }
                 jobs
             }
         };
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = jobs.iter().find(|j| !seen.insert(j.name.as_str())) {
+            return Err(self
+                .err(
+                    &name.referenced,
+                    format!("builder `{}` has two jobs named `{}`", name.value, dup.name),
+                )
+                .with_help(
+                    "give the matrix a `name:` that tells its cells apart, or rename a job",
+                ));
+        }
         if let Some(m) = &raw.max_concurrent {
             if m.value == 0 {
                 return Err(self
@@ -609,6 +660,10 @@ fn default_step_name(run: &str) -> String {
         first.to_string()
     }
 }
+
+mod cells;
+mod matrix;
+pub use matrix::MAX_CELLS;
 
 #[cfg(test)]
 mod tests;

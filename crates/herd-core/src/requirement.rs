@@ -109,6 +109,41 @@ impl Capabilities {
     }
 }
 
+/// Why no worker could ever meet all of `reqs` (requirements on one name
+/// that contradict each other: `python3 == 3.10` and `python3 >= 3.12`), or
+/// None. A requirement with alternatives is taken as satisfiable.
+pub fn contradiction(reqs: &[Requirement]) -> Option<String> {
+    let mut by_name: BTreeMap<&str, Vec<&Requirement>> = BTreeMap::new();
+    for r in reqs.iter().filter(|r| r.alternatives.len() == 1) {
+        by_name.entry(r.alternatives[0].name()).or_default().push(r);
+    }
+    for (name, rs) in by_name.into_iter().filter(|(_, rs)| rs.len() > 1) {
+        // What a worker could have: nothing, or a value these name, or one
+        // just past it (for `> 3.12, < 3.13`).
+        let mut candidates: Vec<Option<String>> = vec![None];
+        for r in &rs {
+            if let Condition::Compare { value, .. } = &r.alternatives[0] {
+                candidates.push(Some(value.clone()));
+                candidates.push(Some(format!("{value}.1")));
+            }
+        }
+        candidates.push(Some("1".into()));
+        let possible = candidates.iter().any(|c| {
+            let mut caps = Capabilities::default();
+            match c {
+                Some(v) => caps.set(name, v.clone()),
+                None => caps.set_absent(name),
+            }
+            rs.iter().all(|r| r.check(&caps).is_ok())
+        });
+        if !possible {
+            let text: Vec<String> = rs.iter().map(|r| format!("`{r}`")).collect();
+            return Some(format!("{} can never all hold", text.join(" and ")));
+        }
+    }
+    None
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ParseError {
@@ -509,5 +544,20 @@ mod tests {
         fn parse_never_panics(s in "\\PC{0,60}") {
             let _ = Requirement::parse(&s);
         }
+    }
+
+    #[test]
+    fn contradictions_are_found_and_ranges_that_meet_are_not() {
+        let reqs = |t: &[&str]| -> Vec<Requirement> {
+            t.iter().map(|r| Requirement::parse(r).unwrap()).collect()
+        };
+        assert!(contradiction(&reqs(&["python3 == 3.10", "python3 >= 3.12"])).is_some());
+        assert!(contradiction(&reqs(&["gtk", "!gtk"])).is_some());
+        assert!(contradiction(&reqs(&["os == linux", "os == freebsd"])).is_some());
+        assert!(contradiction(&reqs(&["python3 > 3.12", "python3 < 3.13"])).is_none());
+        assert!(contradiction(&reqs(&["python3 >= 3.12", "python3 <= 3.12"])).is_none());
+        assert!(contradiction(&reqs(&["python3 > 3.12", "python3 <= 3.12"])).is_some());
+        assert!(contradiction(&reqs(&["python3 == 3.10", "os == linux"])).is_none());
+        assert!(contradiction(&reqs(&["os == linux | os == freebsd", "os == mac"])).is_none());
     }
 }

@@ -57,10 +57,9 @@ pub async fn run_job(
 ) {
     let attempt = job.attempt;
     let _held = ctx.secrets.hold(attempt, &job.mask);
-    let mut mask = job.mask.clone();
-    mask.extend(ctx.secrets.own());
     let output = OutputRules {
-        mask: crate::mask::Masker::new(&mask).map(std::sync::Arc::new),
+        mask: crate::mask::Masker::with_plain(&job.mask, &ctx.secrets.own())
+            .map(std::sync::Arc::new),
         log_limit: job.log_limit.unwrap_or(herd_proto::DEFAULT_STEP_LOG_LIMIT),
         attempt_limit: job.attempt_log_limit.unwrap_or(u64::MAX),
         attempt_used: Default::default(),

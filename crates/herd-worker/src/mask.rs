@@ -31,6 +31,12 @@ pub struct Masker {
     patterns: Vec<Vec<Unit>>,
     /// Bytes that start some pattern: only there is a match possible.
     starts: [bool; 256],
+    /// The same, as a list.
+    start_bytes: Vec<u8>,
+    /// The first two bytes of every form of every pattern (a bit per
+    /// pair): the scan's prefilter, so that common bytes (a hex digit
+    /// starts a hex form) rarely cost a [`Masker::find`].
+    pairs: Box<[u64; 1024]>,
 }
 
 /// Whether a pattern matches at the start of some text.
@@ -46,7 +52,18 @@ enum Found {
 impl Masker {
     /// None when there is nothing to mask.
     pub fn new(secrets: &[String]) -> Option<Masker> {
-        let mut patterns: Vec<Vec<Unit>> = Vec::new();
+        Masker::with_plain(secrets, &[])
+    }
+
+    /// `secrets` in every form, `plain` only as written: the worker's own
+    /// token, which a step shows by accident (`ps`, `env`) as it is, and
+    /// whose every form would cost each byte of every log a look.
+    pub fn with_plain(secrets: &[String], plain: &[String]) -> Option<Masker> {
+        let mut patterns: Vec<Vec<Unit>> = plain
+            .iter()
+            .filter(|s| s.len() >= MIN_SECRET_LEN)
+            .map(|s| literal(s.as_bytes()))
+            .collect();
         for s in secrets.iter().filter(|s| s.len() >= MIN_SECRET_LEN) {
             patterns.push(literal(s.as_bytes()));
             patterns.extend(base64_forms(s.as_bytes()));
@@ -61,12 +78,69 @@ impl Masker {
             return None;
         }
         let mut starts = [false; 256];
+        let mut pairs = Box::new([0u64; 1024]);
+        let mut set = |a: u8, b: u8| {
+            let bit = usize::from(a) << 8 | usize::from(b);
+            pairs[bit >> 6] |= 1 << (bit & 63);
+        };
         for p in &patterns {
             for alt in &p[0] {
                 starts[alt[0] as usize] = true;
+                match (alt.get(1), p.get(1)) {
+                    (Some(&second), _) => set(alt[0], second),
+                    (None, Some(next)) => {
+                        for n in next {
+                            set(alt[0], n[0]);
+                        }
+                    }
+                    // A pattern is at least MIN_SECRET_LEN bytes long.
+                    (None, None) => (0..=255).for_each(|b| set(alt[0], b)),
+                }
             }
         }
-        Some(Masker { patterns, starts })
+        let start_bytes = (0..=255u8).filter(|b| starts[usize::from(*b)]).collect();
+        Some(Masker {
+            patterns,
+            starts,
+            start_bytes,
+            pairs,
+        })
+    }
+
+    /// The first place at or after `from` where a pattern may start.
+    fn next_start(&self, text: &[u8], from: usize) -> Option<usize> {
+        let mut i = from;
+        loop {
+            let rest = text.get(i..)?;
+            // Few start bytes (a token, a secret or two): memchr's vector
+            // search instead of a look at every byte.
+            let found = match self.start_bytes.as_slice() {
+                [a] => memchr::memchr(*a, rest),
+                [a, b] => memchr::memchr2(*a, *b, rest),
+                [a, b, c] => memchr::memchr3(*a, *b, *c, rest),
+                _ => rest.iter().position(|b| self.starts[usize::from(*b)]),
+            }?;
+            i += found;
+            if self.may_start(text, i) {
+                return Some(i);
+            }
+            i += 1;
+        }
+    }
+
+    /// Whether a pattern may start at `text[i]`.
+    fn may_start(&self, text: &[u8], i: usize) -> bool {
+        let a = text[i];
+        if !self.starts[usize::from(a)] {
+            return false;
+        }
+        match text.get(i + 1) {
+            None => true,
+            Some(&b) => {
+                let bit = usize::from(a) << 8 | usize::from(b);
+                self.pairs[bit >> 6] & (1 << (bit & 63)) != 0
+            }
+        }
     }
 
     /// The longest whole match of any pattern at the start of `text` (0:
@@ -310,13 +384,8 @@ impl KnownSecrets {
     /// A masker of everything known now.
     pub fn masker(&self) -> Option<Masker> {
         let inner = self.lock();
-        let all: Vec<String> = inner
-            .own
-            .iter()
-            .chain(inner.jobs.values().flatten())
-            .cloned()
-            .collect();
-        Masker::new(&all)
+        let jobs: Vec<String> = inner.jobs.values().flatten().cloned().collect();
+        Masker::with_plain(&jobs, &inner.own)
     }
 }
 
@@ -351,22 +420,25 @@ impl<'a> MaskStream<'a> {
         let text = std::mem::take(&mut self.held);
         let mut out = Vec::with_capacity(text.len());
         let mut i = 0;
-        while i < text.len() {
-            if self.masker.starts[text[i] as usize] {
-                let (whole, maybe) = self.masker.find(&text[i..]);
-                if maybe && !last {
-                    self.held = text[i..].to_vec();
-                    return out;
-                }
-                if whole > 0 {
-                    out.extend_from_slice(MASK);
-                    i += whole;
-                    continue;
-                }
+        // Bytes up to `plain` are copied as they are, in one go.
+        let mut plain = 0;
+        while let Some(at) = self.masker.next_start(&text, i) {
+            let (whole, maybe) = self.masker.find(&text[at..]);
+            if maybe && !last {
+                out.extend_from_slice(&text[plain..at]);
+                self.held = text[at..].to_vec();
+                return out;
             }
-            out.push(text[i]);
-            i += 1;
+            if whole > 0 {
+                out.extend_from_slice(&text[plain..at]);
+                out.extend_from_slice(MASK);
+                i = at + whole;
+                plain = i;
+            } else {
+                i = at + 1;
+            }
         }
+        out.extend_from_slice(&text[plain..]);
         out
     }
 }
@@ -390,6 +462,24 @@ mod tests {
 
     fn b64(s: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[test]
+    fn the_workers_own_token_is_masked_as_written_wherever_it_falls() {
+        let token = "herd_worker_Zx9".to_string();
+        let m =
+            Masker::with_plain(&["hunter22".to_string()], std::slice::from_ref(&token)).unwrap();
+        for cut in 0..token.len() {
+            let text = format!("a {token} b hunter22 c {}", hex::encode("hunter22"));
+            let mut s = MaskStream::new(&m);
+            let mut out = s.feed(&text.as_bytes()[..cut + 2]);
+            out.extend(s.feed(&text.as_bytes()[cut + 2..]));
+            out.extend(s.finish());
+            assert_eq!(String::from_utf8(out).unwrap(), "a *** b *** c ***");
+        }
+        // The token only as written: its hex is left (it costs every log
+        // byte a look, and is no accident).
+        assert_eq!(m.mask_str(&hex::encode(&token)), hex::encode(&token));
     }
 
     #[test]

@@ -320,3 +320,99 @@ fn a_name_taken_from_a_command_has_its_control_characters_made_spaces() {
     assert_eq!(name, "printf ' [2J' done");
     assert!(!name.chars().any(is_hidden_char));
 }
+
+const MATRIX: &str = r#"builders:
+  linux:
+    requires: [os == linux, "python3 == ${{ matrix.python }}"]
+    matrix:
+      python: [3.10, "3.12", 3.13]
+      reactor: [default, poll, asyncio]
+      exclude:
+        - {python: 3.10, reactor: asyncio}
+      include:
+        - {python: "3.14", reactor: default}
+    name: py${{ matrix.python }}-${{ matrix.reactor }}
+    steps:
+      - name: trial (${{ matrix.reactor }})
+        run: python3 -m twisted.trial --reactor=${{ matrix.reactor }} twisted
+        env: {REACTOR: "${{ matrix.reactor }}", TOKEN: "${{ secrets.pypi }}"}
+  docs:
+    jobs:
+      build:
+        matrix:
+          format: [html, pdf]
+        steps:
+          - run: make ${{ matrix.format }}
+"#;
+
+#[test]
+fn a_matrix_makes_a_job_per_cell_with_its_values_put_in() {
+    let p = Pipeline::parse("herd.yml", MATRIX).unwrap();
+    let linux = &p.builders[0];
+    let names: Vec<&str> = linux.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "py3.10-default",
+            "py3.10-poll",
+            "py3.12-default",
+            "py3.12-poll",
+            "py3.12-asyncio",
+            "py3.13-default",
+            "py3.13-poll",
+            "py3.13-asyncio",
+            "py3.14-default"
+        ]
+    );
+    // The builder's own requirements are those every cell shares.
+    assert_eq!(linux.requires.len(), 1);
+    let poll = &linux.jobs[3];
+    let reqs: Vec<String> = poll.requires.iter().map(|r| r.to_string()).collect();
+    assert_eq!(reqs, ["os == linux", "python3 == 3.12"]);
+    let step = &poll.steps[0];
+    assert_eq!(step.name, "trial (poll)");
+    assert_eq!(step.run, "python3 -m twisted.trial --reactor=poll twisted");
+    assert_eq!(step.env["REACTOR"], "poll");
+    assert_eq!(
+        step.env["TOKEN"], "${{ secrets.pypi }}",
+        "secrets stay references"
+    );
+    let docs: Vec<&str> = p.builders[1].jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(docs, ["build-html", "build-pdf"]);
+    assert_eq!(p.builders[1].jobs[1].steps[0].run, "make pdf");
+    assert!(p.impossible_jobs().is_empty());
+}
+
+#[test]
+fn matrix_mistakes_are_named_where_they_are() {
+    let e = err("builders:\n  a:\n    matrix: {py: [\"3.12\"]}\n    steps:\n      - run: echo ${{ matrix.python }}\n");
+    assert_eq!(e.line, 5, "{e}");
+    assert!(e.message.contains("names no axis"), "{e}");
+    let e = err("builders:\n  a:\n    steps:\n      - run: echo ${{ matrix.python }}\n");
+    assert!(e.message.contains("no `matrix:`"), "{e}");
+    let e = err("builders:\n  a:\n    name: x\n    steps: [{run: x}]\n");
+    assert!(e.message.contains("no `matrix:` here"), "{e}");
+    let e = err("builders:\n  a:\n    matrix:\n      py: [\"3.12\", \"3.13\"]\n    name: same\n    steps: [{run: x}]\n");
+    assert!(e.message.contains("two jobs named `same`"), "{e}");
+    let e = err("builders:\n  a:\n    matrix:\n      py: []\n    steps: [{run: x}]\n");
+    assert_eq!(e.line, 4, "{e}");
+    assert!(e.message.contains("no values"), "{e}");
+    let e = err("builders:\n  a:\n    matrix: [1, 2]\n    steps: [{run: x}]\n");
+    assert_eq!(e.line, 3, "{e}");
+}
+
+#[test]
+fn a_cell_whose_requirements_contradict_is_found() {
+    let p = Pipeline::parse(
+        "herd.yml",
+        "builders:\n  new:\n    requires: [python3 >= 3.12, \"python3 == ${{ matrix.py }}\"]\n    matrix: {py: [\"3.10\", \"3.12\"]}\n    steps: [{run: x}]\n",
+    )
+    .unwrap();
+    let impossible = p.impossible_jobs();
+    assert_eq!(impossible.len(), 1, "{impossible:?}");
+    assert_eq!(impossible[0].0, "new/3.10");
+    assert!(
+        impossible[0].1.contains("python3 >= 3.12"),
+        "{impossible:?}"
+    );
+}

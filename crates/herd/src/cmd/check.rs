@@ -12,9 +12,15 @@ pub fn run(file: Option<PathBuf>) -> Result<ExitCode> {
     match Pipeline::parse(&path.display().to_string(), &text) {
         Ok(p) => {
             let jobs: usize = p.builders.iter().map(|b| b.jobs.len()).sum();
+            let impossible = p.impossible_jobs();
             crate::outln!(
-                "{}: ok ({} builders, {} jobs)",
+                "{}: {} ({} builders, {} jobs)",
                 path.display(),
+                if impossible.is_empty() {
+                    "ok"
+                } else {
+                    "not ok"
+                },
                 p.builders.len(),
                 jobs
             );
@@ -22,7 +28,15 @@ pub fn run(file: Option<PathBuf>) -> Result<ExitCode> {
                 let names: Vec<&str> = b.jobs.iter().map(|j| j.name.as_str()).collect();
                 crate::outln!("  {}: {}", b.name, names.join(", "));
             }
-            Ok(ExitCode::SUCCESS)
+            for (job, why) in &impossible {
+                crate::errln!("error: job {job} can never run: {why}");
+            }
+            if impossible.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                crate::errln!("help: exclude those cells of the matrix (`exclude:`), or loosen the requirements");
+                Ok(ExitCode::from(crate::exit_codes::FAILED))
+            }
         }
         Err(e) => {
             crate::errln!("error: {e}");

@@ -922,3 +922,31 @@ pub fn hello() -> Message {
             .into(),
     )
 }
+
+/// A directory of fake tools: `python3` printing the version in
+/// `python-version`, and `pkg-config` knowing only the given libraries.
+pub fn fake_tools(dir: &Path, python: &str, libs: &[(&str, &str)]) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("python-version"), python).unwrap();
+    let python3 = format!(
+        "#!/bin/sh\necho \"Python $(cat {}/python-version)\"\n",
+        dir.display()
+    );
+    let mut pkg = String::from("#!/bin/sh\n[ \"$1\" = --modversion ] || exit 2\ncase \"$2\" in\n");
+    for (lib, version) in libs {
+        pkg.push_str(&format!("  {lib}) echo {version}; exit 0;;\n"));
+    }
+    pkg.push_str(
+        "esac\necho \"Package $2 was not found in the pkg-config search path.\" >&2\nexit 1\n",
+    );
+    for (name, text) in [("python3", python3), ("pkg-config", pkg)] {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&p)
+            .status()
+            .unwrap();
+    }
+    format!("{}:/usr/bin:/bin", dir.display())
+}

@@ -1,0 +1,119 @@
+//! Pipelines a real project needs: a matrix whose cells the capability
+//! matcher places on the workers that can run them, and `herd check`
+//! finding cells that can never run.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const MATRIX: &str = r#"builders:
+  linux:
+    requires: ["python3 == ${{ matrix.python }}"]
+    matrix:
+      python: [3.10, 3.12, 3.13]
+      reactor: [default, poll, asyncio]
+      exclude:
+        - {python: 3.10, reactor: asyncio}
+    name: py${{ matrix.python }}-${{ matrix.reactor }}
+    steps:
+      - name: trial ${{ matrix.reactor }}
+        run: echo "$HERD_WORKER python ${{ matrix.python }} reactor $REACTOR"
+        env: {REACTOR: "${{ matrix.reactor }}"}
+"#;
+
+#[test]
+fn a_matrix_runs_each_cell_on_a_worker_with_that_python() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start_with_pipelines(&[("p", MATRIX)], &[]);
+    let mut workers = Vec::new();
+    for v in ["3.10", "3.12", "3.13"] {
+        let path = fake_tools(&root.path().join(v), v, &[]);
+        let name = format!("py{}", v.replace('.', ""));
+        workers.push(server.worker_with_env(&name, 2, &[], &[("PATH", path)]));
+    }
+    let id = server.start_build("p", &[]);
+    let b = server.wait_build(id, Duration::from_secs(60));
+    assert_eq!(b["state"], "success", "{b:#}");
+    let mut ran: BTreeMap<String, String> = BTreeMap::new();
+    for j in b["jobs"].as_array().unwrap() {
+        assert_eq!(j["builder"], "linux");
+        let attempt = &j["attempts"][0];
+        ran.insert(
+            j["name"].as_str().unwrap().to_string(),
+            attempt["worker"].as_str().unwrap().to_string(),
+        );
+    }
+    let expected: BTreeMap<String, String> = [
+        ("py3.10-default", "py310"),
+        ("py3.10-poll", "py310"),
+        ("py3.12-default", "py312"),
+        ("py3.12-poll", "py312"),
+        ("py3.12-asyncio", "py312"),
+        ("py3.13-default", "py313"),
+        ("py3.13-poll", "py313"),
+        ("py3.13-asyncio", "py313"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(ran, expected, "each cell on the worker with its python");
+    let log = String::from_utf8(server.step_log(id, "linux/py3.12-poll", "0")).unwrap();
+    assert_eq!(log.trim(), "py312 python 3.12 reactor poll");
+
+    // `herd build show` lists the cells by name.
+    let show = server.cli(&["build", "show", &id.to_string()]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("linux/py3.13-asyncio"), "{text}");
+}
+
+#[test]
+fn herd_check_expands_the_matrix_and_names_cells_that_can_never_run() {
+    let root = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let file = root.path().join("herd.yml");
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(HERD)
+            .arg("check")
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = check(MATRIX);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("ok (1 builders, 8 jobs)"), "{text}");
+    assert!(
+        text.contains("py3.10-default, py3.10-poll, py3.12-default"),
+        "{text}"
+    );
+
+    let strict = MATRIX.replace(
+        "requires: [\"python3 == ${{ matrix.python }}\"]",
+        "requires: [\"python3 == ${{ matrix.python }}\", python3 >= 3.12]",
+    );
+    let (code, text) = check(&strict);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("job linux/py3.10-default can never run: `python3 == 3.10` and `python3 >= 3.12` can never all hold"),
+        "{text}"
+    );
+    assert!(
+        text.contains("exclude:"),
+        "the help says what to do: {text}"
+    );
+
+    let typo = MATRIX.replace("${{ matrix.reactor }}\"}", "${{ matrix.reactr }}\"}");
+    let (code, text) = check(&typo);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("`${{ matrix.reactr }}` names no axis"),
+        "{text}"
+    );
+}
