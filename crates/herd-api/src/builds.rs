@@ -24,6 +24,17 @@ pub struct StartBuild {
     pub reason: Option<String>,
 }
 
+/// `POST /api/v1/builds/{id}/retry`: run a build's jobs again, as a new
+/// build of the same revision and origin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBuild {
+    /// Only the jobs that failed, erred or were cancelled (the build must
+    /// have ended); a split job runs again whole.
+    #[serde(default)]
+    pub failed: bool,
+}
+
 /// Where a build came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

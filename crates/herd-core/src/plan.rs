@@ -114,6 +114,9 @@ pub struct PlanRequest<'a> {
     pub checkout: Option<Checkout<'a>>,
     /// Only this builder (a build started by hand may name one).
     pub builder: Option<&'a str>,
+    /// Only these jobs, `(builder, job)` as a build named them (a retry of
+    /// the failed ones): a split job's shard stands for its whole job.
+    pub only: Option<&'a [(String, String)]>,
     /// For a change: what the builders' `branches:`/`paths:` look at.
     /// None: every builder (a build started by hand, a try build).
     pub change: Option<&'a ChangeFacts>,
@@ -237,6 +240,19 @@ fn select_builders<'p>(
             }),
         };
     }
+    if let Some(only) = req.only {
+        let taken: Vec<&Builder> = pipeline
+            .builders
+            .iter()
+            .filter(|b| only.iter().any(|(name, _)| *name == b.name))
+            .collect();
+        if taken.is_empty() {
+            return Ok(Err(
+                "none of the jobs to run again is in the pipeline any more".into(),
+            ));
+        }
+        return Ok(Ok(taken));
+    }
     let Some(change) = req.change else {
         return Ok(Ok(pipeline.builders.iter().collect()));
     };
@@ -266,7 +282,7 @@ fn plan_builder(
     b: &Builder,
     jobs: &mut Vec<PlannedJob>,
 ) -> Result<(), PlanError> {
-    for j in &b.jobs {
+    for j in b.jobs.iter().filter(|j| is_asked(req, &b.name, j)) {
         let mut steps = Vec::with_capacity(j.steps.len() + 1);
         if let Some(c) = req.checkout {
             steps.push(checkout_step(req.project, c));
@@ -318,6 +334,23 @@ fn plan_builder(
         }
     }
     Ok(())
+}
+
+/// Whether the request asks for job `j` of builder `builder` (every job
+/// unless it names some).
+fn is_asked(req: &PlanRequest<'_>, builder: &str, j: &crate::pipeline::JobDef) -> bool {
+    let Some(only) = req.only else {
+        return true;
+    };
+    let shards = j
+        .steps
+        .iter()
+        .find_map(|s| s.split.as_ref())
+        .map_or(0, |d| d.workers);
+    only.iter().any(|(b, name)| {
+        b == builder
+            && (*name == j.name || (1..=shards).any(|i| *name == shard_job_name(&j.name, i)))
+    })
 }
 
 fn checkout_step(project: &str, c: Checkout<'_>) -> StepSpec {

@@ -9,6 +9,7 @@ use crate::App;
 use herd_core::change::ChangeFacts;
 use herd_core::pipeline::Pipeline;
 use herd_core::plan::{plan, Checkout, Plan, PlanError, PlanLimits, PlanRequest, SecretRule};
+use herd_core::state::RunState;
 use std::collections::BTreeMap;
 
 /// What is asked to be built.
@@ -22,6 +23,11 @@ pub struct BuildRequest {
     pub priority: i64,
     /// Shown with the build; default "started by hand".
     pub reason: Option<String>,
+    /// Only these jobs, `(builder, job)` (a retry).
+    pub only: Option<Vec<(String, String)>>,
+    /// The branch or tag the revision was built as (a retry keeps its
+    /// build's, so that secrets bound to refs follow it).
+    pub ref_name: Option<String>,
 }
 
 /// Where a build comes from, beyond what was asked.
@@ -80,6 +86,13 @@ pub enum StartError {
     /// A build started by hand whose builders all skip it.
     #[error("{0}")]
     NothingToBuild(String),
+    #[error("no build {0}")]
+    UnknownBuild(i64),
+    /// A retry of the failed jobs of a build that is still running.
+    #[error(
+        "build {0} is still running: retry its failed jobs once it has ended (or cancel it first)"
+    )]
+    NotFinished(i64),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -88,6 +101,71 @@ pub enum StartError {
 pub async fn start_build(app: &App, req: BuildRequest) -> Result<i64, StartError> {
     match start(app, req, Origin::manual()).await? {
         Started::Build(id) => Ok(id),
+        Started::NothingToBuild(why) => Err(StartError::NothingToBuild(why)),
+    }
+}
+
+/// Starts a build that runs a build's jobs again: the same
+/// revision, project and origin (the branch or tag, a try's patch and
+/// sender), so it gets exactly the secrets the first one got. All its
+/// jobs, or with `failed_only` those that failed, erred or were cancelled
+/// (a split job runs again whole).
+pub async fn retry(app: &App, id: i64, failed_only: bool) -> Result<i64, StartError> {
+    let store = &app.hub.store;
+    let d = store
+        .build_detail(id)
+        .await?
+        .ok_or(StartError::UnknownBuild(id))?;
+    if failed_only && !d.build.state.is_finished() {
+        return Err(StartError::NotFinished(id));
+    }
+    let only = if failed_only {
+        let failed: Vec<(String, String)> = d
+            .jobs
+            .iter()
+            .filter(|j| {
+                matches!(
+                    j.state,
+                    RunState::Failure | RunState::Error | RunState::Cancelled
+                )
+            })
+            .map(|j| (j.builder.clone(), j.name.clone()))
+            .collect();
+        if failed.is_empty() {
+            return Err(StartError::NothingToBuild(format!(
+                "build {id} has no failed jobs to run again"
+            )));
+        }
+        Some(failed)
+    } else {
+        None
+    };
+    let patch = match d.build.kind {
+        BuildKind::Try => store.build_patch(id).await?,
+        _ => None,
+    };
+    let req = BuildRequest {
+        project: d.build.project.clone(),
+        builder: None,
+        rev: d.build.revision.clone(),
+        priority: d.build.priority,
+        reason: Some(if failed_only {
+            format!("retry of the failed jobs of build {id}")
+        } else {
+            format!("retry of build {id}")
+        }),
+        only,
+        ref_name: d.build.ref_name.clone(),
+    };
+    let origin = Origin {
+        kind: d.build.kind,
+        branch: d.build.branch.clone(),
+        sender: d.build.sender.clone(),
+        change: None,
+        patch,
+    };
+    match start(app, req, origin).await? {
+        Started::Build(new) => Ok(new),
         Started::NothingToBuild(why) => Err(StartError::NothingToBuild(why)),
     }
 }
@@ -148,7 +226,7 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
     // A change is of its branch; a build by hand of the ref it names.
     let ref_name = match origin.kind {
         BuildKind::Change => origin.branch.clone(),
-        BuildKind::Manual => source.ref_name.clone(),
+        BuildKind::Manual => req.ref_name.clone().or(source.ref_name.clone()),
         BuildKind::Try => None,
     };
     let planned = plan(&PlanRequest {
@@ -166,6 +244,7 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
             },
         ),
         builder: req.builder.as_deref(),
+        only: req.only.as_deref(),
         change: origin.change.as_ref(),
         patched: origin.patch.is_some(),
         ref_name: ref_name.as_deref(),
@@ -191,7 +270,7 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
         .collect();
     let new = NewBuild {
         project: project.name.clone(),
-        ref_name: req.rev.clone(),
+        ref_name: req.ref_name.clone().or(req.rev.clone()),
         revision: source.revision,
         priority: req.priority,
         reason,

@@ -303,6 +303,7 @@ async fn build_change(app: &App, change: ChangeRow) {
             rev: Some(change.revision.clone()),
             priority: 0,
             reason: Some(format!("new commit on {}: {subject}", change.branch)),
+            ..Default::default()
         };
         let origin = Origin {
             kind: BuildKind::Change,

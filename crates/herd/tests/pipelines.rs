@@ -117,3 +117,68 @@ fn herd_check_expands_the_matrix_and_names_cells_that_can_never_run() {
         "{text}"
     );
 }
+
+#[test]
+fn retry_runs_the_failed_jobs_again_as_one_build_of_the_same_revision() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display();
+    let pipeline = format!(
+        "builders:\n  good:\n    steps:\n      - run: echo fine\n  flaky:\n    jobs:\n      once:\n        steps:\n          - run: if [ -e {dir}/ran ]; then echo second time; else touch {dir}/ran; exit 1; fi\n      steady:\n        steps:\n          - run: echo steady\n"
+    );
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], &[]);
+    let _w = server.worker("w", 2, &[]);
+    let first = server.start_build("p", &[]);
+    let b = server.wait_build(first, Duration::from_secs(60));
+    assert_eq!(b["state"], "failure", "{b:#}");
+
+    let out = server.cli(&["build", "retry", &first.to_string(), "--failed", "--wait"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second: i64 = stdout.lines().next().unwrap().trim().parse().unwrap();
+    let b = server.build(second);
+    assert_eq!(b["state"], "success");
+    let jobs: Vec<String> = b["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            format!(
+                "{}/{}",
+                j["builder"].as_str().unwrap(),
+                j["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(jobs, ["flaky/once"], "only the failed job runs again");
+    assert_eq!(
+        b["reason"],
+        format!("retry of the failed jobs of build {first}")
+    );
+    let log = String::from_utf8(server.step_log(second, "flaky/once", "0")).unwrap();
+    assert_eq!(log.trim(), "second time");
+
+    // Nothing failed: nothing to run again, and it says so.
+    let out = server.cli(&["build", "retry", &second.to_string(), "--failed"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no failed jobs"), "{said}");
+    // Every job again, through the API.
+    let (status, again) = server.post(
+        &format!("/api/v1/builds/{first}/retry"),
+        serde_json::json!({}),
+        Some(&server.token),
+    );
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["jobs"].as_array().unwrap().len(), 3, "{again}");
+    let (status, _) = server.post(
+        "/api/v1/builds/999999/retry",
+        serde_json::json!({}),
+        Some(&server.token),
+    );
+    assert_eq!(status, 404);
+}

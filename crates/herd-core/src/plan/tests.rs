@@ -15,6 +15,7 @@ fn request<'a>(p: &'a Pipeline, secrets: &'a BTreeMap<String, SecretRule>) -> Pl
             revision: "abc123",
         }),
         builder: None,
+        only: None,
         change: None,
         patched: false,
         ref_name: Some("main"),
@@ -131,6 +132,33 @@ fn a_served_checkout_names_the_servers_path_and_no_credentials() {
         panic!("{:?}", jobs[0].spec.steps[0]);
     };
     assert_eq!((repo.as_str(), served), ("/srv/repo.git", &None::<String>));
+}
+
+#[test]
+fn a_retry_plans_only_the_jobs_it_names_and_a_shard_brings_its_whole_split() {
+    let p = pipeline(
+        "builders:\n  a:\n    jobs:\n      x: {steps: [{run: x}]}\n      y: {steps: [{run: y}]}\n  b:\n    steps:\n      - split: {list: ls, run: 'r {tests}', workers: 3}\n  c:\n    steps: [{run: c}]\n",
+    );
+    let rules = BTreeMap::new();
+    let mut req = request(&p, &rules);
+    let only = vec![
+        ("a".to_string(), "y".to_string()),
+        ("b".to_string(), shard_job_name(crate::pipeline::MAIN_JOB, 2)),
+    ];
+    req.only = Some(&only);
+    let names: Vec<String> = jobs(plan(&req))
+        .iter()
+        .map(|j| format!("{}/{}", j.builder, j.name))
+        .collect();
+    let shards: Vec<String> = (1..=3)
+        .map(|i| format!("b/{}", shard_job_name(crate::pipeline::MAIN_JOB, i)))
+        .collect();
+    let mut expected = vec!["a/y".to_string()];
+    expected.extend(shards);
+    assert_eq!(names, expected);
+    let gone = vec![("zz".to_string(), "main".to_string())];
+    req.only = Some(&gone);
+    assert!(matches!(plan(&req), Ok(Plan::NothingToBuild(_))));
 }
 
 #[test]

@@ -14,7 +14,7 @@ use axum::response::Response;
 use axum::Json;
 use herd_api::builds::{
     log_headers, Attempt, Build, BuildList, BuildListQuery, BuildSummary, Cancelling, Job,
-    LogQuery, StartBuild, Step, WaitQuery,
+    LogQuery, RetryBuild, StartBuild, Step, WaitQuery,
 };
 use herd_api::ErrorBody;
 use std::collections::HashMap;
@@ -90,6 +90,7 @@ pub async fn create_build(
             rev: req.rev,
             priority: req.priority,
             reason: req.reason,
+            ..Default::default()
         },
     )
     .await?;
@@ -144,6 +145,42 @@ pub async fn get_build(
     let splits = app.hub.store.splits_of_build(id).await?;
     build.splits = splits.iter().map(super::splits::summary).collect();
     Ok(Json(build))
+}
+
+/// Runs a build's jobs again, as a new build: the same revision, project
+/// and origin (branch or tag, a try's patch), so the same secrets; every
+/// job, or only those that failed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/builds/{id}/retry",
+    tag = "builds",
+    params(("id" = i64, Path, description = "The build to run again")),
+    request_body = RetryBuild,
+    responses(
+        (status = 201, description = "The new build", body = Build),
+        (status = 404, description = "No such build, or none of its jobs is in the pipeline any more", body = ErrorBody),
+        (status = 409, description = "It has no failed jobs, or is still running (with `failed`)", body = ErrorBody),
+        BodyRefusals,
+        TokenRefusals,
+    ),
+    security(("token" = [])),
+)]
+pub async fn retry_build(
+    _: Admin,
+    State(app): AppState,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<RetryBuild>,
+) -> Result<(StatusCode, Json<Build>), ApiError> {
+    let new = crate::builds::retry(&app, id, req.failed).await?;
+    let detail = app
+        .hub
+        .store
+        .build_detail(new)
+        .await?
+        .ok_or_else(|| ApiError::internal("a build vanished", new))?;
+    let version = *app.hub.subscribe().borrow();
+    let build = build_view(&detail, version, &why_not_map(&app, &detail));
+    Ok((StatusCode::CREATED, Json(build)))
 }
 
 /// Cancels a build: queued jobs end, running steps get TERM, 5 s, KILL.

@@ -57,6 +57,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/v1/builds/{id}", get(builds::get_build))
         .route("/api/v1/builds/{id}/cancel", post(builds::cancel_build))
+        .route("/api/v1/builds/{id}/retry", post(builds::retry_build))
         .route("/api/v1/builds/{id}/tests", get(splits::build_tests))
         .route("/api/v1/splits/{id}/junit.xml", get(splits::junit))
         .route(
@@ -186,11 +187,13 @@ impl From<StartError> for ApiError {
             // The request names a project, revision or builder that is not there.
             StartError::UnknownProject { .. }
             | StartError::UnknownRevision { .. }
+            | StartError::UnknownBuild(_)
             | StartError::Refused(_) => ApiError::not_found(e.to_string()),
             // The request is fine; the project's state does not allow it.
             StartError::PatchDoesNotApply(_)
             | StartError::NoSource(_)
             | StartError::NoRepository(_)
+            | StartError::NotFinished(_)
             | StartError::NothingToBuild(_) => ApiError::conflict(e.to_string()),
             StartError::Store(e) => e.into(),
         }

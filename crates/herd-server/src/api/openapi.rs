@@ -68,6 +68,7 @@ impl Modify for BearerToken {
         super::builds::create_build,
         super::builds::get_build,
         super::builds::cancel_build,
+        super::builds::retry_build,
         super::builds::get_log,
         super::splits::build_tests,
         super::splits::junit,

@@ -103,6 +103,7 @@ pub async fn create(
         rev: Some(req.base),
         priority: 0,
         reason: Some(format!("try by {sender}")),
+        ..Default::default()
     };
     let origin = Origin {
         kind: BuildKind::Try,

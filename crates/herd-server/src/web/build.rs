@@ -6,7 +6,7 @@ use super::timeline::timeline_svg;
 use super::view::{
     ago, duration, not_found, origin_label, server_error, short, signed_in_or_login, Page,
 };
-use crate::builds::{start_build, BuildRequest, StartError};
+use crate::builds::StartError;
 use crate::store::SplitRow;
 use crate::App;
 use askama::Template;
@@ -271,42 +271,17 @@ pub async fn rebuild(
     if let Some(r) = signed_in_or_login(&app, &headers, &f.csrf, &back) {
         return r;
     }
-    let d = match app.hub.store.build_detail(id).await {
-        Ok(Some(d)) => d,
-        Ok(None) => return not_found(format!("no build {id}")),
-        Err(e) => return server_error(e),
-    };
-    // Rebuild the same revision: all builders, or only the failed ones.
-    let mut builders: Vec<Option<String>> = if q.failed.is_some() {
-        let mut b: Vec<Option<String>> = d
-            .jobs
-            .iter()
-            .filter(|j| matches!(j.state, RunState::Failure | RunState::Error))
-            .map(|j| Some(j.builder.clone()))
-            .collect();
-        b.dedup();
-        b
-    } else {
-        vec![None]
-    };
-    if builders.is_empty() {
-        builders.push(None);
-    }
-    let mut last = id;
-    for builder in builders {
-        let req = BuildRequest {
-            project: d.build.project.clone(),
-            builder,
-            rev: d.build.revision.clone(),
-            priority: d.build.priority,
-            reason: Some(format!("rebuild of build {id} from the web page")),
-        };
-        match start_build(&app, req).await {
-            Ok(new) => last = new,
-            Err(StartError::Store(e)) => return server_error(e),
-            Err(e @ StartError::UnknownProject { .. }) => return not_found(e.to_string()),
-            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    // The same revision and origin again: every job, or the failed ones.
+    let last = match crate::builds::retry(&app, id, q.failed.is_some()).await {
+        Ok(new) => new,
+        Err(StartError::Store(e)) => return server_error(e),
+        Err(e @ (StartError::UnknownProject { .. } | StartError::UnknownBuild(_))) => {
+            return not_found(e.to_string())
         }
-    }
+        Err(e @ (StartError::NotFinished(_) | StartError::NothingToBuild(_))) => {
+            return (StatusCode::CONFLICT, e.to_string()).into_response()
+        }
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
     Redirect::to(&format!("/builds/{last}")).into_response()
 }

@@ -1,9 +1,9 @@
-//! `herd build start|show|log|cancel`.
+//! `herd build start|show|log|cancel|retry`.
 
 use crate::client::Client;
 use crate::{exit_codes, outln, ClientArgs, Output};
 use clap::Subcommand;
-use herd_api::builds::{Attempt, Build, Cancelling, Job, StartBuild};
+use herd_api::builds::{Attempt, Build, Cancelling, Job, RetryBuild, StartBuild};
 use herd_api::{RunState, StepState};
 use indicatif::{ProgressBar, ProgressStyle};
 use miette::{miette, Result};
@@ -61,6 +61,20 @@ pub enum BuildCommand {
     Cancel {
         /// The build's id.
         id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a build's jobs again, as a new build of the same revision and
+    /// origin; prints the new build's id as the first line.
+    Retry {
+        /// The build's id.
+        id: i64,
+        /// Only the jobs that failed, erred or were cancelled.
+        #[arg(long)]
+        failed: bool,
+        /// Wait for the end, showing progress; exit 0 only on success.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -125,6 +139,27 @@ pub async fn run(cmd: BuildCommand) -> Result<ExitCode> {
             let _: Cancelling = c.act(&format!("/api/v1/builds/{id}/cancel")).await?;
             eprintln!("cancelling build {id}");
             Ok(ExitCode::SUCCESS)
+        }
+        BuildCommand::Retry {
+            id,
+            failed,
+            wait,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            let b: Build = c
+                .post(
+                    &format!("/api/v1/builds/{id}/retry"),
+                    &RetryBuild { failed },
+                )
+                .await?;
+            outln!("{}", b.id);
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let end = wait_for(&c, b.id).await?;
+            show(&end, client.output)?;
+            Ok(verdict(&end))
         }
     }
 }

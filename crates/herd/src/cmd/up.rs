@@ -126,6 +126,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
             rev: None,
             priority: 0,
             reason: Some("herd up".into()),
+            ..Default::default()
         },
     )
     .await
