@@ -22,6 +22,9 @@ pub const MAX_PIPELINE_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pipeline {
     pub builders: Vec<Builder>,
+    /// Builds of changes in one group supersede each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +92,14 @@ struct RawPipeline {
     /// Refused with a word on where probes are defined.
     probes: Option<Spanned<serde::de::IgnoredAny>>,
     builders: Option<IndexMap<Spanned<String>, RawBuilder>>,
+    concurrency: Option<Spanned<RawConcurrency>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConcurrency {
+    group: Option<Spanned<String>>,
+    cancel_superseded: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -240,7 +251,30 @@ impl Lower<'_> {
         for (name, b) in raw_builders {
             builders.push(self.builder(name, b)?);
         }
-        Ok(Pipeline { builders })
+        let concurrency = match raw.concurrency {
+            None => None,
+            Some(c) => {
+                let group = match c.value.group {
+                    None => "${{ branch }}".to_string(),
+                    Some(g) => {
+                        if let Some(word) = concurrency::unknown_word(&g.value) {
+                            return Err(self
+                                .err(&g.referenced, format!("`{word}` is not something a group can be made of"))
+                                .with_help("a group uses ${{ branch }}, ${{ ref }} and ${{ project }}, e.g. `group: ${{ branch }}`"));
+                        }
+                        g.value
+                    }
+                };
+                Some(Concurrency {
+                    group,
+                    cancel_superseded: c.value.cancel_superseded.unwrap_or(true),
+                })
+            }
+        };
+        Ok(Pipeline {
+            builders,
+            concurrency,
+        })
     }
 
     fn builder(&self, name: Spanned<String>, raw: RawBuilder) -> Result<Builder, ConfigError> {
@@ -662,7 +696,9 @@ fn default_step_name(run: &str) -> String {
 }
 
 mod cells;
+pub mod concurrency;
 mod matrix;
+pub use concurrency::Concurrency;
 pub use matrix::MAX_CELLS;
 
 #[cfg(test)]

@@ -283,6 +283,13 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
         branch: origin.branch.clone(),
         kind: origin.kind,
         sender: origin.sender.clone(),
+        // Only a change's build supersedes and is superseded: a build by
+        // hand or a try was asked for on purpose.
+        concurrency_group: pipeline
+            .concurrency
+            .as_ref()
+            .filter(|c| c.cancel_superseded && origin.kind == BuildKind::Change)
+            .and_then(|c| c.group_of(&project.name, origin.branch.as_deref())),
     };
     let (build_id, job_ids) = store.create_build(&new).await?;
     let queued = job_ids
@@ -300,8 +307,25 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
         })
         .collect();
     app.hub.enqueue(queued);
+    if let Some(group) = &new.concurrency_group {
+        supersede(app, &new.project, group, build_id).await?;
+    }
     app.reporter.wake();
     Ok(Started::Build(build_id))
+}
+
+/// Cancels the older builds of `group` that are still queued or running:
+/// build `newer` supersedes them.
+async fn supersede(app: &App, project: &str, group: &str, newer: i64) -> Result<(), StoreError> {
+    for old in app.hub.store.superseded_by(project, group, newer).await? {
+        tracing::info!("build {newer} supersedes build {old} (concurrency group `{group}`)");
+        app.hub
+            .store
+            .note_build_error(old, &format!("superseded by build {newer}"))
+            .await?;
+        app.hub.cancel_build(old).await?;
+    }
+    Ok(())
 }
 
 /// Resolves the revision and reads its herd.yml (for a try, the patched
@@ -414,6 +438,7 @@ impl ErrorBuild<'_> {
                 kind: self.origin.kind,
                 sender: self.origin.sender.clone(),
                 patch: None,
+                concurrency_group: None,
             })
             .await?;
         app.hub.changed();

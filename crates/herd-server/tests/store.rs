@@ -160,6 +160,7 @@ fn new_build(jobs: usize) -> NewBuild {
         sender: None,
         report: false,
         patch: None,
+        concurrency_group: None,
     }
 }
 

@@ -825,3 +825,38 @@ fn a_restarted_server_neither_rebuilds_nor_misses_a_commit() {
     let builds = server.get("/api/v1/builds?project=p").unwrap();
     assert_eq!(builds["builds"].as_array().unwrap().len(), 3, "{builds}");
 }
+
+#[test]
+fn a_newer_change_of_a_concurrency_group_cancels_the_older_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let yml = format!(
+        "concurrency:\n  group: ci-${{{{ branch }}}}\nbuilders:\n  slow:\n    steps:\n      - run: touch {d}/started-$HERD_BUILD_ID; for i in $(seq 600); do [ -e {d}/stop ] && break; sleep 0.1; done\n"
+    );
+    let forge = Forge::new(&yml);
+    let (server, _w) = watching(&forge, "    poll: 300ms\n", 1);
+    let first_sha = forge.push(&[("a.txt", b"1")], "first");
+    let first = settled_change(&server, "p", &first_sha)["build_id"]
+        .as_i64()
+        .unwrap();
+    wait_until(LONG, "the first build's step", || {
+        dir.path()
+            .join(format!("started-{first}"))
+            .exists()
+            .then_some(())
+    });
+    let second_sha = forge.push(&[("a.txt", b"2")], "second");
+    let second = settled_change(&server, "p", &second_sha)["build_id"]
+        .as_i64()
+        .unwrap();
+    let old = server.wait_build(first, LONG);
+    assert_eq!(old["state"], "cancelled", "{old:#}");
+    assert_eq!(old["error"], format!("superseded by build {second}"));
+    std::fs::write(dir.path().join("stop"), "").unwrap();
+    let new = server.wait_build(second, LONG);
+    assert_eq!(new["state"], "success", "{new:#}");
+    // A build by hand is asked for on purpose: it supersedes nothing.
+    let by_hand = server.start_build("p", &[]);
+    assert_eq!(server.wait_build(by_hand, LONG)["state"], "success");
+    assert_eq!(server.build(second)["state"], "success");
+}

@@ -416,3 +416,26 @@ fn a_cell_whose_requirements_contradict_is_found() {
         "{impossible:?}"
     );
 }
+
+#[test]
+fn concurrency_defaults_to_the_branch_and_names_a_bad_word() {
+    let p = Pipeline::parse(
+        "herd.yml",
+        "concurrency: {}\nbuilders:\n  a:\n    steps: [{run: x}]\n",
+    )
+    .unwrap();
+    let c = p.concurrency.unwrap();
+    assert_eq!(
+        (c.group.as_str(), c.cancel_superseded),
+        ("${{ branch }}", true)
+    );
+    assert!(
+        Pipeline::parse("herd.yml", "builders:\n  a:\n    steps: [{run: x}]\n")
+            .unwrap()
+            .concurrency
+            .is_none()
+    );
+    let e = err("concurrency:\n  group: ${{ sha }}\nbuilders:\n  a:\n    steps: [{run: x}]\n");
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.message.contains("`sha`"), "{e}");
+}

@@ -143,7 +143,10 @@ fn a_retry_plans_only_the_jobs_it_names_and_a_shard_brings_its_whole_split() {
     let mut req = request(&p, &rules);
     let only = vec![
         ("a".to_string(), "y".to_string()),
-        ("b".to_string(), shard_job_name(crate::pipeline::MAIN_JOB, 2)),
+        (
+            "b".to_string(),
+            shard_job_name(crate::pipeline::MAIN_JOB, 2),
+        ),
     ];
     req.only = Some(&only);
     let names: Vec<String> = jobs(plan(&req))

@@ -30,6 +30,8 @@ pub struct NewBuild {
     pub report: bool,
     /// A try build's patch.
     pub patch: Option<String>,
+    /// Its concurrency group (a change's build whose herd.yml has one).
+    pub concurrency_group: Option<String>,
 }
 
 /// Where a build came from.
@@ -152,8 +154,8 @@ impl Store {
         };
         let row = sqlx::query(
             "INSERT INTO builds (project, ref_name, revision, state, priority, reason, error, created_at, finished_at, author, message, \
-             branch, kind, sender, report_pending) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+             branch, kind, sender, report_pending, concurrency_group) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id",
         )
         .bind(&b.project)
         .bind(&b.ref_name)
@@ -170,6 +172,7 @@ impl Store {
         .bind(b.kind.as_str())
         .bind(&b.sender)
         .bind(i64::from(b.report))
+        .bind(&b.concurrency_group)
         .fetch_one(&mut *tx)
         .await?;
         let build_id: i64 = row.try_get("id")?;
@@ -201,6 +204,33 @@ impl Store {
     }
 
     /// The patch of a try build.
+    /// The builds of `group` older than `newer` that are still queued or
+    /// running (a newer change supersedes them).
+    pub async fn superseded_by(&self, project: &str, group: &str, newer: i64) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT id FROM builds WHERE project = $1 AND concurrency_group = $2 AND id < $3 \
+             AND state IN ('queued', 'running') ORDER BY id",
+        )
+        .bind(project)
+        .bind(group)
+        .bind(newer)
+        .fetch_all(&self.write)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>("id").map_err(Into::into))
+            .collect()
+    }
+
+    /// Says on a build why it ended (kept when it says something already).
+    pub async fn note_build_error(&self, build_id: i64, text: &str) -> Result<()> {
+        sqlx::query("UPDATE builds SET error = COALESCE(error, $2) WHERE id = $1")
+            .bind(build_id)
+            .bind(text)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
     pub async fn build_patch(&self, build_id: i64) -> Result<Option<String>> {
         let row = sqlx::query("SELECT patch FROM build_patches WHERE build_id = $1")
             .bind(build_id)
