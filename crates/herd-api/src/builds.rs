@@ -135,6 +135,9 @@ pub struct Job {
     /// empty in the job's environment.
     #[serde(default)]
     pub withheld: Vec<WithheldSecret>,
+    /// The jobs of this build it waits for (`needs:`), `builder/job`.
+    #[serde(default)]
+    pub needs: Vec<String>,
     pub attempts: Vec<Attempt>,
 }
 

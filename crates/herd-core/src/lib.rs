@@ -9,6 +9,7 @@ pub mod change;
 pub mod config_error;
 pub mod duration;
 pub mod junit;
+pub mod needs;
 pub mod pipeline;
 pub mod plan;
 pub mod probe;

@@ -7,6 +7,7 @@
 
 use crate::config_error::ConfigError;
 use crate::duration::parse_duration;
+pub use crate::needs::RunIf;
 use crate::requirement::Requirement;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,17 @@ pub struct JobDef {
     /// The builder's requirements followed by the job's own.
     pub requires: Vec<Requirement>,
     pub steps: Vec<Step>,
+    /// The jobs it waits for, `builder/job` (a matrix's every cell, a
+    /// builder's every job, resolved).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// When it runs once they have ended.
+    #[serde(default, skip_serializing_if = "RunIf::is_success")]
+    pub run_if: RunIf,
+    /// The job as written in herd.yml (`jobs:` key, or `main`): a matrix
+    /// cell's name differs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub family: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +124,10 @@ struct RawBuilder {
     matrix: Option<Spanned<matrix::RawMatrix>>,
     /// The name of each matrix job, with `${{ matrix.AXIS }}`.
     name: Option<Spanned<String>>,
+    #[serde(default)]
+    needs: Vec<Spanned<String>>,
+    #[serde(rename = "if")]
+    run_if: Option<Spanned<String>>,
     max_concurrent: Option<Spanned<u32>>,
     #[serde(default)]
     branches: Vec<Spanned<String>>,
@@ -127,6 +143,10 @@ struct RawJob {
     steps: Option<Vec<RawStep>>,
     matrix: Option<Spanned<matrix::RawMatrix>>,
     name: Option<Spanned<String>>,
+    #[serde(default)]
+    needs: Vec<Spanned<String>>,
+    #[serde(rename = "if")]
+    run_if: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -213,6 +233,9 @@ impl Pipeline {
     }
 }
 
+/// A job's `needs:` as written (its builder's and its own).
+type RawNeeds = Vec<Spanned<String>>;
+
 struct Lower<'a> {
     file: &'a str,
     text: &'a str,
@@ -248,9 +271,13 @@ impl Lower<'_> {
             );
         }
         let mut builders = Vec::new();
+        let mut raw_needs = Vec::new();
         for (name, b) in raw_builders {
-            builders.push(self.builder(name, b)?);
+            let (builder, needs) = self.builder(name, b)?;
+            builders.push(builder);
+            raw_needs.push(needs);
         }
+        self.resolve_needs(&mut builders, &raw_needs)?;
         let concurrency = match raw.concurrency {
             None => None,
             Some(c) => {
@@ -277,8 +304,16 @@ impl Lower<'_> {
         })
     }
 
-    fn builder(&self, name: Spanned<String>, raw: RawBuilder) -> Result<Builder, ConfigError> {
+    /// A builder, and per job the `needs:` as written (resolved once every
+    /// builder is known).
+    fn builder(
+        &self,
+        name: Spanned<String>,
+        raw: RawBuilder,
+    ) -> Result<(Builder, Vec<RawNeeds>), ConfigError> {
         self.check_name(&name, "builder")?;
+        let builder_if = self.run_if(raw.run_if.as_ref())?;
+        let mut job_needs: Vec<RawNeeds> = Vec::new();
         let builder_cells = self.matrix_cells(raw.matrix.as_ref(), raw.name.as_ref())?;
         // The builder's own requirements: those every cell shares.
         let shared: Vec<Spanned<String>> = raw
@@ -311,7 +346,11 @@ impl Lower<'_> {
                 let mut jobs = Vec::new();
                 for cell in &builder_cells {
                     let at = self.cell_name(&name, raw.name.as_ref(), MAIN_JOB, cell)?;
-                    jobs.push(self.cell_job(&at, cell, &raw.requires, &[], &steps)?);
+                    let mut job = self.cell_job(&at, cell, &raw.requires, &[], &steps)?;
+                    job.family = MAIN_JOB.to_string();
+                    job.run_if = builder_if.unwrap_or_default();
+                    jobs.push(job);
+                    job_needs.push(raw.needs.clone());
                 }
                 jobs
             }
@@ -339,16 +378,16 @@ impl Lower<'_> {
                         &builder_cells,
                         &self.matrix_cells(job.matrix.as_ref(), job.name.as_ref())?,
                     );
+                    let run_if = self.run_if(job.run_if.as_ref())?.or(builder_if);
                     for cell in &job_cells {
                         let at =
                             self.cell_name(&job_name, job.name.as_ref(), &job_name.value, cell)?;
-                        jobs.push(self.cell_job(
-                            &at,
-                            cell,
-                            &raw.requires,
-                            &job.requires,
-                            &steps,
-                        )?);
+                        let mut def =
+                            self.cell_job(&at, cell, &raw.requires, &job.requires, &steps)?;
+                        def.family = job_name.value.clone();
+                        def.run_if = run_if.unwrap_or_default();
+                        jobs.push(def);
+                        job_needs.push(raw.needs.iter().chain(&job.needs).cloned().collect());
                     }
                 }
                 jobs
@@ -372,14 +411,15 @@ impl Lower<'_> {
                     .with_help("leave it out for no limit"));
             }
         }
-        Ok(Builder {
+        let builder = Builder {
             name: name.value,
             requires,
             jobs,
             max_concurrent: raw.max_concurrent.map(|m| m.value),
             branches: self.globs(&raw.branches, "branches")?,
             paths: self.globs(&raw.paths, "paths")?,
-        })
+        };
+        Ok((builder, job_needs))
     }
 
     fn globs(&self, raw: &[Spanned<String>], key: &str) -> Result<Vec<String>, ConfigError> {
@@ -510,9 +550,12 @@ impl Lower<'_> {
         let mut requires = builder_requires.to_vec();
         requires.extend(own_requires);
         Ok(JobDef {
+            family: name.clone(),
             name,
             requires,
             steps,
+            needs: Vec::new(),
+            run_if: RunIf::Success,
         })
     }
 
@@ -697,6 +740,7 @@ fn default_step_name(run: &str) -> String {
 
 mod cells;
 pub mod concurrency;
+mod dag;
 mod matrix;
 pub use concurrency::Concurrency;
 pub use matrix::MAX_CELLS;

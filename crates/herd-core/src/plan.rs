@@ -42,6 +42,13 @@ pub struct JobSpec {
     /// states itself: those of the secrets the job gets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_requires: Vec<Requirement>,
+    /// The jobs of the build it waits for (`builder/job`, a split's shards
+    /// each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// When it runs once they have ended.
+    #[serde(default, skip_serializing_if = "crate::needs::RunIf::is_success")]
+    pub run_if: crate::needs::RunIf,
 }
 
 /// A secret a job refers to and does not get, and why.
@@ -210,9 +217,10 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
             limit: req.limits.max_builders,
         });
     }
+    let asked = asked_jobs(req);
     let mut jobs = Vec::new();
     for b in builders {
-        plan_builder(req, b, &mut jobs)?;
+        plan_builder(req, asked.as_ref(), b, &mut jobs)?;
         if jobs.len() > req.limits.max_jobs as usize {
             return Err(PlanError::TooBig {
                 what: "jobs or more",
@@ -222,7 +230,69 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
             });
         }
     }
+    link_needs(&mut jobs);
     Ok(Plan::Jobs(jobs))
+}
+
+/// Each job's needs as the names of this build's jobs: a split job's
+/// shards each; a job the build does not have (filtered out by
+/// `branches:`/`paths:`, not retried) is not waited for.
+fn link_needs(jobs: &mut [PlannedJob]) {
+    let names: Vec<String> = jobs
+        .iter()
+        .map(|j| format!("{}/{}", j.builder, j.name))
+        .collect();
+    for j in jobs.iter_mut() {
+        let mut linked = Vec::new();
+        for n in &j.spec.needs {
+            let shard_prefix = format!("{n}#");
+            linked.extend(
+                names
+                    .iter()
+                    .filter(|m| *m == n || m.starts_with(&shard_prefix))
+                    .cloned(),
+            );
+        }
+        j.spec.needs = linked;
+    }
+}
+
+/// For a retry (`only`): the jobs it names (a shard stands for its split
+/// job) and every job that needs one of them, directly or not, as
+/// `builder/job` of herd.yml. None: every job.
+fn asked_jobs(req: &PlanRequest<'_>) -> Option<std::collections::HashSet<String>> {
+    let only = req.only?;
+    let mut asked = std::collections::HashSet::new();
+    for b in &req.pipeline.builders {
+        for j in &b.jobs {
+            let shards = j
+                .steps
+                .iter()
+                .find_map(|s| s.split.as_ref())
+                .map_or(0, |d| d.workers);
+            if only.iter().any(|(ob, name)| {
+                *ob == b.name
+                    && (*name == j.name
+                        || (1..=shards).any(|i| *name == shard_job_name(&j.name, i)))
+            }) {
+                asked.insert(format!("{}/{}", b.name, j.name));
+            }
+        }
+    }
+    // What depends on them runs again too (bounded: each pass adds a job).
+    loop {
+        let before = asked.len();
+        for b in &req.pipeline.builders {
+            for j in &b.jobs {
+                if j.needs.iter().any(|n| asked.contains(n)) {
+                    asked.insert(format!("{}/{}", b.name, j.name));
+                }
+            }
+        }
+        if asked.len() == before {
+            return Some(asked);
+        }
+    }
 }
 
 /// The builders that take part; the inner Err says why none does.
@@ -240,11 +310,15 @@ fn select_builders<'p>(
             }),
         };
     }
-    if let Some(only) = req.only {
+    if let Some(asked) = asked_jobs(req) {
         let taken: Vec<&Builder> = pipeline
             .builders
             .iter()
-            .filter(|b| only.iter().any(|(name, _)| *name == b.name))
+            .filter(|b| {
+                asked
+                    .iter()
+                    .any(|n| n.split('/').next() == Some(b.name.as_str()))
+            })
             .collect();
         if taken.is_empty() {
             return Ok(Err(
@@ -279,10 +353,14 @@ fn select_builders<'p>(
 
 fn plan_builder(
     req: &PlanRequest<'_>,
+    asked: Option<&std::collections::HashSet<String>>,
     b: &Builder,
     jobs: &mut Vec<PlannedJob>,
 ) -> Result<(), PlanError> {
-    for j in b.jobs.iter().filter(|j| is_asked(req, &b.name, j)) {
+    let is_asked = |j: &&crate::pipeline::JobDef| {
+        asked.is_none_or(|a| a.contains(&format!("{}/{}", b.name, j.name)))
+    };
+    for j in b.jobs.iter().filter(is_asked) {
         let mut steps = Vec::with_capacity(j.steps.len() + 1);
         if let Some(c) = req.checkout {
             steps.push(checkout_step(req.project, c));
@@ -299,6 +377,8 @@ fn plan_builder(
             secrets: granted.names,
             withheld: granted.withheld,
             trusted_requires: granted.trusted_requires,
+            needs: j.needs.clone(),
+            run_if: j.run_if,
         };
         let split = j
             .steps
@@ -334,23 +414,6 @@ fn plan_builder(
         }
     }
     Ok(())
-}
-
-/// Whether the request asks for job `j` of builder `builder` (every job
-/// unless it names some).
-fn is_asked(req: &PlanRequest<'_>, builder: &str, j: &crate::pipeline::JobDef) -> bool {
-    let Some(only) = req.only else {
-        return true;
-    };
-    let shards = j
-        .steps
-        .iter()
-        .find_map(|s| s.split.as_ref())
-        .map_or(0, |d| d.workers);
-    only.iter().any(|(b, name)| {
-        b == builder
-            && (*name == j.name || (1..=shards).any(|i| *name == shard_job_name(&j.name, i)))
-    })
 }
 
 fn checkout_step(project: &str, c: Checkout<'_>) -> StepSpec {

@@ -182,3 +182,104 @@ fn retry_runs_the_failed_jobs_again_as_one_build_of_the_same_revision() {
     );
     assert_eq!(status, 404);
 }
+
+#[test]
+fn needs_fan_in_wait_and_skip_by_their_if_and_a_retry_reruns_what_depends() {
+    let root = tempfile::tempdir().unwrap();
+    let d = root.path().display();
+    let pipeline = format!(
+        r#"builders:
+  wheels:
+    matrix: {{os: [linux, mac, windows]}}
+    steps:
+      - run: sleep 0.3; touch {d}/wheel-${{{{ matrix.os }}}}
+  publish:
+    needs: [wheels]
+    steps:
+      - run: ls {d}/wheel-linux {d}/wheel-mac {d}/wheel-windows
+  test:
+    steps:
+      - run: if [ -e {d}/fixed ]; then echo fixed; else exit 1; fi
+  deploy:
+    needs: [test, publish]
+    steps:
+      - run: echo deployed
+  report:
+    needs: [test]
+    if: failure
+    steps:
+      - run: echo test failed
+  cleanup:
+    needs: [deploy]
+    if: always
+    steps:
+      - run: echo cleaned
+"#
+    );
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], &[]);
+    let _a = server.worker("a", 2, &[]);
+    let _b = server.worker("b", 2, &[]);
+    let id = server.start_build("p", &[]);
+    let b = server.wait_build(id, Duration::from_secs(60));
+    assert_eq!(b["state"], "failure", "{b:#}");
+    let job = |name: &str| server.job(&b, name, "main").clone();
+    let state = |name: &str| job(name)["state"].as_str().unwrap().to_string();
+    // Fan-in: publish ran after every wheel, and saw all three.
+    assert_eq!(state("publish"), "success");
+    let publish_start = job("publish")["started_at"].as_i64().unwrap();
+    for os in ["linux", "mac", "windows"] {
+        let w = server.job(&b, "wheels", os);
+        assert_eq!(w["state"], "success");
+        assert!(w["finished_at"].as_i64().unwrap() <= publish_start);
+    }
+    assert_eq!(
+        job("publish")["needs"],
+        serde_json::json!(["wheels/linux", "wheels/mac", "wheels/windows"])
+    );
+    // test failed: deploy is skipped and says why; report (if: failure)
+    // and cleanup (if: always, after the skipped deploy) run.
+    assert_eq!(state("test"), "failure");
+    assert_eq!(state("deploy"), "skipped");
+    let why = job("deploy")["error"].as_str().unwrap().to_string();
+    assert!(
+        why.contains("test/main") && why.contains("failure"),
+        "{why}"
+    );
+    assert!(job("deploy")["attempts"].as_array().unwrap().is_empty());
+    assert_eq!(state("report"), "success");
+    assert_eq!(state("cleanup"), "success");
+    let show = server.cli(&["build", "show", &id.to_string()]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("needs: test/main, publish/main"), "{text}");
+
+    // Fixed: retrying the failed jobs runs test and what depends on it.
+    std::fs::write(root.path().join("fixed"), "").unwrap();
+    let out = server.cli(&["build", "retry", &id.to_string(), "--failed", "--wait"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let again: i64 = stdout.lines().next().unwrap().trim().parse().unwrap();
+    let b = server.build(again);
+    let mut ran: Vec<String> = b["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            format!(
+                "{} {}",
+                j["builder"].as_str().unwrap(),
+                j["state"].as_str().unwrap()
+            )
+        })
+        .collect();
+    ran.sort();
+    assert_eq!(
+        ran,
+        [
+            "cleanup success",
+            "deploy success",
+            "report skipped",
+            "test success"
+        ],
+        "{b:#}"
+    );
+}

@@ -439,3 +439,57 @@ fn concurrency_defaults_to_the_branch_and_names_a_bad_word() {
     assert_eq!(e.line, 2, "{e}");
     assert!(e.message.contains("`sha`"), "{e}");
 }
+
+const DAG: &str = r#"builders:
+  wheels:
+    matrix: {os: [linux, mac, windows]}
+    steps: [{run: make wheel}]
+  docs:
+    jobs:
+      html: {steps: [{run: make html}]}
+      check:
+        needs: [html]
+        steps: [{run: linkcheck}]
+  publish:
+    needs: [wheels, docs/html]
+    steps: [{run: upload}]
+  notify:
+    needs: [publish]
+    if: always
+    steps: [{run: mail}]
+"#;
+
+#[test]
+fn needs_resolve_to_jobs_and_if_is_kept() {
+    let p = Pipeline::parse("herd.yml", DAG).unwrap();
+    let job = |b: &str| p.builder(b).unwrap();
+    assert_eq!(
+        job("publish").jobs[0].needs,
+        ["wheels/linux", "wheels/mac", "wheels/windows", "docs/html"]
+    );
+    assert_eq!(job("docs").jobs[1].needs, ["docs/html"]);
+    assert_eq!(job("notify").jobs[0].run_if, RunIf::Always);
+    assert_eq!(job("wheels").jobs[0].family, MAIN_JOB);
+}
+
+#[test]
+fn bad_needs_are_named_where_they_are() {
+    let e = err("builders:\n  a:\n    needs: [nope]\n    steps: [{run: x}]\n");
+    assert_eq!(e.line, 3, "{e}");
+    assert!(e.message.contains("no builder `nope`"), "{e}");
+    let e = err(
+        "builders:\n  a:\n    steps: [{run: x}]\n  b:\n    needs: [a/zz]\n    steps: [{run: x}]\n",
+    );
+    assert!(e.message.contains("has no job `zz`"), "{e}");
+    let e = err("builders:\n  a:\n    needs: [a]\n    steps: [{run: x}]\n");
+    assert!(e.message.contains("needs itself"), "{e}");
+    let e = err("builders:\n  a:\n    needs: [b]\n    steps: [{run: x}]\n  b:\n    needs: [c]\n    steps: [{run: x}]\n  c:\n    needs: [a]\n    steps: [{run: x}]\n");
+    assert!(
+        e.message
+            .contains("cycle: a/main → b/main → c/main → a/main"),
+        "{e}"
+    );
+    assert_eq!(e.line, 3, "{e}");
+    let e = err("builders:\n  a:\n    if: sometimes\n    steps: [{run: x}]\n");
+    assert!(e.message.contains("`if: sometimes`"), "{e}");
+}

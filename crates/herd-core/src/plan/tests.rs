@@ -165,6 +165,38 @@ fn a_retry_plans_only_the_jobs_it_names_and_a_shard_brings_its_whole_split() {
 }
 
 #[test]
+fn needs_name_the_builds_jobs_and_a_retry_brings_what_depends_on_it() {
+    let p = pipeline(
+        "builders:\n  t:\n    steps:\n      - split: {list: ls, run: 'r {tests}', workers: 2}\n  pub:\n    needs: [t]\n    steps: [{run: up}]\n  mail:\n    needs: [pub]\n    if: always\n    steps: [{run: m}]\n  other:\n    steps: [{run: o}]\n",
+    );
+    let rules = BTreeMap::new();
+    let mut req = request(&p, &rules);
+    let planned = jobs(plan(&req));
+    let publish = planned.iter().find(|j| j.builder == "pub").unwrap();
+    assert_eq!(
+        publish.spec.needs,
+        ["t/main#1", "t/main#2"],
+        "a split's shards each"
+    );
+    let mail = planned.iter().find(|j| j.builder == "mail").unwrap();
+    assert_eq!(mail.spec.run_if, crate::needs::RunIf::Always);
+    // Retrying the failed shard runs the split again and what depends on it.
+    let only = vec![("t".to_string(), "main#2".to_string())];
+    req.only = Some(&only);
+    let names: Vec<String> = jobs(plan(&req))
+        .iter()
+        .map(|j| format!("{}/{}", j.builder, j.name))
+        .collect();
+    assert_eq!(names, ["t/main#1", "t/main#2", "pub/main", "mail/main"]);
+    // A retry of `pub` alone: its need is not in the build, so not waited for.
+    let only = vec![("pub".to_string(), "main".to_string())];
+    req.only = Some(&only);
+    let planned = jobs(plan(&req));
+    assert_eq!(planned[0].spec.needs, Vec::<String>::new());
+    assert_eq!(planned[1].spec.needs, ["pub/main"]);
+}
+
+#[test]
 fn a_named_builder_alone_and_an_unknown_one_is_refused() {
     let p = pipeline(TWO_BUILDERS);
     let rules = BTreeMap::new();

@@ -301,10 +301,33 @@ fn non_negative(name: &str, v: Option<i64>) -> Result<Option<u64>, ApiError> {
 
 /// Why each queued job of the build waits.
 fn why_not_map(app: &App, d: &BuildDetail) -> HashMap<i64, WhyNot> {
+    let states: HashMap<String, herd_core::state::RunState> = d
+        .jobs
+        .iter()
+        .map(|j| (format!("{}/{}", j.builder, j.name), j.state))
+        .collect();
     d.jobs
         .iter()
         .filter(|j| j.state == herd_core::state::RunState::Queued)
-        .map(|j| (j.id, app.hub.why_not(&j.spec)))
+        .map(|j| {
+            // A job that needs others waits for them before any worker.
+            let pending: Vec<&str> = j
+                .spec
+                .needs
+                .iter()
+                .filter(|n| states.get(*n).is_some_and(|s| !s.is_finished()))
+                .map(String::as_str)
+                .collect();
+            let why = if pending.is_empty() {
+                app.hub.why_not(&j.spec)
+            } else {
+                WhyNot {
+                    summary: format!("waiting for {} (needs)", pending.join(", ")),
+                    workers: Vec::new(),
+                }
+            };
+            (j.id, why)
+        })
         .collect()
 }
 
@@ -376,6 +399,7 @@ fn build_view(d: &BuildDetail, version: u64, waiting: &HashMap<i64, WhyNot>) -> 
             finished_at: j.finished_at,
             requires: j.spec.requires.iter().map(|r| r.to_string()).collect(),
             waiting: waiting.get(&j.id).map(why_not_view),
+            needs: j.spec.needs.clone(),
             withheld: j
                 .spec
                 .withheld

@@ -8,6 +8,7 @@
 
 mod capabilities;
 mod health;
+mod needs;
 pub mod peers;
 
 use capabilities::{capabilities, probe_requests, trusted_capabilities};
@@ -117,6 +118,9 @@ struct HubState {
     queue: Vec<QueuedJobInfo>,
     orphans: HashMap<AttemptId, Orphan>,
     next_conn_id: u64,
+    /// Queued jobs with `needs:` whose needs have all ended well: the
+    /// scheduler may place them (`needs`).
+    released: std::collections::HashSet<i64>,
 }
 
 pub struct Hub {
@@ -256,7 +260,17 @@ impl Hub {
     }
 
     pub fn forget_queued(&self, build_id: i64) {
-        self.lock().queue.retain(|j| j.build_id != build_id);
+        let mut st = self.lock();
+        let gone: Vec<i64> = st
+            .queue
+            .iter()
+            .filter(|j| j.build_id == build_id)
+            .map(|j| j.job_id)
+            .collect();
+        st.queue.retain(|j| j.build_id != build_id);
+        for id in gone {
+            st.released.remove(&id);
+        }
     }
 
     /// Closes a worker's connection (its token was revoked, it was
@@ -586,6 +600,9 @@ impl Hub {
 
     /// One scheduling pass: plan, write attempts, hand them to connections.
     async fn schedule_once(&self) -> Result<bool, StoreError> {
+        if self.has_held() {
+            self.gate_needs().await?;
+        }
         // Only builders with `max_concurrent` need the count, from the store
         // (the truth, whatever happened to attempts meanwhile).
         let capped = self.lock().queue.iter().any(|j| j.spec.cap.is_some());
@@ -619,6 +636,7 @@ impl Hub {
             let queue: Vec<QueuedJob> = st
                 .queue
                 .iter()
+                .filter(|j| Self::is_released(&st, j))
                 .map(|j| QueuedJob {
                     job_id: j.job_id,
                     builder: format!("{}/{}", j.project, j.builder),
@@ -640,6 +658,7 @@ impl Hub {
                     continue;
                 };
                 let job = st.queue.remove(pos);
+                st.released.remove(&job.job_id);
                 if let Some(w) = st.workers.get_mut(&p.worker) {
                     w.reserved += 1;
                     out.push((job, p.worker, w.conn_id));
@@ -822,5 +841,9 @@ async fn orphan_loop(hub: Arc<Hub>) {
     loop {
         tick.tick().await;
         hub.expire_orphans().await;
+        // A job it needs may have ended on another server.
+        if hub.has_held() {
+            hub.wake();
+        }
     }
 }

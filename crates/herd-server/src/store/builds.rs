@@ -221,6 +221,47 @@ impl Store {
             .collect()
     }
 
+    /// The states of a build's jobs, by `builder/job`.
+    pub async fn job_states(
+        &self,
+        build_id: i64,
+    ) -> Result<std::collections::HashMap<String, RunState>> {
+        let rows = sqlx::query("SELECT builder, name, state FROM jobs WHERE build_id = $1")
+            .bind(build_id)
+            .fetch_all(&self.write)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let builder: String = r.try_get("builder")?;
+                let name: String = r.try_get("name")?;
+                let s: String = r.try_get("state")?;
+                let st = RunState::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("job state `{s}`")))?;
+                Ok((format!("{builder}/{name}"), st))
+            })
+            .collect()
+    }
+
+    /// Ends a queued job as `skipped`, with why (a job it needs failed):
+    /// None when it is no longer queued (claimed or cancelled meanwhile).
+    pub async fn skip_job(&self, job_id: i64, reason: &str) -> Result<Option<FinishedJob>> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let Some(_) = lock_build_of_job(&mut tx, job_id).await? else {
+            return Ok(None);
+        };
+        let queued = sqlx::query("SELECT 1 AS one FROM jobs WHERE id = $1 AND state = 'queued'")
+            .bind(job_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if queued.is_none() {
+            return Ok(None);
+        }
+        let f = finish_job(&mut tx, job_id, RunState::Skipped, Some(reason), now).await?;
+        tx.commit().await?;
+        Ok(Some(f))
+    }
+
     /// Says on a build why it ended (kept when it says something already).
     pub async fn note_build_error(&self, build_id: i64, text: &str) -> Result<()> {
         sqlx::query("UPDATE builds SET error = COALESCE(error, $2) WHERE id = $1")

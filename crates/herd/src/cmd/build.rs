@@ -274,6 +274,9 @@ pub fn print_build(b: &Build) {
         for w in &j.withheld {
             outln!("    secret `{}` is withheld: {}", w.secret, w.reason);
         }
+        if !j.needs.is_empty() {
+            outln!("    needs: {}", j.needs.join(", "));
+        }
         if let Some(w) = &j.waiting {
             outln!(
                 "    waiting: {}{}",
