@@ -22,6 +22,11 @@ pub struct StartBuild {
     /// Shown with the build (default "started by hand").
     #[serde(default)]
     pub reason: Option<String>,
+    /// Values for herd.yml's `params:` (the others take their defaults);
+    /// an undeclared name or a value outside `choices:` is refused (409:
+    /// the project's herd.yml does not allow it).
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// `POST /api/v1/builds/{id}/retry`: run a build's jobs again, as a new
@@ -108,6 +113,9 @@ pub struct Build {
     /// The build's split test suites, one line each.
     #[serde(default)]
     pub splits: Vec<crate::tests::SplitSummary>,
+    /// The values of herd.yml's `params:` it ran with.
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 impl Build {

@@ -26,6 +26,9 @@ pub struct Pipeline {
     /// Builds of changes in one group supersede each other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<Concurrency>,
+    /// Inputs a build by hand may set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<Param>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +108,8 @@ struct RawPipeline {
     probes: Option<Spanned<serde::de::IgnoredAny>>,
     builders: Option<IndexMap<Spanned<String>, RawBuilder>>,
     concurrency: Option<Spanned<RawConcurrency>>,
+    #[serde(default)]
+    params: IndexMap<Spanned<String>, Spanned<params::RawParam>>,
 }
 
 #[derive(Deserialize)]
@@ -298,9 +303,11 @@ impl Lower<'_> {
                 })
             }
         };
+        let params = self.params(raw.params)?;
         Ok(Pipeline {
             builders,
             concurrency,
+            params,
         })
     }
 
@@ -741,6 +748,8 @@ fn default_step_name(run: &str) -> String {
 mod cells;
 pub mod concurrency;
 mod dag;
+pub mod params;
+pub use params::Param;
 mod matrix;
 pub use concurrency::Concurrency;
 pub use matrix::MAX_CELLS;

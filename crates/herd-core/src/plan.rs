@@ -124,6 +124,9 @@ pub struct PlanRequest<'a> {
     /// Only these jobs, `(builder, job)` as a build named them (a retry of
     /// the failed ones): a split job's shard stands for its whole job.
     pub only: Option<&'a [(String, String)]>,
+    /// The build's parameters (`params:`, resolved): every step gets
+    /// `HERD_PARAM_NAME`.
+    pub params: Option<&'a BTreeMap<String, String>>,
     /// For a change: what the builders' `branches:`/`paths:` look at.
     /// None: every builder (a build started by hand, a try build).
     pub change: Option<&'a ChangeFacts>,
@@ -367,6 +370,12 @@ fn plan_builder(
         }
         let offset = steps.len();
         steps.extend(j.steps.iter().map(step_spec));
+        for s in steps.iter_mut().skip(offset) {
+            for (k, v) in req.params.into_iter().flatten() {
+                s.env
+                    .insert(crate::pipeline::params::env_name(k), v.clone());
+            }
+        }
         let granted = secrets_of_job(req, &b.name, &steps)?;
         let spec = JobSpec {
             requires: j.requires.clone(),

@@ -28,6 +28,8 @@ pub struct BuildRequest {
     /// The branch or tag the revision was built as (a retry keeps its
     /// build's, so that secrets bound to refs follow it).
     pub ref_name: Option<String>,
+    /// Values for herd.yml's `params:` (the rest take their defaults).
+    pub params: BTreeMap<String, String>,
 }
 
 /// Where a build comes from, beyond what was asked.
@@ -88,6 +90,9 @@ pub enum StartError {
     NothingToBuild(String),
     #[error("no build {0}")]
     UnknownBuild(i64),
+    /// A parameter herd.yml does not declare, or a value it does not allow.
+    #[error("{0}")]
+    BadParams(String),
     /// A retry of the failed jobs of a build that is still running.
     #[error(
         "build {0} is still running: retry its failed jobs once it has ended (or cancel it first)"
@@ -156,6 +161,7 @@ pub async fn retry(app: &App, id: i64, failed_only: bool) -> Result<i64, StartEr
         }),
         only,
         ref_name: d.build.ref_name.clone(),
+        params: d.build.params.clone(),
     };
     let origin = Origin {
         kind: d.build.kind,
@@ -214,6 +220,8 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
         Ok(p) => p,
         Err(e) => return recorder.record(source.revision, e.to_string()).await,
     };
+    let params = herd_core::pipeline::params::resolve(&pipeline.params, &req.params)
+        .map_err(StartError::BadParams)?;
     // Before the jobs are queued, so that no job is matched against a worker
     // that was never asked about what the job needs.
     let settings = &app.hub.settings;
@@ -245,6 +253,7 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
         ),
         builder: req.builder.as_deref(),
         only: req.only.as_deref(),
+        params: Some(&params),
         change: origin.change.as_ref(),
         patched: origin.patch.is_some(),
         ref_name: ref_name.as_deref(),
@@ -285,6 +294,7 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
         sender: origin.sender.clone(),
         // Only a change's build supersedes and is superseded: a build by
         // hand or a try was asked for on purpose.
+        params,
         concurrency_group: pipeline
             .concurrency
             .as_ref()
@@ -439,6 +449,7 @@ impl ErrorBuild<'_> {
                 sender: self.origin.sender.clone(),
                 patch: None,
                 concurrency_group: None,
+                params: BTreeMap::new(),
             })
             .await?;
         app.hub.changed();

@@ -161,6 +161,7 @@ fn new_build(jobs: usize) -> NewBuild {
         report: false,
         patch: None,
         concurrency_group: None,
+        params: Default::default(),
     }
 }
 

@@ -283,3 +283,65 @@ fn needs_fan_in_wait_and_skip_by_their_if_and_a_retry_reruns_what_depends() {
         "{b:#}"
     );
 }
+
+#[test]
+fn params_reach_the_steps_are_checked_and_kept_by_a_retry() {
+    let pipeline = "params:\n  python: {default: 3.12, choices: [3.12, 3.13], description: the interpreter}\n  note: {}\nbuilders:\n  show:\n    steps:\n      - run: echo \"$HERD_PARAM_PYTHON $HERD_PARAM_NOTE\"\n";
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _w = server.worker("w", 1, &[]);
+    let start = |args: &[&str]| {
+        let mut all = vec!["build", "start", "p", "--wait"];
+        all.extend_from_slice(args);
+        server.cli(&all)
+    };
+    let out = start(&["--param", "python=3.13", "--param", "note=hi there"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let id: i64 = stdout.lines().next().unwrap().trim().parse().unwrap();
+    let log = String::from_utf8(server.step_log(id, "show", "0")).unwrap();
+    assert_eq!(log.trim(), "3.13 hi there");
+    assert!(
+        stdout.contains("params: note=hi there python=3.13"),
+        "{stdout}"
+    );
+    let b = server.build(id);
+    assert_eq!(
+        b["params"],
+        serde_json::json!({"python": "3.13", "note": "hi there"})
+    );
+    let page = server.get_text(&format!("/builds/{id}")).unwrap();
+    assert!(
+        page.contains("note=hi there python=3.13"),
+        "the build page shows them"
+    );
+
+    // Defaults; refusals that say what is allowed.
+    let out = start(&[]);
+    let first = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let log = String::from_utf8(server.step_log(first.parse().unwrap(), "show", "0")).unwrap();
+    assert_eq!(log.trim(), "3.12");
+    let out = start(&["--param", "python=2.7"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one of 3.12, 3.13"));
+    let out = start(&["--param", "pyhton=3.12"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("declares: python, note"));
+    let out = start(&["--param", "python"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+
+    // A retry runs with the same values.
+    let out = server.cli(&["build", "retry", &id.to_string(), "--wait"]);
+    let again: i64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let log = String::from_utf8(server.step_log(again, "show", "0")).unwrap();
+    assert_eq!(log.trim(), "3.13 hi there");
+}

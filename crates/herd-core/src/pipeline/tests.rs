@@ -493,3 +493,21 @@ fn bad_needs_are_named_where_they_are() {
     let e = err("builders:\n  a:\n    if: sometimes\n    steps: [{run: x}]\n");
     assert!(e.message.contains("`if: sometimes`"), "{e}");
 }
+
+#[test]
+fn params_are_declared_with_defaults_and_choices() {
+    let p = Pipeline::parse(
+        "herd.yml",
+        "params:\n  python: {choices: [3.12, 3.13]}\n  deploy: {default: no}\nbuilders:\n  a:\n    steps: [{run: x}]\n",
+    )
+    .unwrap();
+    assert_eq!(p.params[0].default, "3.12", "the first choice");
+    assert_eq!(p.params[1].default, "no");
+    let e = err(
+        "params:\n  py: {default: 2.7, choices: [3.12]}\nbuilders:\n  a:\n    steps: [{run: x}]\n",
+    );
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.message.contains("not one of its choices"), "{e}");
+    let e = err("params:\n  \"bad name\": {}\nbuilders:\n  a:\n    steps: [{run: x}]\n");
+    assert!(e.message.contains("invalid parameter name"), "{e}");
+}

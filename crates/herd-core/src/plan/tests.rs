@@ -16,6 +16,7 @@ fn request<'a>(p: &'a Pipeline, secrets: &'a BTreeMap<String, SecretRule>) -> Pl
         }),
         builder: None,
         only: None,
+        params: None,
         change: None,
         patched: false,
         ref_name: Some("main"),

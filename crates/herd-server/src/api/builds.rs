@@ -71,7 +71,8 @@ pub async fn list_builds(
     request_body = StartBuild,
     responses(
         (status = 201, description = "The build, queued (or failed at once when its herd.yml is broken)", body = Build),
-        (status = 404, description = "No such project", body = ErrorBody),
+        (status = 404, description = "No such project, revision or builder", body = ErrorBody),
+        (status = 409, description = "A parameter its herd.yml does not declare or a value it does not allow; or nothing to build", body = ErrorBody),
         BodyRefusals,
         TokenRefusals,
     ),
@@ -90,6 +91,7 @@ pub async fn create_build(
             rev: req.rev,
             priority: req.priority,
             reason: req.reason,
+            params: req.params,
             ..Default::default()
         },
     )
@@ -462,5 +464,6 @@ fn build_view(d: &BuildDetail, version: u64, waiting: &HashMap<i64, WhyNot>) -> 
         author: b.author.clone(),
         message: b.message.clone(),
         splits: Vec::new(),
+        params: b.params.clone(),
     }
 }

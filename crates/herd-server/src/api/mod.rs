@@ -194,6 +194,7 @@ impl From<StartError> for ApiError {
             | StartError::NoSource(_)
             | StartError::NoRepository(_)
             | StartError::NotFinished(_)
+            | StartError::BadParams(_)
             | StartError::NothingToBuild(_) => ApiError::conflict(e.to_string()),
             StartError::Store(e) => e.into(),
         }

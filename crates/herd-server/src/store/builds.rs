@@ -32,6 +32,8 @@ pub struct NewBuild {
     pub patch: Option<String>,
     /// Its concurrency group (a change's build whose herd.yml has one).
     pub concurrency_group: Option<String>,
+    /// Its parameters' values (herd.yml `params:`).
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// Where a build came from.
@@ -154,8 +156,8 @@ impl Store {
         };
         let row = sqlx::query(
             "INSERT INTO builds (project, ref_name, revision, state, priority, reason, error, created_at, finished_at, author, message, \
-             branch, kind, sender, report_pending, concurrency_group) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id",
+             branch, kind, sender, report_pending, concurrency_group, params) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
         )
         .bind(&b.project)
         .bind(&b.ref_name)
@@ -173,6 +175,11 @@ impl Store {
         .bind(&b.sender)
         .bind(i64::from(b.report))
         .bind(&b.concurrency_group)
+        .bind(if b.params.is_empty() {
+            None
+        } else {
+            serde_json::to_string(&b.params).ok()
+        })
         .fetch_one(&mut *tx)
         .await?;
         let build_id: i64 = row.try_get("id")?;

@@ -112,6 +112,8 @@ pub struct BuildRow {
     pub kind: super::BuildKind,
     /// Who sent a try build.
     pub sender: Option<String>,
+    /// The values of herd.yml's `params:` it ran with.
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 impl BuildRow {
@@ -131,6 +133,13 @@ impl BuildRow {
             branch: get(r, "branch")?,
             kind: state(r, "kind", super::BuildKind::parse)?,
             sender: get(r, "sender")?,
+            params: get::<Option<String>>(r, "params")?
+                .map(|t| {
+                    serde_json::from_str(&t)
+                        .map_err(|e| StoreError::Corrupt(format!("build params `{t}`: {e}")))
+                })
+                .transpose()?
+                .unwrap_or_default(),
             started_at: get(r, "started_at")?,
             finished_at: get(r, "finished_at")?,
         })

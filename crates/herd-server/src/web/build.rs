@@ -51,6 +51,8 @@ pub struct JobView {
     pub why: Vec<String>,
     /// "secret `x` is withheld: …", one per secret the job may not have.
     pub withheld: Vec<String>,
+    /// The jobs it waits for (`needs:`).
+    pub needs: String,
     pub attempts: Vec<AttemptView>,
 }
 
@@ -83,6 +85,8 @@ pub struct BuildPage {
     pub author: String,
     pub reason: String,
     pub origin: String,
+    /// `key=value` of herd.yml's `params:`.
+    pub params: String,
     pub when: String,
     pub error: Option<String>,
     pub running: bool,
@@ -174,6 +178,7 @@ pub async fn build_page(
                 .iter()
                 .map(|w| format!("secret `{}` is withheld: {}", w.secret, w.reason))
                 .collect(),
+            needs: j.spec.needs.join(", "),
             attempts,
         });
     }
@@ -188,6 +193,12 @@ pub async fn build_page(
         author: b.author.clone().unwrap_or_default(),
         reason: b.reason.clone(),
         origin: origin_label(b),
+        params: b
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
         when: ago(b.created_at),
         error: b.error.clone(),
         running: !b.state.is_finished(),

@@ -25,6 +25,10 @@ pub enum BuildCommand {
         /// Higher runs first.
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         priority: i64,
+        /// A value for one of herd.yml's `params:` (repeatable); steps see
+        /// it as HERD_PARAM_KEY.
+        #[arg(long = "param", value_name = "KEY=VALUE", value_parser = crate::cmd::workers::parse_key_value)]
+        params: Vec<(String, String)>,
         /// Wait for the end, showing progress; exit 0 only on success.
         #[arg(long)]
         wait: bool,
@@ -87,6 +91,7 @@ pub async fn run(cmd: BuildCommand) -> Result<ExitCode> {
             builder,
             rev,
             priority,
+            params,
             wait,
             client,
         } => {
@@ -100,6 +105,7 @@ pub async fn run(cmd: BuildCommand) -> Result<ExitCode> {
                         rev,
                         priority,
                         reason: None,
+                        params: params.into_iter().collect(),
                     },
                 )
                 .await?;
@@ -265,6 +271,10 @@ pub fn print_build(b: &Build) {
     }
     if let Some(e) = &b.error {
         outln!("  error: {e}");
+    }
+    if !b.params.is_empty() {
+        let p: Vec<String> = b.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        outln!("  params: {}", p.join(" "));
     }
     for j in &b.jobs {
         outln!("  job {} {}/{}: {}", j.id, j.builder, j.name, j.state);

@@ -45,7 +45,7 @@ enum WorkersCommand {
         /// The worker's name (it need not have connected yet).
         name: String,
         /// Labels to set, as KEY=VALUE.
-        #[arg(value_parser = parse_label)]
+        #[arg(value_parser = parse_key_value)]
         labels: Vec<(String, String)>,
         /// A label to remove (repeat for more).
         #[arg(long, value_name = "KEY")]
@@ -53,7 +53,7 @@ enum WorkersCommand {
     },
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("`{s}` is not KEY=VALUE")),
