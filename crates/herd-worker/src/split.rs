@@ -11,7 +11,8 @@ use crate::process::{
 };
 use herd_core::junit;
 use herd_proto::{
-    AttemptId, BatchReport, SplitReply, SplitRequest, StepStatus, WorkerMsg, MAX_TEXT_FRAME,
+    AttemptId, BatchReport, RunOutcome, SplitReply, SplitRequest, StepStatus, TestRun, WorkerMsg,
+    MAX_TEXT_FRAME,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,9 @@ const RESEND_AFTER: Duration = Duration::from_secs(10);
 /// A substituted `run` longer than this goes to a script file: one
 /// argument of `sh -c` may not exceed 128 KiB on Linux.
 const MAX_INLINE_SCRIPT: usize = 64 * 1024;
+/// Most runs spent narrowing one failed batch down (a batch where every
+/// test fails would otherwise run each test alone).
+pub const MAX_BISECT_RUNS: usize = 32;
 
 /// The split requests of all running steps, across reconnects.
 pub struct SplitLink {
@@ -251,12 +255,26 @@ impl SplitStep<'_> {
             req.done = None;
             match reply {
                 SplitReply::Batch { id, tests } => {
-                    let (report, next_offset) =
+                    let (mut report, next_offset) =
                         match self.batch(cmd, stop, &tests_file, id, &tests, offset).await {
                             Ok(r) => r,
                             Err(outcome) => return outcome,
                         };
                     offset = next_offset;
+                    // No per-test results and a failure: find the failing
+                    // tests instead of failing the whole batch.
+                    if report.tests.is_none() && report.exit_code != Some(0) && tests.len() > 1 {
+                        match self
+                            .bisect(cmd, stop, &tests_file, id, &tests, offset)
+                            .await
+                        {
+                            Ok((runs, next)) => {
+                                offset = next;
+                                report.tests = Some(runs);
+                            }
+                            Err(outcome) => return outcome,
+                        }
+                    }
                     req.done = Some(report);
                 }
                 SplitReply::Wait { ms } => {
@@ -293,6 +311,75 @@ impl SplitStep<'_> {
                 }
             }
         }
+    }
+
+    /// Finds which tests of a failed batch fail, when the runner reports no
+    /// per-test results: halves are run again, a half that passes passes
+    /// all its tests, a failing one is halved again, down to single tests.
+    /// At most [`MAX_BISECT_RUNS`] runs; the tests still undecided then
+    /// fail as their batch did.
+    async fn bisect(
+        &self,
+        cmd: &StepRunner<'_>,
+        stop: &mut watch::Receiver<Option<StopKind>>,
+        tests_file: &std::path::Path,
+        id: u64,
+        tests: &[String],
+        mut offset: u64,
+    ) -> Result<(Vec<TestRun>, u64), Option<StepOutcome>> {
+        let note = format!(
+            "── batch {id} failed and its runner reports no per-test results: running parts of it again to find the failing tests ──\n"
+        );
+        if !cmd.note(&mut offset, &note).await {
+            return Err(None);
+        }
+        let mut runs = Vec::with_capacity(tests.len());
+        let (a, b) = tests.split_at(tests.len() / 2);
+        let mut todo: Vec<Vec<String>> = vec![b.to_vec(), a.to_vec()];
+        let mut budget = MAX_BISECT_RUNS;
+        while let Some(group) = todo.pop() {
+            if budget == 0 {
+                runs.extend(group.into_iter().map(|t| TestRun {
+                    id: t,
+                    outcome: RunOutcome::Failed,
+                    secs: None,
+                    message: Some(format!(
+                        "its batch failed, and it was not narrowed down within {MAX_BISECT_RUNS} runs"
+                    )),
+                }));
+                continue;
+            }
+            budget -= 1;
+            let (report, next) = self
+                .batch(cmd, stop, tests_file, id, &group, offset)
+                .await?;
+            offset = next;
+            let secs = Some(report.wall_secs / group.len().max(1) as f64);
+            if report.exit_code == Some(0) {
+                runs.extend(group.into_iter().map(|t| TestRun {
+                    id: t,
+                    outcome: RunOutcome::Passed,
+                    secs,
+                    message: None,
+                }));
+            } else if group.len() == 1 {
+                let why = match report.exit_code {
+                    Some(c) => format!("it fails on its own (exit code {c})"),
+                    None => "it fails on its own (killed)".to_string(),
+                };
+                runs.extend(group.into_iter().map(|t| TestRun {
+                    id: t,
+                    outcome: RunOutcome::Failed,
+                    secs,
+                    message: Some(why.clone()),
+                }));
+            } else {
+                let (a, b) = group.split_at(group.len() / 2);
+                todo.push(b.to_vec());
+                todo.push(a.to_vec());
+            }
+        }
+        Ok((runs, offset))
     }
 
     /// Runs one batch; its report and the log's new end. Err: the step ends.

@@ -447,3 +447,29 @@ fn a_real_pytest_suite_split_over_three_workers_matches_a_local_run() {
             >= 0.2
     );
 }
+
+#[test]
+fn a_runner_without_per_test_results_has_its_failing_test_found_by_bisection() {
+    // Like trial without a JUnit reporter: only an exit code per batch.
+    let pipeline = "builders:\n  trial:\n    steps:\n      - split:\n          list: seq -f 't%02g' 1 16\n          run: 'fail=0; for t in {tests}; do [ \"$t\" = t07 ] && fail=1; done; exit $fail'\n          workers: 2\n";
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _w = workers(&server, 2);
+    let id = server.start_build("p", &[]);
+    let b = server.wait_build(id, Duration::from_secs(120));
+    assert_eq!(b["state"], "failure", "{b:#}");
+    let split = tests_of(&server, id);
+    let tests = outcome_map(&split);
+    assert_eq!(tests.len(), 16);
+    for (t, v) in &tests {
+        let want = if t == "t07" { "failed" } else { "passed" };
+        assert_eq!(v["outcome"], want, "{t}: {v}");
+    }
+    assert_eq!(split["counts"]["passed"], 15, "{split:#}");
+    // The log says what happened: parts of the failed batch ran again.
+    let log = server.cli(&["build", "log", &id.to_string()]);
+    let text = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        text.contains("running parts of it again to find the failing tests"),
+        "{text}"
+    );
+}
