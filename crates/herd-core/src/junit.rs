@@ -185,7 +185,7 @@ fn find<'a>(
 }
 
 /// `tests/test_a.py::TestX::test_y` and `tests.test_a.TestX.test_y` alike.
-fn norm(s: &str) -> String {
+pub(crate) fn norm(s: &str) -> String {
     s.replace(".py::", ".")
         .replace("::", ".")
         .replace(['/', '\\', ' '], ".")

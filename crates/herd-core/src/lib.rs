@@ -15,6 +15,7 @@ pub mod plan;
 pub mod probe;
 pub mod redact;
 pub mod requirement;
+pub mod results;
 pub mod schedule;
 pub mod secret_ref;
 pub mod split;

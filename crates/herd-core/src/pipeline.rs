@@ -85,8 +85,11 @@ pub struct SplitDef {
     pub list: String,
     /// Runs a subset: `{tests}`, `{junit}` and `$HERD_TESTS_FILE`.
     pub run: String,
-    /// Where `run` writes a JUnit report, relative to the workspace.
+    /// Where `run` writes its report (JUnit, TAP or subunit v2, by
+    /// `format`), relative to the workspace.
     pub junit: Option<String>,
+    #[serde(default, skip_serializing_if = "herd_proto::ReportFormat::is_junit")]
+    pub format: herd_proto::ReportFormat,
     /// At most this many workers run the suite at once.
     pub workers: u32,
     /// Whether a test that failed then passed fails the build.
@@ -173,6 +176,8 @@ struct RawSplit {
     list: Spanned<String>,
     run: Spanned<String>,
     junit: Option<Spanned<String>>,
+    tap: Option<Spanned<String>>,
+    subunit: Option<Spanned<String>>,
     workers: Option<Spanned<u32>>,
     flaky: Option<Spanned<String>>,
 }
@@ -566,104 +571,6 @@ impl Lower<'_> {
         })
     }
 
-    /// A step's command, or its split: exactly one of `run:` and `split:`.
-    fn step_action(
-        &self,
-        at: &Spanned<String>,
-        raw: &RawStep,
-    ) -> Result<(String, Option<SplitDef>), ConfigError> {
-        let nonempty = |s: &Spanned<String>, what: &str| {
-            if s.value.trim().is_empty() {
-                Err(self.err(
-                    &s.referenced,
-                    format!("`{what}` is empty: give the command to run"),
-                ))
-            } else {
-                Ok(s.value.clone())
-            }
-        };
-        match (&raw.run, &raw.split) {
-            (Some(run), None) => Ok((nonempty(run, "run:")?, None)),
-            (None, Some(split)) => {
-                let sp = &split.value;
-                let list = nonempty(&sp.list, "list:")?;
-                let run = nonempty(&sp.run, "run:")?;
-                if !run.contains("{tests}") && !run.contains("HERD_TESTS_FILE") {
-                    return Err(self
-                        .err(&sp.run.referenced, "the split's `run:` names no tests")
-                        .with_help("put `{tests}` (the ids, shell-quoted) or `@$HERD_TESTS_FILE` (a file with one id per line) in the command"));
-                }
-                if run.contains("{junit}") && sp.junit.is_none() {
-                    return Err(self
-                        .err(&sp.run.referenced, "`run:` uses `{junit}` but the split has no `junit:`")
-                        .with_help("add `junit: reports/junit.xml` (where the runner writes its JUnit report)"));
-                }
-                let junit = match &sp.junit {
-                    None => None,
-                    Some(j) => {
-                        let p = j.value.trim();
-                        if p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == "..") {
-                            return Err(self
-                                .err(
-                                    &j.referenced,
-                                    format!("invalid `junit:` path `{}`", j.value),
-                                )
-                                .with_help(
-                                    "give a path inside the workspace, such as reports/junit.xml",
-                                ));
-                        }
-                        Some(p.to_string())
-                    }
-                };
-                let workers = match &sp.workers {
-                    None => 2,
-                    Some(w) if w.value == 0 || w.value > MAX_SPLIT_WORKERS => {
-                        return Err(self
-                            .err(
-                                &w.referenced,
-                                format!("`workers: {}` is out of range", w.value),
-                            )
-                            .with_help(format!("give a number from 1 to {MAX_SPLIT_WORKERS}")))
-                    }
-                    Some(w) => w.value,
-                };
-                let flaky_fails = match &sp.flaky {
-                    None => false,
-                    Some(f) => match f.value.as_str() {
-                        "pass" => false,
-                        "fail" => true,
-                        other => {
-                            return Err(self
-                                .err(&f.referenced, format!("invalid `flaky: {other}`"))
-                                .with_help("`flaky: pass` (the default: a test that failed then passed does not fail the build) or `flaky: fail`"))
-                        }
-                    },
-                };
-                Ok((
-                    run.clone(),
-                    Some(SplitDef {
-                        list,
-                        run,
-                        junit,
-                        workers,
-                        flaky_fails,
-                    }),
-                ))
-            }
-            (Some(run), Some(_)) => Err(self
-                .err(&run.referenced, "a step has both `run:` and `split:`")
-                .with_help(
-                    "a split step runs `split.run`; make the other command a step of its own",
-                )),
-            (None, None) => Err(self
-                .err(
-                    &at.referenced,
-                    format!("a step of `{}` has neither `run:` nor `split:`", at.value),
-                )
-                .with_help("give the step a command: `- run: make test`")),
-        }
-    }
-
     fn requirements(&self, raw: &[Spanned<String>]) -> Result<Vec<Requirement>, ConfigError> {
         raw.iter()
             .map(|r| {
@@ -749,6 +656,7 @@ mod cells;
 pub mod concurrency;
 mod dag;
 pub mod params;
+mod steps;
 pub use params::Param;
 mod matrix;
 pub use concurrency::Concurrency;

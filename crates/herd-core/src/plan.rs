@@ -454,6 +454,7 @@ fn step_spec(s: &Step) -> StepSpec {
             list: d.list.clone(),
             run: d.run.clone(),
             junit: d.junit.clone(),
+            format: d.format,
         },
         None => StepAction::Shell { run: s.run.clone() },
     };

@@ -403,9 +403,40 @@ pub enum StepAction {
     Split {
         list: String,
         run: String,
+        /// Where `run` writes its report (the name is from when JUnit was
+        /// the only format).
         #[serde(default)]
         junit: Option<String>,
+        /// The report's format.
+        #[serde(default, skip_serializing_if = "ReportFormat::is_junit")]
+        format: ReportFormat,
     },
+}
+
+/// The format of a split's per-test report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportFormat {
+    #[default]
+    Junit,
+    Tap,
+    /// Subunit v2 (binary), as `trial --reporter=subunitv2` writes it.
+    Subunit,
+}
+
+impl ReportFormat {
+    pub fn is_junit(&self) -> bool {
+        *self == ReportFormat::Junit
+    }
+
+    /// Its key in herd.yml's `split:`.
+    pub fn key(self) -> &'static str {
+        match self {
+            ReportFormat::Junit => "junit",
+            ReportFormat::Tap => "tap",
+            ReportFormat::Subunit => "subunit",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -269,11 +269,17 @@ async fn run_step(
         StepAction::Shell { run } => (run.as_str(), StepStatus::Failure),
         // A failed checkout is herd's failure to run the job, not the step's.
         StepAction::Checkout { .. } => (CHECKOUT_SCRIPT, StepStatus::Error),
-        StepAction::Split { list, run, junit } => {
+        StepAction::Split {
+            list,
+            run,
+            junit,
+            format,
+        } => {
             let split = crate::split::SplitStep {
                 list,
                 run,
                 junit: junit.as_deref(),
+                format: *format,
                 timeout,
                 link: &ctx.split,
                 workdir: &ctx.workdir,

@@ -150,7 +150,9 @@ impl SplitLink {
 pub(crate) struct SplitStep<'a> {
     pub list: &'a str,
     pub run: &'a str,
+    /// Where the batch's report is written, and its format.
     pub junit: Option<&'a str>,
+    pub format: herd_proto::ReportFormat,
     pub timeout: Option<Duration>,
     /// Where the step asks the server for batches.
     pub link: &'a SplitLink,
@@ -419,7 +421,7 @@ impl SplitStep<'_> {
         let mut script = self.run.replace("{tests}", &quoted.join(" "));
         if let Some(j) = self.junit {
             script = script.replace(
-                "{junit}",
+                &format!("{{{}}}", self.format.key()),
                 &shlex::try_quote(j)
                     .map(|q| q.into_owned())
                     .unwrap_or_default(),
@@ -465,8 +467,8 @@ impl SplitStep<'_> {
         offset = ran.offset;
         let tests_report = match &junit_path {
             None => None,
-            Some(p) => match std::fs::read_to_string(p) {
-                Ok(xml) => match junit::results(&xml, tests) {
+            Some(p) => match std::fs::read(p) {
+                Ok(bytes) => match read_report(self.format, &bytes, tests) {
                     Ok(mut runs) => {
                         // Failure messages quote what a test printed.
                         let masker = cmd.output.mask.as_deref();
@@ -476,7 +478,11 @@ impl SplitStep<'_> {
                         Some(runs)
                     }
                     Err(e) => {
-                        let msg = format!("cannot read the JUnit report {}: {e}\n", p.display());
+                        let msg = format!(
+                            "cannot read the {} report {}: {e}\n",
+                            self.format.key(),
+                            p.display()
+                        );
                         if !cmd.note(&mut offset, &msg).await {
                             return Err(None);
                         }
@@ -484,7 +490,7 @@ impl SplitStep<'_> {
                     }
                 },
                 Err(e) => {
-                    let msg = format!("no JUnit report at {} ({e})\n", p.display());
+                    let msg = format!("no {} report at {} ({e})\n", self.format.key(), p.display());
                     if !cmd.note(&mut offset, &msg).await {
                         return Err(None);
                     }
@@ -510,6 +516,20 @@ impl SplitStep<'_> {
             End::Stopped(StopKind::Abandon) | End::Abandoned => None,
             End::Exited(_) => Some(spawn_error("the command ended unexpectedly".into())),
         }
+    }
+}
+
+/// The batch's results from its report, by the report's format.
+fn read_report(
+    format: herd_proto::ReportFormat,
+    bytes: &[u8],
+    tests: &[String],
+) -> Result<Vec<TestRun>, String> {
+    use herd_proto::ReportFormat;
+    match format {
+        ReportFormat::Junit => junit::results(&String::from_utf8_lossy(bytes), tests),
+        ReportFormat::Tap => herd_core::results::tap(&String::from_utf8_lossy(bytes), tests),
+        ReportFormat::Subunit => herd_core::results::subunit(bytes, tests),
     }
 }
 

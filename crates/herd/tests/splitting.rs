@@ -473,3 +473,56 @@ fn a_runner_without_per_test_results_has_its_failing_test_found_by_bisection() {
         "{text}"
     );
 }
+
+#[test]
+fn a_real_trial_suite_gives_per_test_outcomes_through_subunit() {
+    let has_twisted = std::process::Command::new("python3")
+        .args(["-c", "import twisted"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_twisted,
+        "Twisted is not installed: run ./scripts/test (it installs it), or `python3 -m pip install --user twisted`"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let pkg = root.path().join("trialpkg");
+    std::fs::create_dir(&pkg).unwrap();
+    std::fs::write(pkg.join("__init__.py"), "").unwrap();
+    let mut tests =
+        String::from("from twisted.trial import unittest\n\nclass T(unittest.TestCase):\n");
+    for i in 0..8 {
+        tests.push_str(&format!("    def test_ok{i}(self):\n        pass\n"));
+    }
+    tests.push_str("    def test_bad(self):\n        self.fail('boom')\n");
+    tests.push_str("    def test_err(self):\n        raise ValueError('broken')\n");
+    tests.push_str("    def test_skip(self):\n        raise unittest.SkipTest('not here')\n");
+    std::fs::write(pkg.join("test_a.py"), tests).unwrap();
+    let r = root.path().display();
+    let pipeline = format!(
+        "builders:\n  trial:\n    steps:\n      - split:\n          list: PYTHONPATH={r} python3 -m twisted.trial -n --reporter=bwverbose trialpkg | sed -n 's/ \\.\\.\\. .*//p'\n          run: PYTHONPATH={r} python3 -m twisted.trial --reporter=subunit {{tests}} > {{subunit}}\n          subunit: reports/trial.subunit\n          workers: 2\n"
+    );
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], &[]);
+    let _w = workers(&server, 2);
+    let id = server.start_build("p", &[]);
+    let b = server.wait_build(id, Duration::from_secs(120));
+    assert_eq!(b["state"], "failure", "{b:#}");
+    let split = tests_of(&server, id);
+    let tests = outcome_map(&split);
+    assert_eq!(tests.len(), 11, "{split:#}");
+    for (t, v) in &tests {
+        let want = match t.rsplit('.').next().unwrap() {
+            "test_bad" | "test_err" => "failed",
+            "test_skip" => "skipped",
+            _ => "passed",
+        };
+        assert_eq!(v["outcome"], want, "{t}: {v}");
+    }
+    let bad = &tests["trialpkg.test_a.T.test_bad"];
+    assert!(bad["message"].as_str().unwrap().contains("boom"), "{bad}");
+    let err = &tests["trialpkg.test_a.T.test_err"];
+    assert!(
+        err["message"].as_str().unwrap().contains("ValueError"),
+        "{err}"
+    );
+    assert_eq!(split["counts"]["passed"], 8, "{split:#}");
+}

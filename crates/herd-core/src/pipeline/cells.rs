@@ -94,6 +94,8 @@ impl Lower<'_> {
                     list: self.subst(&sp.value.list, cell)?,
                     run: self.subst(&sp.value.run, cell)?,
                     junit: opt(&sp.value.junit)?,
+                    tap: opt(&sp.value.tap)?,
+                    subunit: opt(&sp.value.subunit)?,
                     workers: sp.value.workers.clone(),
                     flaky: sp.value.flaky.clone(),
                 },

@@ -1,0 +1,145 @@
+//! A step's action as written: `run:`, or `split:` with its report.
+
+use super::{Lower, RawStep, SplitDef, MAX_SPLIT_WORKERS};
+use crate::config_error::ConfigError;
+use serde_saphyr::Spanned;
+
+impl Lower<'_> {
+    /// A step's command, or its split: exactly one of `run:` and `split:`.
+    pub(super) fn step_action(
+        &self,
+        at: &Spanned<String>,
+        raw: &RawStep,
+    ) -> Result<(String, Option<SplitDef>), ConfigError> {
+        let nonempty = |s: &Spanned<String>, what: &str| {
+            if s.value.trim().is_empty() {
+                Err(self.err(
+                    &s.referenced,
+                    format!("`{what}` is empty: give the command to run"),
+                ))
+            } else {
+                Ok(s.value.clone())
+            }
+        };
+        match (&raw.run, &raw.split) {
+            (Some(run), None) => Ok((nonempty(run, "run:")?, None)),
+            (None, Some(split)) => {
+                let sp = &split.value;
+                let list = nonempty(&sp.list, "list:")?;
+                let run = nonempty(&sp.run, "run:")?;
+                if !run.contains("{tests}") && !run.contains("HERD_TESTS_FILE") {
+                    return Err(self
+                        .err(&sp.run.referenced, "the split's `run:` names no tests")
+                        .with_help("put `{tests}` (the ids, shell-quoted) or `@$HERD_TESTS_FILE` (a file with one id per line) in the command"));
+                }
+                use herd_proto::ReportFormat;
+                let reports: Vec<(ReportFormat, &Spanned<String>)> = [
+                    (ReportFormat::Junit, &sp.junit),
+                    (ReportFormat::Tap, &sp.tap),
+                    (ReportFormat::Subunit, &sp.subunit),
+                ]
+                .into_iter()
+                .filter_map(|(f, p)| p.as_ref().map(|p| (f, p)))
+                .collect();
+                if let [_, (second, at), ..] = reports.as_slice() {
+                    return Err(self
+                        .err(
+                            &at.referenced,
+                            format!(
+                                "a split has one report, and this one has `{}:` too",
+                                second.key()
+                            ),
+                        )
+                        .with_help(
+                            "keep the one the runner writes: `junit:`, `tap:` or `subunit:`",
+                        ));
+                }
+                let format = reports.first().map_or(ReportFormat::Junit, |(f, _)| *f);
+                for f in [
+                    ReportFormat::Junit,
+                    ReportFormat::Tap,
+                    ReportFormat::Subunit,
+                ] {
+                    let placeholder = format!("{{{}}}", f.key());
+                    if run.contains(&placeholder) && (reports.is_empty() || format != f) {
+                        return Err(self
+                            .err(
+                                &sp.run.referenced,
+                                format!(
+                                    "`run:` uses `{placeholder}` but the split has no `{}:`",
+                                    f.key()
+                                ),
+                            )
+                            .with_help(format!(
+                                "add `{}: reports/results` (where the runner writes its report)",
+                                f.key()
+                            )));
+                    }
+                }
+                let junit = match reports.first().map(|(_, p)| *p) {
+                    None => None,
+                    Some(j) => {
+                        let p = j.value.trim();
+                        if p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                            return Err(self
+                                .err(
+                                    &j.referenced,
+                                    format!("invalid `{}:` path `{}`", format.key(), j.value),
+                                )
+                                .with_help(
+                                    "give a path inside the workspace, such as reports/junit.xml",
+                                ));
+                        }
+                        Some(p.to_string())
+                    }
+                };
+                let workers = match &sp.workers {
+                    None => 2,
+                    Some(w) if w.value == 0 || w.value > MAX_SPLIT_WORKERS => {
+                        return Err(self
+                            .err(
+                                &w.referenced,
+                                format!("`workers: {}` is out of range", w.value),
+                            )
+                            .with_help(format!("give a number from 1 to {MAX_SPLIT_WORKERS}")))
+                    }
+                    Some(w) => w.value,
+                };
+                let flaky_fails = match &sp.flaky {
+                    None => false,
+                    Some(f) => match f.value.as_str() {
+                        "pass" => false,
+                        "fail" => true,
+                        other => {
+                            return Err(self
+                                .err(&f.referenced, format!("invalid `flaky: {other}`"))
+                                .with_help("`flaky: pass` (the default: a test that failed then passed does not fail the build) or `flaky: fail`"))
+                        }
+                    },
+                };
+                Ok((
+                    run.clone(),
+                    Some(SplitDef {
+                        list,
+                        run,
+                        junit,
+                        format,
+                        workers,
+                        flaky_fails,
+                    }),
+                ))
+            }
+            (Some(run), Some(_)) => Err(self
+                .err(&run.referenced, "a step has both `run:` and `split:`")
+                .with_help(
+                    "a split step runs `split.run`; make the other command a step of its own",
+                )),
+            (None, None) => Err(self
+                .err(
+                    &at.referenced,
+                    format!("a step of `{}` has neither `run:` nor `split:`", at.value),
+                )
+                .with_help("give the step a command: `- run: make test`")),
+        }
+    }
+}
