@@ -110,6 +110,18 @@ impl Mirrors {
             .unwrap_or_default()
     }
 
+    /// herd.yml at `rev` of the mirror as it is (no fetch): None when the
+    /// mirror or the file is not there.
+    pub async fn pipeline_at(&self, project: &str, rev: &str) -> Option<String> {
+        let mirror = self.mirror(project);
+        if !mirror.join("HEAD").exists() {
+            return None;
+        }
+        git(&mirror, &["show", &format!("{rev}:herd.yml")])
+            .await
+            .ok()
+    }
+
     /// The directory of the mirrors (`PROJECT.git` each).
     pub fn dir(&self) -> &Path {
         &self.dir

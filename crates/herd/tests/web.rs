@@ -404,3 +404,42 @@ fn a_pushed_commit_appears_on_the_grid_by_itself_and_on_its_project_page() {
         c.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_build_with_params_is_started_from_the_project_page_and_shows_its_matrix_and_needs() {
+    let pipeline = "params:\n  python: {default: \"3.12\", choices: [\"3.12\", \"3.13\"]}\nbuilders:\n  test:\n    matrix: {reactor: [default, poll]}\n    steps:\n      - run: echo $HERD_PARAM_PYTHON ${{ matrix.reactor }}\n  publish:\n    needs: [test]\n    steps:\n      - run: echo publish\n";
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _w = server.worker("form-worker", 2, &[]);
+    let driver = chromedriver();
+    runtime().block_on(async {
+        let c = browser(&driver).await;
+        c.goto(&format!("{}/login?next=/projects/p", server.url))
+            .await
+            .unwrap();
+        c.find(Locator::Css("#token"))
+            .await
+            .unwrap()
+            .send_keys(&server.token)
+            .await
+            .unwrap();
+        click(&c, "#sign-in").await;
+        let select = wait_for(&c, "#param-python", Duration::from_secs(5)).await;
+        select.select_by_value("3.13").await.unwrap();
+        click(&c, "#start-build").await;
+        // The build page: its parameters, each matrix cell, the needs.
+        wait_for(&c, "h1 .st-success", Duration::from_secs(30)).await;
+        assert_eq!(text(&c, "p.params").await, "Parameters: python=3.13");
+        let page = c.source().await.unwrap();
+        assert!(
+            page.contains("default") && page.contains("poll"),
+            "the cells"
+        );
+        assert_eq!(text(&c, "p.needs").await, "Needs test/default, test/poll");
+        c.close().await.unwrap();
+    });
+    let id = server.get("/api/v1/builds").unwrap()["builds"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let log = String::from_utf8(server.step_log(id, "test/poll", "0")).unwrap();
+    assert_eq!(log.trim(), "3.13 poll");
+}

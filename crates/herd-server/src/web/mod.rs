@@ -48,6 +48,7 @@ pub fn router() -> Router<Arc<App>> {
         .route("/attempts/{id}/steps/{idx}", get(log::log))
         .route("/projects", get(projects::projects))
         .route("/projects/{name}", get(projects::project))
+        .route("/projects/{name}/builds", post(projects::start))
         .route("/workers", get(workers::workers))
         .route(
             "/workers/add",

@@ -3,12 +3,13 @@
 //! reporters, and the recent changes with what became of each.
 
 use super::session::render;
-use super::view::{ago, not_found, server_error, Page};
+use super::view::{ago, not_found, server_error, signed_in_or_login, Page};
+use crate::builds::{start_build, BuildRequest, StartError};
 use crate::App;
 use askama::Template;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
 use std::sync::Arc;
 
 pub struct ProjectView {
@@ -48,6 +49,41 @@ pub struct ProjectPage {
     pub page: Page,
     pub project: ProjectView,
     pub changes: Vec<ChangeView>,
+    /// The `params:` of its herd.yml (at the mirror's HEAD), for the form
+    /// that starts a build.
+    pub params: Vec<herd_core::pipeline::Param>,
+}
+
+/// The form that starts a build: `rev`, and `param.NAME` per parameter.
+pub async fn start(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<std::collections::HashMap<String, String>>,
+) -> Response {
+    let back = format!("/projects/{name}");
+    let csrf = form.get("csrf").map(String::as_str).unwrap_or_default();
+    if let Some(r) = signed_in_or_login(&app, &headers, csrf, &back) {
+        return r;
+    }
+    let params = form
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("param.").map(|k| (k.to_string(), v.clone())))
+        .collect();
+    let rev = form.get("rev").map(|r| r.trim()).filter(|r| !r.is_empty());
+    let req = BuildRequest {
+        project: name,
+        rev: rev.map(str::to_string),
+        reason: Some("started from the web page".into()),
+        params,
+        ..Default::default()
+    };
+    match start_build(&app, req).await {
+        Ok(id) => Redirect::to(&format!("/builds/{id}")).into_response(),
+        Err(StartError::Store(e)) => server_error(e),
+        Err(e @ StartError::UnknownProject { .. }) => not_found(e.to_string()),
+        Err(e) => (StatusCode::CONFLICT, e.to_string()).into_response(),
+    }
 }
 
 fn view(app: &App, row: &crate::store::ProjectRow) -> ProjectView {
@@ -114,8 +150,17 @@ pub async fn project(
         Ok(c) => c,
         Err(e) => return server_error(e),
     };
+    let text = match (&row.repo, &row.pipeline) {
+        (Some(_), _) => app.mirrors.pipeline_at(&name, "HEAD").await,
+        (None, p) => p.clone(),
+    };
+    let params = text
+        .and_then(|t| herd_core::Pipeline::parse("herd.yml", &t).ok())
+        .map(|p| p.params)
+        .unwrap_or_default();
     render(&ProjectPage {
         page: Page::new(&app, &headers, false),
+        params,
         project: view(&app, &row),
         changes: changes
             .into_iter()
