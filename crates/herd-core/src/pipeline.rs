@@ -90,6 +90,9 @@ pub struct SplitDef {
     pub junit: Option<String>,
     #[serde(default, skip_serializing_if = "herd_proto::ReportFormat::is_junit")]
     pub format: herd_proto::ReportFormat,
+    /// `results: {pattern}`: a regex over each batch's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
     /// At most this many workers run the suite at once.
     pub workers: u32,
     /// Whether a test that failed then passed fails the build.
@@ -170,6 +173,13 @@ struct RawStep {
     always: bool,
 }
 
+/// `results: {pattern: REGEX}` of a split.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawResults {
+    pattern: Spanned<String>,
+}
+
 #[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawSplit {
@@ -178,6 +188,7 @@ struct RawSplit {
     junit: Option<Spanned<String>>,
     tap: Option<Spanned<String>>,
     subunit: Option<Spanned<String>>,
+    results: Option<Spanned<RawResults>>,
     workers: Option<Spanned<u32>>,
     flaky: Option<Spanned<String>>,
 }

@@ -455,6 +455,7 @@ fn step_spec(s: &Step) -> StepSpec {
             run: d.run.clone(),
             junit: d.junit.clone(),
             format: d.format,
+            pattern: d.pattern.clone(),
         },
         None => StepAction::Shell { run: s.run.clone() },
     };

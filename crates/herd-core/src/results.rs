@@ -430,3 +430,88 @@ mod tests {
         }
     }
 }
+
+/// Most bytes a `results: {pattern}` regex may compile to.
+const MAX_PATTERN_SIZE: usize = 1 << 20;
+
+/// A `results: {pattern}` regex, checked: it compiles within bounds and
+/// has the named groups `id` and `outcome`.
+pub fn compile_pattern(text: &str) -> Result<regex::Regex, String> {
+    let re = regex::RegexBuilder::new(text)
+        .multi_line(true)
+        .size_limit(MAX_PATTERN_SIZE)
+        .build()
+        .map_err(|e| format!("invalid pattern: {e}"))?;
+    let names: Vec<&str> = re.capture_names().flatten().collect();
+    for group in ["id", "outcome"] {
+        if !names.contains(&group) {
+            return Err(format!(
+                "the pattern has no group named `{group}`: write `(?P<{group}>…)`"
+            ));
+        }
+    }
+    Ok(re)
+}
+
+/// Results from a batch's output: each match of `pattern` names a test
+/// (`id`) and its outcome (`outcome`: ok, pass, passed, success, xfail;
+/// fail, failed, failure, error, not ok; skip, skipped). Unknown words
+/// and ids outside the batch are left out.
+pub fn pattern(pattern: &str, output: &str, batch: &[String]) -> Result<Vec<TestRun>, String> {
+    let re = compile_pattern(pattern)?;
+    let ids = Ids::new(batch);
+    let mut out = Vec::new();
+    for caps in re.captures_iter(output) {
+        let (Some(name), Some(word)) = (caps.name("id"), caps.name("outcome")) else {
+            continue;
+        };
+        let outcome = match word.as_str().trim().to_ascii_lowercase().as_str() {
+            "ok" | "pass" | "passed" | "success" | "successful" | "xfail" => RunOutcome::Passed,
+            "fail" | "failed" | "failure" | "error" | "errored" | "not ok" => RunOutcome::Failed,
+            "skip" | "skipped" => RunOutcome::Skipped,
+            _ => continue,
+        };
+        let Some(id) = ids.find(name.as_str()) else {
+            continue;
+        };
+        out.push(TestRun {
+            id: id.clone(),
+            outcome,
+            secs: None,
+            message: (outcome == RunOutcome::Failed)
+                .then(|| clip(caps.get(0).map_or("", |m| m.as_str()).to_string())),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod pattern_tests {
+    use super::*;
+
+    #[test]
+    fn a_pattern_reads_outcomes_from_the_output() {
+        let out = "t1 ... ok\nt2 ... FAIL\nnoise\nt3 ... skipped 'x'\nt4 ... weird\n";
+        let ids: Vec<String> = ["t1", "t2", "t3", "t4"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let runs = pattern(r"^(?P<id>\S+) \.\.\. (?P<outcome>\w+)", out, &ids).unwrap();
+        let got: Vec<(&str, RunOutcome)> =
+            runs.iter().map(|r| (r.id.as_str(), r.outcome)).collect();
+        assert_eq!(
+            got,
+            [
+                ("t1", RunOutcome::Passed),
+                ("t2", RunOutcome::Failed),
+                ("t3", RunOutcome::Skipped)
+            ]
+        );
+        assert!(compile_pattern("(?P<id>x)")
+            .unwrap_err()
+            .contains("`outcome`"));
+        assert!(compile_pattern("(")
+            .unwrap_err()
+            .contains("invalid pattern"));
+    }
+}

@@ -410,6 +410,10 @@ pub enum StepAction {
         /// The report's format.
         #[serde(default, skip_serializing_if = "ReportFormat::is_junit")]
         format: ReportFormat,
+        /// A regex over each batch's output whose `id` and `outcome`
+        /// groups give the results (when there is no report file).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pattern: Option<String>,
     },
 }
 

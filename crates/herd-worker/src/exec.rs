@@ -274,12 +274,14 @@ async fn run_step(
             run,
             junit,
             format,
+            pattern,
         } => {
             let split = crate::split::SplitStep {
                 list,
                 run,
                 junit: junit.as_deref(),
                 format: *format,
+                pattern: pattern.as_deref(),
                 timeout,
                 link: &ctx.split,
                 workdir: &ctx.workdir,

@@ -153,6 +153,8 @@ pub(crate) struct SplitStep<'a> {
     /// Where the batch's report is written, and its format.
     pub junit: Option<&'a str>,
     pub format: herd_proto::ReportFormat,
+    /// A regex over each batch's output giving its results.
+    pub pattern: Option<&'a str>,
     pub timeout: Option<Duration>,
     /// Where the step asks the server for batches.
     pub link: &'a SplitLink,
@@ -427,6 +429,22 @@ impl SplitStep<'_> {
                     .unwrap_or_default(),
             );
         }
+        // For a pattern, the batch's output is also kept in a file (and
+        // still streamed to the log); the exit code is the batch's.
+        let output_path = tests_file.with_extension("out");
+        if self.pattern.is_some() {
+            let q = |p: &std::path::Path| {
+                shlex::try_quote(&p.to_string_lossy())
+                    .map(|q| q.into_owned())
+                    .unwrap_or_default()
+            };
+            let rc = tests_file.with_extension("rc");
+            script = format!(
+                "( ( {script}\n); echo $? > {rc} ) 2>&1 | tee {out}; exit \"$(cat {rc} 2>/dev/null || echo 1)\"",
+                rc = q(&rc),
+                out = q(&output_path),
+            );
+        }
         let mut env: BTreeMap<String, String> = cmd.env.clone();
         env.insert(
             "HERD_TESTS_FILE".into(),
@@ -465,9 +483,34 @@ impl SplitStep<'_> {
             other => return Err(self.interrupted(other)),
         };
         offset = ran.offset;
-        let tests_report = match &junit_path {
-            None => None,
-            Some(p) => match std::fs::read(p) {
+        let tests_report = match (&junit_path, self.pattern) {
+            (None, Some(pattern)) => {
+                let output = std::fs::read(&output_path).unwrap_or_default();
+                let _ = std::fs::remove_file(&output_path);
+                match herd_core::results::pattern(pattern, &String::from_utf8_lossy(&output), tests)
+                {
+                    Ok(mut runs) => {
+                        let masker = cmd.output.mask.as_deref();
+                        for r in &mut runs {
+                            r.message = r.message.take().map(|m| crate::mask::mask_opt(masker, &m));
+                        }
+                        // Tests the output does not name: the exit code
+                        // decides (or bisection, if it failed).
+                        (!runs.is_empty()).then_some(runs)
+                    }
+                    Err(e) => {
+                        if !cmd
+                            .note(&mut offset, &format!("cannot read results: {e}\n"))
+                            .await
+                        {
+                            return Err(None);
+                        }
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+            (Some(p), _) => match std::fs::read(p) {
                 Ok(bytes) => match read_report(self.format, &bytes, tests) {
                     Ok(mut runs) => {
                         // Failure messages quote what a test printed.

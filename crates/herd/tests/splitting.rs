@@ -526,3 +526,37 @@ fn a_real_trial_suite_gives_per_test_outcomes_through_subunit() {
     );
     assert_eq!(split["counts"]["passed"], 8, "{split:#}");
 }
+
+#[test]
+fn a_results_pattern_reads_each_tests_outcome_from_the_output() {
+    // A runner that only prints `ID ... ok|FAIL|skipped` lines.
+    let pipeline = "builders:\n  suite:\n    steps:\n      - split:\n          list: seq -f 't%02g' 1 12\n          run: 'rc=0; for t in {tests}; do case $t in t05) echo \"$t ... FAIL\"; rc=1;; t06) echo \"$t ... skipped\";; *) echo \"$t ... ok\";; esac; done; exit $rc'\n          results: {pattern: '^(?P<id>t\\d+) \\.\\.\\. (?P<outcome>ok|FAIL|skipped)$'}\n          workers: 2\n";
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _w = workers(&server, 2);
+    let id = server.start_build("p", &[]);
+    let b = server.wait_build(id, Duration::from_secs(120));
+    assert_eq!(b["state"], "failure", "{b:#}");
+    let split = tests_of(&server, id);
+    let tests = outcome_map(&split);
+    assert_eq!(tests.len(), 12);
+    for (t, v) in &tests {
+        let want = match t.as_str() {
+            "t05" => "failed",
+            "t06" => "skipped",
+            _ => "passed",
+        };
+        assert_eq!(v["outcome"], want, "{t}: {v}");
+    }
+    assert!(tests["t05"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("t05 ... FAIL"));
+    // Read from the output: nothing was run again to find out.
+    let log = server.cli(&["build", "log", &id.to_string()]);
+    let text = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        text.contains("t01 ... ok"),
+        "the output still reaches the log: {text}"
+    );
+    assert!(!text.contains("running parts of it again"), "{text}");
+}

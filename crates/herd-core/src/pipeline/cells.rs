@@ -96,6 +96,7 @@ impl Lower<'_> {
                     junit: opt(&sp.value.junit)?,
                     tap: opt(&sp.value.tap)?,
                     subunit: opt(&sp.value.subunit)?,
+                    results: sp.value.results.clone(),
                     workers: sp.value.workers.clone(),
                     flaky: sp.value.flaky.clone(),
                 },

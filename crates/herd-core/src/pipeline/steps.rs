@@ -41,6 +41,22 @@ impl Lower<'_> {
                 .into_iter()
                 .filter_map(|(f, p)| p.as_ref().map(|p| (f, p)))
                 .collect();
+                let pattern = match &sp.results {
+                    None => None,
+                    Some(r) => {
+                        if let Some((f, _)) = reports.first() {
+                            return Err(self
+                                .err(&r.referenced, format!("a split reads its results from `{}:` or from `results:`, not both", f.key()))
+                                .with_help("keep the report file when the runner writes one"));
+                        }
+                        crate::results::compile_pattern(&r.value.pattern.value).map_err(|e| {
+                            self.err(&r.value.pattern.referenced, e).with_help(
+                                "e.g. `pattern: '^(?P<id>\\S+) \\.\\.\\. (?P<outcome>ok|FAIL|ERROR|skipped)'`",
+                            )
+                        })?;
+                        Some(r.value.pattern.value.clone())
+                    }
+                };
                 if let [_, (second, at), ..] = reports.as_slice() {
                     return Err(self
                         .err(
@@ -124,6 +140,7 @@ impl Lower<'_> {
                         run,
                         junit,
                         format,
+                        pattern,
                         workers,
                         flaky_fails,
                     }),
