@@ -109,13 +109,7 @@ pub async fn run(cmd: BuildCommand) -> Result<ExitCode> {
                     },
                 )
                 .await?;
-            outln!("{}", b.id);
-            if !wait {
-                return Ok(ExitCode::SUCCESS);
-            }
-            let end = wait_for(&c, b.id).await?;
-            show(&end, client.output)?;
-            Ok(verdict(&end))
+            started(&c, &b, wait, client.output).await
         }
         BuildCommand::Show { id, client } => {
             let c = Client::new(&client)?;
@@ -159,15 +153,21 @@ pub async fn run(cmd: BuildCommand) -> Result<ExitCode> {
                     &RetryBuild { failed },
                 )
                 .await?;
-            outln!("{}", b.id);
-            if !wait {
-                return Ok(ExitCode::SUCCESS);
-            }
-            let end = wait_for(&c, b.id).await?;
-            show(&end, client.output)?;
-            Ok(verdict(&end))
+            started(&c, &b, wait, client.output).await
         }
     }
+}
+
+/// A build just started: its id first; with `wait`, its progress, then
+/// what became of it.
+async fn started(c: &Client, b: &Build, wait: bool, output: Output) -> Result<ExitCode> {
+    outln!("{}", b.id);
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let end = wait_for(c, b.id).await?;
+    show(&end, output)?;
+    Ok(verdict(&end))
 }
 
 /// Exit 0 for a build that succeeded, [`exit_codes::FAILED`] otherwise.
