@@ -67,13 +67,10 @@ impl Client {
                 .ok()
                 .map(|t| t.trim().to_string())
         });
-        let http = herd_worker::http_client(&args.server, args.tls_pin.as_deref(), None)
+        let base = server_url(&args.server)?;
+        let http = herd_worker::http_client(&base, args.tls_pin.as_deref(), None)
             .map_err(|e| miette::miette!("{e}"))?;
-        Ok(Client {
-            base: args.server.trim_end_matches('/').to_string(),
-            token,
-            http,
-        })
+        Ok(Client { base, token, http })
     }
 
     fn url(&self, path: &str) -> String {
@@ -174,5 +171,38 @@ impl Client {
             })?
             .to_vec();
         Ok(LogRange { data, size, more })
+    }
+}
+
+/// The server's address as the client uses it: `host:port` means
+/// `http://host:port`; a scheme other than http(s) is refused.
+fn server_url(given: &str) -> miette::Result<String> {
+    let s = given.trim().trim_end_matches('/');
+    match s.split_once("://") {
+        None if !s.is_empty() => Ok(format!("http://{s}")),
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(s.to_string()),
+        _ => Err(miette::miette!(
+            help = "give it as http://HOST:PORT or https://HOST:PORT (HERD_SERVER or --server)",
+            "`{given}` is not a herd server's address"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::server_url;
+
+    #[test]
+    fn an_address_without_a_scheme_is_http_and_others_are_refused() {
+        assert_eq!(
+            server_url("127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            server_url("https://ci.example.org/").unwrap(),
+            "https://ci.example.org"
+        );
+        assert!(server_url("ftp://x").is_err());
+        assert!(server_url("").is_err());
     }
 }

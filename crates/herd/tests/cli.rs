@@ -188,3 +188,29 @@ fn read_commands_print_the_api_types_as_json() {
         .iter()
         .any(|t| t.kind == herd_api::tokens::TokenKind::Worker));
 }
+
+#[test]
+fn rough_edges_token_kinds_and_an_address_without_a_scheme() {
+    let server = Server::start(&[]);
+    // No kind: the error lists the kinds; two kinds: refused.
+    let out = server.cli(&["token", "create"]);
+    assert_eq!(code(&out), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    for kind in ["--worker", "--enroll", "--try", "--read"] {
+        assert!(said.contains(kind), "{said}");
+    }
+    let out = server.cli(&["token", "create", "--worker", "w", "--read"]);
+    assert_eq!(code(&out), Some(2));
+    // `host:port` is taken as http; another scheme gets a clear error.
+    let bare = server.url.trim_start_matches("http://").to_string();
+    let out = server.cli(&["workers", "--server", &bare]);
+    assert_eq!(
+        code(&out),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = server.cli(&["workers", "--server", "ftp://127.0.0.1:9"]);
+    assert_ne!(code(&out), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a herd server's address"));
+}

@@ -517,8 +517,17 @@ fn a_results_pattern_is_checked_where_it_is_written() {
     let split = |results: &str| {
         format!("builders:\n  a:\n    steps:\n      - split:\n          list: ls\n          run: r {{tests}}\n          {results}\n")
     };
-    let p = Pipeline::parse("herd.yml", &split("results: {pattern: '(?P<id>\\S+) (?P<outcome>ok|FAIL)'}")).unwrap();
-    assert!(p.builders[0].jobs[0].steps[0].split.as_ref().unwrap().pattern.is_some());
+    let p = Pipeline::parse(
+        "herd.yml",
+        &split("results: {pattern: '(?P<id>\\S+) (?P<outcome>ok|FAIL)'}"),
+    )
+    .unwrap();
+    assert!(p.builders[0].jobs[0].steps[0]
+        .split
+        .as_ref()
+        .unwrap()
+        .pattern
+        .is_some());
     let e = err(&split("results: {pattern: '(?P<id>\\S+)'}"));
     assert_eq!(e.line, 7, "{e}");
     assert!(e.message.contains("`outcome`"), "{e}");

@@ -12,9 +12,11 @@ use std::process::ExitCode;
 #[derive(Subcommand)]
 pub enum TokenCommand {
     /// Create a token; it is printed once and stored only as a hash.
+    /// Its kind is one of --worker NAME, --enroll, --try, --read.
+    #[command(group(clap::ArgGroup::new("kind").required(true).args(["worker", "enroll", "try_", "read"])))]
     Create {
         /// A worker token for the worker of this name.
-        #[arg(long, conflicts_with_all = ["enroll", "try_", "read"], required_unless_present_any = ["enroll", "try_", "read"])]
+        #[arg(long)]
         worker: Option<String>,
         /// An enrollment token: `curl …/install.sh?token=TOKEN | sudo sh`
         /// on a machine makes it a worker.
