@@ -307,8 +307,11 @@ async fn run_step(
             Some(code) => StepOutcome {
                 status: failure_status,
                 exit_code: Some(code),
-                message: (failure_status == StepStatus::Error)
-                    .then(|| format!("checkout failed with exit code {code}")),
+                // herd's own failure: say why, from what git printed last.
+                message: (failure_status == StepStatus::Error).then(|| match ran.last_lines(3) {
+                    cause if cause.is_empty() => format!("checkout failed with exit code {code}"),
+                    cause => format!("checkout failed with exit code {code}: {cause}"),
+                }),
             },
             None => StepOutcome {
                 status: failure_status,

@@ -70,6 +70,25 @@ pub(crate) struct Ran {
     pub offset: u64,
     /// The command's standard output, when captured (not logged).
     pub stdout: Vec<u8>,
+    /// The end of what it wrote to the log (masked): the cause of a failure.
+    pub tail: Vec<u8>,
+}
+
+/// Bytes of a command's output kept as its tail.
+const TAIL_BYTES: usize = 2048;
+
+impl Ran {
+    /// The last non-empty lines of its output, at most `n`, on one line
+    /// each, control characters dropped.
+    pub fn last_lines(&self, n: usize) -> String {
+        let text = String::from_utf8_lossy(&self.tail);
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| l.chars().filter(|c| !c.is_control()).collect::<String>())
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        lines[lines.len().saturating_sub(n)..].join(" / ")
+    }
 }
 
 /// Runs the commands of one step: each in its own process group, output
@@ -190,6 +209,7 @@ impl StepRunner<'_> {
             }
         };
         let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(offset));
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut pump = tokio::spawn(pump_output(
             reader,
             self.outbox.clone(),
@@ -197,6 +217,7 @@ impl StepRunner<'_> {
             self.step,
             std::sync::Arc::clone(&written),
             self.output.clone(),
+            std::sync::Arc::clone(&tail),
         ));
         let capture_task = out_reader.map(|mut r| {
             tokio::spawn(async move {
@@ -247,6 +268,7 @@ impl StepRunner<'_> {
                     end: End::Abandoned,
                     offset,
                     stdout: Vec::new(),
+                    tail: Vec::new(),
                 })
             }
             // The pipe is held by a process that left the group: stop
@@ -265,10 +287,12 @@ impl StepRunner<'_> {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
+        let tail = std::mem::take(&mut *tail.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(Ran {
             end,
             offset,
             stdout,
+            tail,
         })
     }
 }
@@ -301,6 +325,7 @@ async fn pump_output(
     step: u32,
     written: std::sync::Arc<std::sync::atomic::AtomicU64>,
     rules: OutputRules,
+    tail: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 ) -> bool {
     let mut offset = written.load(std::sync::atomic::Ordering::SeqCst);
     let mut buf = vec![0u8; MAX_LOG_CHUNK];
@@ -368,6 +393,12 @@ async fn pump_output(
             truncated = true;
         }
         used(data.len() as u64);
+        {
+            let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+            t.extend_from_slice(&data);
+            let excess = t.len().saturating_sub(TAIL_BYTES);
+            t.drain(..excess);
+        }
         // Masking's held-back tail and a limit's notice can make `data`
         // longer than one frame may carry.
         for piece in data.chunks(MAX_LOG_CHUNK) {

@@ -91,6 +91,17 @@ fn a_worker_of_another_user_checks_out_a_private_repository_through_the_server()
         let id = server.start_build("direct", &[]);
         let b = server.wait_build(id, Duration::from_secs(60));
         assert_eq!(b["state"], "error", "{b:#}");
+        // The cause, from git's last words, not only an exit code.
+        let step = &b["jobs"][0]["attempts"][0]["steps"][0];
+        let message = step["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("checkout failed with exit code"),
+            "{step}"
+        );
+        assert!(message.contains("fatal:"), "git's error: {message}");
+        let shown = server.cli(&["build", "show", &id.to_string()]);
+        let text = String::from_utf8_lossy(&shown.stdout);
+        assert!(text.contains("fatal:"), "{text}");
         drop(w);
     }
 }
