@@ -292,9 +292,9 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
         branch: origin.branch.clone(),
         kind: origin.kind,
         sender: origin.sender.clone(),
+        params,
         // Only a change's build supersedes and is superseded: a build by
         // hand or a try was asked for on purpose.
-        params,
         concurrency_group: pipeline
             .concurrency
             .as_ref()

@@ -269,13 +269,18 @@ impl Store {
         Ok(Some(f))
     }
 
-    /// Says on a build why it ended (kept when it says something already).
+    /// Says on a build that is still queued or running why it is about to
+    /// end (kept when it says something already; a build that ended
+    /// meanwhile keeps its own story).
     pub async fn note_build_error(&self, build_id: i64, text: &str) -> Result<()> {
-        sqlx::query("UPDATE builds SET error = COALESCE(error, $2) WHERE id = $1")
-            .bind(build_id)
-            .bind(text)
-            .execute(&self.write)
-            .await?;
+        sqlx::query(
+            "UPDATE builds SET error = COALESCE(error, $2) \
+             WHERE id = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(build_id)
+        .bind(text)
+        .execute(&self.write)
+        .await?;
         Ok(())
     }
 
