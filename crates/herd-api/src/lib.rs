@@ -14,6 +14,7 @@
 //! Architecture invariant: nothing here does IO or knows the server's
 //! internals; the server maps its rows into these types in `api/`.
 
+pub mod artifacts;
 pub mod builds;
 pub mod int;
 pub mod projects;

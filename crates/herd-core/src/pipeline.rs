@@ -63,6 +63,25 @@ pub struct JobDef {
     /// cell's name differs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub family: String,
+    /// What it uploads when it ends (its own `artifacts:` and its steps').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Artifacts>,
+    /// The needed jobs whose artifacts it gets before its first step
+    /// (`needs: [{job: J, artifacts: true}]`), `builder/job`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts_from: Vec<String>,
+}
+
+/// `artifacts:` of a job or step: the files it keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifacts {
+    /// Globs relative to the workspace (`*` within a directory, `**`
+    /// across, `!` excludes).
+    pub paths: Vec<String>,
+    /// Uploaded whatever the job's result (`when: always`); else only
+    /// after every step succeeded.
+    #[serde(default)]
+    pub always: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,9 +155,10 @@ struct RawBuilder {
     /// The name of each matrix job, with `${{ matrix.AXIS }}`.
     name: Option<Spanned<String>>,
     #[serde(default)]
-    needs: Vec<Spanned<String>>,
+    needs: Vec<Spanned<RawNeed>>,
     #[serde(rename = "if")]
     run_if: Option<Spanned<String>>,
+    artifacts: Option<Spanned<RawArtifacts>>,
     max_concurrent: Option<Spanned<u32>>,
     #[serde(default)]
     branches: Vec<Spanned<String>>,
@@ -155,9 +175,38 @@ struct RawJob {
     matrix: Option<Spanned<matrix::RawMatrix>>,
     name: Option<Spanned<String>>,
     #[serde(default)]
-    needs: Vec<Spanned<String>>,
+    needs: Vec<Spanned<RawNeed>>,
     #[serde(rename = "if")]
     run_if: Option<Spanned<String>>,
+    artifacts: Option<Spanned<RawArtifacts>>,
+}
+
+/// One of `needs:`: a name, or `{job: NAME, artifacts: true}`.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawNeed {
+    Name(String),
+    With(RawNeedWith),
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawNeedWith {
+    job: String,
+    #[serde(default)]
+    artifacts: bool,
+}
+
+/// `artifacts:` as a list of globs, or `{paths: [...], when: always}`.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+#[serde(deny_unknown_fields)]
+enum RawArtifacts {
+    Paths(Vec<String>),
+    With {
+        paths: Vec<String>,
+        when: Option<String>,
+    },
 }
 
 #[derive(Deserialize, Clone)]
@@ -171,6 +220,7 @@ struct RawStep {
     env: IndexMap<String, Scalar>,
     #[serde(default)]
     always: bool,
+    artifacts: Option<Spanned<RawArtifacts>>,
 }
 
 /// `results: {pattern: REGEX}` of a split.
@@ -255,7 +305,7 @@ impl Pipeline {
 }
 
 /// A job's `needs:` as written (its builder's and its own).
-type RawNeeds = Vec<Spanned<String>>;
+type RawNeeds = Vec<Spanned<RawNeed>>;
 
 struct Lower<'a> {
     file: &'a str,
@@ -372,6 +422,7 @@ impl Lower<'_> {
                     let mut job = self.cell_job(&at, cell, &raw.requires, &[], &steps)?;
                     job.family = MAIN_JOB.to_string();
                     job.run_if = builder_if.unwrap_or_default();
+                    self.add_artifacts(&mut job, raw.artifacts.as_ref(), cell)?;
                     jobs.push(job);
                     job_needs.push(raw.needs.clone());
                 }
@@ -409,6 +460,8 @@ impl Lower<'_> {
                             self.cell_job(&at, cell, &raw.requires, &job.requires, &steps)?;
                         def.family = job_name.value.clone();
                         def.run_if = run_if.unwrap_or_default();
+                        self.add_artifacts(&mut def, raw.artifacts.as_ref(), cell)?;
+                        self.add_artifacts(&mut def, job.artifacts.as_ref(), cell)?;
                         jobs.push(def);
                         job_needs.push(raw.needs.iter().chain(&job.needs).cloned().collect());
                     }
@@ -480,6 +533,10 @@ impl Lower<'_> {
         let mut steps: Vec<Step> = Vec::new();
         // Where the split step is, once seen: only `always` steps may follow.
         let mut split_at: Option<String> = None;
+        let step_artifacts: Vec<_> = raw_steps
+            .iter()
+            .filter_map(|r| r.artifacts.clone())
+            .collect();
         for raw in raw_steps {
             let (run, split) = self.step_action(at, &raw)?;
             let explicit = raw.name.is_some();
@@ -572,14 +629,20 @@ impl Lower<'_> {
         }
         let mut requires = builder_requires.to_vec();
         requires.extend(own_requires);
-        Ok(JobDef {
+        let mut job = JobDef {
             family: name.clone(),
             name,
             requires,
             steps,
             needs: Vec::new(),
             run_if: RunIf::Success,
-        })
+            artifacts: None,
+            artifacts_from: Vec::new(),
+        };
+        for raw in &step_artifacts {
+            self.add_artifacts(&mut job, Some(raw), &matrix::Cell::new())?;
+        }
+        Ok(job)
     }
 
     fn requirements(&self, raw: &[Spanned<String>]) -> Result<Vec<Requirement>, ConfigError> {
@@ -663,6 +726,7 @@ fn default_step_name(run: &str) -> String {
     }
 }
 
+mod artifacts;
 mod cells;
 pub mod concurrency;
 mod dag;

@@ -368,6 +368,19 @@ fn plan_builder(
         if let Some(c) = req.checkout {
             steps.push(checkout_step(req.project, c));
         }
+        if !j.artifacts_from.is_empty() {
+            steps.push(StepSpec {
+                name: FETCH_STEP.into(),
+                // The files join at assignment, once the jobs have made them.
+                action: StepAction::Fetch {
+                    from: j.artifacts_from.clone(),
+                    files: Vec::new(),
+                },
+                timeout_secs: None,
+                env: Default::default(),
+                always: false,
+            });
+        }
         let offset = steps.len();
         steps.extend(j.steps.iter().map(step_spec));
         for s in steps.iter_mut().skip(offset) {
@@ -375,6 +388,17 @@ fn plan_builder(
                 s.env
                     .insert(crate::pipeline::params::env_name(k), v.clone());
             }
+        }
+        if let Some(a) = &j.artifacts {
+            steps.push(StepSpec {
+                name: UPLOAD_STEP.into(),
+                action: StepAction::Upload {
+                    paths: a.paths.clone(),
+                },
+                timeout_secs: None,
+                env: Default::default(),
+                always: a.always,
+            });
         }
         let granted = secrets_of_job(req, &b.name, &steps)?;
         let spec = JobSpec {
@@ -424,6 +448,11 @@ fn plan_builder(
     }
     Ok(())
 }
+
+/// The step that puts the needed jobs' artifacts into the workspace.
+pub const FETCH_STEP: &str = "fetch artifacts";
+/// The step that uploads a job's artifacts, after its own.
+pub const UPLOAD_STEP: &str = "upload artifacts";
 
 fn checkout_step(project: &str, c: Checkout<'_>) -> StepSpec {
     StepSpec {

@@ -415,6 +415,71 @@ pub enum StepAction {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pattern: Option<String>,
     },
+    /// Put the artifacts of the jobs this one needs into the workspace,
+    /// at their paths. `from` names the jobs (`builder/job`, a split's
+    /// shards included); the server fills `files` when it assigns the job.
+    Fetch {
+        from: Vec<String>,
+        #[serde(default)]
+        files: Vec<ArtifactFile>,
+    },
+    /// Upload the workspace's files that `paths` (globs, `!` excludes)
+    /// select as the job's artifacts.
+    Upload { paths: Vec<String> },
+}
+
+/// One stored artifact, as a worker fetches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactFile {
+    pub id: i64,
+    /// The job that made it (`builder/job`).
+    pub job: String,
+    /// Relative to the workspace, `/`-separated ([`check_artifact_path`]).
+    pub path: String,
+    pub size: u64,
+    /// Hex SHA-256 of the content: the worker checks what it got.
+    pub sha256: String,
+}
+
+/// Where a worker uploads the artifacts of `attempt` (`PUT` one file with
+/// `?path=&size=&offset=`; `GET` with `?path=` says how much arrived).
+pub fn artifact_upload_path(attempt: AttemptId) -> String {
+    format!("/api/v1/attempts/{attempt}/uploads")
+}
+
+/// Where a worker running `attempt` downloads artifact `id` of its build.
+pub fn artifact_fetch_path(attempt: AttemptId, id: i64) -> String {
+    format!("/api/v1/attempts/{attempt}/artifacts/{id}")
+}
+
+/// Longest artifact path, in bytes.
+pub const MAX_ARTIFACT_PATH: usize = 1024;
+
+/// Why `path` cannot name an artifact, if it cannot: it must be relative,
+/// `/`-separated, without `.` or `..` or empty parts, at most
+/// [`MAX_ARTIFACT_PATH`] bytes and without control characters. Both ends
+/// check it: a path from the other side never leaves the workspace.
+pub fn check_artifact_path(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("the path is empty");
+    }
+    if path.len() > MAX_ARTIFACT_PATH {
+        return Err("the path is longer than 1024 bytes");
+    }
+    if path.starts_with('/') {
+        return Err("the path is absolute");
+    }
+    if path.chars().any(|c| c.is_control() || c == '\\') {
+        return Err("the path holds a control character or a backslash");
+    }
+    if path
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err("the path has an empty, `.` or `..` part");
+    }
+    Ok(())
 }
 
 /// The format of a split's per-test report.

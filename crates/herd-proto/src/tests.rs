@@ -133,3 +133,53 @@ proptest! {
         let _ = ServerMsg::decode(&text);
     }
 }
+
+#[test]
+fn artifact_paths_stay_inside_the_workspace() {
+    for ok in ["dist/a.whl", "a", "docs/_build/html/index.html", "a..b/c"] {
+        assert_eq!(check_artifact_path(ok), Ok(()), "{ok}");
+    }
+    for bad in [
+        "",
+        "/etc/passwd",
+        "../x",
+        "a/../../x",
+        "a//b",
+        "./a",
+        "a/.",
+        "a\\b",
+        "a\nb",
+    ] {
+        assert!(check_artifact_path(bad).is_err(), "{bad:?}");
+    }
+    assert!(check_artifact_path(&"a".repeat(MAX_ARTIFACT_PATH + 1)).is_err());
+}
+
+#[test]
+fn fetch_and_upload_steps_round_trip() {
+    let step = StepSpec {
+        name: "fetch artifacts".into(),
+        action: StepAction::Fetch {
+            from: vec!["wheels/linux".into()],
+            files: vec![ArtifactFile {
+                id: 7,
+                job: "wheels/linux".into(),
+                path: "dist/a.whl".into(),
+                size: 3,
+                sha256: "ab".into(),
+            }],
+        },
+        timeout_secs: None,
+        env: Default::default(),
+        always: false,
+    };
+    let json = serde_json::to_string(&step).unwrap();
+    assert_eq!(serde_json::from_str::<StepSpec>(&json).unwrap(), step);
+    let up: StepAction = serde_json::from_str(r#"{"kind":"upload","paths":["dist/*"]}"#).unwrap();
+    assert_eq!(
+        up,
+        StepAction::Upload {
+            paths: vec!["dist/*".into()]
+        }
+    );
+}

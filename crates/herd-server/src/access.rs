@@ -89,6 +89,10 @@ pub fn scope_of(method: &Method, route: &str) -> Option<Scope> {
         | "/logout" | "/static/app.css" | "/static/app.js" => Scope::Open,
         "/api/v1/whoami" => Scope::AnyToken,
         herd_proto::WORKER_ENDPOINT => Scope::Worker,
+        // The handlers check that the attempt is the worker's, and live.
+        "/api/v1/attempts/{id}/uploads" | "/api/v1/attempts/{id}/artifacts/{artifact}" => {
+            Scope::Worker
+        }
         "/api/v1/workers/{name}/forget" => Scope::OwnWorkerOrAdmin,
         "/api/v1/workers/{name}" if read => Scope::OwnWorkerOrRead,
         "/api/v1/try" => Scope::Try,

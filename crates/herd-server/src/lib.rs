@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod builds;
 pub mod cluster;
@@ -53,6 +54,8 @@ pub struct App {
     /// The pin of the server's TLS key (`sha256//…`), when it serves TLS:
     /// install one-liners carry it.
     pub tls_pin: Option<String>,
+    /// The files jobs kept.
+    pub artifacts: artifacts::ArtifactStore,
 }
 
 impl App {
@@ -88,6 +91,8 @@ pub struct ServerOptions {
     pub conn_limits: serve::ConnLimits,
     /// Revoke every admin token and make a new one (`--new-admin-token`).
     pub new_admin_token: bool,
+    /// Where artifacts are kept; None: DATA/artifacts.
+    pub artifacts_dir: Option<PathBuf>,
 }
 
 /// Where the server's TLS certificate comes from.
@@ -230,6 +235,15 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
     };
     let server_id = auth::random_hex(8);
     let mirrors = mirrors(&opts);
+    let artifacts_dir = opts
+        .artifacts_dir
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("artifacts"));
+    let artifacts =
+        artifacts::ArtifactStore::open(&artifacts_dir).map_err(|source| ServerError::DataDir {
+            path: artifacts_dir.clone(),
+            source,
+        })?;
     let hub = Hub::start(store, opts.settings, server_id).await?;
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
@@ -264,9 +278,13 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         }),
         tls_pin: tls.as_ref().map(|t| t.pin.clone()),
         limits: limits::Limits::default(),
+        artifacts,
     });
     poll::Pollers::spawn_all(&app);
-    let mut background = vec![report::StatusReporter::spawn(&app)];
+    let mut background = vec![
+        report::StatusReporter::spawn(&app),
+        spawn_part_sweeper(Arc::clone(&app)),
+    ];
     if let Some(url) = app.hub.store.postgres_url() {
         background.extend(cluster::spawn(
             Arc::clone(&app.hub),
@@ -302,6 +320,26 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
 
 /// The mirrors, with each project's credentials handed to git through
 /// `herd __askpass` (this very executable).
+/// Removes, every hour, upload parts that stopped growing a day ago (their
+/// attempt ended without finishing them).
+fn spawn_part_sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let app = Arc::clone(&app);
+            let removed = tokio::task::spawn_blocking(move || {
+                app.artifacts.sweep_parts(artifacts::STALE_PART)
+            })
+            .await
+            .unwrap_or(0);
+            if removed > 0 {
+                tracing::info!("removed {removed} unfinished artifact uploads a day old");
+            }
+        }
+    })
+}
+
 fn mirrors(opts: &ServerOptions) -> git::Mirrors {
     let mut mirrors = git::Mirrors::new(opts.data_dir.join("repos"));
     let askpass = std::env::current_exe().ok();

@@ -265,7 +265,16 @@ async fn run_step(
             return None;
         }
     }
+    let transfer = crate::artifacts::Transfer {
+        access: &ctx.source,
+        attempt,
+        workspace,
+        cmd: &cmd,
+        offset,
+    };
     let (script, failure_status) = match &step.action {
+        StepAction::Fetch { from, files } => return transfer.fetch(files, from, stop).await,
+        StepAction::Upload { paths } => return transfer.upload(paths, stop).await,
         StepAction::Shell { run } => (run.as_str(), StepStatus::Failure),
         // A failed checkout is herd's failure to run the job, not the step's.
         StepAction::Checkout { .. } => (CHECKOUT_SCRIPT, StepStatus::Error),

@@ -4,6 +4,7 @@
 //! and jitter; attempts keep running while the connection is down, and
 //! their buffered events are resent after it comes back.
 
+mod artifacts;
 mod conn;
 pub mod exec;
 pub mod facts;

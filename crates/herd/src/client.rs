@@ -140,6 +140,49 @@ impl Client {
         self.read(res).await
     }
 
+    /// Streams what `path` answers into `dest` (through a part file,
+    /// renamed when whole); returns its size and SHA-256.
+    pub async fn download(&self, path: &str, dest: &Path) -> Result<(u64, String)> {
+        use futures_util::StreamExt;
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let res = self.send(self.http.get(self.url(path))).await?;
+        let local = |detail: String| ClientError::BadAnswer {
+            base: self.base.clone(),
+            detail,
+        };
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| local(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut part = dest.as_os_str().to_owned();
+        part.push(".herd-part");
+        let part = std::path::PathBuf::from(part);
+        let file = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| local(format!("cannot write {}: {e}", part.display())))?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        let mut body = res.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| local(format!("the download broke off: {e}")))?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| local(format!("cannot write {}: {e}", part.display())))?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| local(format!("cannot write {}: {e}", part.display())))?;
+        tokio::fs::rename(&part, dest)
+            .await
+            .map_err(|e| local(format!("cannot write {}: {e}", dest.display())))?;
+        Ok((size, hex::encode(hasher.finalize())))
+    }
+
     pub async fn log(
         &self,
         attempt: i64,

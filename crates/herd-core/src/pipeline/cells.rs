@@ -2,7 +2,7 @@
 //! cell's values put in everywhere the job may name them.
 
 use super::matrix::{self, Cell, RawMatrix};
-use super::{JobDef, Lower, RawSplit, RawStep, Scalar, MAIN_JOB};
+use super::{JobDef, Lower, RawArtifacts, RawSplit, RawStep, Scalar, MAIN_JOB};
 use crate::config_error::ConfigError;
 use serde_saphyr::Spanned;
 
@@ -122,7 +122,35 @@ impl Lower<'_> {
             timeout: opt(&raw.timeout)?,
             env,
             always: raw.always,
+            artifacts: match &raw.artifacts {
+                None => None,
+                Some(a) => Some(Spanned {
+                    value: match &a.value {
+                        RawArtifacts::Paths(p) => {
+                            RawArtifacts::Paths(self.subst_paths(a, p, cell)?)
+                        }
+                        RawArtifacts::With { paths, when } => RawArtifacts::With {
+                            paths: self.subst_paths(a, paths, cell)?,
+                            when: when.clone(),
+                        },
+                    },
+                    referenced: a.referenced,
+                    defined: a.defined,
+                }),
+            },
         })
+    }
+
+    fn subst_paths<T>(
+        &self,
+        at: &Spanned<T>,
+        paths: &[String],
+        cell: &Cell,
+    ) -> Result<Vec<String>, ConfigError> {
+        paths
+            .iter()
+            .map(|p| matrix::substitute(p, cell).map_err(|m| self.err(&at.referenced, m)))
+            .collect()
     }
 
     fn subst(&self, s: &Spanned<String>, cell: &Cell) -> Result<Spanned<String>, ConfigError> {

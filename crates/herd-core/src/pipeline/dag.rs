@@ -5,10 +5,14 @@
 //! cell of a matrix job written as `job`), or `job` (a job of the same
 //! builder).
 
-use super::{Builder, Lower, RunIf};
+use super::{Builder, Lower, RawNeed, RunIf};
 use crate::config_error::{closest, ConfigError};
 use serde_saphyr::Spanned;
 use std::collections::{HashMap, HashSet};
+
+/// A need's name where it is written, and whether it brings the needed
+/// jobs' artifacts.
+type NamedNeed = (Spanned<String>, bool);
 
 impl Lower<'_> {
     pub(super) fn run_if(
@@ -28,18 +32,45 @@ impl Lower<'_> {
     pub(super) fn resolve_needs(
         &self,
         builders: &mut [Builder],
-        raw: &[Vec<Vec<Spanned<String>>>],
+        raw: &[Vec<Vec<Spanned<RawNeed>>>],
     ) -> Result<(), ConfigError> {
+        // Each need as its name, where it is written, and whether it
+        // brings the needed jobs' artifacts.
+        let raw: Vec<Vec<Vec<NamedNeed>>> = raw
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|j| {
+                        j.iter()
+                            .map(|n| {
+                                let (name, artifacts) = match &n.value {
+                                    RawNeed::Name(s) => (s.clone(), false),
+                                    RawNeed::With(w) => (w.job.clone(), w.artifacts),
+                                };
+                                let spanned = Spanned {
+                                    value: name,
+                                    referenced: n.referenced,
+                                    defined: n.defined,
+                                };
+                                (spanned, artifacts)
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
         let builder_names: Vec<String> = builders.iter().map(|b| b.name.clone()).collect();
         // Where each job's first need is written, for the cycle error.
         let mut first_need: HashMap<String, &Spanned<String>> = HashMap::new();
-        let mut resolved: Vec<Vec<Vec<String>>> = Vec::new();
+        let mut resolved: Vec<Vec<(Vec<String>, Vec<String>)>> = Vec::new();
         for (bi, b) in builders.iter().enumerate() {
             let mut per_job = Vec::new();
             for (ji, job) in b.jobs.iter().enumerate() {
                 let me = format!("{}/{}", b.name, job.name);
                 let mut needs: Vec<String> = Vec::new();
-                for n in raw.get(bi).and_then(|r| r.get(ji)).into_iter().flatten() {
+                let mut artifacts_from: Vec<String> = Vec::new();
+                for (n, with_artifacts) in raw.get(bi).and_then(|r| r.get(ji)).into_iter().flatten()
+                {
                     first_need.entry(me.clone()).or_insert(n);
                     let found = self.need_targets(builders, &b.name, n, &builder_names)?;
                     if found.contains(&me) {
@@ -51,18 +82,22 @@ impl Lower<'_> {
                             .with_help("a job needs other jobs: name another builder or job"));
                     }
                     for f in found {
+                        if *with_artifacts && !artifacts_from.contains(&f) {
+                            artifacts_from.push(f.clone());
+                        }
                         if !needs.contains(&f) {
                             needs.push(f);
                         }
                     }
                 }
-                per_job.push(needs);
+                per_job.push((needs, artifacts_from));
             }
             resolved.push(per_job);
         }
         for (b, needs) in builders.iter_mut().zip(resolved) {
-            for (j, n) in b.jobs.iter_mut().zip(needs) {
+            for (j, (n, a)) in b.jobs.iter_mut().zip(needs) {
                 j.needs = n;
+                j.artifacts_from = a;
             }
         }
         if let Some(cycle) = find_cycle(builders) {

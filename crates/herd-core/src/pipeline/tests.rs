@@ -534,3 +534,60 @@ fn a_results_pattern_is_checked_where_it_is_written() {
     let e = err(&split("results: {pattern: '('}"));
     assert!(e.message.contains("invalid pattern"), "{e}");
 }
+
+const ARTIFACTS: &str = r#"builders:
+  wheels:
+    matrix:
+      os: [linux, macos]
+    requires: ['os == ${{ matrix.os }}']
+    steps:
+      - run: make wheel
+        artifacts: ['dist/${{ matrix.os }}/*.whl']
+      - run: make report
+    artifacts:
+      paths: [reports/**, '!reports/tmp/**']
+      when: always
+  publish:
+    needs:
+      - {job: wheels, artifacts: true}
+      - docs
+    steps:
+      - run: twine upload dist/*/*.whl
+  docs:
+    steps:
+      - run: make docs
+"#;
+
+#[test]
+fn artifacts_of_steps_and_jobs_merge_and_needs_may_bring_them() {
+    let p = Pipeline::parse("herd.yml", ARTIFACTS).unwrap();
+    let wheels = p.builder("wheels").unwrap();
+    let linux = wheels.jobs.iter().find(|j| j.name == "linux").unwrap();
+    let a = linux.artifacts.as_ref().unwrap();
+    assert_eq!(
+        a.paths,
+        ["dist/linux/*.whl", "reports/**", "!reports/tmp/**"]
+    );
+    assert!(a.always, "one `when: always` uploads whatever the result");
+    let publish = &p.builder("publish").unwrap().jobs[0];
+    assert_eq!(publish.needs, ["wheels/linux", "wheels/macos", "docs/main"]);
+    assert_eq!(publish.artifacts_from, ["wheels/linux", "wheels/macos"]);
+    assert!(publish.artifacts.is_none());
+}
+
+#[test]
+fn bad_artifacts_are_refused_where_they_are_written() {
+    let e = err("builders:\n  a:\n    steps:\n      - run: x\n    artifacts: [../secret]\n");
+    assert!(e.to_string().contains("outside the workspace"), "{e}");
+    assert_eq!(e.line, 5);
+    let e = err(
+        "builders:\n  a:\n    steps:\n      - run: x\n    artifacts: {paths: [a], when: later}\n",
+    );
+    assert!(e.to_string().contains("when: later"), "{e}");
+    let e = err("builders:\n  a:\n    steps:\n      - run: x\n        artifacts: []\n");
+    assert!(e.to_string().contains("lists no paths"), "{e}");
+    let e = err("builders:\n  a:\n    steps:\n      - run: x\n    artifacts: ['dist/[']\n");
+    assert!(e.to_string().contains("invalid pattern"), "{e}");
+    let e = err("builders:\n  a:\n    steps:\n      - run: x\n  b:\n    needs: [{job: a, artifact: true}]\n    steps:\n      - run: y\n");
+    assert_eq!(e.line, 6, "{e}");
+}

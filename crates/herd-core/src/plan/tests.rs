@@ -464,3 +464,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_job_fetches_what_it_needs_after_checkout_and_uploads_after_its_steps() {
+    let p = pipeline(
+        r#"builders:
+  build:
+    steps:
+      - run: make
+    artifacts: [dist/*]
+  suite:
+    needs: [{job: build, artifacts: true}]
+    steps:
+      - run: make
+      - split: {list: ls, run: 'run {tests}', workers: 2}
+"#,
+    );
+    let secrets = BTreeMap::new();
+    let planned = jobs(plan(&request(&p, &secrets)));
+    let build = planned.iter().find(|j| j.builder == "build").unwrap();
+    let names: Vec<&str> = build.spec.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["checkout", "make", UPLOAD_STEP]);
+    assert_eq!(
+        build.spec.steps[2].action,
+        StepAction::Upload {
+            paths: vec!["dist/*".into()]
+        }
+    );
+    assert!(!build.spec.steps[2].always);
+    let shards: Vec<&PlannedJob> = planned.iter().filter(|j| j.builder == "suite").collect();
+    assert_eq!(shards.len(), 2);
+    for s in shards {
+        assert_eq!(s.spec.steps[1].name, FETCH_STEP);
+        assert!(
+            matches!(&s.spec.steps[1].action, StepAction::Fetch { from, files } if from == &["build/main"] && files.is_empty())
+        );
+        // The split step's index counts the fetch step.
+        let shard = s.spec.shard.as_ref().unwrap();
+        assert!(matches!(
+            s.spec.steps[shard.step as usize].action,
+            StepAction::Split { .. }
+        ));
+    }
+}

@@ -11,6 +11,7 @@
 //! impls below; a store failure is a 500 whose body says where to look,
 //! never the database's own words.
 
+mod artifacts;
 mod builds;
 mod downloads;
 mod hooks;
@@ -59,6 +60,21 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/builds/{id}/cancel", post(builds::cancel_build))
         .route("/api/v1/builds/{id}/retry", post(builds::retry_build))
         .route("/api/v1/builds/{id}/tests", get(splits::build_tests))
+        .route("/api/v1/builds/{id}/artifacts", get(artifacts::list))
+        .route(
+            "/api/v1/builds/{id}/artifacts/{artifact}",
+            get(artifacts::download),
+        )
+        .route(
+            "/api/v1/attempts/{id}/uploads",
+            get(artifacts::upload_state)
+                .put(artifacts::upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/v1/attempts/{id}/artifacts/{artifact}",
+            get(artifacts::fetch),
+        )
         .route("/api/v1/splits/{id}/junit.xml", get(splits::junit))
         .route(
             "/api/v1/attempts/{id}/steps/{idx}/log",

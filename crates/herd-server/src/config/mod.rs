@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// Custom probes (the server's and its projects'): name -> command.
     pub probes: std::collections::BTreeMap<String, String>,
     pub limits: BuildLimits,
+    /// Where artifacts are kept (default DATA/artifacts); servers sharing
+    /// one PostgreSQL database share this directory too.
+    pub artifacts_dir: Option<String>,
 }
 
 /// `tls:` of the config file.
@@ -99,6 +102,7 @@ struct RawConfig {
     probes: IndexMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     limits: Option<Spanned<RawLimits>>,
+    artifacts_dir: Option<String>,
 }
 
 /// `limits:` of the config file: what one build and one sender may ask.
@@ -109,6 +113,8 @@ struct RawLimits {
     max_jobs_per_build: Option<u32>,
     try_builds_per_hour: Option<u32>,
     max_attempt_log: Option<u64>,
+    max_artifact_file: Option<u64>,
+    max_artifacts_per_job: Option<u64>,
 }
 
 /// What one build and one sender may ask (`limits:`).
@@ -122,6 +128,10 @@ pub struct BuildLimits {
     pub try_builds_per_hour: u32,
     /// Bytes of output kept per attempt, all its steps together.
     pub max_attempt_log: u64,
+    /// Largest artifact file, in bytes.
+    pub max_artifact_file: u64,
+    /// Bytes of artifacts one attempt of a job may upload, all files.
+    pub max_artifacts_per_job: u64,
 }
 
 impl Default for BuildLimits {
@@ -131,6 +141,8 @@ impl Default for BuildLimits {
             max_jobs_per_build: 1_000,
             try_builds_per_hour: 60,
             max_attempt_log: 1024 * 1024 * 1024,
+            max_artifact_file: 4 << 30,
+            max_artifacts_per_job: 16 << 30,
         }
     }
 }
@@ -267,6 +279,7 @@ impl ServerConfig {
             client_timeout: duration(&raw.client_timeout)?,
             probes,
             limits: lower_limits(file, text, raw.limits)?,
+            artifacts_dir: raw.artifacts_dir,
         })
     }
 }
@@ -339,6 +352,16 @@ fn lower_limits(
         limits.try_builds_per_hour = (n > 0)
             .then_some(n)
             .ok_or_else(|| zero("try_builds_per_hour"))?;
+    }
+    if let Some(n) = r.max_artifact_file {
+        limits.max_artifact_file = (n > 0)
+            .then_some(n)
+            .ok_or_else(|| zero("max_artifact_file"))?;
+    }
+    if let Some(n) = r.max_artifacts_per_job {
+        limits.max_artifacts_per_job = (n > 0)
+            .then_some(n)
+            .ok_or_else(|| zero("max_artifacts_per_job"))?;
     }
     if let Some(n) = r.max_attempt_log {
         limits.max_attempt_log = (n >= 1024).then_some(n).ok_or_else(|| {

@@ -26,6 +26,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 
+/// Most artifacts one job fetches: their list travels in the assignment,
+/// which is one frame.
+pub const MAX_FETCH_FILES: usize = 2_000;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub heartbeat_interval: Duration,
@@ -698,7 +702,7 @@ impl Hub {
                     mask.extend(herd_core::redact::url_credentials(repo));
                 }
             }
-            let notices = job
+            let mut notices: Vec<String> = job
                 .spec
                 .withheld
                 .iter()
@@ -709,6 +713,29 @@ impl Hub {
                     )
                 })
                 .collect();
+            // The artifacts of the jobs it needs join here: they exist now.
+            for s in &mut steps {
+                if let herd_proto::StepAction::Fetch { from, files } = &mut s.action {
+                    let rows = self.store.artifacts_from(job.build_id, from).await?;
+                    if rows.len() > MAX_FETCH_FILES {
+                        notices.push(format!(
+                            "the jobs it needs kept {} artifacts; only the first {MAX_FETCH_FILES} are fetched",
+                            rows.len()
+                        ));
+                    }
+                    *files = rows
+                        .into_iter()
+                        .take(MAX_FETCH_FILES)
+                        .map(|r| herd_proto::ArtifactFile {
+                            id: r.id,
+                            job: r.job,
+                            path: r.path,
+                            size: r.size.max(0) as u64,
+                            sha256: r.sha256,
+                        })
+                        .collect();
+                }
+            }
             if job.spec.patched {
                 let patch = self.store.build_patch(job.build_id).await?;
                 for s in &mut steps {

@@ -221,11 +221,31 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     ("build_patches", &[("build_id", Int), ("patch", Text)]),
+    (
+        "artifacts",
+        &[
+            ("id", Int),
+            ("build_id", Int),
+            ("job_id", Int),
+            ("attempt_id", Int),
+            ("path", Text),
+            ("size", Int),
+            ("sha256", Text),
+            ("created_at", Int),
+        ],
+    ),
 ];
 
 /// Tables whose `id` is an identity column: its sequence moves past the
 /// copied ids.
-const IDENTITY_TABLES: &[&str] = &["builds", "jobs", "attempts", "splits", "changes"];
+const IDENTITY_TABLES: &[&str] = &[
+    "builds",
+    "jobs",
+    "attempts",
+    "splits",
+    "changes",
+    "artifacts",
+];
 
 /// Rows copied per table.
 pub type Copied = Vec<(&'static str, u64)>;

@@ -9,6 +9,7 @@
 //! connection for writes and a pool of several for reads (WAL lets readers run
 //! beside the writer without blocking).
 
+mod artifacts;
 mod builds;
 mod changes;
 pub mod encoding;
@@ -21,6 +22,7 @@ mod servers;
 mod splits;
 mod timings;
 
+pub use artifacts::{ArtifactRow, UploadingAttempt};
 pub use builds::*;
 pub use changes::{ChangeRow, NewChange, ReportRow};
 pub use logs::LOG_ZSTD_LEVEL;

@@ -68,6 +68,21 @@ pub enum BuildCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List the files a build's jobs kept (`artifacts:` in herd.yml), or
+    /// download them with `-o DIR`.
+    Artifacts {
+        /// The build's id.
+        id: i64,
+        /// Only this job's: `builder/job`, or `builder` for all its jobs.
+        #[arg(long)]
+        job: Option<String>,
+        /// Download into this directory (one job's files straight in it,
+        /// several jobs' under DIR/BUILDER/JOB), checking each file's SHA-256.
+        #[arg(long, short = 'o', value_name = "DIR")]
+        output_dir: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Run a build's jobs again, as a new build of the same revision and
     /// origin; prints the new build's id as the first line.
     Retry {
@@ -133,6 +148,16 @@ pub async fn run(cmd: BuildCommand) -> Result<ExitCode> {
             };
             print_log(&c, id, &which, follow).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        BuildCommand::Artifacts {
+            id,
+            job,
+            output_dir,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            crate::cmd::artifacts::run(&c, id, job.as_deref(), output_dir.as_deref(), client.output)
+                .await
         }
         BuildCommand::Cancel { id, client } => {
             let c = Client::new(&client)?;

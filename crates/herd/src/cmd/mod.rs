@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod artifacts;
 pub mod build;
 pub mod check;
 pub mod migrate;

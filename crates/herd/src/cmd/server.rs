@@ -144,6 +144,7 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
             ..Default::default()
         },
         dist_dir: args.dist.clone(),
+        artifacts_dir: config.artifacts_dir.clone().map(PathBuf::from),
         users: config.users.clone(),
         private: config.private,
         listen: args

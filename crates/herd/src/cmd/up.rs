@@ -78,6 +78,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         database: None,
         tls: Default::default(),
         conn_limits: Default::default(),
+        artifacts_dir: None,
     })
     .await
     .map_err(|e| miette!("{e}"))?;
