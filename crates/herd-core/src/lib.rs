@@ -18,6 +18,7 @@ pub mod requirement;
 pub mod results;
 pub mod schedule;
 pub mod secret_ref;
+pub mod size;
 pub mod split;
 pub mod state;
 pub mod version;

@@ -130,33 +130,47 @@ impl Transfer<'_, '_> {
             herd_proto::artifact_upload_path(self.attempt)
         );
         let mut offset = 0u64;
+        // After a cut request, where the server's part ends is asked
+        // before the next one (the server may be back, or another).
+        let mut known = true;
+        let mut furthest = 0u64;
         let mut stalled = 0u32;
         loop {
             if let Some(kind) = *stop.borrow() {
                 return Err(Stop::Stopped(kind));
             }
-            let before = offset;
-            let sent = put_from(http, &url, &self.access.token, rel, &path, size, offset).await;
-            match sent {
-                Ok(Put::Kept) => return Ok(size),
-                Ok(Put::At(at)) => offset = at,
-                Ok(Put::Refused(why)) => return Err(Stop::Failed(why)),
-                Err(e) => {
-                    tracing::info!("upload of {rel} interrupted: {e}; asking where to go on");
-                    match upload_offset(http, &url, &self.access.token, rel).await {
-                        Ok(Some(at)) => offset = at,
-                        Ok(None) => {
-                            return Err(Stop::Failed(format!(
-                                "the server no longer takes uploads of this attempt ({e})"
-                            )))
-                        }
-                        Err(_) => {}
+            if !known {
+                match upload_offset(http, &url, &self.access.token, rel).await {
+                    Ok(Some(at)) => {
+                        tracing::info!("going on with {rel} from byte {at}");
+                        offset = at;
+                        known = true;
+                    }
+                    Ok(None) => {
+                        return Err(Stop::Failed(
+                            "the server no longer takes uploads of this attempt".into(),
+                        ))
+                    }
+                    Err(e) => tracing::info!("cannot ask where the upload of {rel} stands: {e}"),
+                }
+            }
+            if known {
+                match put_from(http, &url, &self.access.token, rel, &path, size, offset).await {
+                    Ok(Put::Kept) => return Ok(size),
+                    Ok(Put::At(at)) => offset = at,
+                    Ok(Put::Refused(why)) => return Err(Stop::Failed(why)),
+                    Err(e) => {
+                        tracing::info!("upload of {rel} interrupted: {e}; asking where to go on");
+                        known = false;
                     }
                 }
             }
-            if offset > before {
+            if offset > furthest {
+                furthest = offset;
                 stalled = 0;
-                continue;
+                if known {
+                    continue;
+                }
             }
             stalled += 1;
             if stalled >= MAX_STALLED_TRIES {
@@ -488,17 +502,7 @@ fn select(root: &Path, globs: &[String]) -> Result<Vec<String>, String> {
 }
 
 fn human(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
-    if bytes < 1000 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1000.0;
-    let mut unit = 0;
-    while v >= 1000.0 && unit + 1 < UNITS.len() {
-        v /= 1000.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
+    herd_core::size::human_bytes(bytes)
 }
 
 fn rate(bytes: u64, took: Duration) -> String {

@@ -147,6 +147,14 @@ fn a_fan_in_job_gets_every_platforms_artifacts_whole_once_after_a_worker_dies_mi
         text.contains("wheels/windows") && text.contains("300.0 MB"),
         "{text}"
     );
+    let show = server.cli(&["build", "show", &id.to_string()]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains(&format!(
+            "artifacts: 4 files (300.0 MB): herd build artifacts {id}"
+        )),
+        "{text}"
+    );
     let dir = root.path().join("got");
     let out = server.cli(&[
         "build",
@@ -170,7 +178,7 @@ fn a_fan_in_job_gets_every_platforms_artifacts_whole_once_after_a_worker_dies_mi
 fn an_upload_goes_on_from_where_it_was_when_the_server_restarts() {
     let pipeline = "builders:\n  b:\n    steps:\n      - run: head -c 400000000 /dev/urandom > big.bin && sha256sum big.bin\n    artifacts: [big.bin]\n";
     let mut server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
-    let _w = server.worker("w", 1, &[]);
+    let w = server.worker("w", 1, &[]);
     let id = server.start_build("p", &[]);
     wait_until(Duration::from_secs(60), "the upload to start", || {
         parts(&server.data)
@@ -188,6 +196,13 @@ fn an_upload_goes_on_from_where_it_was_when_the_server_restarts() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["sha256"].as_str().unwrap(), made["big.bin"]);
     assert!(parts(&server.data).is_empty(), "no part is left behind");
+    // It went on from what the server had kept, not from the start.
+    let log = w.log();
+    let from = log
+        .lines()
+        .find_map(|l| l.split("going on with big.bin from byte ").nth(1))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(from.is_some_and(|n| n > 0), "{log}");
     // The bytes served are the bytes made.
     let dir = tempfile::tempdir().unwrap();
     let out = server.cli(&[

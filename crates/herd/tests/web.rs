@@ -407,7 +407,7 @@ fn a_pushed_commit_appears_on_the_grid_by_itself_and_on_its_project_page() {
 
 #[test]
 fn a_build_with_params_is_started_from_the_project_page_and_shows_its_matrix_and_needs() {
-    let pipeline = "params:\n  python: {default: \"3.12\", choices: [\"3.12\", \"3.13\"]}\nbuilders:\n  test:\n    matrix: {reactor: [default, poll]}\n    steps:\n      - run: echo $HERD_PARAM_PYTHON ${{ matrix.reactor }}\n  publish:\n    needs: [test]\n    steps:\n      - run: echo publish\n";
+    let pipeline = "params:\n  python: {default: \"3.12\", choices: [\"3.12\", \"3.13\"]}\nbuilders:\n  test:\n    matrix: {reactor: [default, poll]}\n    steps:\n      - run: echo $HERD_PARAM_PYTHON ${{ matrix.reactor }} | tee out-${{ matrix.reactor }}.txt\n    artifacts: [out-*.txt]\n  publish:\n    needs: [{job: test, artifacts: true}]\n    steps:\n      - run: cat out-*.txt\n";
     let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
     let _w = server.worker("form-worker", 2, &[]);
     let driver = chromedriver();
@@ -435,6 +435,22 @@ fn a_build_with_params_is_started_from_the_project_page_and_shows_its_matrix_and
             "the cells"
         );
         assert_eq!(text(&c, "p.needs").await, "Needs test/default, test/poll");
+        // The files the cells kept, with sizes and links.
+        let table = text(&c, "table.artifacts").await;
+        assert!(
+            table.contains("test/poll") && table.contains("out-poll.txt") && table.contains("13 B"),
+            "{table}"
+        );
+        let link = c
+            .find(Locator::Css("table.artifacts a"))
+            .await
+            .unwrap()
+            .attr("href")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(link.contains("/artifacts/"), "{link}");
+        screenshot(&c, "build-artifacts").await;
         c.close().await.unwrap();
     });
     let id = server.get("/api/v1/builds").unwrap()["builds"][0]["id"]
@@ -442,4 +458,7 @@ fn a_build_with_params_is_started_from_the_project_page_and_shows_its_matrix_and
         .unwrap();
     let log = String::from_utf8(server.step_log(id, "test/poll", "0")).unwrap();
     assert_eq!(log.trim(), "3.13 poll");
+    // Publish got both cells' files before its step.
+    let log = String::from_utf8(server.step_log(id, "publish/main", "1")).unwrap();
+    assert_eq!(log, "3.13 default\n3.13 poll\n");
 }

@@ -93,7 +93,16 @@ pub struct BuildPage {
     pub any_failed: bool,
     pub timeline: String,
     pub tests: Vec<TestsView>,
+    pub artifacts: Vec<ArtifactView>,
     pub jobs: Vec<JobView>,
+}
+
+/// One file a job kept, with its download link.
+pub struct ArtifactView {
+    pub job: String,
+    pub path: String,
+    pub size: String,
+    pub url: String,
 }
 
 pub async fn build(
@@ -119,6 +128,17 @@ pub async fn build_page(
         return Ok(None);
     };
     let splits = store.splits_of_build(id).await?;
+    let artifacts = store
+        .build_artifacts(id)
+        .await?
+        .into_iter()
+        .map(|a| ArtifactView {
+            size: herd_core::size::human_bytes(a.size.max(0) as u64),
+            url: format!("/api/v1/builds/{id}/artifacts/{}", a.id),
+            job: a.job,
+            path: a.path,
+        })
+        .collect();
     let mut jobs = Vec::new();
     for j in &d.jobs {
         let (waiting, why) = if j.state == RunState::Queued {
@@ -208,6 +228,7 @@ pub async fn build_page(
             .any(|j| matches!(j.state, RunState::Failure | RunState::Error)),
         timeline: timeline_svg(&d, &splits),
         tests: splits.iter().map(tests_view).collect(),
+        artifacts,
         jobs,
     }))
 }

@@ -79,6 +79,21 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The line `herd build show` ends with when the build kept files.
+pub async fn summary(c: &Client, id: i64) -> Result<()> {
+    let list: ArtifactList = c.get(&format!("/api/v1/builds/{id}/artifacts")).await?;
+    if !list.artifacts.is_empty() {
+        let bytes: u64 = list.artifacts.iter().map(|a| a.size.max(0) as u64).sum();
+        crate::outln!(
+            "artifacts: {} file{} ({}): herd build artifacts {id}",
+            list.artifacts.len(),
+            if list.artifacts.len() == 1 { "" } else { "s" },
+            human(bytes)
+        );
+    }
+    Ok(())
+}
+
 fn print_table(list: &[&Artifact]) {
     let job_w = list
         .iter()
@@ -110,15 +125,5 @@ fn print_table(list: &[&Artifact]) {
 }
 
 fn human(bytes: u64) -> String {
-    if bytes < 1000 {
-        return format!("{bytes} B");
-    }
-    let units = ["KB", "MB", "GB", "TB"];
-    let mut v = bytes as f64 / 1000.0;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < units.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", units[u])
+    herd_core::size::human_bytes(bytes)
 }

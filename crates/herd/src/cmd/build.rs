@@ -130,6 +130,9 @@ pub async fn run(cmd: BuildCommand) -> Result<ExitCode> {
             let c = Client::new(&client)?;
             let b: Build = c.get(&format!("/api/v1/builds/{id}")).await?;
             show(&b, client.output)?;
+            if client.output == Output::Human {
+                crate::cmd::artifacts::summary(&c, id).await?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         BuildCommand::Log {
