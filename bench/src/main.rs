@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod artifacts;
 mod cluster;
 mod failover;
 mod split;
@@ -20,7 +21,7 @@ mod web;
 const LATENCY_BUILDS: usize = 200;
 const THROUGHPUT_BUILDS: usize = 2000;
 const LOG_BYTES: u64 = 100_000_000;
-const LIMIT: Duration = Duration::from_secs(300);
+pub(crate) const LIMIT: Duration = Duration::from_secs(300);
 
 pub(crate) struct Proc(pub(crate) Child);
 impl Drop for Proc {
@@ -424,6 +425,9 @@ fn main() {
     }
     if run("logs") {
         rt.block_on(logs());
+    }
+    if run("artifacts") {
+        rt.block_on(artifacts::run());
     }
     if run("failover") {
         rt.block_on(failover::kill_and_hang());

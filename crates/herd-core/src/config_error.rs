@@ -96,6 +96,17 @@ impl ConfigError {
             out.help = Some("every key of a mapping must be unique: rename or remove one".into());
         } else if message == "invalid boolean" {
             out.message = "expected a boolean (true or false)".into();
+        } else if message.contains("untagged enum RawNeed") {
+            out.message = "not a need herd knows".into();
+            out.help = Some(
+                "a need is a name (`builder`, `builder/job`, `job`) or `{job: NAME, artifacts: true}`"
+                    .into(),
+            );
+        } else if message.contains("untagged enum RawArtifacts") {
+            out.message = "not a list of artifacts herd knows".into();
+            out.help = Some(
+                "write a list of paths (`[dist/*.whl]`) or `{paths: [...], when: always}`".into(),
+            );
         }
         out
     }

@@ -20,6 +20,8 @@ enum Needs {
     OwnWorkerOrRead,
     /// The worker named in the path, or the admin; the path names another.
     OtherWorkerOrAdmin,
+    /// A worker token (the handler then checks the attempt is its own).
+    Worker,
 }
 
 /// Web actions take a signed-in session; a token is only ever refused there.
@@ -50,6 +52,25 @@ const ROUTES: &[(&str, &str, Needs, Check)] = &[
         Check::All,
     ),
     ("GET", "/api/v1/builds/1/tests", Needs::Read, Check::All),
+    ("GET", "/api/v1/builds/1/artifacts", Needs::Read, Check::All),
+    (
+        "GET",
+        "/api/v1/builds/1/artifacts/1",
+        Needs::Read,
+        Check::All,
+    ),
+    (
+        "GET",
+        "/api/v1/attempts/1/uploads?path=a",
+        Needs::Worker,
+        Check::All,
+    ),
+    (
+        "GET",
+        "/api/v1/attempts/1/artifacts/1",
+        Needs::Worker,
+        Check::All,
+    ),
     ("GET", "/api/v1/splits/1/junit.xml", Needs::Read, Check::All),
     (
         "GET",
@@ -153,6 +174,7 @@ fn allowed(kind: Kind, needs: Needs) -> bool {
         Needs::Admin => kind == K::Admin,
         Needs::OwnWorkerOrRead => kind != K::Enroll,
         Needs::OtherWorkerOrAdmin => kind == K::Admin,
+        Needs::Worker => kind == K::Worker,
     }
 }
 

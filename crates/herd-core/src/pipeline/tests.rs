@@ -590,4 +590,7 @@ fn bad_artifacts_are_refused_where_they_are_written() {
     assert!(e.to_string().contains("invalid pattern"), "{e}");
     let e = err("builders:\n  a:\n    steps:\n      - run: x\n  b:\n    needs: [{job: a, artifact: true}]\n    steps:\n      - run: y\n");
     assert_eq!(e.line, 6, "{e}");
+    assert!(e.to_string().contains("artifacts: true"), "{e}");
+    let e = err("builders:\n  a:\n    steps:\n      - run: x\n    artifacts: {path: [a]}\n");
+    assert!(e.to_string().contains("when: always"), "{e}");
 }
