@@ -435,6 +435,12 @@ fn a_build_with_params_is_started_from_the_project_page_and_shows_its_matrix_and
             "the cells"
         );
         assert_eq!(text(&c, "p.needs").await, "Needs test/default, test/poll");
+        // The timeline draws publish's wait for both cells.
+        let arrows = c
+            .find_all(Locator::Css(".timeline path.need"))
+            .await
+            .unwrap();
+        assert_eq!(arrows.len(), 2, "one arrow per need");
         // The files the cells kept, with sizes and links.
         let table = text(&c, "table.artifacts").await;
         assert!(

@@ -1,5 +1,6 @@
 //! The build page's timeline: an SVG with one lane per worker, a bar per
-//! attempt and, on top, a bar per split batch.
+//! attempt and, on top, a bar per split batch; arrows show which job
+//! waited for which (`needs:`).
 
 use super::view::{esc, fmt_ms};
 use crate::store::SplitRow;
@@ -114,7 +115,8 @@ pub(super) fn timeline_svg(d: &crate::store::BuildDetail, splits: &[SplitRow]) -
     let height = lane_h * lanes.len() as f64 + 24.0;
     let x = |t: i64| label_w + (t - t0) as f64 / (t1 - t0) as f64 * (width - label_w - 10.0);
     let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"timeline: which worker ran what, when\">"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"timeline: which worker ran what, when, and which job waited for which\">\
+         <defs><marker id=\"arrow\" viewBox=\"0 0 6 6\" refX=\"6\" refY=\"3\" markerWidth=\"6\" markerHeight=\"6\" orient=\"auto\"><path d=\"M0,0 L6,3 L0,6 z\" class=\"need-head\"/></marker></defs>"
     );
     for (i, lane) in lanes.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
         let y = i as f64 * lane_h;
@@ -143,6 +145,47 @@ pub(super) fn timeline_svg(d: &crate::store::BuildDetail, splits: &[SplitRow]) -
             esc(&b.label),
             fmt_ms(b.end - b.start)
         );
+    }
+    // The needs: an arrow from the end of each needed job's last attempt
+    // to the start of the last attempt of the job that waited for it.
+    let last_bar = |job_id: i64| {
+        d.attempts
+            .iter()
+            .filter(|a| a.job_id == job_id)
+            .max_by_key(|a| a.number)
+            .and_then(|a| {
+                let bar = bars
+                    .iter()
+                    .find(|b| b.attempt == a.id && !b.class.starts_with("batch"))?;
+                Some((*row_of.get(&a.id)?, bar.start, bar.end))
+            })
+    };
+    for j in &d.jobs {
+        let Some((row, start, _)) = last_bar(j.id) else {
+            continue;
+        };
+        for need in &j.spec.needs {
+            let Some(dep) = d
+                .jobs
+                .iter()
+                .find(|o| format!("{}/{}", o.builder, o.name) == *need)
+            else {
+                continue;
+            };
+            let Some((dep_row, _, dep_end)) = last_bar(dep.id) else {
+                continue;
+            };
+            let (x0, y0) = (x(dep_end), dep_row as f64 * lane_h + lane_h / 2.0);
+            let (x1, y1) = (x(start).max(x0), row as f64 * lane_h + lane_h / 2.0);
+            let _ = write!(
+                svg,
+                "<path class=\"need\" d=\"M{x0:.1},{y0:.1} C{:.1},{y0:.1} {:.1},{y1:.1} {x1:.1},{y1:.1}\" marker-end=\"url(#arrow)\"><title>{} needs {}</title></path>",
+                x0 + 12.0,
+                x1 - 12.0,
+                esc(&format!("{}/{}", j.builder, j.name)),
+                esc(need)
+            );
+        }
     }
     let _ = write!(
         svg,
