@@ -15,6 +15,12 @@ pub const MAX_REPORT_BYTES: usize = 64 * 1024 * 1024;
 
 /// The results of the batch's tests that the report mentions.
 pub fn results(xml: &str, batch: &[String]) -> Result<Vec<TestRun>, String> {
+    results_in(xml, Some(batch))
+}
+
+/// The results of the batch's tests (or, without a batch, of every test)
+/// that the report mentions.
+pub(crate) fn results_in(xml: &str, batch: Option<&[String]>) -> Result<Vec<TestRun>, String> {
     if xml.len() > MAX_REPORT_BYTES {
         return Err(format!(
             "the report is {} bytes, more than the limit of {MAX_REPORT_BYTES}",
@@ -22,14 +28,23 @@ pub fn results(xml: &str, batch: &[String]) -> Result<Vec<TestRun>, String> {
         ));
     }
     let report = parse(xml)?;
-    let by_norm: HashMap<String, &String> = batch.iter().map(|id| (norm(id), id)).collect();
-    let mut out: HashMap<&String, TestRun> = HashMap::new();
+    let by_norm: HashMap<String, &String> = batch
+        .unwrap_or_default()
+        .iter()
+        .map(|id| (norm(id), id))
+        .collect();
+    let mut out: HashMap<String, TestRun> = HashMap::new();
     for suite in &report.test_suites {
         for case in &suite.test_cases {
             let name = case.name.as_str();
             let class = case.classname.as_ref().map(|c| c.as_str()).unwrap_or("");
-            let Some(id) = find(&by_norm, batch, class, name) else {
-                continue;
+            let id = match batch {
+                Some(batch) => match find(&by_norm, batch, class, name) {
+                    Some(id) => id.clone(),
+                    None => continue,
+                },
+                None if class.is_empty() => name.to_string(),
+                None => format!("{class}.{name}"),
             };
             let (outcome, message) = match &case.status {
                 TestCaseStatus::Success { .. } => (RunOutcome::Passed, None),
@@ -60,7 +75,7 @@ pub fn results(xml: &str, batch: &[String]) -> Result<Vec<TestRun>, String> {
                 message,
             };
             // A parametrised case reported twice: a failure wins.
-            match out.get(id) {
+            match out.get(&id) {
                 Some(prev) if prev.outcome == RunOutcome::Failed => {}
                 _ => {
                     out.insert(id, run);

@@ -92,6 +92,9 @@ pub struct Step {
     /// Set on a step that splits a test suite over several workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitDef>,
+    /// Where a `run:` step's per-test results are (`results:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<herd_proto::StepResults>,
     pub timeout: Option<Duration>,
     pub env: BTreeMap<String, String>,
     pub always: bool,
@@ -221,6 +224,17 @@ struct RawStep {
     #[serde(default)]
     always: bool,
     artifacts: Option<Spanned<RawArtifacts>>,
+    results: Option<Spanned<RawStepResults>>,
+}
+
+/// `results:` of a `run:` step: one report file, or a pattern.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawStepResults {
+    junit: Option<Spanned<String>>,
+    tap: Option<Spanned<String>>,
+    subunit: Option<Spanned<String>>,
+    pattern: Option<Spanned<String>>,
 }
 
 /// `results: {pattern: REGEX}` of a split.
@@ -539,6 +553,7 @@ impl Lower<'_> {
             .collect();
         for raw in raw_steps {
             let (run, split) = self.step_action(at, &raw)?;
+            let results = self.step_results(&raw)?;
             let explicit = raw.name.is_some();
             let mut step_name = match &raw.name {
                 Some(n) => {
@@ -618,6 +633,7 @@ impl Lower<'_> {
                 name: step_name,
                 run,
                 split,
+                results,
                 timeout,
                 env: raw
                     .env

@@ -486,7 +486,10 @@ fn step_spec(s: &Step) -> StepSpec {
             format: d.format,
             pattern: d.pattern.clone(),
         },
-        None => StepAction::Shell { run: s.run.clone() },
+        None => StepAction::Shell {
+            run: s.run.clone(),
+            results: s.results.clone(),
+        },
     };
     StepSpec {
         name: s.name.clone(),

@@ -11,24 +11,45 @@ pub use crate::junit::MAX_REPORT_BYTES;
 /// Most bytes of a failure's message kept.
 const MAX_MESSAGE: usize = 4096;
 
-/// Finds the batch id a runner's name stands for.
+/// Finds the batch id a runner's name stands for; without a batch (a
+/// step's own report), every name is an id.
 struct Ids<'a> {
-    by_norm: HashMap<String, &'a String>,
+    by_norm: Option<HashMap<String, &'a String>>,
 }
 
 impl<'a> Ids<'a> {
-    fn new(batch: &'a [String]) -> Self {
+    fn new(batch: Option<&'a [String]>) -> Self {
         Ids {
-            by_norm: batch
-                .iter()
-                .map(|id| (crate::junit::norm(id), id))
-                .collect(),
+            by_norm: batch.map(|b| b.iter().map(|id| (crate::junit::norm(id), id)).collect()),
         }
     }
 
-    fn find(&self, name: &str) -> Option<&'a String> {
-        self.by_norm.get(&crate::junit::norm(name.trim())).copied()
+    fn find(&self, name: &str) -> Option<String> {
+        match &self.by_norm {
+            Some(m) => m
+                .get(&crate::junit::norm(name.trim()))
+                .map(|id| (*id).clone()),
+            None => Some(name.trim())
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
+        }
     }
+}
+
+/// Every result a report holds, by its format (a step's own report, not
+/// a batch's): the ids are the runner's names.
+pub fn read_all(format: herd_proto::ReportFormat, data: &[u8]) -> Result<Vec<TestRun>, String> {
+    use herd_proto::ReportFormat;
+    match format {
+        ReportFormat::Junit => crate::junit::results_in(&String::from_utf8_lossy(data), None),
+        ReportFormat::Tap => tap_in(&String::from_utf8_lossy(data), None),
+        ReportFormat::Subunit => subunit_in(data, None),
+    }
+}
+
+/// Every result the output names, by a `results: {pattern}`.
+pub fn pattern_all(pattern: &str, output: &str) -> Result<Vec<TestRun>, String> {
+    pattern_in(pattern, output, None)
 }
 
 fn clip(mut s: String) -> String {
@@ -45,6 +66,10 @@ fn clip(mut s: String) -> String {
 /// The results of a TAP stream (`ok 1 - ID`, `not ok 2 - ID # SKIP …`,
 /// a YAML diagnostic block after a failure as its message).
 pub fn tap(text: &str, batch: &[String]) -> Result<Vec<TestRun>, String> {
+    tap_in(text, Some(batch))
+}
+
+fn tap_in(text: &str, batch: Option<&[String]>) -> Result<Vec<TestRun>, String> {
     if text.len() > MAX_REPORT_BYTES {
         return Err(format!(
             "the report is {} bytes, more than {MAX_REPORT_BYTES}",
@@ -117,6 +142,10 @@ pub fn tap(text: &str, batch: &[String]) -> Result<Vec<TestRun>, String> {
 /// writes) or version 1 (text, what `trial --reporter=subunit` writes),
 /// told apart by the first byte.
 pub fn subunit(data: &[u8], batch: &[String]) -> Result<Vec<TestRun>, String> {
+    subunit_in(data, Some(batch))
+}
+
+fn subunit_in(data: &[u8], batch: Option<&[String]>) -> Result<Vec<TestRun>, String> {
     if data.len() > MAX_REPORT_BYTES {
         return Err(format!(
             "the report is {} bytes, more than {MAX_REPORT_BYTES}",
@@ -132,7 +161,7 @@ pub fn subunit(data: &[u8], batch: &[String]) -> Result<Vec<TestRun>, String> {
 /// Subunit v1: `test: ID`, then `success: ID`, `failure: ID [` … `]`,
 /// `error:`, `skip:`, `xfail:`, `uxsuccess:`; a bracketed block is the
 /// outcome's details (a traceback), kept as the message.
-fn subunit_v1(text: &str, batch: &[String]) -> Result<Vec<TestRun>, String> {
+fn subunit_v1(text: &str, batch: Option<&[String]>) -> Result<Vec<TestRun>, String> {
     let ids = Ids::new(batch);
     let mut out: Vec<TestRun> = Vec::new();
     let mut details: Option<(Option<usize>, String)> = None;
@@ -199,7 +228,7 @@ fn subunit_v1(text: &str, batch: &[String]) -> Result<Vec<TestRun>, String> {
 /// Reads subunit v2 packets: status packets give outcomes, timestamps
 /// the duration, file attachments (a traceback) the message. The CRC is
 /// not checked; lengths and fields are, so garbage is an error.
-fn subunit_v2(data: &[u8], batch: &[String]) -> Result<Vec<TestRun>, String> {
+fn subunit_v2(data: &[u8], batch: Option<&[String]>) -> Result<Vec<TestRun>, String> {
     let ids = Ids::new(batch);
     let mut started: HashMap<String, f64> = HashMap::new();
     let mut attached: HashMap<String, String> = HashMap::new();
@@ -458,6 +487,14 @@ pub fn compile_pattern(text: &str) -> Result<regex::Regex, String> {
 /// fail, failed, failure, error, not ok; skip, skipped). Unknown words
 /// and ids outside the batch are left out.
 pub fn pattern(pattern: &str, output: &str, batch: &[String]) -> Result<Vec<TestRun>, String> {
+    pattern_in(pattern, output, Some(batch))
+}
+
+fn pattern_in(
+    pattern: &str,
+    output: &str,
+    batch: Option<&[String]>,
+) -> Result<Vec<TestRun>, String> {
     let re = compile_pattern(pattern)?;
     let ids = Ids::new(batch);
     let mut out = Vec::new();

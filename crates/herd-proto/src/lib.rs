@@ -395,8 +395,13 @@ pub enum StepAction {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         served: Option<String>,
     },
-    /// Run a command with `sh -c`.
-    Shell { run: String },
+    /// Run a command with `sh -c`; with `results`, then read its per-test
+    /// results and send them to the server (as one batch of a split).
+    Shell {
+        run: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        results: Option<StepResults>,
+    },
     /// Run one share of a test suite: `list` prints the test ids; `run`
     /// runs a batch of them (`{tests}`, `{junit}`, `$HERD_TESTS_FILE`), as
     /// often as the server hands out batches.
@@ -480,6 +485,19 @@ pub fn check_artifact_path(path: &str) -> Result<(), &'static str> {
         return Err("the path has an empty, `.` or `..` part");
     }
     Ok(())
+}
+
+/// Where a step's per-test results are: a report file in `format`, or
+/// `pattern` (a regex with `id` and `outcome` groups) over its output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepResults {
+    #[serde(default, skip_serializing_if = "ReportFormat::is_junit")]
+    pub format: ReportFormat,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
 }
 
 /// The format of a split's per-test report.

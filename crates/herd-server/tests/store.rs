@@ -134,7 +134,10 @@ fn shell_job(builder: &str) -> NewJob {
         spec: JobSpec {
             steps: vec![StepSpec {
                 name: "run".into(),
-                action: StepAction::Shell { run: "true".into() },
+                action: StepAction::Shell {
+                    run: "true".into(),
+                    results: None,
+                },
                 timeout_secs: None,
                 env: Default::default(),
                 always: false,

@@ -275,7 +275,7 @@ async fn run_step(
     let (script, failure_status) = match &step.action {
         StepAction::Fetch { from, files } => return transfer.fetch(files, from, stop).await,
         StepAction::Upload { paths } => return transfer.upload(paths, stop).await,
-        StepAction::Shell { run } => (run.as_str(), StepStatus::Failure),
+        StepAction::Shell { run, .. } => (run.as_str(), StepStatus::Failure),
         // A failed checkout is herd's failure to run the job, not the step's.
         StepAction::Checkout { .. } => (CHECKOUT_SCRIPT, StepStatus::Error),
         StepAction::Split {
@@ -298,6 +298,28 @@ async fn run_step(
             return split.run(&cmd, offset, stop).await;
         }
     };
+    // A step with `results: {pattern}` keeps its output in a file too.
+    let results = match &step.action {
+        StepAction::Shell {
+            results: Some(r), ..
+        } => Some(r),
+        _ => None,
+    };
+    let output_file = results
+        .filter(|r| r.pattern.is_some())
+        .map(|_| crate::results::output_file(&ctx.workdir, attempt, idx));
+    let teed;
+    let script = match &output_file {
+        Some(out) => {
+            if let Some(dir) = out.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            teed = crate::results::teed(script, out);
+            teed.as_str()
+        }
+        None => script,
+    };
+    let started = std::time::Instant::now();
     let ran = cmd.run(script, offset, false, stop).await;
     if let Some(path) = patch_file {
         let _ = tokio::fs::remove_file(path).await;
@@ -306,6 +328,19 @@ async fn run_step(
         Ok(r) => r,
         Err(message) => return Some(spawn_error(message)),
     };
+    if let (Some(spec), End::Exited(Ok(status))) = (results, &ran.end) {
+        crate::results::report(
+            spec,
+            &cmd,
+            &ctx.split,
+            output_file.as_deref(),
+            status.code(),
+            started.elapsed().as_secs_f64(),
+            ran.offset,
+            stop,
+        )
+        .await?;
+    }
     let outcome = match ran.end {
         End::Exited(Ok(status)) => match status.code() {
             Some(0) => StepOutcome {

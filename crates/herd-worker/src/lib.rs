@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod probe;
 pub mod process;
 pub mod reaper;
+mod results;
 mod source;
 mod split;
 

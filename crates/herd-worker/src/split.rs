@@ -51,7 +51,7 @@ impl Default for SplitLink {
 }
 
 /// Why a request got no answer.
-enum Interrupted {
+pub(crate) enum Interrupted {
     Stop(StopKind),
     TimedOut,
     /// It cannot be sent: larger than a frame even without messages.
@@ -102,7 +102,7 @@ impl SplitLink {
         }
     }
 
-    async fn request(
+    pub(crate) async fn request(
         &self,
         mut req: SplitRequest,
         stop: &mut watch::Receiver<Option<StopKind>>,
@@ -569,7 +569,7 @@ impl SplitStep<'_> {
 }
 
 /// The batch's results from its report, by the report's format.
-fn read_report(
+pub(crate) fn read_report(
     format: herd_proto::ReportFormat,
     bytes: &[u8],
     tests: &[String],

@@ -345,3 +345,62 @@ fn params_reach_the_steps_are_checked_and_kept_by_a_retry() {
     let log = String::from_utf8(server.step_log(again, "show", "0")).unwrap();
     assert_eq!(log.trim(), "3.13 hi there");
 }
+
+#[test]
+fn a_run_steps_own_results_are_read_from_its_report_or_its_output() {
+    let pipeline = r#"builders:
+  tap:
+    steps:
+      - name: suite
+        run: |
+          mkdir -p out
+          printf 'TAP version 13\n1..3\nok 1 - t/a.t\nnot ok 2 - t/b.t\nok 3 - t/c.t # SKIP no db\n' > out/report.tap
+          exit 1
+        results: {tap: out/report.tap}
+  trial:
+    steps:
+      - run: |
+          echo "test_one ... [OK]"
+          echo "test_two ... [FAIL]"
+          echo "test_three ... [OK]"
+        results: {pattern: '^(?P<id>\S+) \.\.\. \[(?P<outcome>OK|FAIL)\]'}
+"#;
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _w = server.worker("w", 2, &[]);
+    let id = server.start_build("p", &[]);
+    let b = server.wait_build(id, Duration::from_secs(60));
+    // The exit code decides each step; the results are what they say.
+    assert_eq!(server.job(&b, "tap", "main")["state"], "failure");
+    assert_eq!(server.job(&b, "trial", "main")["state"], "success");
+    let tests = server.get(&format!("/api/v1/builds/{id}/tests")).unwrap();
+    let mut got: BTreeMap<String, String> = BTreeMap::new();
+    for s in tests["splits"].as_array().unwrap() {
+        for t in s["tests"].as_array().unwrap() {
+            got.insert(
+                format!(
+                    "{}:{}",
+                    s["builder"].as_str().unwrap(),
+                    t["id"].as_str().unwrap()
+                ),
+                t["outcome"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    let want: BTreeMap<String, String> = [
+        ("tap:t/a.t", "passed"),
+        ("tap:t/b.t", "failed"),
+        ("tap:t/c.t", "skipped"),
+        ("trial:test_one", "passed"),
+        ("trial:test_two", "failed"),
+        ("trial:test_three", "passed"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(got, want, "{tests:#}");
+    let log = String::from_utf8(server.step_log(id, "trial/main", "0")).unwrap();
+    assert!(
+        log.contains("test_two ... [FAIL]"),
+        "the output is still the log: {log}"
+    );
+}

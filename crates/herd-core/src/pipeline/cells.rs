@@ -122,6 +122,7 @@ impl Lower<'_> {
             timeout: opt(&raw.timeout)?,
             env,
             always: raw.always,
+            results: raw.results.clone(),
             artifacts: match &raw.artifacts {
                 None => None,
                 Some(a) => Some(Spanned {

@@ -2,6 +2,7 @@
 
 use super::{Lower, RawStep, SplitDef, MAX_SPLIT_WORKERS};
 use crate::config_error::ConfigError;
+use herd_proto::{ReportFormat, StepResults};
 use serde_saphyr::Spanned;
 
 impl Lower<'_> {
@@ -157,6 +158,72 @@ impl Lower<'_> {
                     format!("a step of `{}` has neither `run:` nor `split:`", at.value),
                 )
                 .with_help("give the step a command: `- run: make test`")),
+        }
+    }
+
+    /// A `run:` step's `results:`: one of `junit:`, `tap:`, `subunit:`
+    /// (a file the command writes) or `pattern:` (over its output).
+    pub(super) fn step_results(&self, raw: &RawStep) -> Result<Option<StepResults>, ConfigError> {
+        let Some(r) = &raw.results else {
+            return Ok(None);
+        };
+        if raw.split.is_some() {
+            return Err(self
+                .err(&r.referenced, "a split step reads its results under `split:`")
+                .with_help("move them into `split:` (`junit:`, `tap:`, `subunit:` or `results: {pattern}`)"));
+        }
+        let given: Vec<(Option<ReportFormat>, &Spanned<String>)> = [
+            (Some(ReportFormat::Junit), &r.value.junit),
+            (Some(ReportFormat::Tap), &r.value.tap),
+            (Some(ReportFormat::Subunit), &r.value.subunit),
+            (None, &r.value.pattern),
+        ]
+        .into_iter()
+        .filter_map(|(f, v)| v.as_ref().map(|v| (f, v)))
+        .collect();
+        let help = "give one of `junit: PATH`, `tap: PATH`, `subunit: PATH` (a report the command writes) or `pattern: REGEX` (with groups `id` and `outcome`, over the output)";
+        let (format, value) = match given.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(self
+                    .err(&r.referenced, "`results:` names no report")
+                    .with_help(help))
+            }
+            [_, (_, second), ..] => {
+                return Err(self
+                    .err(
+                        &second.referenced,
+                        "`results:` has one report or one pattern",
+                    )
+                    .with_help(help))
+            }
+        };
+        match format {
+            None => {
+                crate::results::compile_pattern(&value.value)
+                    .map_err(|e| self.err(&value.referenced, e).with_help(help))?;
+                Ok(Some(StepResults {
+                    format: ReportFormat::Junit,
+                    path: None,
+                    pattern: Some(value.value.clone()),
+                }))
+            }
+            Some(format) => {
+                let p = value.value.trim();
+                if p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                    return Err(self
+                        .err(
+                            &value.referenced,
+                            format!("invalid `{}:` path `{}`", format.key(), value.value),
+                        )
+                        .with_help("give a path inside the workspace, such as reports/junit.xml"));
+                }
+                Ok(Some(StepResults {
+                    format,
+                    path: Some(p.to_string()),
+                    pattern: None,
+                }))
+            }
         }
     }
 }

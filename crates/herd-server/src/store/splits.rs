@@ -95,7 +95,7 @@ impl Store {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         let row = sqlx::query(
-            "SELECT a.job_id, j.build_id, j.builder, j.spec, b.project FROM attempts a \
+            "SELECT a.job_id, j.build_id, j.builder, j.name, j.spec, b.project FROM attempts a \
              JOIN jobs j ON j.id = a.job_id JOIN builds b ON b.id = j.build_id \
              WHERE a.id = $1 AND a.worker = $2 AND a.state IN ('assigned', 'running')",
         )
@@ -114,15 +114,35 @@ impl Store {
         let builder: String = row.try_get("builder")?;
         let project: String = row.try_get("project")?;
         let spec = decode_job_spec(&row.try_get::<String, _>("spec")?)?;
-        let Some(shard) = spec.shard else {
-            return Ok(fail("this job has no split step"));
+        let job_name: String = row.try_get("name")?;
+        let shard = match spec.shard {
+            Some(s) if s.step == req.step => s,
+            // A `run:` step with `results:` reports as the one shard of
+            // a split of its own.
+            _ => match spec.steps.get(req.step as usize) {
+                Some(herd_proto::StepSpec {
+                    action:
+                        herd_proto::StepAction::Shell {
+                            results: Some(_), ..
+                        },
+                    name,
+                    ..
+                }) => herd_core::plan::Shard {
+                    job: job_name,
+                    index: 1,
+                    of: 1,
+                    step: req.step,
+                    step_name: name.clone(),
+                    flaky_fails: false,
+                },
+                _ => {
+                    return Ok(fail(format!(
+                        "step {} of this job is neither a split step nor one with `results:`",
+                        req.step
+                    )))
+                }
+            },
         };
-        if shard.step != req.step {
-            return Ok(fail(format!(
-                "step {} is not the split step of this job (that is step {})",
-                req.step, shard.step
-            )));
-        }
         lock_build(&mut tx, build_id).await?;
         let existing = sqlx::query(
             "SELECT * FROM splits WHERE build_id = $1 AND builder = $2 AND job = $3 AND step_idx = $4",
