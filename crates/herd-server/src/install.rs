@@ -17,8 +17,34 @@ pub fn own_platform_file() -> String {
     format!("herd-{}-{}", std::env::consts::OS, std::env::consts::ARCH)
 }
 
-/// The address the caller used to reach us, as `http(s)://HOST[:PORT]`.
+/// The address other machines use for this server: the one the caller
+/// used (`http(s)://HOST[:PORT]`), unless that is this machine's loopback
+/// and the server's public address (`--url`) is not: a one-liner read in
+/// a browser on the server's own machine is for other machines.
 pub fn caller_base(app: &App, headers: &HeaderMap) -> Option<String> {
+    let base = host_base(app, headers)?;
+    if is_loopback_url(&base) && !is_loopback_url(&app.public_url) {
+        return Some(app.public_url.trim_end_matches('/').to_string());
+    }
+    Some(base)
+}
+
+/// Whether `url`'s host is this machine only (loopback or unspecified).
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+}
+
+fn host_base(app: &App, headers: &HeaderMap) -> Option<String> {
     let scheme = if app.tls_pin.is_some() {
         "https"
     } else {

@@ -213,4 +213,27 @@ fn rough_edges_token_kinds_and_an_address_without_a_scheme() {
     let out = server.cli(&["workers", "--server", "ftp://127.0.0.1:9"]);
     assert_ne!(code(&out), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a herd server's address"));
+
+    // `token list` says how many uses an enrollment token has left.
+    let once = server.cli(&["token", "create", "--enroll", "--uses", "1"]);
+    let once = String::from_utf8_lossy(&once.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    server.cli(&["token", "create", "--enroll"]);
+    let (status, _) = server.post(
+        "/api/v1/enroll",
+        serde_json::json!({"token": once, "name": "enrolled"}),
+        None,
+    );
+    assert_eq!(status, 201);
+    let out = server.cli(&["token", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().next().unwrap().contains("USES LEFT"), "{text}");
+    assert!(
+        text.contains("0 (used)") && text.contains("unlimited"),
+        "{text}"
+    );
 }

@@ -573,3 +573,24 @@ fn upgrade_replaces_the_executable_and_restarts_without_losing_the_running_job()
         || (server.get(&format!("/api/v1/workers/{name}")).ok()?["online"] == true).then_some(()),
     );
 }
+
+#[test]
+fn a_temporary_directory_that_cannot_be_made_is_named_with_its_cause() {
+    let server = Server::start(&[]);
+    let token = enroll_token(&server, &[]);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "curl -fsSL '{}/install.sh?token={token}' | sh",
+            server.url
+        ))
+        .env("TMPDIR", "/nonexistent/herd-test")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("cannot create a temporary directory in /nonexistent/herd-test: mktemp:"),
+        "mktemp's own words: {said}"
+    );
+}

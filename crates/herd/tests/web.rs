@@ -355,6 +355,10 @@ fn actions_need_sign_in_and_cancel_works() {
             )),
             "{text}"
         );
+        // And the same line for root where there is no sudo.
+        let root = text.strip_suffix(" | sudo sh").unwrap();
+        let root_line = crate::text(&c, "#oneliner-root").await;
+        assert_eq!(root_line, format!("{root} | sh"));
         screenshot(&c, "add-worker").await;
         c.close().await.unwrap();
     });

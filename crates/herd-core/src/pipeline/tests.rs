@@ -605,13 +605,17 @@ fn a_run_step_names_one_report_or_one_pattern() {
     let r = p.builders[0].jobs[0].steps[0].results.clone().unwrap();
     assert_eq!(r.format, herd_proto::ReportFormat::Subunit);
     assert_eq!(r.path.as_deref(), Some("out/r.subunit"));
-    let e = err("builders:\n  a:\n    steps:\n      - run: x\n        results: {tap: a, junit: b}\n");
+    let e =
+        err("builders:\n  a:\n    steps:\n      - run: x\n        results: {tap: a, junit: b}\n");
     assert!(e.to_string().contains("one report or one pattern"), "{e}");
     let e = err("builders:\n  a:\n    steps:\n      - run: x\n        results: {}\n");
     assert!(e.to_string().contains("names no report"), "{e}");
-    let e = err("builders:\n  a:\n    steps:\n      - run: x\n        results: {junit: ../x.xml}\n");
+    let e =
+        err("builders:\n  a:\n    steps:\n      - run: x\n        results: {junit: ../x.xml}\n");
     assert!(e.to_string().contains("invalid `junit:` path"), "{e}");
-    let e = err("builders:\n  a:\n    steps:\n      - run: x\n        results: {pattern: '(?P<id>x)'}\n");
+    let e = err(
+        "builders:\n  a:\n    steps:\n      - run: x\n        results: {pattern: '(?P<id>x)'}\n",
+    );
     assert!(e.to_string().contains("outcome"), "{e}");
     let e = err("builders:\n  a:\n    steps:\n      - split: {list: ls, run: 'r {tests}'}\n        results: {tap: a}\n");
     assert!(e.to_string().contains("under `split:`"), "{e}");

@@ -44,7 +44,10 @@ fetch() {
     fi
 }
 
-tmp=$(mktemp -d 2>/dev/null || mktemp -d -t herd)
+# A template GNU and BSD mktemp both take; its own error is the one shown.
+if ! tmp=$(mktemp -d "${TMPDIR:-/tmp}/herd-install.XXXXXX" 2>&1); then
+    fail "cannot create a temporary directory in ${TMPDIR:-/tmp}: $tmp (set TMPDIR to a writable directory)"
+fi
 trap 'rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM
 printf '%-41s' "Downloading herd for $os-$arch..." >&2

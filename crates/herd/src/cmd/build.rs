@@ -225,7 +225,9 @@ pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 
 /// Long-polls the build until it ends, drawing a progress bar on stderr.
 pub async fn wait_for(c: &Client, id: i64) -> Result<Build> {
-    let bar = ProgressBar::new(0);
+    // The bar starts empty at 0 of the build's jobs, once they are known.
+    let first: Build = c.get(&format!("/api/v1/builds/{id}")).await?;
+    let bar = ProgressBar::new(first.jobs.len().max(1) as u64);
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} build {prefix} [{bar:24}] {pos}/{len} jobs {elapsed} {wide_msg}",
@@ -235,13 +237,19 @@ pub async fn wait_for(c: &Client, id: i64) -> Result<Build> {
     );
     bar.set_prefix(id.to_string());
     bar.enable_steady_tick(Duration::from_millis(120));
+    let mut next = Some(first);
     let mut since: Option<i64> = None;
     loop {
-        let path = match since {
-            Some(v) => format!("/api/v1/builds/{id}?since={v}&wait_ms=20000"),
-            None => format!("/api/v1/builds/{id}"),
+        let b: Build = match next.take() {
+            Some(b) => b,
+            None => {
+                let path = match since {
+                    Some(v) => format!("/api/v1/builds/{id}?since={v}&wait_ms=20000"),
+                    None => format!("/api/v1/builds/{id}"),
+                };
+                c.get(&path).await?
+            }
         };
-        let b: Build = c.get(&path).await?;
         bar.set_length(b.jobs.len() as u64);
         bar.set_position(b.jobs.iter().filter(|j| j.state.is_finished()).count() as u64);
         bar.set_message(current_activity(&b.jobs));

@@ -143,11 +143,17 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             let install = res.install.unwrap_or_else(|| {
                 format!("curl -fsSL '{server}/install.sh?token={token}' | sudo sh")
             });
+            let as_root = install
+                .strip_suffix(" | sudo sh")
+                .map(|c| format!("{c} | sh"));
             eprintln!(
-                "on the machine to lend, run:\n  {install}\n\
-                 (without sudo it installs for the current user). It creates the service user `herd`,\n\
+                "on the machine to lend, run:\n  {install}\n{}\
+                 (as another user without sudo it installs for that user). It creates the service user `herd`,\n\
                  checks git, a shell, disk and the clock, downloads herd, registers, detects capabilities,\n\
-                 installs a service that starts at boot, and waits until the worker is online."
+                 installs a service that starts at boot, and waits until the worker is online.",
+                as_root
+                    .map(|c| format!("or, as root where there is no sudo (a container):\n  {c}\n"))
+                    .unwrap_or_default()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -159,25 +165,23 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             outln!(
-                "{:<18} {:<7} {:<16} {:<17} {:<17} {:>5} REVOKED",
+                "{:<18} {:<7} {:<16} {:<17} {:<17} {:<11} REVOKED",
                 "ID",
                 "KIND",
                 "WORKER",
                 "CREATED",
                 "EXPIRES",
-                "USES"
+                "USES LEFT"
             );
             for t in &res.tokens {
                 outln!(
-                    "{:<18} {:<7} {:<16} {:<17} {:<17} {:>5} {}",
+                    "{:<18} {:<7} {:<16} {:<17} {:<17} {:<11} {}",
                     t.id,
                     t.kind,
                     t.worker.as_deref().unwrap_or("-"),
                     when(Some(t.created_at)),
                     when(t.expires_at),
-                    t.uses_left
-                        .map(|u| u.to_string())
-                        .unwrap_or_else(|| "-".into()),
+                    uses_left(t.kind.as_str(), t.uses_left),
                     when(t.revoked_at),
                 );
             }
@@ -189,6 +193,16 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             eprintln!("revoked token {id}");
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// What the USES LEFT column says: only enrollment tokens are used up.
+fn uses_left(kind: &str, left: Option<i64>) -> String {
+    match (kind, left) {
+        ("enroll", None) => "unlimited".into(),
+        ("enroll", Some(0)) => "0 (used)".into(),
+        (_, Some(n)) => n.to_string(),
+        (_, None) => "-".into(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `herd up`: a server with embedded SQLite, one local worker, an example
 //! project (a small git repository it creates) and this repository when it
-//! has a herd.yml; starts a first build and says where to look.
+//! has a herd.yml; on its first start builds each project once, and says
+//! where to look and how other machines can join.
 
 use clap::Args;
 use herd_server::auth::{self, TokenKind};
@@ -15,8 +16,17 @@ use std::process::{Command, ExitCode};
 
 #[derive(Args)]
 pub struct UpArgs {
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Where the server listens. 127.0.0.1 (the default) is this machine
+    /// only; `0.0.0.0:8080` lets other machines' workers connect.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
     listen: String,
+    /// How other machines reach this server (`http://ci.example.org:8080`):
+    /// the address printed for workers and in the install one-liner.
+    /// Default: the listen address.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// The server's data directory (database, tokens, mirrors, artifacts,
+    /// the example repository); a restart reuses it.
     #[arg(long, default_value = "herd-data")]
     data: PathBuf,
     /// Jobs the local worker runs at once.
@@ -50,6 +60,15 @@ builders:
 
 pub async fn run(args: UpArgs) -> Result<ExitCode> {
     crate::init_logging("warn");
+    // Before anything is created: a taken port leaves no herd-data behind.
+    if let Err(e) = std::net::TcpListener::bind(&args.listen) {
+        return Err(miette!(
+            help = "stop what runs there, or choose another address with --listen 127.0.0.1:8081",
+            "cannot listen on {}: {e}",
+            args.listen
+        ));
+    }
+    let first_start = !args.data.join("herd.db").exists();
     std::fs::create_dir_all(&args.data).into_diagnostic()?;
     let data = std::path::absolute(&args.data).into_diagnostic()?;
     let example = data.join("example-repo");
@@ -74,7 +93,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         private: false,
         projects,
         settings: Settings::default(),
-        public_url: None,
+        public_url: args.url.clone().or_else(|| every_address_url(&args.listen)),
         database: None,
         tls: Default::default(),
         conn_limits: Default::default(),
@@ -83,6 +102,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     .await
     .map_err(|e| miette!("{e}"))?;
     let url = format!("http://{}", server.addr);
+    let public = server.app.public_url.clone();
 
     // The local worker's token, kept beside the data so a restart reuses it.
     let token_file = data.join("local-worker-token");
@@ -119,19 +139,31 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         },
         stop_rx,
     ));
-    let build = start_build(
-        &server.app,
-        BuildRequest {
-            project: "example".into(),
-            builder: None,
-            rev: None,
-            priority: 0,
-            reason: Some("herd up".into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .map_err(|e| miette!("could not start the first build: {e}"))?;
+    // The first start builds each project's head once, so that its
+    // builders show; a restart builds nothing by itself.
+    let mut first_builds = Vec::new();
+    if first_start {
+        for project in &names {
+            let started = start_build(
+                &server.app,
+                BuildRequest {
+                    project: project.clone(),
+                    reason: Some("herd up: first start".into()),
+                    ..Default::default()
+                },
+            )
+            .await;
+            match started {
+                Ok(build) => first_builds.push(build),
+                // The example is herd's own: it must build. Another
+                // project's refusal is its own business.
+                Err(e) if project == "example" => {
+                    return Err(miette!("could not start the first build: {e}"))
+                }
+                Err(e) => eprintln!("no first build of {project}: {e}"),
+            }
+        }
+    }
 
     crate::outln!("herd is running at {url}");
     crate::outln!("  web page:    {url}");
@@ -143,16 +175,27 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     crate::outln!("  projects:    {}", names.join(", "));
     crate::outln!("  worker:      local ({} slots)", args.slots);
     crate::outln!();
-    crate::outln!("First build: {build}. Follow it with:");
-    crate::outln!("  herd build log {build} --follow");
-    crate::outln!("Start another:");
+    match first_builds.first() {
+        Some(build) => {
+            crate::outln!("First build: {build}. Follow it with:");
+            crate::outln!("  herd build log {build} --follow");
+        }
+        None => crate::outln!("Started again on the same data: nothing was built by this start."),
+    }
+    crate::outln!("Start a build:");
     crate::outln!("  herd build start example --wait");
-    crate::outln!("Add a worker on another machine:");
-    crate::outln!("  herd token create --worker NAME          # prints TOKEN");
-    crate::outln!("  herd worker --server {url} --token TOKEN");
+    if reachable_from_elsewhere(&public) {
+        crate::outln!("Add a worker on another machine (this server's address for it: {public}; if it reaches this machine by another name, restart with --url):");
+        crate::outln!("  herd token create --enroll               # prints the install one-liner");
+        crate::outln!("  curl -fsSL '{public}/install.sh?token=TOKEN' | sudo sh   # as root: | sh");
+    } else {
+        crate::outln!("This server listens on this machine only: no other machine can reach it.");
+        crate::outln!("To add workers elsewhere, start it with an address they reach:");
+        crate::outln!("  herd up --listen 0.0.0.0:8080 --url http://THIS-HOST:8080");
+    }
     crate::outln!();
     crate::outln!(
-        "Ctrl-C stops herd; running it again reuses {}.",
+        "Ctrl-C stops herd; running it again reuses {} (its builds, tokens and worker) and starts no build.",
         data.display()
     );
 
@@ -162,6 +205,23 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), worker).await;
     server.stop().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// For a server listening on every address (`0.0.0.0:PORT`) without
+/// `--url`: this machine's name and the port, the best guess of how others
+/// reach it.
+fn every_address_url(listen: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = listen.parse().ok()?;
+    if !addr.ip().is_unspecified() {
+        return None;
+    }
+    let host = herd_worker::facts::gather().remove("hostname")?;
+    Some(format!("http://{host}:{}", addr.port()))
+}
+
+/// Whether `url` names an address other machines can use (not loopback).
+fn reachable_from_elsewhere(url: &str) -> bool {
+    !herd_server::install::is_loopback_url(url)
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
@@ -220,4 +280,19 @@ fn create_example_repo(dir: &Path) -> Result<()> {
     git(&["add", "."])?;
     git(&["commit", "-q", "-m", "Example project for herd"])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable_from_elsewhere;
+
+    #[test]
+    fn loopback_and_unspecified_addresses_are_this_machine_only() {
+        assert!(!reachable_from_elsewhere("http://127.0.0.1:8080"));
+        assert!(!reachable_from_elsewhere("http://localhost:8080"));
+        assert!(!reachable_from_elsewhere("http://[::1]:8080"));
+        assert!(!reachable_from_elsewhere("http://0.0.0.0:8080"));
+        assert!(reachable_from_elsewhere("http://ci.example.org:8080"));
+        assert!(reachable_from_elsewhere("https://192.0.2.7"));
+    }
 }
