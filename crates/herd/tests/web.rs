@@ -472,3 +472,43 @@ fn a_build_with_params_is_started_from_the_project_page_and_shows_its_matrix_and
     let log = String::from_utf8(server.step_log(id, "publish/main", "1")).unwrap();
     assert_eq!(log, "3.13 default\n3.13 poll\n");
 }
+
+#[test]
+fn the_log_page_names_its_job_and_attempt_as_the_build_page_does() {
+    let pipeline = "builders:\n  first:\n    steps:\n      - run: echo one\n  second:\n    steps:\n      - name: compile\n        run: echo compiled\n      - name: test\n        run: echo tested; exit 3\n";
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _w = server.worker("log-worker", 1, &[]);
+    let id = server.start_build("p", &[]);
+    let b = server.wait_build(id, Duration::from_secs(30));
+    let second = server.job(&b, "second", "main");
+    let attempt = second["attempts"][0]["id"].as_i64().unwrap();
+    assert_ne!(attempt, 1, "the attempt's id is not its number");
+    let driver = chromedriver();
+    runtime().block_on(async {
+        let c = browser(&driver).await;
+        c.goto(&format!("{}/builds/{id}", server.url))
+            .await
+            .unwrap();
+        let section = format!("#job-{}", second["id"].as_i64().unwrap());
+        let on_build = text(&c, &format!("{section} .attempt p")).await;
+        assert!(
+            on_build.starts_with("Attempt 1 on log-worker"),
+            "{on_build}"
+        );
+        click(&c, &format!("{section} table.steps a")).await;
+        wait_for(&c, "#next-step", Duration::from_secs(5)).await;
+        let summary = text(&c, "p.summary").await;
+        assert!(summary.contains("job second/main"), "{summary}");
+        assert!(summary.contains("attempt 1 on log-worker"), "{summary}");
+        assert!(
+            !summary.contains(&format!("attempt {attempt} ")),
+            "{summary}"
+        );
+        click(&c, "#next-step").await;
+        wait_for(&c, "#prev-step", Duration::from_secs(5)).await;
+        let summary = text(&c, "p.summary").await;
+        assert!(summary.contains("exit code 3"), "{summary}");
+        assert_eq!(text(&c, "h1").await.split(" (").next().unwrap(), "test");
+        c.close().await.unwrap();
+    });
+}

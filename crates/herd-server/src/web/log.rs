@@ -22,7 +22,17 @@ pub struct LogPage {
     pub state: String,
     pub build: i64,
     pub attempt: i64,
+    /// The attempt's number within its job (1, 2, …), as the build page says.
+    pub number: i64,
+    /// `builder/job`.
+    pub job: String,
+    pub job_id: i64,
     pub worker: String,
+    pub duration: String,
+    pub exit_code: Option<i64>,
+    /// The steps before and after this one: index and name.
+    pub prev_step: Option<(i64, String)>,
+    pub next_step: Option<(i64, String)>,
     pub idx: i64,
     pub size: u64,
     pub offset: u64,
@@ -56,6 +66,24 @@ pub async fn log(
         Ok(b) => b,
         Err(e) => return server_error(e),
     };
+    let detail = match store.build_detail(build).await {
+        Ok(d) => d,
+        Err(e) => return server_error(e),
+    };
+    let job = detail
+        .as_ref()
+        .and_then(|d| d.jobs.iter().find(|j| j.id == a.job_id))
+        .map(|j| format!("{}/{}", j.builder, j.name))
+        .unwrap_or_default();
+    let neighbour = |i: i64| {
+        detail.as_ref().and_then(|d| {
+            d.steps
+                .iter()
+                .find(|s| s.attempt_id == attempt && s.idx == i)
+                .map(|s| (i, s.name.clone()))
+        })
+    };
+    let (prev_step, next_step) = (neighbour(idx - 1), neighbour(idx + 1));
     let size = step.log_size as u64;
     // By default the end of the log (where the action is), a page of it.
     let offset = q
@@ -87,7 +115,14 @@ pub async fn log(
         state: step.state.to_string(),
         build,
         attempt,
+        number: a.number,
+        job,
+        job_id: a.job_id,
         worker: a.worker.clone(),
+        duration: super::view::duration(step.started_at, step.finished_at),
+        exit_code: step.exit_code,
+        prev_step,
+        next_step,
         idx,
         size,
         offset: start,
