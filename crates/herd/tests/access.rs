@@ -125,6 +125,7 @@ const ROUTES: &[(&str, &str, Needs, Check)] = &[
     ("GET", "/projects/p", Needs::Read, Check::All),
     ("GET", "/workers", Needs::Read, Check::All),
     ("GET", "/workers/add", Needs::Read, Check::All),
+    ("GET", "/workers/matrix", Needs::Read, Check::All),
     ("GET", "/workers/w", Needs::Read, Check::All),
     ("GET", "/events", Needs::Read, Check::All),
     ("POST", "/workers/add", Needs::Admin, Check::RefusalsOnly),

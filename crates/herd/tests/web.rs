@@ -512,3 +512,56 @@ fn the_log_page_names_its_job_and_attempt_as_the_build_page_does() {
         c.close().await.unwrap();
     });
 }
+
+#[test]
+fn the_capability_matrix_shows_who_can_run_what_and_why_not() {
+    let root = tempfile::tempdir().unwrap();
+    let pipeline = "builders:\n  modern:\n    requires: [python3 >= 3.12]\n    steps:\n      - run: python3 --version\n  any:\n    steps:\n      - run: echo hi\n";
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let old = fake_tools(&root.path().join("old"), "3.10.4", &[]);
+    let new = fake_tools(&root.path().join("new"), "3.12.3", &[]);
+    let _old = server.worker_with_env("py310", 1, &[], &[("PATH", old)]);
+    let _new = server.worker_with_env("py312", 1, &[], &[("PATH", new)]);
+    let id = server.start_build("p", &[]);
+    let b = server.wait_build(id, Duration::from_secs(30));
+    assert_eq!(b["state"], "success", "{b:#}");
+    let driver = chromedriver();
+    runtime().block_on(async {
+        let c = browser(&driver).await;
+        c.goto(&format!("{}/workers", server.url)).await.unwrap();
+        let found = text(&c, "table.workers").await;
+        assert!(
+            found.contains("python3 3.12.3") && found.contains("python3 3.10.4"),
+            "{found}"
+        );
+        click(&c, "a[href='/workers/matrix']").await;
+        let table = wait_for(&c, "table.matrix", Duration::from_secs(5)).await;
+        let rows = table.find_all(Locator::Css("tbody tr")).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        let mut seen = Vec::new();
+        for r in rows {
+            let cells: Vec<String> = {
+                let mut v = Vec::new();
+                for td in r.find_all(Locator::Css("td")).await.unwrap() {
+                    v.push(td.text().await.unwrap());
+                }
+                v
+            };
+            seen.push(cells);
+        }
+        // Columns: project, builder / job, requires, py310, py312.
+        let modern = seen.iter().find(|r| r[1].starts_with("modern")).unwrap();
+        assert!(
+            modern[3].starts_with('✗') && modern[3].contains("3.10.4"),
+            "{modern:?}"
+        );
+        assert!(modern[4].starts_with('✓'), "{modern:?}");
+        let any = seen.iter().find(|r| r[1].starts_with("any")).unwrap();
+        assert!(
+            any[3].starts_with('✓') && any[4].starts_with('✓'),
+            "{any:?}"
+        );
+        screenshot(&c, "capability-matrix").await;
+        c.close().await.unwrap();
+    });
+}

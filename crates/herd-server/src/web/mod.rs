@@ -13,6 +13,7 @@ mod build;
 mod builder;
 mod grid;
 mod log;
+mod matrix;
 mod projects;
 mod session;
 mod timeline;
@@ -50,6 +51,7 @@ pub fn router() -> Router<Arc<App>> {
         .route("/projects/{name}", get(projects::project))
         .route("/projects/{name}/builds", post(projects::start))
         .route("/workers", get(workers::workers))
+        .route("/workers/matrix", get(matrix::matrix))
         .route(
             "/workers/add",
             get(add_worker::add_worker).post(add_worker::make_install_command),

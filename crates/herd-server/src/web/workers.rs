@@ -19,6 +19,12 @@ pub struct WorkerRowView {
     pub slots: i64,
     pub platform: String,
     pub labels: String,
+    pub cpus: String,
+    /// GiB.
+    pub memory: String,
+    pub version: String,
+    /// What its probes found: `python3 3.12.3, gcc 13.2.0`.
+    pub capabilities: String,
 }
 
 #[derive(Template)]
@@ -35,11 +41,32 @@ pub async fn workers(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
     };
     let live = app.hub.live_workers();
     let mut server_labels = app.hub.store.all_worker_labels().await.unwrap_or_default();
+    let mut probes = app
+        .hub
+        .store
+        .probes_by_worker(None)
+        .await
+        .unwrap_or_default();
     let workers = rows
         .iter()
         .map(|w| {
             let facts = json_map(&w.facts);
+            let found = probes
+                .remove(&w.name)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.present)
+                .map(|p| match p.version {
+                    Some(v) => format!("{} {v}", p.name),
+                    None => p.name,
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
             WorkerRowView {
+                cpus: facts.get("cpus").cloned().unwrap_or_default(),
+                memory: facts.get("memory").cloned().unwrap_or_default(),
+                version: w.version.clone(),
+                capabilities: found,
                 name: w.name.clone(),
                 state: worker_state(&app, w),
                 since: ago(w.last_change),
