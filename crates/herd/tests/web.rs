@@ -212,6 +212,26 @@ fn the_grid_shows_a_new_build_without_reload_and_a_script_in_a_commit_message_is
             "no markup made"
         );
         assert!(text(&c, "th.builder").await.contains("1 capable"));
+        // A rebuild of one builder of the same change stacks in its row:
+        // one row, the newest build's docs cell, linux still from the first.
+        let again = off(|| server.start_build("app", &["--builder", "docs"]));
+        off(|| server.wait_build(again, Duration::from_secs(30)));
+        let start = Instant::now();
+        loop {
+            let seen = c
+                .execute(
+                    "return [document.querySelectorAll('table.grid tbody tr').length, document.querySelector('table.grid tbody tr').dataset.b, [...document.querySelectorAll('table.grid tbody tr td')].map(td => td.dataset.b || ''), (document.querySelector('span.earlier') || {}).textContent || '']",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            let want = serde_json::json!([1, again.to_string(), [id.to_string(), ""], format!(" · earlier: #{id}")]);
+            if seen == want {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "grid: {seen} (want {want})");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         screenshot(&c, "grid").await;
         // The column's workers: who can run the builder, and why others cannot.
         c.goto(&format!("{}/builders/app/linux", server.url)).await.unwrap();

@@ -1,6 +1,8 @@
-//! The grid (`/`): a column per builder, a row per build, each cell the
-//! state of that builder's jobs, and in each column's head how many
-//! connected workers can run it.
+//! The grid (`/`): a column per builder, a row per change (a revision of
+//! a project on a branch; each try build is its own), each cell the state
+//! of that builder's jobs in the change's latest build that ran it
+//! (rebuilds stack in the row, the earlier ones linked), and in each
+//! column's head how many connected workers can run it.
 
 use super::session::render;
 use super::view::{ago, esc, origin_label, server_error, short, Page};
@@ -32,6 +34,8 @@ pub struct GridRow {
     pub common: &'static str,
     /// The row's cells, prerendered: a grid of 200 x 100 must stay small.
     pub cells: String,
+    /// The change's earlier builds, newest first.
+    pub earlier: Vec<i64>,
 }
 
 pub struct GridColumn {
@@ -155,20 +159,51 @@ pub async fn grid_page(
         by_build
             .entry(*build)
             .or_insert_with(|| vec![Vec::new(); columns.len()])[ci]
-            .push((*id, name.as_str(), state.as_str()));
+            .push((*build, *id, name.as_str(), state.as_str()));
     }
-    let mut rows = Vec::with_capacity(builds.len());
+    // One row per change: its builds, newest first (the list is).
+    let mut changes: Vec<Vec<&crate::store::BuildRow>> = Vec::new();
+    let mut change_of: HashMap<ChangeKey, usize> = HashMap::new();
     for b in &builds {
-        let Some(cells) = by_build.get(&b.id) else {
+        match change_key(b) {
+            Some(k) => match change_of.get(&k) {
+                Some(&i) => changes[i].push(b),
+                None => {
+                    change_of.insert(k, changes.len());
+                    changes.push(vec![b]);
+                }
+            },
+            None => changes.push(vec![b]),
+        }
+    }
+    let mut rows = Vec::with_capacity(changes.len());
+    for builds_of_change in &changes {
+        let b = builds_of_change[0];
+        let earlier: Vec<i64> = builds_of_change[1..].iter().map(|e| e.id).collect();
+        // Per column, the newest of the change's builds that ran it.
+        let mut stacked: Vec<Vec<CellJob>> = vec![Vec::new(); columns.len()];
+        let mut any = false;
+        for e in builds_of_change {
+            if let Some(cells) = by_build.get(&e.id) {
+                for (slot, c) in stacked.iter_mut().zip(cells) {
+                    if slot.is_empty() && !c.is_empty() {
+                        slot.clone_from(c);
+                        any = true;
+                    }
+                }
+            }
+        }
+        if !any {
             if q.builder.is_empty() {
-                rows.push(grid_row(b, &[], "n"));
+                rows.push(grid_row(b, &[], "n", earlier));
             }
             continue;
-        };
+        }
+        let cells = &stacked;
         // The most common single-job state of the row.
         let mut counts: HashMap<&'static str, usize> = HashMap::new();
         for c in cells {
-            if let [(_, _, st)] = c.as_slice() {
+            if let [(_, _, _, st)] = c.as_slice() {
                 *counts.entry(cell_class(st)).or_default() += 1;
             } else if c.is_empty() {
                 *counts.entry("n").or_default() += 1;
@@ -179,7 +214,7 @@ pub async fn grid_page(
             .max_by_key(|(k, n)| (*n, *k))
             .map(|(k, _)| k)
             .unwrap_or("n");
-        rows.push(grid_row(b, cells, common));
+        rows.push(grid_row(b, cells, common, earlier));
     }
     let columns = columns
         .into_iter()
@@ -233,32 +268,65 @@ pub async fn grid_page(
     })
 }
 
-/// A job in a grid cell: id, name, state.
-type CellJob<'a> = (i64, &'a str, &'a str);
+/// A job in a grid cell: its build, id, name, state.
+type CellJob<'a> = (i64, i64, &'a str, &'a str);
 
-fn grid_row(b: &crate::store::BuildRow, cells: &[Vec<CellJob>], common: &'static str) -> GridRow {
+/// What makes builds the same change: project, revision, branch or tag,
+/// kind. None for a build that is a change of its own (a try, or no
+/// revision).
+type ChangeKey = (String, String, Option<String>, &'static str);
+
+fn change_key(b: &crate::store::BuildRow) -> Option<ChangeKey> {
+    if b.kind == crate::store::BuildKind::Try {
+        return None;
+    }
+    let rev = b.revision.clone()?;
+    Some((
+        b.project.clone(),
+        rev,
+        b.ref_name.clone(),
+        if b.kind == crate::store::BuildKind::Change {
+            "change"
+        } else {
+            "manual"
+        },
+    ))
+}
+
+fn grid_row(
+    b: &crate::store::BuildRow,
+    cells: &[Vec<CellJob>],
+    common: &'static str,
+    earlier: Vec<i64>,
+) -> GridRow {
     let mut html = String::with_capacity(cells.len() * 6);
     for c in cells {
+        // A cell from an earlier build of the change opens that build.
+        let from = match c.first() {
+            Some((build, ..)) if *build != b.id => format!(" data-b={build}"),
+            _ => String::new(),
+        };
         match c.as_slice() {
             [] if common == "n" => html.push_str("<td>"),
             [] => html.push_str("<td class=n>"),
-            [(_, name, st)] if *name == herd_core::pipeline::MAIN_JOB => {
+            [(_, _, name, st)] if *name == herd_core::pipeline::MAIN_JOB => {
                 let class = cell_class(st);
-                if class == common {
+                if class == common && from.is_empty() {
                     html.push_str("<td>");
+                } else if class == common {
+                    let _ = write!(html, "<td{from}>");
                 } else {
-                    let _ = write!(html, "<td class={class}>");
+                    let _ = write!(html, "<td class={class}{from}>");
                 }
                 html.push_str(glyph(st));
             }
             jobs => {
-                html.push_str("<td class=m>");
-                for (id, name, st) in jobs {
+                let _ = write!(html, "<td class=m{from}>");
+                for (build, id, name, st) in jobs {
                     let _ = write!(
                         html,
-                        "<a class={} href=/builds/{}#job-{id}>{} {}</a>",
+                        "<a class={} href=/builds/{build}#job-{id}>{} {}</a>",
                         cell_class(st),
-                        b.id,
                         glyph(st),
                         esc(name)
                     );
@@ -277,5 +345,6 @@ fn grid_row(b: &crate::store::BuildRow, cells: &[Vec<CellJob>], common: &'static
         origin: origin_label(b),
         common,
         cells: html,
+        earlier,
     }
 }

@@ -114,7 +114,8 @@ function gridClicks() {
     const tr = td.parentElement, table = td.closest("table");
     const th = table.querySelectorAll("thead th")[td.cellIndex];
     const name = th && th.querySelector(".bname");
-    if (tr.dataset.b && name) location.href = "/builds/" + tr.dataset.b + "#b-" + encodeURIComponent(name.textContent);
+    const build = td.dataset.b || tr.dataset.b;
+    if (build && name) location.href = "/builds/" + build + "#b-" + encodeURIComponent(name.textContent);
   });
 }
 
