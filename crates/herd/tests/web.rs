@@ -325,8 +325,12 @@ fn actions_need_sign_in_and_cancel_works() {
         c.goto(&format!("{}/builds/{id}", server.url))
             .await
             .unwrap();
-        click(&c, "#cancel").await;
-        // Not signed in: the sign-in page, and the build still runs.
+        // Not signed in: no action buttons, a way to sign in instead.
+        assert!(
+            c.find(Locator::Css("#cancel")).await.is_err(),
+            "no cancel button for a visitor"
+        );
+        click(&c, "#sign-in-to-act").await;
         wait_for(&c, "#sign-in", Duration::from_secs(5)).await;
         assert_eq!(off(|| server.build(id))["state"], "running");
         c.find(Locator::Css("#token"))
@@ -515,6 +519,17 @@ fn the_log_page_names_its_job_and_attempt_as_the_build_page_does() {
             on_build.starts_with("Attempt 1 on log-worker"),
             "{on_build}"
         );
+        // The build's total duration, a legend under the timeline, and a
+        // step's log opened in place.
+        assert!(text(&c, "span.duration").await.starts_with("took "));
+        assert!(text(&c, "#timeline-legend").await.contains("split batch"));
+        click(
+            &c,
+            &format!("{section} button.show-log[data-key='{attempt}-1']"),
+        )
+        .await;
+        let inline = wait_for(&c, "tr.inline-log pre.log .ln", Duration::from_secs(5)).await;
+        assert_eq!(inline.text().await.unwrap().trim(), "tested");
         click(&c, &format!("{section} table.steps a")).await;
         wait_for(&c, "#next-step", Duration::from_secs(5)).await;
         let summary = text(&c, "p.summary").await;

@@ -88,6 +88,8 @@ pub struct BuildPage {
     /// `key=value` of herd.yml's `params:`.
     pub params: String,
     pub when: String,
+    /// From the first step's start to the end (so far, while it runs).
+    pub duration: String,
     pub error: Option<String>,
     pub running: bool,
     pub any_failed: bool,
@@ -220,6 +222,7 @@ pub async fn build_page(
             .collect::<Vec<_>>()
             .join(" "),
         when: ago(b.created_at),
+        duration: super::view::duration(b.started_at, b.finished_at),
         error: b.error.clone(),
         running: !b.state.is_finished(),
         any_failed: d

@@ -17,9 +17,15 @@ function livePage() {
         const main = document.getElementById("main");
         // Keep open <details> open across refreshes.
         const open = new Set([...main.querySelectorAll("details[open]")].map(d => d.parentElement && d.parentElement.textContent));
+        // Inline logs keep following: their rows move into the new page.
+        const logs = [...main.querySelectorAll("tr.inline-log")];
         if (fresh && main) {
           main.replaceWith(fresh);
           fresh.querySelectorAll("details").forEach(d => { if (d.parentElement && open.has(d.parentElement.textContent)) d.open = true; });
+          for (const row of logs) {
+            const b = fresh.querySelector(`button.show-log[data-key="${row.dataset.key}"]`);
+            if (b) { b.closest("tr").after(row); b.setAttribute("aria-expanded", "true"); }
+          }
         }
       }
     } catch (e) { /* the next event retries */ }
@@ -119,9 +125,31 @@ function gridClicks() {
   });
 }
 
+// A step's log inline on the build page, live while the step runs.
+function inlineLogs() {
+  document.addEventListener("click", (ev) => {
+    const b = ev.target.closest && ev.target.closest("button.show-log");
+    if (!b) return;
+    const row = b.closest("tr"), next = row.nextElementSibling;
+    if (next && next.classList.contains("inline-log")) {
+      next.remove(); b.setAttribute("aria-expanded", "false"); return;
+    }
+    const tr = document.createElement("tr");
+    tr.className = "inline-log"; tr.dataset.key = b.dataset.key;
+    const td = document.createElement("td"); td.colSpan = row.cells.length;
+    const pre = document.createElement("pre");
+    pre.className = "log"; pre.dataset.attempt = b.dataset.attempt; pre.dataset.step = b.dataset.step;
+    pre.dataset.end = "0"; pre.dataset.line = "1";
+    td.appendChild(pre); tr.appendChild(td); row.after(tr);
+    b.setAttribute("aria-expanded", "true");
+    followLog(pre);
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   livePage();
   gridClicks();
+  inlineLogs();
   const log = document.getElementById("log");
   if (log && log.dataset.follow === "true") followLog(log);
 });
