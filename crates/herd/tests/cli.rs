@@ -237,3 +237,23 @@ fn rough_edges_token_kinds_and_an_address_without_a_scheme() {
         "{text}"
     );
 }
+
+#[test]
+fn build_show_lines_up_its_columns_whatever_the_step_names() {
+    let pipeline = "builders:\n  a:\n    steps:\n      - name: a step with a rather long name that goes on and on\n        run: 'true'\n      - name: short\n        run: 'true'\n  b:\n    steps:\n      - name: x\n        run: 'false'\n";
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _w = server.worker("w", 2, &[]);
+    let id = server.start_build("p", &[]);
+    server.wait_build(id, Duration::from_secs(30));
+    let out = server.cli(&["build", "show", &id.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // The state column starts at the same place on every step line.
+    let starts: Vec<usize> = text
+        .lines()
+        .filter(|l| l.contains(" success ") || l.contains(" failure "))
+        .filter(|l| !l.trim_start().starts_with("job") && !l.trim_start().starts_with("attempt"))
+        .map(|l| l.find(" success ").or_else(|| l.find(" failure ")).unwrap())
+        .collect();
+    assert_eq!(starts.len(), 3, "{text}");
+    assert!(starts.windows(2).all(|w| w[0] == w[1]), "{text}");
+}

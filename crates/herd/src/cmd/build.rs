@@ -312,6 +312,16 @@ pub fn print_build(b: &Build) {
         let p: Vec<String> = b.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         outln!("  params: {}", p.join(" "));
     }
+    // One width for the step names of every job, so that columns line up.
+    let name_w = b
+        .jobs
+        .iter()
+        .flat_map(|j| &j.attempts)
+        .flat_map(|a| &a.steps)
+        .map(|s| crate::out::clean(&s.name).chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 80);
     for j in &b.jobs {
         outln!("  job {} {}/{}: {}", j.id, j.builder, j.name, j.state);
         if let Some(e) = &j.error {
@@ -341,7 +351,7 @@ pub fn print_build(b: &Build) {
             }
         }
         for a in &j.attempts {
-            print_attempt(a);
+            print_attempt(a, name_w);
         }
     }
     for sp in &b.splits {
@@ -357,7 +367,7 @@ pub fn print_build(b: &Build) {
     }
 }
 
-fn print_attempt(a: &Attempt) {
+fn print_attempt(a: &Attempt, name_w: usize) {
     let reason = a
         .reason
         .as_deref()
@@ -379,11 +389,13 @@ fn print_attempt(a: &Attempt) {
             .as_deref()
             .map(|m| format!(" — {m}"))
             .unwrap_or_default();
+        let name = crate::out::clean(&st.name);
+        let pad = name_w.saturating_sub(name.chars().count());
         outln!(
-            "      {:>2} {:<32} {:<9} {:>8}{code}{msg}",
+            "      {:>2} {name}{:pad$} {:<9} {:>8}{code}{msg}",
             st.idx,
-            st.name,
-            st.state,
+            "",
+            st.state.to_string(),
             ms(st.duration_ms)
         );
     }
