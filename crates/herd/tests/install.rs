@@ -158,6 +158,7 @@ fn curl_sh_makes_a_worker_that_runs_builds_again_changes_nothing_and_purge_leave
         "Checking prerequisites (git, sh, disk)...done",
         &format!("Creating service user {}", inst.user),
         "Registering with 127.0.0.1",
+        &format!("Trying a checkout as {}", inst.user),
         "Detecting capabilities...",
         "Starting...",
         "online",
@@ -593,4 +594,34 @@ fn a_temporary_directory_that_cannot_be_made_is_named_with_its_cause() {
         said.contains("cannot create a temporary directory in /nonexistent/herd-test: mktemp:"),
         "mktemp's own words: {said}"
     );
+}
+
+#[test]
+fn a_service_user_that_cannot_check_out_is_told_before_online_with_the_fix() {
+    let server = Server::start(&[]);
+    let inst = Install::new("c");
+    let token = enroll_token(&server, &[]);
+    // A work directory the service user cannot reach: its parent is root's, 0700.
+    let closed = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        closed.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let workdir = closed.path().join("work");
+    let mut args = inst.args();
+    args.extend(["--workdir".to_string(), workdir.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = curl_sh(&server, &token, &args, None);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    let trial = said
+        .lines()
+        .find(|l| l.starts_with(&format!("Trying a checkout as {}", inst.user)));
+    assert!(trial.is_some_and(|l| l.ends_with("failed")), "{said}");
+    assert!(
+        said.contains("Permission denied") && said.contains("fix:"),
+        "{said}"
+    );
+    assert!(!said.contains("online"), "not said to be online: {said}");
 }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod service;
 mod system;
+mod trial;
 
 pub use config::{InstallInfo, WorkerConfig};
 use service::{Manager, ServiceSpec};
@@ -229,6 +230,12 @@ pub async fn install(opts: InstallOptions) -> Result<(), String> {
     };
     let config_changed = config.save(&layout.config, &account)?;
     done(&format!("done (worker \"{name}\")"));
+
+    step(&format!("Trying a checkout as {}", layout.user));
+    // As the service user when installing for it (root may switch).
+    let switch = nix::unistd::geteuid().is_root() && account.uid != 0;
+    trial::try_a_checkout(&account, &layout.workdir, switch).map_err(|e| failed(&e))?;
+    done("done");
 
     step("Detecting capabilities");
     done(&system::capabilities_line().await);
