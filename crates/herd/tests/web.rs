@@ -232,6 +232,27 @@ fn the_grid_shows_a_new_build_without_reload_and_a_script_in_a_commit_message_is
             assert!(start.elapsed() < Duration::from_secs(15), "grid: {seen} (want {want})");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Hovering a cell names the worker that ran its job and the time.
+        c.execute(
+            "document.querySelector('table.grid tbody td').dispatchEvent(new MouseEvent('mouseover', {bubbles: true}))",
+            vec![],
+        )
+        .await
+        .unwrap();
+        let start = Instant::now();
+        loop {
+            let title = c
+                .execute("return document.querySelector('table.grid tbody td').title", vec![])
+                .await
+                .unwrap();
+            let t = title.as_str().unwrap_or("").to_string();
+            if !t.is_empty() {
+                assert!(t.contains(&format!("build #{id}")) && t.contains("linux/main: success on grid-worker in "), "{t}");
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no title on hover");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         screenshot(&c, "grid").await;
         // The column's workers: who can run the builder, and why others cannot.
         c.goto(&format!("{}/builders/app/linux", server.url)).await.unwrap();

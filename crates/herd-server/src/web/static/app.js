@@ -125,6 +125,36 @@ function gridClicks() {
   });
 }
 
+// Hovering a grid cell names the worker that ran each of its jobs and how
+// long it took (from the build's API answer, fetched once per build).
+function gridHovers() {
+  const builds = new Map();
+  document.addEventListener("mouseover", async (ev) => {
+    const td = ev.target.closest && ev.target.closest("table.grid td");
+    if (!td || td.dataset.hovered) return;
+    const tr = td.parentElement, table = td.closest("table");
+    const th = table.querySelectorAll("thead th")[td.cellIndex];
+    const name = th && th.querySelector(".bname");
+    const build = td.dataset.b || tr.dataset.b;
+    if (!build || !name) return;
+    td.dataset.hovered = "1";
+    try {
+      if (!builds.has(build)) builds.set(build, fetch("/api/v1/builds/" + build).then(r => r.json()));
+      const b = await builds.get(build);
+      // Only an ended build's answer stays true.
+      if (b.state === "queued" || b.state === "running") builds.delete(build);
+      const lines = [];
+      for (const j of b.jobs || []) {
+        if (j.builder !== name.textContent) continue;
+        const a = (j.attempts || [])[j.attempts.length - 1];
+        const took = j.started_at && j.finished_at ? " in " + ((j.finished_at - j.started_at) / 1000).toFixed(1) + " s" : "";
+        lines.push(`${j.builder}/${j.name}: ${j.state}${a ? " on " + a.worker : ""}${took}`);
+      }
+      if (lines.length) td.title = `build #${build}${b.ref_name ? " of " + b.ref_name : ""}\n` + lines.join("\n");
+    } catch (e) { delete td.dataset.hovered; }
+  });
+}
+
 // A step's log inline on the build page, live while the step runs.
 function inlineLogs() {
   document.addEventListener("click", (ev) => {
@@ -149,6 +179,7 @@ function inlineLogs() {
 document.addEventListener("DOMContentLoaded", () => {
   livePage();
   gridClicks();
+  gridHovers();
   inlineLogs();
   const log = document.getElementById("log");
   if (log && log.dataset.follow === "true") followLog(log);
