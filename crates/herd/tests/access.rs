@@ -126,6 +126,8 @@ const ROUTES: &[(&str, &str, Needs, Check)] = &[
     ("GET", "/workers", Needs::Read, Check::All),
     ("GET", "/workers/add", Needs::Read, Check::All),
     ("GET", "/workers/matrix", Needs::Read, Check::All),
+    ("GET", "/badge/p.svg", Needs::Read, Check::All),
+    ("GET", "/badge/p/a.svg", Needs::Read, Check::All),
     ("GET", "/workers/w", Needs::Read, Check::All),
     ("GET", "/events", Needs::Read, Check::All),
     ("POST", "/workers/add", Needs::Admin, Check::RefusalsOnly),

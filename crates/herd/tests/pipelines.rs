@@ -404,3 +404,36 @@ fn a_run_steps_own_results_are_read_from_its_report_or_its_output() {
         "the output is still the log: {log}"
     );
 }
+
+#[test]
+fn badges_show_the_last_ended_builds_state_per_project_and_builder() {
+    let pipeline = "builders:\n  ok:\n    steps:\n      - run: 'true'\n  bad:\n    steps:\n      - run: 'false'\n";
+    let server = Server::start_with_pipelines(&[("p", pipeline)], &[]);
+    let _w = server.worker("w", 2, &[]);
+    let unknown = server.get_text("/badge/p.svg").unwrap();
+    assert!(
+        unknown.contains("p: unknown"),
+        "before any build: {unknown}"
+    );
+    let id = server.start_build("p", &[]);
+    server.wait_build(id, Duration::from_secs(30));
+    let svg = |path: &str| server.get_text(path).unwrap();
+    assert!(svg("/badge/p.svg").contains("p: failure"));
+    assert!(svg("/badge/p/ok.svg").contains("ok: success"));
+    assert!(svg("/badge/p/bad.svg").contains("bad: failure"));
+    assert!(svg("/badge/p/nope.svg").contains("nope: unknown"));
+    assert!(svg("/badge/p.svg?branch=elsewhere").contains("p: unknown"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let res = rt
+        .block_on(http_get(format!("{}/badge/p.svg", server.url)))
+        .unwrap();
+    assert_eq!(
+        res.headers()["content-type"],
+        "image/svg+xml; charset=utf-8"
+    );
+    assert_eq!(res.headers()["cache-control"], "public, max-age=60");
+    let res = rt
+        .block_on(http_get(format!("{}/badge/p.png", server.url)))
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}

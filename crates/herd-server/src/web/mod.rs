@@ -9,6 +9,7 @@
 
 mod add_worker;
 mod ansi;
+mod badge;
 mod build;
 mod builder;
 mod grid;
@@ -42,6 +43,8 @@ const APP_JS: &str = include_str!("static/app.js");
 pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/", get(grid::grid))
+        .route("/badge/{file}", get(badge::project))
+        .route("/badge/{project}/{file}", get(badge::builder))
         .route("/builds/{id}", get(build::build))
         .route("/builders/{project}/{builder}", get(builder::builder))
         .route("/builds/{id}/cancel", post(build::cancel))
