@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, watch, Notify};
 /// Most artifacts one job fetches: their list travels in the assignment,
 /// which is one frame.
 pub const MAX_FETCH_FILES: usize = 2_000;
+/// Most bytes that list may take in the assignment (its frame is 1 MiB).
+pub const MAX_FETCH_LIST_BYTES: usize = 512 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -717,15 +719,26 @@ impl Hub {
             for s in &mut steps {
                 if let herd_proto::StepAction::Fetch { from, files } = &mut s.action {
                     let rows = self.store.artifacts_from(job.build_id, from).await?;
-                    if rows.len() > MAX_FETCH_FILES {
+                    // The list must fit in the assignment's frame with the
+                    // rest: bounded in count and in bytes.
+                    let mut bytes = 0usize;
+                    let fit = rows
+                        .iter()
+                        .take(MAX_FETCH_FILES)
+                        .take_while(|r| {
+                            bytes += r.path.len() + r.job.len() + 160;
+                            bytes <= MAX_FETCH_LIST_BYTES
+                        })
+                        .count();
+                    if fit < rows.len() {
                         notices.push(format!(
-                            "the jobs it needs kept {} artifacts; only the first {MAX_FETCH_FILES} are fetched",
+                            "the jobs it needs kept {} artifacts; only the first {fit} are fetched (the list of one job is bounded)",
                             rows.len()
                         ));
                     }
                     *files = rows
                         .into_iter()
-                        .take(MAX_FETCH_FILES)
+                        .take(fit)
                         .map(|r| herd_proto::ArtifactFile {
                             id: r.id,
                             job: r.job,
