@@ -21,6 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Hash states of parts being uploaded, so that a resumed upload need not
 /// read its part again (at most this many; an evicted one is rehashed).
 const MAX_HASH_STATES: usize = 256;
+/// Unfinished uploads one attempt may hold at once. A worker uploads its
+/// files one after the other; more parts than this is not an upload but
+/// a way to fill the disk, part by part, past the per-job limit.
+pub const MAX_PARTS_PER_ATTEMPT: usize = 4;
 /// Part files untouched this long are removed (their attempt is gone).
 pub const STALE_PART: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
@@ -40,6 +44,10 @@ pub enum UploadError {
     TooLong { size: u64 },
     #[error("this file is being uploaded by another request; retry in a moment")]
     Busy,
+    #[error(
+        "this attempt has {MAX_PARTS_PER_ATTEMPT} unfinished uploads already: finish one first"
+    )]
+    TooManyParts,
     #[error("the upload was cut off at byte {offset}: go on from there")]
     Interrupted { offset: u64 },
     #[error("the artifact store cannot write: {0}")]
@@ -136,6 +144,10 @@ impl ArtifactStore {
                 .map(|m| m.len())
                 .unwrap_or(0)
         };
+        if offset == 0 && have == 0 && self.parts_of(attempt, &part).await >= MAX_PARTS_PER_ATTEMPT
+        {
+            return Err(UploadError::TooManyParts);
+        }
         if have != offset {
             return Err(UploadError::Offset {
                 have,
@@ -203,6 +215,21 @@ impl ArtifactStore {
             tokio::fs::rename(&part, &blob).await?;
         }
         Ok(Received::Whole { sha256 })
+    }
+
+    /// The unfinished uploads of `attempt` other than `part`.
+    async fn parts_of(&self, attempt: i64, part: &Path) -> usize {
+        let prefix = format!("{attempt}-");
+        let Ok(mut dir) = tokio::fs::read_dir(self.dir.join("tmp")).await else {
+            return 0;
+        };
+        let mut n = 0;
+        while let Ok(Some(e)) = dir.next_entry().await {
+            if e.file_name().to_string_lossy().starts_with(&prefix) && e.path() != part {
+                n += 1;
+            }
+        }
+        n
     }
 
     fn keep_hash(&self, part: PathBuf, at: u64, hasher: Sha256) {
@@ -308,6 +335,27 @@ mod tests {
         assert!(matches!(too_long, Err(UploadError::TooLong { size: 2 })));
         assert_eq!(store.offset(3, "x").await, 0);
         assert!(store.blob_path("../../etc/passwd").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_attempt_holds_a_bounded_number_of_unfinished_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        for i in 0..MAX_PARTS_PER_ATTEMPT {
+            let got = store
+                .receive(7, &format!("f{i}"), 10, 0, chunks(&[b"x"]))
+                .await
+                .unwrap();
+            assert_eq!(got, Received::Partial { offset: 1 });
+        }
+        let more = store.receive(7, "another", 10, 0, chunks(&[b"x"])).await;
+        assert!(matches!(more, Err(UploadError::TooManyParts)));
+        // Going on with a part it holds, and another attempt, are fine.
+        assert!(store.receive(7, "f0", 10, 1, chunks(&[b"y"])).await.is_ok());
+        assert!(store
+            .receive(8, "another", 10, 0, chunks(&[b"x"]))
+            .await
+            .is_ok());
     }
 
     #[tokio::test]

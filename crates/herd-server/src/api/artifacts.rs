@@ -189,7 +189,7 @@ pub async fn upload(
             ),
         ));
     }
-    let (others, _) = app
+    let others = app
         .hub
         .store
         .attempt_artifact_bytes(attempt, &q.path)
@@ -219,7 +219,7 @@ pub async fn upload(
         Err(e @ UploadError::Interrupted { .. }) => {
             return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, e.to_string()))
         }
-        Err(e @ (UploadError::Offset { .. } | UploadError::Busy)) => {
+        Err(e @ (UploadError::Offset { .. } | UploadError::Busy | UploadError::TooManyParts)) => {
             return Err(ApiError::conflict(e.to_string()))
         }
         Err(e @ UploadError::TooLong { .. }) => return Err(ApiError::bad_request(e.to_string())),

@@ -74,24 +74,19 @@ impl Store {
         }))
     }
 
-    /// Bytes of artifacts `attempt` has kept, and whether it kept `path`.
-    pub async fn attempt_artifact_bytes(&self, attempt: i64, path: &str) -> Result<(i64, bool)> {
-        let rows = sqlx::query("SELECT path, size FROM artifacts WHERE attempt_id = $1")
+    /// Bytes of artifacts `attempt` has kept, `path` left out (an upload
+    /// of the same path replaces it).
+    pub async fn attempt_artifact_bytes(&self, attempt: i64, path: &str) -> Result<i64> {
+        let rows = sqlx::query("SELECT size FROM artifacts WHERE attempt_id = $1 AND path <> $2")
             .bind(attempt)
+            .bind(path)
             .fetch_all(&self.read)
             .await?;
         let mut total = 0i64;
-        let mut has = false;
         for r in &rows {
-            let p: String = get(r, "path")?;
-            let size: i64 = get(r, "size")?;
-            if p == path {
-                has = true;
-            } else {
-                total = total.saturating_add(size);
-            }
+            total = total.saturating_add(get::<i64>(r, "size")?);
         }
-        Ok((total, has))
+        Ok(total)
     }
 
     /// Records that `attempt` kept `path` with this content, while the
