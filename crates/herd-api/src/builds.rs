@@ -51,6 +51,12 @@ pub enum BuildKind {
     Change,
     /// A patch sent with `herd try`.
     Try,
+    /// A new tag (`tags:` of the project).
+    Tag,
+    /// A pull or merge request's head.
+    PullRequest,
+    /// Started by a `schedule:` of the project.
+    Schedule,
 }
 
 /// A build as lists show it.
@@ -75,8 +81,11 @@ pub struct BuildSummary {
     /// The branch of a change.
     pub branch: Option<String>,
     pub kind: BuildKind,
-    /// Who sent a try build.
+    /// Who sent a try build; a pull request's author.
     pub sender: Option<String>,
+    /// The pull request it builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<i64>,
 }
 
 /// `GET /api/v1/builds`.
@@ -116,6 +125,9 @@ pub struct Build {
     /// The values of herd.yml's `params:` it ran with.
     #[serde(default)]
     pub params: std::collections::BTreeMap<String, String>,
+    /// The pull request it builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<i64>,
 }
 
 impl Build {
@@ -288,6 +300,9 @@ crate::wire_names!(BuildKind {
     Manual => "manual",
     Change => "change",
     Try => "try",
+    Tag => "tag",
+    PullRequest => "pull_request",
+    Schedule => "schedule",
 });
 
 crate::wire_names!(WorkerFit {

@@ -65,6 +65,32 @@ pub struct Change {
     pub build_id: Option<i64>,
     /// Why it was not built.
     pub skipped: Option<String>,
+    /// `branch`, `tag` (then `branch` is the tag) or `pull_request`.
+    #[serde(default = "branch_kind")]
+    pub kind: String,
+    /// A pull request's number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<i64>,
+    /// Why it waits (for approval: `herd change approve ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// Who approved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+}
+
+fn branch_kind() -> String {
+    "branch".into()
+}
+
+/// `POST /api/v1/changes/{id}/approve`: what became of the approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Approval {
+    pub change: i64,
+    /// The build it became.
+    pub build_id: Option<i64>,
+    /// Why no build was started (no builder takes it…).
+    pub skipped: Option<String>,
 }
 
 /// `GET /api/v1/projects/{name}`: the project and its latest changes.

@@ -11,6 +11,95 @@ pub struct ChangeFacts {
     /// Files touched since the last built revision of the branch; `None`
     /// when unknown (a new branch): then path filters do not hold it back.
     pub files: Option<Vec<String>>,
+    /// A new tag (then `branch` is None): what builders' `tags:` look at.
+    pub tag: Option<String>,
+}
+
+/// `tags:` of a builder: whether it builds new tags (the project's
+/// `tags:` in the server config says which tags are watched at all).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TagRule {
+    /// Branches and tags alike.
+    #[default]
+    Also,
+    /// Tags only (a release builder).
+    Only,
+    /// Never a tag.
+    Never,
+}
+
+impl TagRule {
+    pub fn is_also(&self) -> bool {
+        *self == TagRule::Also
+    }
+}
+
+/// `pull_requests: {approval: …}` of a project: which pull requests wait
+/// for a signed-in user before they are built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    /// Those from a fork or an author not in `authors:` (and any whose
+    /// origin no webhook told).
+    #[default]
+    Untrusted,
+    /// Every pull request.
+    All,
+    /// None (an untrusted one still gets no secret).
+    None,
+}
+
+/// What is known of a pull request when its new head is to be built.
+#[derive(Debug, Clone, Copy)]
+pub struct PullRequestFacts<'a> {
+    /// None: no webhook told (the pull request was only polled).
+    pub fork: Option<bool>,
+    /// The author's login, as the forge's webhook said.
+    pub author: Option<&'a str>,
+    /// Who approved this head, if anyone did.
+    pub approved_by: Option<&'a str>,
+}
+
+/// Whether a pull request's head is built now, and as what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullRequestVerdict {
+    /// `untrusted`: from a fork or an unknown author (no secrets, only the
+    /// workers labelled for it).
+    Build { untrusted: bool },
+    /// Waits for approval; the reason says why.
+    Wait(String),
+}
+
+/// Decides a pull request's head: trusted when the webhook said it is
+/// from the repository itself or its author is one of `authors`; waits
+/// for approval per `approval` unless someone approved this very head.
+pub fn pull_request_verdict(
+    approval: Approval,
+    authors: &[String],
+    facts: PullRequestFacts<'_>,
+) -> PullRequestVerdict {
+    let trusted_author = facts
+        .author
+        .is_some_and(|a| !a.is_empty() && authors.iter().any(|t| t == a));
+    let untrusted = !(facts.fork == Some(false) || trusted_author);
+    if facts.approved_by.is_some() {
+        return PullRequestVerdict::Build { untrusted };
+    }
+    let why = match (approval, untrusted) {
+        (Approval::None, _) | (Approval::Untrusted, false) => {
+            return PullRequestVerdict::Build { untrusted }
+        }
+        (Approval::All, _) => "the project builds a pull request once someone approves it".into(),
+        (Approval::Untrusted, true) => match (facts.fork, facts.author) {
+            (Some(true), Some(a)) if !a.is_empty() => {
+                format!("it comes from a fork (by {a}): someone signed in approves it first")
+            }
+            (Some(true), _) => "it comes from a fork: someone signed in approves it first".into(),
+            _ => "no webhook said where it comes from: someone signed in approves it first".into(),
+        },
+    };
+    PullRequestVerdict::Wait(why)
 }
 
 /// A commit message that asks not to be built.
@@ -66,8 +155,18 @@ pub fn globs_select(patterns: &[String], value: &str) -> bool {
 pub fn builder_skips(
     branches: &[String],
     paths: &[String],
+    tags: TagRule,
     change: &ChangeFacts,
 ) -> Option<String> {
+    match (&change.tag, tags) {
+        (Some(tag), TagRule::Never) => {
+            return Some(format!("it says `tags: never` and `{tag}` is a tag"))
+        }
+        (None, TagRule::Only) => return Some("it says `tags: only`".into()),
+        // A tag is not a branch: `branches:` does not hold it back.
+        (Some(_), _) => return None,
+        (None, _) => {}
+    }
     if !branches.is_empty() {
         if let Some(branch) = &change.branch {
             if !globs_select(branches, branch) {
@@ -143,22 +242,110 @@ mod tests {
         let change = ChangeFacts {
             branch: Some("feature/x".into()),
             files: Some(v(&["docs/a.md"])),
+            tag: None,
         };
-        assert!(builder_skips(&v(&["main"]), &[], &change)
+        let also = TagRule::Also;
+        assert!(builder_skips(&v(&["main"]), &[], also, &change)
             .unwrap()
             .contains("feature/x"));
-        assert!(builder_skips(&[], &v(&["src/**"]), &change)
+        assert!(builder_skips(&[], &v(&["src/**"]), also, &change)
             .unwrap()
             .contains("1 changed file"));
         assert_eq!(
-            builder_skips(&v(&["feature/*"]), &v(&["docs/**"]), &change),
+            builder_skips(&v(&["feature/*"]), &v(&["docs/**"]), also, &change),
             None
         );
         // Unknown branch or files hold nothing back.
         assert_eq!(
-            builder_skips(&v(&["main"]), &v(&["src/**"]), &ChangeFacts::default()),
+            builder_skips(
+                &v(&["main"]),
+                &v(&["src/**"]),
+                also,
+                &ChangeFacts::default()
+            ),
             None
         );
+    }
+
+    #[test]
+    fn a_pull_request_waits_unless_it_is_trusted_or_approved() {
+        let authors = v(&["alice"]);
+        let facts = |fork, author, approved_by| PullRequestFacts {
+            fork,
+            author,
+            approved_by,
+        };
+        let verdict = |approval, f| pull_request_verdict(approval, &authors, f);
+        use PullRequestVerdict::*;
+        // The repository's own branch: built, trusted.
+        assert_eq!(
+            verdict(Approval::Untrusted, facts(Some(false), Some("bob"), None)),
+            Build { untrusted: false }
+        );
+        // A fork: waits, and says who sent it.
+        let Wait(why) = verdict(
+            Approval::Untrusted,
+            facts(Some(true), Some("mallory"), None),
+        ) else {
+            panic!("a fork waits")
+        };
+        assert!(why.contains("fork (by mallory)"), "{why}");
+        // Only polled: nobody said where it is from.
+        assert!(
+            matches!(verdict(Approval::Untrusted, facts(None, None, None)), Wait(w) if w.contains("no webhook"))
+        );
+        // A trusted author's fork: built, trusted.
+        assert_eq!(
+            verdict(Approval::Untrusted, facts(Some(true), Some("alice"), None)),
+            Build { untrusted: false }
+        );
+        // Approved: built, but a fork stays untrusted.
+        assert_eq!(
+            verdict(
+                Approval::Untrusted,
+                facts(Some(true), Some("mallory"), Some("admin"))
+            ),
+            Build { untrusted: true }
+        );
+        // `all` holds even the trusted; `none` holds nobody.
+        assert!(matches!(
+            verdict(Approval::All, facts(Some(false), Some("alice"), None)),
+            Wait(_)
+        ));
+        assert_eq!(
+            verdict(Approval::None, facts(Some(true), Some("mallory"), None)),
+            Build { untrusted: true }
+        );
+        // An empty login trusts nobody, even with an empty name listed.
+        assert!(matches!(
+            pull_request_verdict(
+                Approval::Untrusted,
+                &v(&[""]),
+                facts(Some(true), Some(""), None)
+            ),
+            Wait(_)
+        ));
+    }
+
+    #[test]
+    fn tags_only_and_never_pick_builders_and_a_tag_ignores_branch_filters() {
+        let tag = ChangeFacts {
+            tag: Some("v1.2".into()),
+            ..Default::default()
+        };
+        let push = ChangeFacts {
+            branch: Some("main".into()),
+            ..Default::default()
+        };
+        assert_eq!(builder_skips(&v(&["main"]), &[], TagRule::Also, &tag), None);
+        assert_eq!(builder_skips(&[], &[], TagRule::Only, &tag), None);
+        assert!(builder_skips(&[], &[], TagRule::Never, &tag)
+            .unwrap()
+            .contains("`v1.2` is a tag"));
+        assert!(builder_skips(&[], &[], TagRule::Only, &push)
+            .unwrap()
+            .contains("tags: only"));
+        assert_eq!(builder_skips(&[], &[], TagRule::Never, &push), None);
     }
 
     #[test]

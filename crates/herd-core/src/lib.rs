@@ -10,6 +10,7 @@ pub mod config_error;
 pub mod duration;
 pub mod junit;
 pub mod needs;
+pub mod notify;
 pub mod pipeline;
 pub mod plan;
 pub mod probe;

@@ -44,6 +44,9 @@ pub struct Builder {
     /// Changes touching these files only (globs, `!` excludes; empty: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
+    /// Whether it builds new tags: also (default), only, never.
+    #[serde(default, skip_serializing_if = "crate::change::TagRule::is_also")]
+    pub tags: crate::change::TagRule,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +170,8 @@ struct RawBuilder {
     branches: Vec<Spanned<String>>,
     #[serde(default)]
     paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    tags: crate::change::TagRule,
 }
 
 #[derive(Deserialize)]
@@ -508,6 +513,7 @@ impl Lower<'_> {
             max_concurrent: raw.max_concurrent.map(|m| m.value),
             branches: self.globs(&raw.branches, "branches")?,
             paths: self.globs(&raw.paths, "paths")?,
+            tags: raw.tags,
         };
         Ok((builder, job_needs))
     }

@@ -135,8 +135,25 @@ pub struct PlanRequest<'a> {
     /// The branch or tag the build is of (a change's branch, the ref a
     /// build by hand names); None for a try build or a bare commit.
     pub ref_name: Option<&'a str>,
+    /// The tag built (a new tag, or a build by hand of one): every step
+    /// gets `HERD_TAG`, and `${{ tag }}` in its commands and env.
+    pub tag: Option<&'a str>,
+    /// A pull request: its number (`HERD_PULL_REQUEST`) and whether its
+    /// code is trusted.
+    pub pull_request: Option<PullRequestTrust<'a>>,
     pub secrets: &'a BTreeMap<String, SecretRule>,
     pub limits: PlanLimits,
+}
+
+/// What a pull request's build may reach.
+#[derive(Debug, Clone, Copy)]
+pub struct PullRequestTrust<'a> {
+    pub number: u64,
+    /// From a fork or an author the project has not approved: no secret
+    /// at all, and only workers with all of `untrusted_labels` (labels
+    /// the server gave) run its jobs.
+    pub untrusted: bool,
+    pub untrusted_labels: &'a BTreeMap<String, String>,
 }
 
 /// How big one build may be.
@@ -337,13 +354,15 @@ fn select_builders<'p>(
     let taken: Vec<&Builder> = pipeline
         .builders
         .iter()
-        .filter(|b| match builder_skips(&b.branches, &b.paths, change) {
-            None => true,
-            Some(reason) => {
-                why.push(format!("{}: {reason}", b.name));
-                false
-            }
-        })
+        .filter(
+            |b| match builder_skips(&b.branches, &b.paths, b.tags, change) {
+                None => true,
+                Some(reason) => {
+                    why.push(format!("{}: {reason}", b.name));
+                    false
+                }
+            },
+        )
         .collect();
     if taken.is_empty() {
         return Ok(Err(format!(
@@ -388,6 +407,14 @@ fn plan_builder(
                 s.env
                     .insert(crate::pipeline::params::env_name(k), v.clone());
             }
+            if let Some(tag) = req.tag {
+                s.env.insert("HERD_TAG".into(), tag.to_string());
+            }
+            if let Some(pr) = req.pull_request {
+                s.env
+                    .insert("HERD_PULL_REQUEST".into(), pr.number.to_string());
+            }
+            substitute_tag(s, req.tag.unwrap_or(""));
         }
         if let Some(a) = &j.artifacts {
             steps.push(StepSpec {
@@ -400,7 +427,14 @@ fn plan_builder(
                 always: a.always,
             });
         }
-        let granted = secrets_of_job(req, &b.name, &steps)?;
+        let mut granted = secrets_of_job(req, &b.name, &steps)?;
+        if let Some(pr) = req.pull_request.filter(|p| p.untrusted) {
+            for r in label_requirements(pr.untrusted_labels).map_err(PlanError::Secret)? {
+                if !granted.trusted_requires.contains(&r) {
+                    granted.trusted_requires.push(r);
+                }
+            }
+        }
         let spec = JobSpec {
             requires: j.requires.clone(),
             steps,
@@ -447,6 +481,41 @@ fn plan_builder(
         }
     }
     Ok(())
+}
+
+/// `${{ tag }}` in a step's command and env values: the tag built, or
+/// nothing when the build is not of a tag.
+fn substitute_tag(s: &mut StepSpec, tag: &str) {
+    const WORD: [&str; 2] = ["${{ tag }}", "${{tag}}"];
+    let replace = |text: &mut String| {
+        for w in WORD {
+            if text.contains(w) {
+                *text = text.replace(w, tag);
+            }
+        }
+    };
+    match &mut s.action {
+        StepAction::Shell { run, .. } => replace(run),
+        StepAction::Split { list, run, .. } => {
+            replace(list);
+            replace(run);
+        }
+        _ => {}
+    }
+    for v in s.env.values_mut() {
+        replace(v);
+    }
+}
+
+/// `key == value` requirements that only labels the server gave meet.
+fn label_requirements(labels: &BTreeMap<String, String>) -> Result<Vec<Requirement>, String> {
+    labels
+        .iter()
+        .map(|(key, value)| {
+            Requirement::parse(&format!("{key} == {value}"))
+                .map_err(|e| format!("label `{key}={value}` is not a valid requirement: {e}"))
+        })
+        .collect()
 }
 
 /// The step that puts the needed jobs' artifacts into the workspace.
@@ -565,6 +634,12 @@ fn secrets_of_job(
 
 /// Why a build of this request does not get a secret, if it does not.
 fn withholding(rule: &SecretRule, req: &PlanRequest<'_>, builder: &str) -> Option<String> {
+    if req.pull_request.is_some_and(|p| p.untrusted) {
+        return Some(
+            "a pull request from a fork or an author the project has not approved never gets a secret"
+                .into(),
+        );
+    }
     if req.patched && !rule.try_builds {
         return Some(
             "try builds do not get it (unless the server's config says `try: true`)".into(),

@@ -43,6 +43,17 @@ pub struct Origin {
     pub change: Option<ChangeFacts>,
     /// For a try build: the patch applied on top of the revision.
     pub patch: Option<String>,
+    /// For a tag's build: the tag (`HERD_TAG`, `${{ tag }}`).
+    pub tag: Option<String>,
+    /// For a pull request's build.
+    pub pull_request: Option<PullOrigin>,
+}
+
+/// The pull request a build is of, and whether its code is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullOrigin {
+    pub number: i64,
+    pub untrusted: bool,
 }
 
 impl Origin {
@@ -53,6 +64,8 @@ impl Origin {
             sender: None,
             change: None,
             patch: None,
+            tag: None,
+            pull_request: None,
         }
     }
 }
@@ -163,12 +176,23 @@ pub async fn retry(app: &App, id: i64, failed_only: bool) -> Result<i64, StartEr
         ref_name: d.build.ref_name.clone(),
         params: d.build.params.clone(),
     };
+    let pull_request = match (d.build.kind, d.build.pull_request) {
+        (BuildKind::PullRequest, Some(number)) => Some(PullOrigin {
+            number,
+            untrusted: crate::pulls::is_untrusted(app, &d.build.project, number).await?,
+        }),
+        _ => None,
+    };
     let origin = Origin {
         kind: d.build.kind,
         branch: d.build.branch.clone(),
         sender: d.build.sender.clone(),
         change: None,
         patch,
+        tag: (d.build.kind == BuildKind::Tag)
+            .then(|| d.build.ref_name.clone())
+            .flatten(),
+        pull_request,
     };
     match start(app, req, origin).await? {
         Started::Build(new) => Ok(new),
@@ -233,10 +257,30 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
     let rules = secret_rules(&settings.secrets);
     // A change is of its branch; a build by hand of the ref it names.
     let ref_name = match origin.kind {
-        BuildKind::Change => origin.branch.clone(),
+        BuildKind::Change | BuildKind::Schedule => origin.branch.clone(),
+        BuildKind::Tag => origin.tag.clone(),
         BuildKind::Manual => req.ref_name.clone().or(source.ref_name.clone()),
-        BuildKind::Try => None,
+        BuildKind::Try | BuildKind::PullRequest => None,
     };
+    // A build by hand of a tag is of that tag too.
+    let tag = match origin.kind {
+        BuildKind::Tag => origin.tag.clone(),
+        BuildKind::Manual => match &ref_name {
+            Some(r) => app
+                .mirrors
+                .is_tag(&project.name, r)
+                .await
+                .then(|| r.clone()),
+            None => None,
+        },
+        _ => None,
+    };
+    let no_labels = BTreeMap::new();
+    let untrusted_labels = app
+        .project_configs
+        .get(&project.name)
+        .and_then(|p| p.pull_requests.as_ref())
+        .map_or(&no_labels, |p| &p.workers);
     let planned = plan(&PlanRequest {
         project: &project.name,
         pipeline: &pipeline,
@@ -257,6 +301,14 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
         change: origin.change.as_ref(),
         patched: origin.patch.is_some(),
         ref_name: ref_name.as_deref(),
+        tag: tag.as_deref(),
+        pull_request: origin
+            .pull_request
+            .map(|p| herd_core::plan::PullRequestTrust {
+                number: p.number.max(0) as u64,
+                untrusted: p.untrusted,
+                untrusted_labels,
+            }),
         secrets: &rules,
         limits: PlanLimits {
             max_builders: settings.limits.max_builders_per_build,
@@ -294,12 +346,17 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
         sender: origin.sender.clone(),
         params,
         // Only a change's build supersedes and is superseded: a build by
-        // hand or a try was asked for on purpose.
-        concurrency_group: pipeline
-            .concurrency
-            .as_ref()
-            .filter(|c| c.cancel_superseded && origin.kind == BuildKind::Change)
-            .and_then(|c| c.group_of(&project.name, origin.branch.as_deref())),
+        // hand or a try was asked for on purpose. A pull request's newer
+        // head always supersedes its older one.
+        concurrency_group: match origin.pull_request {
+            Some(p) => Some(format!("pull request #{}", p.number)),
+            None => pipeline
+                .concurrency
+                .as_ref()
+                .filter(|c| c.cancel_superseded && origin.kind == BuildKind::Change)
+                .and_then(|c| c.group_of(&project.name, origin.branch.as_deref())),
+        },
+        pull_request: origin.pull_request.map(|p| p.number),
     };
     let (build_id, job_ids) = store.create_build(&new).await?;
     let queued = job_ids
@@ -450,6 +507,7 @@ impl ErrorBuild<'_> {
                 patch: None,
                 concurrency_group: None,
                 params: BTreeMap::new(),
+                pull_request: self.origin.pull_request.map(|p| p.number),
             })
             .await?;
         app.hub.changed();

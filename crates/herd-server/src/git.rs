@@ -37,6 +37,11 @@ pub struct Heads {
     pub branches: std::collections::BTreeMap<String, String>,
     /// The branch the repository's HEAD names.
     pub default_branch: Option<String>,
+    /// Tag name -> the commit it points at (an annotated tag peeled).
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Pull request (`refs/pull/N/head`) or merge request
+    /// (`refs/merge-requests/N/head`) number -> its head commit.
+    pub pulls: std::collections::BTreeMap<i64, String>,
 }
 
 /// One commit as a change shows it.
@@ -213,28 +218,64 @@ impl Mirrors {
         let lock = self.lock_for(project);
         let _guard = lock.lock().await;
         let mirror = self.update(project, repo, None).await?;
+        // `%(*objectname)` is an annotated tag's commit (empty otherwise).
         let out = git(
             &mirror,
             &[
                 "for-each-ref",
-                "--format=%(objectname) %(refname:strip=2)",
+                "--format=%(objectname) %(*objectname) %(refname)",
                 "refs/heads",
+                "refs/tags",
+                "refs/pull",
+                "refs/merge-requests",
             ],
         )
         .await?;
-        let branches = out
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(sha, name)| (name.to_string(), sha.to_string()))
-            .collect();
+        let mut heads = Heads::default();
+        for line in out.lines() {
+            let mut parts = line.splitn(3, ' ');
+            let (Some(sha), Some(peeled), Some(name)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if let Some(branch) = name.strip_prefix("refs/heads/") {
+                heads.branches.insert(branch.to_string(), sha.to_string());
+            } else if let Some(tag) = name.strip_prefix("refs/tags/") {
+                let commit = if peeled.is_empty() { sha } else { peeled };
+                heads.tags.insert(tag.to_string(), commit.to_string());
+            } else if let Some(n) = name
+                .strip_prefix("refs/pull/")
+                .or_else(|| name.strip_prefix("refs/merge-requests/"))
+                .and_then(|rest| rest.strip_suffix("/head"))
+                .and_then(|n| n.parse::<i64>().ok())
+            {
+                heads.pulls.insert(n, sha.to_string());
+            }
+        }
         let default_branch = git(&mirror, &["symbolic-ref", "--quiet", "HEAD"])
             .await
             .ok()
             .and_then(|r| r.trim().strip_prefix("refs/heads/").map(str::to_string));
-        Ok(Heads {
-            branches,
-            default_branch,
-        })
+        heads.default_branch = default_branch;
+        Ok(heads)
+    }
+
+    /// Whether `name` is a tag of the project's mirror (and not a branch:
+    /// a name is a branch first, as in [`Mirrors::resolve`]).
+    pub async fn is_tag(&self, project: &str, name: &str) -> bool {
+        if name.starts_with('-') {
+            return false;
+        }
+        let mirror = self.mirror(project);
+        let exists = |r: String| {
+            let mirror = mirror.clone();
+            async move {
+                git(&mirror, &["show-ref", "--verify", "--quiet", &r])
+                    .await
+                    .is_ok()
+            }
+        };
+        !exists(format!("refs/heads/{name}")).await && exists(format!("refs/tags/{name}")).await
     }
 
     /// Commits reachable from `new` and not from `old`, newest first, at

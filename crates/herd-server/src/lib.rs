@@ -15,7 +15,9 @@ pub mod headers;
 pub mod hub;
 pub mod install;
 pub mod limits;
+pub mod notify;
 pub mod poll;
+pub mod pulls;
 pub mod report;
 pub mod serve;
 pub mod source;
@@ -56,6 +58,10 @@ pub struct App {
     pub tls_pin: Option<String>,
     /// The files jobs kept.
     pub artifacts: artifacts::ArtifactStore,
+    /// How email leaves (`smtp:`); None: no email is sent.
+    pub smtp: Option<config::SmtpConfig>,
+    /// How long a worker is away before its owner hears.
+    pub offline_notice: std::time::Duration,
 }
 
 impl App {
@@ -69,7 +75,7 @@ impl App {
     pub fn reports_for(&self, project: &str) -> bool {
         self.project_configs
             .get(project)
-            .is_some_and(|p| !p.report.is_empty())
+            .is_some_and(|p| !p.report.is_empty() || !p.notify.is_empty())
     }
 }
 
@@ -93,6 +99,10 @@ pub struct ServerOptions {
     pub new_admin_token: bool,
     /// Where artifacts are kept; None: DATA/artifacts.
     pub artifacts_dir: Option<PathBuf>,
+    /// How email leaves (`smtp:`).
+    pub smtp: Option<config::SmtpConfig>,
+    /// How long a worker is away before its owner hears; None: 1 h.
+    pub offline_notice: Option<std::time::Duration>,
 }
 
 /// Where the server's TLS certificate comes from.
@@ -279,6 +289,10 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         tls_pin: tls.as_ref().map(|t| t.pin.clone()),
         limits: limits::Limits::default(),
         artifacts,
+        smtp: opts.smtp.clone(),
+        offline_notice: opts
+            .offline_notice
+            .unwrap_or(std::time::Duration::from_secs(3600)),
     });
     poll::Pollers::spawn_all(&app);
     let mut background = vec![

@@ -6,7 +6,7 @@
 
 use crate::builds::{start, BuildRequest, Origin, Started};
 use crate::config::ProjectConfig;
-use crate::store::{BuildKind, ChangeRow, NewChange};
+use crate::store::{BuildKind, ChangeKind, ChangeRow, NewChange};
 use crate::App;
 use herd_core::change::{commits_to_build, globs_select, skip_requested, ChangeFacts};
 use serde::Serialize;
@@ -19,6 +19,8 @@ use tokio::sync::Notify;
 const MAX_NEW_COMMITS: usize = 100;
 /// Most of them built one by one when `collapse: false`.
 const MAX_CHANGES_PER_PUSH: usize = 50;
+/// Most tags (and most pull requests) of one project looked at in a poll.
+const MAX_REFS_PER_KIND: usize = 10_000;
 /// Longest wait between retries of a failing fetch.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -175,7 +177,7 @@ async fn poll_once(
         .map_err(|e| e.to_string())?;
     let watched: BTreeMap<String, String> = heads
         .branches
-        .into_iter()
+        .iter()
         .filter(|(branch, _)| {
             if project.branches.is_empty() {
                 heads.default_branch.as_deref() == Some(branch.as_str())
@@ -183,9 +185,17 @@ async fn poll_once(
                 globs_select(&project.branches, branch)
             }
         })
+        .map(|(b, sha)| (b.clone(), sha.clone()))
         .collect();
     let store = &app.hub.store;
-    let stored = store.branch_heads(name).await.map_err(|e| e.to_string())?;
+    let all_stored = store.branch_heads(name).await.map_err(|e| e.to_string())?;
+    // Tags and pull requests share the table under `tag:`/`pr:` keys (a
+    // branch name never has a `:`); each kind has its own first poll.
+    let stored: BTreeMap<String, String> = all_stored
+        .iter()
+        .filter(|(k, _)| !k.contains(':'))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     // The first poll of a project takes the branches as they are: what was
     // pushed before herd watched is not a change (`herd build start` builds it).
     let first_poll = stored.is_empty();
@@ -222,6 +232,30 @@ async fn poll_once(
                 .map_err(|e| e.to_string())?;
         }
     }
+    if !project.tags.is_empty() {
+        let tags = heads
+            .tags
+            .iter()
+            .filter(|(t, _)| globs_select(&project.tags, t))
+            .map(|(t, sha)| (t.clone(), sha.clone()));
+        advance_refs(app, project, &all_stored, "tag:", tags, ChangeKind::Tag).await?;
+    }
+    if project.pull_requests.is_some() {
+        let pulls = heads
+            .pulls
+            .iter()
+            .map(|(n, sha)| (n.to_string(), sha.clone()));
+        advance_refs(
+            app,
+            project,
+            &all_stored,
+            "pr:",
+            pulls,
+            ChangeKind::PullRequest,
+        )
+        .await?;
+        crate::pulls::recheck_waiting(app, name).await;
+    }
     for change in store
         .unsettled_changes(name)
         .await
@@ -230,6 +264,86 @@ async fn poll_once(
         build_change(app, change).await;
     }
     Ok(watched)
+}
+
+/// Records the tags or pull requests (under `prefix` in the heads table)
+/// that are new or moved as changes. The first poll of a kind (no
+/// `prefix` marker yet) takes them as they are.
+async fn advance_refs(
+    app: &App,
+    project: &ProjectConfig,
+    stored: &BTreeMap<String, String>,
+    prefix: &str,
+    current: impl Iterator<Item = (String, String)>,
+    kind: ChangeKind,
+) -> Result<(), String> {
+    let store = &app.hub.store;
+    let name = &project.name;
+    let first_poll = !stored.contains_key(prefix);
+    let mut seen = std::collections::BTreeSet::new();
+    for (id, head) in current.take(MAX_REFS_PER_KIND) {
+        let key = format!("{prefix}{id}");
+        let old = stored.get(&key).map(String::as_str);
+        seen.insert(key.clone());
+        if old == Some(head.as_str()) {
+            continue;
+        }
+        let mut changes = Vec::new();
+        if !first_poll {
+            let info = app
+                .mirrors
+                .commit_info(name, &head)
+                .await
+                .map_err(|e| e.to_string())?;
+            let pull_request = match kind {
+                ChangeKind::PullRequest => id.parse::<i64>().ok(),
+                _ => None,
+            };
+            changes.push(NewChange {
+                revision: head.clone(),
+                author: info.author,
+                message: info.message,
+                committed_at: info.time_ms,
+                files: None,
+                kind,
+                pull_request,
+            });
+        }
+        let recorded = store
+            .advance_branch(name, &key, old, &head, &changes)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let (Some(ids), ChangeKind::PullRequest, Some(_)) = (recorded, kind, old) {
+            // A newer push: what waited for the older head never runs,
+            // and its builds are superseded (see `builds::start`).
+            if let (Some(n), Some(newest)) = (id.parse::<i64>().ok(), ids.last()) {
+                store
+                    .drop_pull_request_changes(
+                        name,
+                        n,
+                        Some(*newest),
+                        "a newer push to the pull request",
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    if first_poll {
+        store
+            .advance_branch(name, prefix, None, "", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    for key in stored.keys() {
+        if key.starts_with(prefix) && key.len() > prefix.len() && !seen.contains(key) {
+            store
+                .forget_branch(name, key)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 /// The changes that moving a branch from `old` to `new` brings.
@@ -270,13 +384,16 @@ async fn new_changes(
             message: info.message,
             committed_at: info.time_ms,
             files,
+            kind: ChangeKind::Branch,
+            pull_request: None,
         });
     }
     Ok(changes)
 }
 
-/// Starts the build of a recorded change, or records why there is none.
-async fn build_change(app: &App, change: ChangeRow) {
+/// Starts the build of a recorded change, or records why there is none
+/// (or, for a pull request that waits for approval, why it waits).
+pub(crate) async fn build_change(app: &App, change: ChangeRow) {
     let store = &app.hub.store;
     // Another server polling the same project may be building it already.
     match store.claim_change(change.id, &app.hub.server_id).await {
@@ -296,40 +413,67 @@ async fn build_change(app: &App, change: ChangeRow) {
             )
             .await
     } else {
-        let subject = change.message.lines().next().unwrap_or("").to_string();
-        let req = BuildRequest {
-            project: change.project.clone(),
-            builder: None,
-            rev: Some(change.revision.clone()),
-            priority: 0,
-            reason: Some(format!("new commit on {}: {subject}", change.branch)),
-            ..Default::default()
+        let request = match change.kind {
+            ChangeKind::PullRequest => crate::pulls::request_for(app, &change).await,
+            _ => Ok(Some(request_for(&change))),
         };
-        let origin = Origin {
-            kind: BuildKind::Change,
-            branch: Some(change.branch.clone()),
-            sender: None,
-            change: Some(ChangeFacts {
-                branch: Some(change.branch.clone()),
-                files: change.files.clone(),
-            }),
-            patch: None,
-        };
-        match start(app, req, origin).await {
-            Ok(Started::Build(id)) => store.settle_change(change.id, Some(id), None).await,
-            Ok(Started::NothingToBuild(why)) => {
-                store.settle_change(change.id, None, Some(&why)).await
-            }
-            Err(e) => {
-                store
-                    .settle_change(change.id, None, Some(&format!("not built: {e}")))
-                    .await
-            }
+        match request {
+            Ok(Some((req, origin))) => match start(app, req, origin).await {
+                Ok(Started::Build(id)) => store.settle_change(change.id, Some(id), None).await,
+                Ok(Started::NothingToBuild(why)) => {
+                    store.settle_change(change.id, None, Some(&why)).await
+                }
+                Err(e) => {
+                    store
+                        .settle_change(change.id, None, Some(&format!("not built: {e}")))
+                        .await
+                }
+            },
+            // Waits (for approval): recorded by `request_for`.
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
         }
     };
     if let Err(e) = settled {
         tracing::warn!(project = %change.project, "cannot record what became of change {}: {e}", change.id);
     }
+}
+
+/// The build of a branch's or a tag's change.
+fn request_for(change: &ChangeRow) -> (BuildRequest, Origin) {
+    let subject = change.message.lines().next().unwrap_or("").to_string();
+    let tag = (change.kind == ChangeKind::Tag).then(|| change.branch.clone());
+    let req = BuildRequest {
+        project: change.project.clone(),
+        builder: None,
+        rev: Some(change.revision.clone()),
+        priority: 0,
+        reason: Some(match &tag {
+            Some(t) => format!("new tag {t}: {subject}"),
+            None => format!("new commit on {}: {subject}", change.branch),
+        }),
+        ref_name: tag.clone(),
+        ..Default::default()
+    };
+    let branch = tag.is_none().then(|| change.branch.clone());
+    let origin = Origin {
+        kind: if tag.is_some() {
+            BuildKind::Tag
+        } else {
+            BuildKind::Change
+        },
+        branch: branch.clone(),
+        sender: None,
+        change: Some(ChangeFacts {
+            branch,
+            files: change.files.clone(),
+            tag: tag.clone(),
+        }),
+        patch: None,
+        tag,
+        pull_request: None,
+    };
+    (req, origin)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(30);
 
 pub struct StatusReporter {
     wake: Notify,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
 }
 
 impl StatusReporter {
@@ -100,52 +100,62 @@ async fn reconcile(app: &App) -> Result<Option<i64>, crate::store::StoreError> {
             .map(|p| p.report.clone())
             .unwrap_or_default();
         let sent = store.reports_of(build_id).await?;
-        let mut settled = true;
+        let mut pass = Pass {
+            store,
+            build_id,
+            sent: &sent,
+            next_due: &mut next_due,
+            settled: true,
+        };
         for target in &targets {
             let key = target.target();
             for (context, wanted) in wanted_statuses(target, &detail.build, &detail.jobs) {
-                let row = sent
-                    .iter()
-                    .find(|r| r.target == key && r.context == context);
-                if row.and_then(|r| r.sent.as_deref()) == Some(wanted.as_str()) {
+                let Some(attempts) = pass.due(&key, &context, wanted.as_str()) else {
                     continue;
-                }
-                let attempts = row.map_or(0, |r| r.attempts);
-                if attempts >= MAX_ATTEMPTS {
-                    continue; // given up (logged when it happened)
-                }
-                let now = crate::store::now_ms();
-                if let Some(due) = row.map(|r| r.next_at).filter(|t| *t > now) {
-                    next_due = Some(next_due.map_or(due, |n: i64| n.min(due)));
-                    settled = false;
-                    continue;
-                }
-                match send(app, target, &detail.build, &context, wanted, &detail.jobs).await {
-                    Ok(()) => {
-                        store
-                            .save_report(build_id, &key, &context, Ok(wanted.as_str()))
-                            .await?;
-                        if !wanted.is_finished() {
-                            settled = false;
-                        }
-                    }
-                    Err(e) => {
-                        let delay = retry_delay(attempts + 1);
-                        let due = now + delay.as_millis() as i64;
-                        if attempts + 1 >= MAX_ATTEMPTS {
-                            tracing::warn!(build = build_id, target = %key, "giving up reporting `{context}` after {MAX_ATTEMPTS} attempts: {e}");
-                        } else {
-                            tracing::info!(build = build_id, target = %key, "reporting `{context}` failed, again in {delay:?}: {e}");
-                            next_due = Some(next_due.map_or(due, |n| n.min(due)));
-                            settled = false;
-                        }
-                        store
-                            .save_report(build_id, &key, &context, Err((&e, due)))
-                            .await?;
-                    }
-                }
+                };
+                let result = send(app, target, &detail.build, &context, wanted, &detail.jobs).await;
+                let finished = wanted.is_finished();
+                pass.record(&key, &context, wanted.as_str(), attempts, result, finished)
+                    .await?;
             }
         }
+        let notifiers = app
+            .project_configs
+            .get(&detail.build.project)
+            .map(|p| p.notify.clone())
+            .unwrap_or_default();
+        if detail.build.state.is_finished() && !notifiers.is_empty() {
+            let previous = store.previous_finished_state(&detail.build).await?;
+            let mut message = None;
+            for n in notifiers
+                .iter()
+                .filter(|n| crate::notify::wanted(n, &detail.build, previous))
+            {
+                let key = n.target();
+                let state = detail.build.state.as_str();
+                let Some(attempts) = pass.due(&key, crate::notify::CONTEXT, state) else {
+                    continue;
+                };
+                if message.is_none() {
+                    let first = first_failing_test(store, build_id).await?;
+                    let fixed = detail.build.state == RunState::Success
+                        && previous
+                            .is_some_and(|p| matches!(p, RunState::Failure | RunState::Error));
+                    message = Some(crate::notify::message_of(
+                        app,
+                        &detail.build,
+                        &detail.jobs,
+                        first.as_deref(),
+                        fixed,
+                    ));
+                }
+                let Some(msg) = &message else { continue };
+                let result = crate::notify::send(app, n, msg, &detail.build, &detail.jobs).await;
+                pass.record(&key, crate::notify::CONTEXT, state, attempts, result, true)
+                    .await?;
+            }
+        }
+        let settled = pass.settled;
         let finished = detail.build.state.is_finished();
         if settled && finished {
             store.reports_done(build_id).await?;
@@ -287,28 +297,7 @@ async fn send(
             .json(&body)
         }
         Target::Webhook { url, secret } => {
-            let build_state = build.state;
-            let builders: BTreeMap<String, &str> = builder_statuses(build_state, jobs)
-                .into_iter()
-                .map(|(c, w)| (c.trim_start_matches("herd/").to_string(), w.as_str()))
-                .collect();
-            let body = json!({
-                "event": "build_finished",
-                "build": {
-                    "id": build.id,
-                    "project": build.project,
-                    "revision": build.revision,
-                    "branch": build.branch,
-                    "kind": build.kind.as_str(),
-                    "state": build.state,
-                    "error": build.error,
-                    "reason": build.reason,
-                    "url": link,
-                    "created_at": build.created_at,
-                    "finished_at": build.finished_at,
-                },
-                "builders": builders,
-            });
+            let body = finished_payload(app, build, jobs);
             let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
             let mut req = http
                 .post(url)
@@ -340,6 +329,125 @@ async fn send(
         "answered {status}: {}",
         text.chars().take(300).collect::<String>()
     ))
+}
+
+/// The JSON a webhook gets when a build ends (a `report:` webhook and a
+/// `notify:` one alike).
+pub fn finished_payload(app: &App, build: &BuildRow, jobs: &[JobRow]) -> serde_json::Value {
+    let builders: BTreeMap<String, &str> = builder_statuses(build.state, jobs)
+        .into_iter()
+        .map(|(c, w)| (c.trim_start_matches("herd/").to_string(), w.as_str()))
+        .collect();
+    json!({
+        "event": "build_finished",
+        "build": {
+            "id": build.id,
+            "project": build.project,
+            "revision": build.revision,
+            "branch": build.branch,
+            "ref": build.ref_name,
+            "kind": build.kind.as_str(),
+            "pull_request": build.pull_request,
+            "state": build.state,
+            "error": build.error,
+            "reason": build.reason,
+            "url": format!("{}/builds/{}", app.public_url, build.id),
+            "created_at": build.created_at,
+            "finished_at": build.finished_at,
+        },
+        "builders": builders,
+    })
+}
+
+/// The first test (by name) that failed in the build's split suites and
+/// step reports, if any did.
+async fn first_failing_test(
+    store: &crate::store::Store,
+    build_id: i64,
+) -> Result<Option<String>, crate::store::StoreError> {
+    Ok(store
+        .splits_of_build(build_id)
+        .await?
+        .iter()
+        .flat_map(|s| s.data.tests.iter())
+        .find(|(_, t)| t.outcome == Some(herd_core::split::Outcome::Failed))
+        .map(|(id, _)| id.clone()))
+}
+
+/// One reconcile pass over one build's sends: what is due, and recording
+/// what each send did (with its retry time when it failed).
+struct Pass<'a> {
+    store: &'a crate::store::Store,
+    build_id: i64,
+    sent: &'a [crate::store::ReportRow],
+    next_due: &'a mut Option<i64>,
+    /// Nothing is left to send (or to retry) for the build.
+    settled: bool,
+}
+
+impl Pass<'_> {
+    /// The attempts made so far when `wanted` is to be sent to
+    /// `target`/`context` now; None when it was sent, was given up, or its
+    /// retry is not due yet.
+    fn due(&mut self, target: &str, context: &str, wanted: &str) -> Option<i64> {
+        let row = self
+            .sent
+            .iter()
+            .find(|r| r.target == target && r.context == context);
+        if row.and_then(|r| r.sent.as_deref()) == Some(wanted) {
+            return None;
+        }
+        let attempts = row.map_or(0, |r| r.attempts);
+        if attempts >= MAX_ATTEMPTS {
+            return None; // given up (logged when it happened)
+        }
+        if let Some(due) = row
+            .map(|r| r.next_at)
+            .filter(|t| *t > crate::store::now_ms())
+        {
+            *self.next_due = Some(self.next_due.map_or(due, |n: i64| n.min(due)));
+            self.settled = false;
+            return None;
+        }
+        Some(attempts)
+    }
+
+    async fn record(
+        &mut self,
+        target: &str,
+        context: &str,
+        wanted: &str,
+        attempts: i64,
+        result: Result<(), String>,
+        finished: bool,
+    ) -> Result<(), crate::store::StoreError> {
+        let build_id = self.build_id;
+        match result {
+            Ok(()) => {
+                self.store
+                    .save_report(build_id, target, context, Ok(wanted))
+                    .await?;
+                if !finished {
+                    self.settled = false;
+                }
+            }
+            Err(e) => {
+                let delay = retry_delay(attempts + 1);
+                let due = crate::store::now_ms() + delay.as_millis() as i64;
+                if attempts + 1 >= MAX_ATTEMPTS {
+                    tracing::warn!(build = build_id, target = %target, "giving up sending `{context}` after {MAX_ATTEMPTS} attempts: {e}");
+                } else {
+                    tracing::info!(build = build_id, target = %target, "sending `{context}` failed, again in {delay:?}: {e}");
+                    *self.next_due = Some(self.next_due.map_or(due, |n| n.min(due)));
+                    self.settled = false;
+                }
+                self.store
+                    .save_report(build_id, target, context, Err((&e, due)))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// GitLab takes `group/name` URL-encoded in the path.

@@ -43,6 +43,9 @@ enum Command {
     /// Projects: what they watch, polling state, recent changes.
     #[command(subcommand)]
     Project(cmd::project::ProjectCommand),
+    /// Approve a pull request's change that waits for approval.
+    #[command(subcommand)]
+    Change(cmd::change::ChangeCommand),
     /// Build this checkout's changes without pushing them (a try build).
     Try(cmd::try_patch::TryArgs),
     /// List the workers, show one with its capabilities, ask for new probes.
@@ -151,6 +154,7 @@ fn main() -> ExitCode {
             Command::Build(c) => cmd::build::run(c).await,
             Command::Workers(a) => cmd::workers::run(a).await,
             Command::Project(c) => cmd::project::run(c).await,
+            Command::Change(c) => cmd::change::run(c).await,
             Command::Migrate(a) => cmd::migrate::run(a).await,
             Command::Try(a) => cmd::try_patch::run(a).await,
             Command::Token(c) => cmd::token::run(c).await,

@@ -44,6 +44,12 @@ const ROUTES: &[(&str, &str, Needs, Check)] = &[
     ),
     ("GET", "/api/v1/builds", Needs::Read, Check::All),
     ("POST", "/api/v1/builds", Needs::Admin, Check::All),
+    (
+        "POST",
+        "/api/v1/changes/999/approve",
+        Needs::Admin,
+        Check::All,
+    ),
     ("GET", "/api/v1/builds/1", Needs::Read, Check::All),
     (
         "POST",
@@ -131,6 +137,12 @@ const ROUTES: &[(&str, &str, Needs, Check)] = &[
     ("GET", "/workers/w", Needs::Read, Check::All),
     ("GET", "/events", Needs::Read, Check::All),
     ("POST", "/workers/add", Needs::Admin, Check::RefusalsOnly),
+    (
+        "POST",
+        "/changes/999/approve",
+        Needs::Admin,
+        Check::RefusalsOnly,
+    ),
     (
         "POST",
         "/builds/1/cancel",

@@ -6,113 +6,13 @@
 
 mod common;
 
+use common::forge::*;
 use common::*;
-use hmac::{KeyInit, Mac};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-const LONG: Duration = Duration::from_secs(60);
-
-/// A bare repository (what the server fetches) and a clone to push from.
-struct Forge {
-    _root: tempfile::TempDir,
-    bare: PathBuf,
-    work: PathBuf,
-}
-
-impl Forge {
-    fn new(herd_yml: &str) -> Forge {
-        let root = tempfile::tempdir().expect("tempdir");
-        let seed = git_repo(root.path(), "seed", &[("herd.yml", herd_yml.as_bytes())]);
-        let bare = root.path().join("origin.git");
-        run_git(
-            root.path(),
-            &[
-                "clone",
-                "-q",
-                "--bare",
-                &seed.display().to_string(),
-                &bare.display().to_string(),
-            ],
-        );
-        let work = root.path().join("work");
-        run_git(
-            root.path(),
-            &[
-                "clone",
-                "-q",
-                &bare.display().to_string(),
-                &work.display().to_string(),
-            ],
-        );
-        Forge {
-            _root: root,
-            bare,
-            work,
-        }
-    }
-
-    /// Commits the files on the current branch and pushes; returns the sha.
-    fn push(&self, files: &[(&str, &[u8])], message: &str) -> String {
-        let sha = commit(&self.work, files, message);
-        let branch = String::from_utf8_lossy(
-            &run_git(&self.work, &["rev-parse", "--abbrev-ref", "HEAD"]).stdout,
-        )
-        .trim()
-        .to_string();
-        run_git(
-            &self.work,
-            &["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")],
-        );
-        sha
-    }
-
-    fn repo(&self) -> String {
-        self.bare.display().to_string()
-    }
-}
-
-fn project(server: &Server, name: &str) -> Value {
-    server
-        .get(&format!("/api/v1/projects/{name}"))
-        .expect("project")
-}
-
-/// Waits until the project has been polled once (its heads are known).
-fn wait_first_poll(server: &Server, name: &str) {
-    wait_until(LONG, "the first poll", || {
-        project(server, name)["polling"]["last_success_at"]
-            .as_i64()
-            .map(|_| ())
-    });
-}
-
-/// A server watching `forge` as project `p` (`settings`: more lines of its
-/// project config), a worker, and the first poll done.
-fn watching(forge: &Forge, settings: &str, slots: u32) -> (Server, Worker) {
-    let server = Server::start_with_config(
-        &format!("projects:\n  p:\n    repo: {}\n{settings}", forge.repo()),
-        &[],
-    );
-    let worker = server.worker("w1", slots, &[]);
-    wait_first_poll(&server, "p");
-    (server, worker)
-}
-
-/// The change recorded for `sha`, once settled (built or skipped).
-fn settled_change(server: &Server, name: &str, sha: &str) -> Value {
-    wait_until(LONG, &format!("a settled change for {sha}"), || {
-        project(server, name)["changes"]
-            .as_array()?
-            .iter()
-            .find(|c| c["revision"] == sha && (c["build_id"].is_i64() || c["skipped"].is_string()))
-            .cloned()
-    })
-}
 
 fn builders_of(build: &Value) -> Vec<String> {
     let mut b: Vec<String> = build["jobs"]
@@ -277,29 +177,6 @@ fn a_broken_herd_yml_fails_only_its_own_commit() {
     let good = settled_change(&server, "p", &fixed);
     let good = server.wait_build(good["build_id"].as_i64().unwrap(), LONG);
     assert_eq!(good["state"], "success", "{good}");
-}
-
-fn hmac_hex(key: &str, body: &[u8]) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// POSTs raw bytes with headers; returns the status and the JSON answer.
-fn post_raw(url: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Value) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut req = http().build().unwrap().post(url).body(body.to_vec());
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let res = req.send().await.expect("post");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
-    })
 }
 
 #[test]

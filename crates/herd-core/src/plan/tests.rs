@@ -20,6 +20,8 @@ fn request<'a>(p: &'a Pipeline, secrets: &'a BTreeMap<String, SecretRule>) -> Pl
         change: None,
         patched: false,
         ref_name: Some("main"),
+        tag: None,
+        pull_request: None,
         secrets,
         limits: PlanLimits::default(),
     }
@@ -221,6 +223,7 @@ fn a_change_takes_only_the_builders_its_filters_let_in() {
     let change = ChangeFacts {
         branch: Some("main".into()),
         files: Some(vec!["src/lib.rs".into()]),
+        tag: None,
     };
     req.change = Some(&change);
     let names: Vec<String> = jobs(plan(&req)).into_iter().map(|j| j.builder).collect();
@@ -452,9 +455,9 @@ proptest! {
         let p = pipeline(&text);
         let rules = BTreeMap::new();
         let mut req = request(&p, &rules);
-        let change = ChangeFacts { branch: Some(branch), files: Some(vec![file]) };
+        let change = ChangeFacts { branch: Some(branch), files: Some(vec![file]), tag: None };
         req.change = Some(&change);
-        let wanted: Vec<&str> = p.builders.iter().filter(|b| builder_skips(&b.branches, &b.paths, &change).is_none()).map(|b| b.name.as_str()).collect();
+        let wanted: Vec<&str> = p.builders.iter().filter(|b| builder_skips(&b.branches, &b.paths, b.tags, &change).is_none()).map(|b| b.name.as_str()).collect();
         match plan(&req).expect("no refusal") {
             Plan::Jobs(jobs) => {
                 let got: Vec<&str> = jobs.iter().map(|j| j.builder.as_str()).collect();
@@ -506,4 +509,88 @@ fn a_job_fetches_what_it_needs_after_checkout_and_uploads_after_its_steps() {
             StepAction::Split { .. }
         ));
     }
+}
+
+#[test]
+fn a_tag_build_sets_herd_tag_and_only_its_builders_take_it() {
+    let p = pipeline(
+        "builders:\n  test:\n    tags: never\n    steps:\n      - run: make test\n  release:\n    tags: only\n    steps:\n      - run: make dist VERSION=${{ tag }}\n        env: {NAME: 'herd-${{tag}}'}\n",
+    );
+    let rules = BTreeMap::new();
+    let mut req = request(&p, &rules);
+    let tag = ChangeFacts {
+        tag: Some("v1.2".into()),
+        ..Default::default()
+    };
+    req.change = Some(&tag);
+    req.tag = Some("v1.2");
+    let planned = jobs(plan(&req));
+    assert_eq!(
+        planned
+            .iter()
+            .map(|j| j.builder.as_str())
+            .collect::<Vec<_>>(),
+        ["release"]
+    );
+    let step = &planned[0].spec.steps[1];
+    assert_eq!(step.env["HERD_TAG"], "v1.2");
+    assert_eq!(step.env["NAME"], "herd-v1.2");
+    assert!(
+        matches!(&step.action, herd_proto::StepAction::Shell { run, .. } if run == "make dist VERSION=v1.2")
+    );
+    // A push: the release builder waits for a tag, `${{ tag }}` is empty.
+    let push = ChangeFacts {
+        branch: Some("main".into()),
+        ..Default::default()
+    };
+    req.change = Some(&push);
+    req.tag = None;
+    let planned = jobs(plan(&req));
+    assert_eq!(
+        planned
+            .iter()
+            .map(|j| j.builder.as_str())
+            .collect::<Vec<_>>(),
+        ["test"]
+    );
+    assert!(!planned[0].spec.steps[1].env.contains_key("HERD_TAG"));
+}
+
+#[test]
+fn an_untrusted_pull_request_gets_no_secret_and_only_workers_labelled_for_it() {
+    let p = pipeline(
+        "builders:\n  test:\n    steps:\n      - run: make test\n        env: {KEY: '${{ secrets.key }}'}\n",
+    );
+    let mut rules = BTreeMap::new();
+    rules.insert("key".to_string(), SecretRule::default());
+    let labels: BTreeMap<String, String> = [("untrusted".to_string(), "ok".to_string())].into();
+    let mut req = request(&p, &rules);
+    req.ref_name = None;
+    req.pull_request = Some(PullRequestTrust {
+        number: 12,
+        untrusted: true,
+        untrusted_labels: &labels,
+    });
+    let planned = jobs(plan(&req));
+    let spec = &planned[0].spec;
+    assert!(spec.secrets.is_empty());
+    assert_eq!(spec.withheld.len(), 1);
+    assert!(spec.withheld[0].reason.contains("never gets a secret"));
+    assert_eq!(
+        spec.trusted_requires
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>(),
+        ["untrusted == ok"]
+    );
+    assert_eq!(spec.steps[1].env["HERD_PULL_REQUEST"], "12");
+    // Trusted (same repository, approved author): the secret, any worker.
+    req.pull_request = Some(PullRequestTrust {
+        number: 12,
+        untrusted: false,
+        untrusted_labels: &labels,
+    });
+    let planned = jobs(plan(&req));
+    assert_eq!(planned[0].spec.secrets, ["key"]);
+    assert!(planned[0].spec.trusted_requires.is_empty());
 }

@@ -338,6 +338,9 @@ pub(super) fn kind(k: BuildKind) -> herd_api::builds::BuildKind {
         BuildKind::Manual => herd_api::builds::BuildKind::Manual,
         BuildKind::Change => herd_api::builds::BuildKind::Change,
         BuildKind::Try => herd_api::builds::BuildKind::Try,
+        BuildKind::Tag => herd_api::builds::BuildKind::Tag,
+        BuildKind::PullRequest => herd_api::builds::BuildKind::PullRequest,
+        BuildKind::Schedule => herd_api::builds::BuildKind::Schedule,
     }
 }
 
@@ -383,6 +386,7 @@ pub(super) fn summary(b: &BuildRow) -> BuildSummary {
         branch: b.branch.clone(),
         kind: kind(b.kind),
         sender: b.sender.clone(),
+        pull_request: b.pull_request,
     }
 }
 
@@ -465,5 +469,6 @@ fn build_view(d: &BuildDetail, version: u64, waiting: &HashMap<i64, WhyNot>) -> 
         message: b.message.clone(),
         splits: Vec::new(),
         params: b.params.clone(),
+        pull_request: b.pull_request,
     }
 }

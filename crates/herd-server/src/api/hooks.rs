@@ -117,7 +117,35 @@ pub async fn receive(
                 }),
             ))
         }
-        HookEvent::Push { reference } => reference,
+        HookEvent::Push { reference } => Some(reference),
+        HookEvent::PullRequest(pr) => {
+            let fetch = app
+                .project_configs
+                .get(&project)
+                .is_some_and(|p| p.pull_requests.is_some());
+            if !fetch {
+                return Ok((
+                    StatusCode::OK,
+                    Json(HookAnswer::Ignored {
+                        ignored: format!(
+                            "project `{project}` does not build pull requests: give it `pull_requests:` in the server config"
+                        ),
+                    }),
+                ));
+            }
+            if !crate::pulls::on_event(&app, &project, &pr).await? {
+                return Ok((
+                    StatusCode::OK,
+                    Json(HookAnswer::Ignored {
+                        ignored: format!(
+                            "pull request #{} was closed: its builds are cancelled",
+                            pr.number
+                        ),
+                    }),
+                ));
+            }
+            None
+        }
     };
     let delivery = header(
         &headers,
@@ -154,7 +182,7 @@ pub async fn receive(
         StatusCode::ACCEPTED,
         Json(HookAnswer::Fetching {
             fetching: project,
-            reference,
+            reference: reference.flatten(),
         }),
     ))
 }

@@ -48,6 +48,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/projects", get(projects::list))
         .route("/api/v1/projects/{name}", get(projects::show))
+        .route("/api/v1/changes/{id}/approve", post(projects::approve))
         .route(
             "/api/v1/projects/{name}/builders",
             get(workers::project_builders),

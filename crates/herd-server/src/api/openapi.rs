@@ -87,6 +87,7 @@ impl Modify for BearerToken {
         super::workers::project_builders,
         super::projects::list,
         super::projects::show,
+        super::projects::approve,
         super::tokens::list_tokens,
         super::tokens::create_token,
         super::tokens::revoke_token,

@@ -48,6 +48,15 @@ fn change_view(c: ChangeRow) -> Change {
         created_at: c.created_at,
         build_id: c.build_id,
         skipped: c.skipped,
+        kind: match c.kind {
+            crate::store::ChangeKind::Branch => "branch",
+            crate::store::ChangeKind::Tag => "tag",
+            crate::store::ChangeKind::PullRequest => "pull_request",
+        }
+        .into(),
+        pull_request: c.pull_request,
+        waiting: c.waiting,
+        approved_by: c.approved_by,
     }
 }
 
@@ -98,4 +107,48 @@ pub async fn show(
         project: project_view(&app, &row),
         changes: changes.into_iter().map(change_view).collect(),
     }))
+}
+
+/// Lets a pull request's change that waits for approval be built (a fork,
+/// an author the project does not trust): it is built at once, still
+/// without secrets and only on the workers labelled for untrusted code.
+#[utoipa::path(
+    post,
+    path = "/api/v1/changes/{id}/approve",
+    tag = "projects",
+    params(("id" = i64, Path, description = "The change's id (`herd project show` lists them)")),
+    responses(
+        (status = 200, body = herd_api::projects::Approval),
+        (status = 404, description = "No such change", body = ErrorBody),
+        (status = 409, description = "The change does not wait for approval", body = ErrorBody),
+        TokenRefusals,
+    ),
+    security(("token" = [])),
+)]
+pub async fn approve(
+    _: super::Admin,
+    State(app): AppState,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<herd_api::projects::Approval>, ApiError> {
+    let Some(change) = app.hub.store.change(id).await? else {
+        return Err(ApiError::not_found(format!(
+            "no change {id}: `herd project show PROJECT` lists the changes"
+        )));
+    };
+    match crate::pulls::approve(&app, id, "admin").await? {
+        crate::pulls::Approved::Built(build_id, skipped) => {
+            Ok(Json(herd_api::projects::Approval {
+                change: id,
+                build_id,
+                skipped,
+            }))
+        }
+        crate::pulls::Approved::NotWaiting => Err(ApiError::conflict(match change.build_id {
+            Some(b) => format!("change {id} does not wait for approval: it is build {b}"),
+            None => format!(
+                "change {id} does not wait for approval ({})",
+                change.skipped.as_deref().unwrap_or("it is being built")
+            ),
+        })),
+    }
 }

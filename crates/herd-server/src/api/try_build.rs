@@ -111,6 +111,8 @@ pub async fn create(
         sender: Some(sender),
         change: None,
         patch: Some(req.patch),
+        tag: None,
+        pull_request: None,
     };
     match start(&app, start_req, origin).await? {
         Started::Build(id) => Ok((

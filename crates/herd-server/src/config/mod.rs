@@ -27,7 +27,9 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::time::Duration;
 
+mod notify;
 mod project;
+pub use notify::{Channel, Notifier, SmtpConfig, SmtpTls};
 pub use project::{CheckoutFrom, ProjectConfig, Reporter, Secret, SecretConfig, DEFAULT_POLL};
 use project::{RawProject, RawSecretConfig};
 
@@ -60,6 +62,10 @@ pub struct ServerConfig {
     /// Where artifacts are kept (default DATA/artifacts); servers sharing
     /// one PostgreSQL database share this directory too.
     pub artifacts_dir: Option<String>,
+    /// How email leaves (notifications, owners' notices).
+    pub smtp: Option<SmtpConfig>,
+    /// How long a worker is away before its owner hears (default 1 h).
+    pub offline_notice: Option<Duration>,
 }
 
 /// `tls:` of the config file.
@@ -103,6 +109,8 @@ struct RawConfig {
     #[serde(default)]
     limits: Option<Spanned<RawLimits>>,
     artifacts_dir: Option<String>,
+    smtp: Option<Spanned<notify::RawSmtp>>,
+    offline_notice: Option<Spanned<String>>,
 }
 
 /// `limits:` of the config file: what one build and one sender may ask.
@@ -215,7 +223,29 @@ impl ServerConfig {
             if let Some(pl) = &p.pipeline {
                 Pipeline::parse(&format!("{file} (pipeline of {})", name.value), &pl.value)?;
             }
-            projects.push(project::Lower { file, text }.project(name.value, p)?);
+            let has_smtp = raw.smtp.is_some();
+            let at = name.referenced;
+            let project = project::Lower { file, text }.project(name.value, p)?;
+            if !has_smtp
+                && project
+                    .notify
+                    .iter()
+                    .any(|n| matches!(n.channel, Channel::Email { .. }))
+            {
+                return Err(ConfigError::at_location(
+                    file,
+                    text,
+                    &at,
+                    format!(
+                        "project `{}` sends email, and the server has no `smtp:`",
+                        project.name
+                    ),
+                )
+                .with_help(
+                    "add `smtp: {host: HOST, from: herd@example.org}` at the top of the config",
+                ));
+            }
+            projects.push(project);
         }
         let mut users = std::collections::BTreeMap::new();
         for (name, hash) in raw.users {
@@ -280,6 +310,12 @@ impl ServerConfig {
             probes,
             limits: lower_limits(file, text, raw.limits)?,
             artifacts_dir: raw.artifacts_dir,
+            smtp: raw
+                .smtp
+                .as_ref()
+                .map(|s| project::Lower { file, text }.smtp(s))
+                .transpose()?,
+            offline_notice: duration(&raw.offline_notice)?,
         })
     }
 }

@@ -9,6 +9,11 @@
 //!     poll: 1m                        # or `off` (webhooks only); default 1m
 //!     collapse: true                  # false: build each commit of a push
 //!     webhook_secret: {env: HERD_HOOK_SECRET}
+//!     tags: ['v*']                    # build new tags matching these globs
+//!     pull_requests:                  # build pull/merge requests
+//!       approval: untrusted           # untrusted (default) | all | none
+//!       authors: [alice]              # logins trusted like the repository's own branches
+//!       workers: {untrusted: ok}      # labels a worker needs to run untrusted code
 //!     report:
 //!       - github: {repo: o/herd, token: {env: GITHUB_TOKEN}}
 //!       - gitea: {url: https://codeberg.org, repo: o/herd, token: {file: /etc/herd/gitea-token}}
@@ -43,6 +48,35 @@ pub struct ProjectConfig {
     /// Where workers check out from: the server's mirror (the default),
     /// or the repository itself (`checkout: direct`).
     pub checkout: CheckoutFrom,
+    /// Tag globs whose new tags are built; empty: no tag is.
+    pub tags: Vec<String>,
+    /// None: pull requests are not built.
+    pub pull_requests: Option<PullRequestPolicy>,
+    /// Who hears of finished builds.
+    pub notify: Vec<super::notify::Notifier>,
+}
+
+/// `pull_requests:` of a project: which pull requests wait for a
+/// signed-in user's approval, and where untrusted ones may run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PullRequestPolicy {
+    pub approval: herd_core::change::Approval,
+    /// Forge logins whose pull requests are trusted.
+    pub authors: Vec<String>,
+    /// Labels (given by the server) a worker needs to run an untrusted
+    /// pull request's jobs; empty: any worker, once approved.
+    pub workers: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPullRequests {
+    #[serde(default)]
+    approval: herd_core::change::Approval,
+    #[serde(default)]
+    authors: Vec<String>,
+    #[serde(default)]
+    workers: std::collections::BTreeMap<String, String>,
 }
 
 /// `checkout:` of a project.
@@ -78,6 +112,9 @@ impl ProjectConfig {
             report: Vec::new(),
             credentials: None,
             checkout: CheckoutFrom::Server,
+            tags: Vec::new(),
+            pull_requests: None,
+            notify: Vec::new(),
         }
     }
 }
@@ -188,6 +225,11 @@ pub(super) struct RawProject {
     /// `server` (the default) or `direct`.
     #[serde(default)]
     pub checkout: CheckoutFrom,
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
+    pub pull_requests: Option<Spanned<RawPullRequests>>,
+    #[serde(default)]
+    pub notify: Vec<Spanned<super::notify::RawNotifier>>,
 }
 
 /// `credentials: {user: NAME, token: SECRET}` of a project's repository.
@@ -242,7 +284,7 @@ pub(super) struct Lower<'a> {
 }
 
 impl Lower<'_> {
-    fn err(&self, loc: &serde_saphyr::Location, msg: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, loc: &serde_saphyr::Location, msg: impl Into<String>) -> ConfigError {
         ConfigError::at_location(self.file, self.text, loc, msg)
     }
 
@@ -278,11 +320,39 @@ impl Lower<'_> {
             };
         }
         p.collapse = raw.collapse.unwrap_or(true);
+        for t in &raw.tags {
+            herd_core::change::compile_glob(&t.value).map_err(|e| {
+                self.err(
+                    &t.referenced,
+                    format!("invalid tag pattern `{}`: {e}", t.value),
+                )
+                .with_help("tags as globs: `v*`, `release-*`, `*` for every tag")
+            })?;
+            p.tags.push(t.value.clone());
+        }
+        if let Some(pr) = &raw.pull_requests {
+            for (key, value) in &pr.value.workers {
+                if herd_core::requirement::Requirement::parse(&format!("{key} == {value}")).is_err()
+                {
+                    return Err(self
+                        .err(&pr.referenced, format!("`{key}: {value}` is not a label"))
+                        .with_help("labels are names and values such as `untrusted: ok`"));
+                }
+            }
+            p.pull_requests = Some(PullRequestPolicy {
+                approval: pr.value.approval,
+                authors: pr.value.authors.clone(),
+                workers: pr.value.workers.clone(),
+            });
+        }
         if let Some(s) = &raw.webhook_secret {
             p.webhook_secret = Some(self.secret(s)?);
         }
         for r in &raw.report {
             p.report.push(self.reporter(r)?);
+        }
+        for n in &raw.notify {
+            p.notify.push(self.notifier(n)?);
         }
         if let Some(c) = &raw.credentials {
             if c.value.user.is_empty() || c.value.user.contains(['\n', ':']) {
@@ -348,7 +418,11 @@ impl Lower<'_> {
         self.secret_at(&s.value, &s.referenced)
     }
 
-    fn secret_at(&self, s: &RawSecret, at: &serde_saphyr::Location) -> Result<Secret, ConfigError> {
+    pub(super) fn secret_at(
+        &self,
+        s: &RawSecret,
+        at: &serde_saphyr::Location,
+    ) -> Result<Secret, ConfigError> {
         let value = match s {
             RawSecret::Text(t) => t.clone(),
             RawSecret::Env { env } => std::env::var(env).map_err(|_| {

@@ -34,6 +34,8 @@ pub struct NewBuild {
     pub concurrency_group: Option<String>,
     /// Its parameters' values (herd.yml `params:`).
     pub params: std::collections::BTreeMap<String, String>,
+    /// The pull request it builds.
+    pub pull_request: Option<i64>,
 }
 
 /// Where a build came from.
@@ -42,6 +44,12 @@ pub enum BuildKind {
     Manual,
     Change,
     Try,
+    /// A new tag.
+    Tag,
+    /// A pull or merge request's head.
+    PullRequest,
+    /// Started by a `schedule:`.
+    Schedule,
 }
 
 impl BuildKind {
@@ -50,6 +58,9 @@ impl BuildKind {
             BuildKind::Manual => "manual",
             BuildKind::Change => "change",
             BuildKind::Try => "try",
+            BuildKind::Tag => "tag",
+            BuildKind::PullRequest => "pr",
+            BuildKind::Schedule => "schedule",
         }
     }
 
@@ -58,6 +69,9 @@ impl BuildKind {
             "manual" => Some(BuildKind::Manual),
             "change" => Some(BuildKind::Change),
             "try" => Some(BuildKind::Try),
+            "tag" => Some(BuildKind::Tag),
+            "pr" => Some(BuildKind::PullRequest),
+            "schedule" => Some(BuildKind::Schedule),
             _ => None,
         }
     }
@@ -156,8 +170,8 @@ impl Store {
         };
         let row = sqlx::query(
             "INSERT INTO builds (project, ref_name, revision, state, priority, reason, error, created_at, finished_at, author, message, \
-             branch, kind, sender, report_pending, concurrency_group, params) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
+             branch, kind, sender, report_pending, concurrency_group, params, pull_request) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
         )
         .bind(&b.project)
         .bind(&b.ref_name)
@@ -180,6 +194,7 @@ impl Store {
         } else {
             serde_json::to_string(&b.params).ok()
         })
+        .bind(b.pull_request)
         .fetch_one(&mut *tx)
         .await?;
         let build_id: i64 = row.try_get("id")?;

@@ -9,7 +9,35 @@ use std::collections::BTreeMap;
 /// How long a server's claim on building a change holds.
 const CHANGE_CLAIM_MS: i64 = 5 * 60 * 1000;
 
-/// A commit on a watched branch, to be built (or recorded as skipped).
+/// What moved: a watched branch, a new tag, a pull request's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Branch,
+    Tag,
+    PullRequest,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Branch => "branch",
+            ChangeKind::Tag => "tag",
+            ChangeKind::PullRequest => "pr",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "branch" => ChangeKind::Branch,
+            "tag" => ChangeKind::Tag,
+            "pr" => ChangeKind::PullRequest,
+            _ => return None,
+        })
+    }
+}
+
+/// A commit on a watched branch (or a tag, or a pull request's head), to
+/// be built (or recorded as skipped).
 #[derive(Debug, Clone)]
 pub struct NewChange {
     pub revision: String,
@@ -17,6 +45,8 @@ pub struct NewChange {
     pub message: String,
     pub committed_at: i64,
     pub files: Option<Vec<String>>,
+    pub kind: ChangeKind,
+    pub pull_request: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -32,10 +62,15 @@ pub struct ChangeRow {
     pub created_at: i64,
     pub build_id: Option<i64>,
     pub skipped: Option<String>,
+    pub kind: ChangeKind,
+    pub pull_request: Option<i64>,
+    /// Why it waits (for approval), while it does.
+    pub waiting: Option<String>,
+    pub approved_by: Option<String>,
 }
 
 impl ChangeRow {
-    fn from_row(r: &AnyRow) -> Result<Self> {
+    pub(super) fn from_row(r: &AnyRow) -> Result<Self> {
         let files: Option<String> = get(r, "files")?;
         Ok(ChangeRow {
             id: get(r, "id")?,
@@ -49,6 +84,10 @@ impl ChangeRow {
             created_at: get(r, "created_at")?,
             build_id: get(r, "build_id")?,
             skipped: get(r, "skipped")?,
+            kind: super::rows::state(r, "kind", ChangeKind::parse)?,
+            pull_request: get(r, "pull_request")?,
+            waiting: get(r, "waiting")?,
+            approved_by: get(r, "approved_by")?,
         })
     }
 }
@@ -115,23 +154,28 @@ impl Store {
             return Ok(None);
         }
         let mut ids = Vec::with_capacity(changes.len());
+        // A tag's or pull request's key (`tag:NAME`, `pr:N`): its change
+        // is of NAME (N).
+        let name = branch.split_once(':').map_or(branch, |(_, n)| n);
         for c in changes {
             let files = c
                 .files
                 .as_ref()
                 .map(|f| serde_json::to_string(f).unwrap_or_default());
             let row = sqlx::query(
-                "INSERT INTO changes (project, branch, revision, author, message, committed_at, files, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                "INSERT INTO changes (project, branch, revision, author, message, committed_at, files, created_at, kind, pull_request) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
             )
             .bind(project)
-            .bind(branch)
+            .bind(name)
             .bind(&c.revision)
             .bind(&c.author)
             .bind(&c.message)
             .bind(c.committed_at)
             .bind(files)
             .bind(now)
+            .bind(c.kind.as_str())
+            .bind(c.pull_request)
             .fetch_one(&mut *tx)
             .await?;
             ids.push(row.try_get("id")?);
@@ -196,7 +240,8 @@ impl Store {
     /// recording and building), oldest first.
     pub async fn unsettled_changes(&self, project: &str) -> Result<Vec<ChangeRow>> {
         let rows = sqlx::query(
-            "SELECT * FROM changes WHERE project = $1 AND build_id IS NULL AND skipped IS NULL ORDER BY id",
+            "SELECT * FROM changes WHERE project = $1 AND build_id IS NULL AND skipped IS NULL \
+             AND waiting IS NULL ORDER BY id",
         )
         .bind(project)
         .fetch_all(&self.read)
@@ -304,5 +349,31 @@ impl Store {
             .execute(&self.write)
             .await?;
         Ok(())
+    }
+
+    /// The state of the last finished build before `build` of the same
+    /// project and branch (or tag), pull requests and try builds aside:
+    /// what `fixed` compares with.
+    pub async fn previous_finished_state(
+        &self,
+        build: &super::BuildRow,
+    ) -> Result<Option<herd_core::state::RunState>> {
+        let Some(at) = build.branch.as_deref().or(build.ref_name.as_deref()) else {
+            return Ok(None);
+        };
+        let row = sqlx::query(
+            "SELECT state FROM builds WHERE project = $1 AND id < $2 \
+             AND COALESCE(branch, ref_name) = $3 AND kind NOT IN ('try', 'pr') \
+             AND state IN ('success', 'failure', 'error') ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&build.project)
+        .bind(build.id)
+        .bind(at)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(match row {
+            Some(r) => herd_core::state::RunState::parse(&get::<String>(&r, "state")?),
+            None => None,
+        })
     }
 }

@@ -17,6 +17,7 @@ mod locks;
 mod logs;
 mod migrate;
 mod probes;
+mod pulls;
 mod rows;
 mod servers;
 mod splits;
@@ -24,8 +25,9 @@ mod timings;
 
 pub use artifacts::{ArtifactRow, UploadingAttempt};
 pub use builds::*;
-pub use changes::{ChangeRow, NewChange, ReportRow};
+pub use changes::{ChangeKind, ChangeRow, NewChange, ReportRow};
 pub use logs::LOG_ZSTD_LEVEL;
+pub use pulls::{PullFacts, PullRow};
 pub use rows::*;
 pub use servers::NOTIFY_CHANNEL;
 pub use splits::{SplitAnswer, SplitRow, SPLIT_WAIT_MS};

@@ -8,7 +8,7 @@ use herd_core::state::{AttemptState, RunState, StepState};
 use sqlx::any::AnyRow;
 
 /// A state column read into its enum; an unknown word is corrupt data.
-fn state<T>(r: &AnyRow, col: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+pub(super) fn state<T>(r: &AnyRow, col: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
     let text: String = get(r, col)?;
     parse(&text).ok_or_else(|| StoreError::Corrupt(format!("unknown {col} `{text}`")))
 }
@@ -114,6 +114,8 @@ pub struct BuildRow {
     pub sender: Option<String>,
     /// The values of herd.yml's `params:` it ran with.
     pub params: std::collections::BTreeMap<String, String>,
+    /// The pull request it builds.
+    pub pull_request: Option<i64>,
 }
 
 impl BuildRow {
@@ -142,6 +144,7 @@ impl BuildRow {
                 .unwrap_or_default(),
             started_at: get(r, "started_at")?,
             finished_at: get(r, "finished_at")?,
+            pull_request: get(r, "pull_request")?,
         })
     }
 }

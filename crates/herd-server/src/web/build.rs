@@ -85,6 +85,7 @@ pub struct BuildPage {
     pub author: String,
     pub reason: String,
     pub origin: String,
+    pub origin_url: String,
     /// `key=value` of herd.yml's `params:`.
     pub params: String,
     pub when: String,
@@ -215,6 +216,7 @@ pub async fn build_page(
         author: b.author.clone().unwrap_or_default(),
         reason: b.reason.clone(),
         origin: origin_label(b),
+        origin_url: super::view::origin_url(&app, b).await,
         params: b
             .params
             .iter()

@@ -28,8 +28,10 @@ pub struct GridRow {
     pub author: String,
     pub when: String,
     pub project: String,
-    /// The branch of a change, `try by …` for a try build.
+    /// The branch of a change, `try by …` for a try build, `PR #12 by …`.
     pub origin: String,
+    /// A pull request's page at its forge; empty when unknown.
+    pub origin_url: String,
     /// The row's most common cell state (its cells need no class of their own).
     pub common: &'static str,
     /// The row's cells, prerendered: a grid of 200 x 100 must stay small.
@@ -216,6 +218,14 @@ pub async fn grid_page(
             .unwrap_or("n");
         rows.push(grid_row(b, cells, common, earlier));
     }
+    for r in rows.iter_mut() {
+        if let Some(b) = builds
+            .iter()
+            .find(|b| b.id == r.id && b.pull_request.is_some())
+        {
+            r.origin_url = super::view::origin_url(app, b).await;
+        }
+    }
     let columns = columns
         .into_iter()
         .map(|name| {
@@ -285,10 +295,9 @@ fn change_key(b: &crate::store::BuildRow) -> Option<ChangeKey> {
         b.project.clone(),
         rev,
         b.ref_name.clone(),
-        if b.kind == crate::store::BuildKind::Change {
-            "change"
-        } else {
-            "manual"
+        match b.kind {
+            crate::store::BuildKind::Manual => "manual",
+            k => k.as_str(),
         },
     ))
 }
@@ -343,6 +352,7 @@ fn grid_row(
         when: ago(b.created_at),
         project: b.project.clone(),
         origin: origin_label(b),
+        origin_url: String::new(),
         common,
         cells: html,
         earlier,

@@ -53,6 +53,7 @@ pub fn router() -> Router<Arc<App>> {
         .route("/projects", get(projects::projects))
         .route("/projects/{name}", get(projects::project))
         .route("/projects/{name}/builds", post(projects::start))
+        .route("/changes/{id}/approve", post(projects::approve))
         .route("/workers", get(workers::workers))
         .route("/workers/matrix", get(matrix::matrix))
         .route(

@@ -34,6 +34,11 @@ pub struct ChangeView {
     pub when: String,
     pub build: Option<i64>,
     pub skipped: String,
+    /// Why it waits (for approval); empty when it does not.
+    pub waiting: String,
+    pub id: i64,
+    /// A pull request's link, when a webhook told it.
+    pub url: String,
 }
 
 #[derive(Template)]
@@ -158,21 +163,71 @@ pub async fn project(
         .and_then(|t| herd_core::Pipeline::parse("herd.yml", &t).ok())
         .map(|p| p.params)
         .unwrap_or_default();
+    let pulls: std::collections::HashMap<i64, crate::store::PullRow> = app
+        .hub
+        .store
+        .pull_requests(&name, 200)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.number, p))
+        .collect();
     render(&ProjectPage {
         page: Page::new(&app, &headers, false),
         params,
         project: view(&app, &row),
         changes: changes
             .into_iter()
-            .map(|c| ChangeView {
-                revision: c.revision.chars().take(10).collect(),
-                branch: c.branch,
-                subject: c.message.lines().next().unwrap_or("").to_string(),
-                author: c.author,
-                when: ago(c.created_at),
-                build: c.build_id,
-                skipped: c.skipped.unwrap_or_default(),
+            .map(|c| {
+                let pull = c.pull_request.and_then(|n| pulls.get(&n));
+                ChangeView {
+                    id: c.id,
+                    revision: c.revision.chars().take(10).collect(),
+                    branch: crate::pulls::change_label(&c),
+                    subject: pull
+                        .map(|p| p.title.clone())
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| c.message.lines().next().unwrap_or("").to_string()),
+                    author: pull
+                        .map(|p| p.author.clone())
+                        .filter(|a| !a.is_empty())
+                        .unwrap_or(c.author),
+                    when: ago(c.created_at),
+                    build: c.build_id,
+                    skipped: c.skipped.unwrap_or_default(),
+                    waiting: c.waiting.unwrap_or_default(),
+                    url: pull
+                        .map(|p| p.url.clone())
+                        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+                        .unwrap_or_default(),
+                }
             })
             .collect(),
     })
+}
+
+/// `POST /changes/{id}/approve`: a signed-in user lets a waiting pull
+/// request's head be built.
+pub async fn approve(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(f): Form<super::session::CsrfForm>,
+) -> Response {
+    let project = match app.hub.store.change(id).await {
+        Ok(Some(c)) => c.project,
+        Ok(None) => return not_found(format!("no change {id}")),
+        Err(e) => return server_error(e),
+    };
+    let back = format!("/projects/{project}");
+    let Some(user) = app.sessions.user_of(&headers, &f.csrf) else {
+        return axum::response::Redirect::to(&format!("/login?next={back}")).into_response();
+    };
+    match crate::pulls::approve(&app, id, &user).await {
+        Ok(crate::pulls::Approved::Built(Some(build), _)) => {
+            axum::response::Redirect::to(&format!("/builds/{build}")).into_response()
+        }
+        Ok(_) => axum::response::Redirect::to(&back).into_response(),
+        Err(e) => server_error(e),
+    }
 }

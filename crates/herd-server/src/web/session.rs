@@ -21,6 +21,8 @@ const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 struct Session {
     csrf: String,
+    /// Who signed in: a user of the config, or `admin` (the admin token).
+    user: String,
     expires: Instant,
 }
 
@@ -34,6 +36,8 @@ pub struct Sessions {
 pub struct Viewer {
     pub signed_in: bool,
     pub csrf: String,
+    /// Who is signed in (empty when nobody is).
+    pub user: String,
 }
 
 impl Sessions {
@@ -51,6 +55,7 @@ impl Sessions {
             Some(s) => Viewer {
                 signed_in: true,
                 csrf: s.csrf.clone(),
+                user: s.user.clone(),
             },
             None => Viewer::default(),
         }
@@ -62,12 +67,18 @@ impl Sessions {
         v.signed_in && !csrf.is_empty() && bool::from(v.csrf.as_bytes().ct_eq(csrf.as_bytes()))
     }
 
-    fn create(&self) -> String {
+    /// Who signed in on a form post that [`Sessions::check`] passes.
+    pub fn user_of(&self, headers: &HeaderMap, csrf: &str) -> Option<String> {
+        self.check(headers, csrf).then(|| self.viewer(headers).user)
+    }
+
+    fn create(&self, user: &str) -> String {
         let id = random_hex(32);
         self.lock().insert(
             id.clone(),
             Session {
                 csrf: random_hex(32),
+                user: user.to_string(),
                 expires: Instant::now() + LIFETIME,
             },
         );
@@ -264,7 +275,9 @@ pub async fn login(
     };
     match admin {
         Ok(true) => {
-            let id = app.sessions.create();
+            let id = app
+                .sessions
+                .create(if f.user.is_empty() { "admin" } else { &f.user });
             (
                 [(
                     header::SET_COOKIE,

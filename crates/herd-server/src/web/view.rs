@@ -16,7 +16,9 @@ pub struct Page {
 
 impl Page {
     pub fn new(app: &App, headers: &HeaderMap, live: bool) -> Page {
-        let Viewer { signed_in, csrf } = app.sessions.viewer(headers);
+        let Viewer {
+            signed_in, csrf, ..
+        } = app.sessions.viewer(headers);
         Page {
             live,
             signed_in,
@@ -86,10 +88,33 @@ pub(super) fn esc(s: &str) -> String {
 
 /// Where a build came from, in a few words: its branch, or who tried what.
 pub(super) fn origin_label(b: &crate::store::BuildRow) -> String {
-    match (b.kind.as_str(), &b.branch, &b.sender) {
-        ("try", _, Some(sender)) => format!("try by {sender}"),
-        ("try", _, None) => "try".into(),
+    use crate::store::BuildKind;
+    match (b.kind, &b.branch, &b.sender) {
+        (BuildKind::Try, _, Some(sender)) => format!("try by {sender}"),
+        (BuildKind::Try, _, None) => "try".into(),
+        (BuildKind::PullRequest, _, sender) => {
+            let n = b.pull_request.unwrap_or_default();
+            match sender {
+                Some(s) if !s.is_empty() => format!("PR #{n} by {s}"),
+                _ => format!("PR #{n}"),
+            }
+        }
+        (BuildKind::Tag, _, _) => format!("tag {}", b.ref_name.as_deref().unwrap_or("")),
+        (BuildKind::Schedule, Some(branch), _) => format!("scheduled · {branch}"),
+        (BuildKind::Schedule, None, _) => "scheduled".into(),
         (_, Some(branch), _) => branch.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Where a build's origin links to: a pull request's page at its forge
+/// (as its webhook told), else nowhere.
+pub(super) async fn origin_url(app: &App, b: &crate::store::BuildRow) -> String {
+    let Some(n) = b.pull_request else {
+        return String::new();
+    };
+    match app.hub.store.pull_request(&b.project, n).await {
+        Ok(Some(p)) if p.url.starts_with("https://") || p.url.starts_with("http://") => p.url,
         _ => String::new(),
     }
 }

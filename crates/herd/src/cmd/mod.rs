@@ -2,6 +2,7 @@
 
 pub mod artifacts;
 pub mod build;
+pub mod change;
 pub mod check;
 pub mod migrate;
 pub mod project;

@@ -118,15 +118,23 @@ fn print_project(d: &ProjectDetail) {
     }
     outln!("\nrecent changes:");
     for ch in &d.changes {
-        let built = match (ch.build_id, &ch.skipped) {
-            (Some(id), _) => format!("build {id}"),
-            (None, Some(why)) => format!("not built: {why}"),
-            (None, None) => "pending".into(),
+        let built = match (ch.build_id, &ch.skipped, &ch.waiting) {
+            (Some(id), _, _) => format!("build {id}"),
+            (None, Some(why), _) => format!("not built: {why}"),
+            (None, None, Some(why)) => {
+                format!("WAITS: {why} (`herd change approve {}`)", ch.id)
+            }
+            (None, None, None) => "pending".into(),
+        };
+        let label = match (ch.kind.as_str(), ch.pull_request) {
+            ("pull_request", Some(n)) => format!("PR #{n}"),
+            ("tag", _) => format!("tag {}", ch.branch),
+            _ => ch.branch.clone(),
         };
         outln!(
             "  {} {:<16} {} {:<24} {}",
             ch.revision.get(..10).unwrap_or(&ch.revision),
-            ch.branch,
+            label,
             when(Some(ch.created_at)),
             ch.message
                 .lines()

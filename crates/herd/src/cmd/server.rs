@@ -145,6 +145,8 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
         },
         dist_dir: args.dist.clone(),
         artifacts_dir: config.artifacts_dir.clone().map(PathBuf::from),
+        smtp: config.smtp.clone(),
+        offline_notice: config.offline_notice,
         users: config.users.clone(),
         private: config.private,
         listen: args

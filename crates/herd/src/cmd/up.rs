@@ -98,6 +98,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         tls: Default::default(),
         conn_limits: Default::default(),
         artifacts_dir: None,
+        smtp: None,
+        offline_notice: None,
     })
     .await
     .map_err(|e| miette!("{e}"))?;

@@ -3,6 +3,8 @@
 //! Processes are stopped by their own PIDs when the handles drop.
 #![allow(dead_code)]
 
+pub mod forge;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,245 @@
+//! Pull and merge requests: whether a new head is built now or waits for
+//! approval (`herd_core::change::pull_request_verdict`), approving it,
+//! what a forge's webhook tells (author, fork, closed), and closing one.
+//!
+//! Architecture invariant: a webhook never names what is built. It only
+//! records facts git does not have; the commit built is the one the
+//! server's own mirror has at `refs/pull/N/head`
+//! (`refs/merge-requests/N/head`).
+
+use crate::builds::{BuildRequest, Origin, PullOrigin};
+use crate::store::{BuildKind, ChangeKind, ChangeRow, PullFacts, StoreError};
+use crate::App;
+use herd_core::change::{pull_request_verdict, PullRequestFacts, PullRequestVerdict};
+use herd_core::webhook::{PullRequestAction, PullRequestEvent};
+
+/// What became of an approval.
+#[derive(Debug)]
+pub enum Approved {
+    /// Its build (or, when none was started, why).
+    Built(Option<i64>, Option<String>),
+    /// The change does not wait (unknown, built, skipped, approved).
+    NotWaiting,
+}
+
+/// The build of a pull request's change, or None when it waits (recorded
+/// here, with the reason) or was dropped (the pull request is closed).
+pub async fn request_for(
+    app: &App,
+    change: &ChangeRow,
+) -> Result<Option<(BuildRequest, Origin)>, StoreError> {
+    let store = &app.hub.store;
+    let Some(number) = change.pull_request else {
+        store
+            .settle_change(
+                change.id,
+                None,
+                Some("a pull request change without a number"),
+            )
+            .await?;
+        return Ok(None);
+    };
+    let facts = store.pull_request(&change.project, number).await?;
+    if facts.as_ref().is_some_and(|f| f.closed_at.is_some()) {
+        store
+            .settle_change(change.id, None, Some("the pull request is closed"))
+            .await?;
+        return Ok(None);
+    }
+    let untrusted = match verdict(app, change, facts.as_ref()) {
+        PullRequestVerdict::Build { untrusted } => untrusted,
+        PullRequestVerdict::Wait(why) => {
+            tracing::info!(project = %change.project, "pull request #{number} ({}) waits: {why}", short(&change.revision));
+            store.hold_change(change.id, &why).await?;
+            app.hub.changed();
+            return Ok(None);
+        }
+    };
+    let subject = change.message.lines().next().unwrap_or("").to_string();
+    let title = facts
+        .as_ref()
+        .map(|f| f.title.clone())
+        .filter(|t| !t.is_empty())
+        .unwrap_or(subject);
+    let author = facts
+        .as_ref()
+        .map(|f| f.author.clone())
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| change.author.clone());
+    let req = BuildRequest {
+        project: change.project.clone(),
+        rev: Some(change.revision.clone()),
+        reason: Some(match &change.approved_by {
+            Some(by) => format!("pull request #{number}: {title} (approved by {by})"),
+            None => format!("pull request #{number}: {title}"),
+        }),
+        ..Default::default()
+    };
+    let origin = Origin {
+        kind: BuildKind::PullRequest,
+        branch: None,
+        sender: Some(author),
+        // A pull request is no branch: `branches:`/`paths:` do not hold
+        // it back, `tags: only` does.
+        change: Some(Default::default()),
+        patch: None,
+        tag: None,
+        pull_request: Some(PullOrigin { number, untrusted }),
+    };
+    Ok(Some((req, origin)))
+}
+
+fn verdict(
+    app: &App,
+    change: &ChangeRow,
+    facts: Option<&crate::store::PullRow>,
+) -> PullRequestVerdict {
+    let policy = app
+        .project_configs
+        .get(&change.project)
+        .and_then(|p| p.pull_requests.clone())
+        .unwrap_or_default();
+    pull_request_verdict(
+        policy.approval,
+        &policy.authors,
+        PullRequestFacts {
+            fork: facts.and_then(|f| f.fork),
+            author: facts.map(|f| f.author.as_str()),
+            approved_by: change.approved_by.as_deref(),
+        },
+    )
+}
+
+/// Whether a pull request's code counts as untrusted (for a retry of its
+/// build, which someone signed in asked for).
+pub async fn is_untrusted(app: &App, project: &str, number: i64) -> Result<bool, StoreError> {
+    let facts = app.hub.store.pull_request(project, number).await?;
+    let policy = app
+        .project_configs
+        .get(project)
+        .and_then(|p| p.pull_requests.clone())
+        .unwrap_or_default();
+    Ok(matches!(
+        pull_request_verdict(
+            policy.approval,
+            &policy.authors,
+            PullRequestFacts {
+                fork: facts.as_ref().and_then(|f| f.fork),
+                author: facts.as_ref().map(|f| f.author.as_str()),
+                approved_by: Some("retry"),
+            },
+        ),
+        PullRequestVerdict::Build { untrusted: true }
+    ))
+}
+
+/// Waiting changes whose pull request is now known to be trusted (a
+/// webhook told after the poll) go on to be built; those of a closed one
+/// are dropped.
+pub async fn recheck_waiting(app: &App, project: &str) {
+    let store = &app.hub.store;
+    let waiting = match store.waiting_changes(project).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(project, "cannot read the waiting changes: {e}");
+            return;
+        }
+    };
+    for change in waiting {
+        let Some(number) = change.pull_request else {
+            continue;
+        };
+        let facts = store.pull_request(project, number).await.ok().flatten();
+        let result = if facts.as_ref().is_some_and(|f| f.closed_at.is_some()) {
+            store
+                .settle_change(change.id, None, Some("the pull request is closed"))
+                .await
+        } else if matches!(
+            verdict(app, &change, facts.as_ref()),
+            PullRequestVerdict::Build { .. }
+        ) {
+            store.release_change(change.id).await.map(|_| ())
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::warn!(project, "cannot recheck change {}: {e}", change.id);
+        }
+    }
+}
+
+/// A signed-in user lets a waiting pull request's head be built.
+pub async fn approve(app: &App, change_id: i64, by: &str) -> Result<Approved, StoreError> {
+    let store = &app.hub.store;
+    let Some(change) = store.approve_change(change_id, by).await? else {
+        return Ok(Approved::NotWaiting);
+    };
+    tracing::info!(project = %change.project, "{by} approved change {change_id} ({})", short(&change.revision));
+    crate::poll::build_change(app, change).await;
+    let after = store.change(change_id).await?;
+    app.hub.changed();
+    Ok(Approved::Built(
+        after.as_ref().and_then(|c| c.build_id),
+        after.and_then(|c| c.skipped),
+    ))
+}
+
+/// What a forge's webhook said about a pull request: recorded; a closed
+/// one's waiting changes are dropped and its builds cancelled. True when
+/// the poller is to fetch (opened, updated).
+pub async fn on_event(
+    app: &App,
+    project: &str,
+    event: &PullRequestEvent,
+) -> Result<bool, StoreError> {
+    let number = i64::try_from(event.number).unwrap_or(i64::MAX);
+    let closed = event.action == PullRequestAction::Closed;
+    app.hub
+        .store
+        .save_pull_request(
+            project,
+            &PullFacts {
+                number,
+                title: event.title.clone(),
+                author: event.author.clone(),
+                url: event.url.clone(),
+                fork: event.fork,
+                base: event.base.clone(),
+                closed,
+            },
+        )
+        .await?;
+    if closed {
+        close(app, project, number).await?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+async fn close(app: &App, project: &str, number: i64) -> Result<(), StoreError> {
+    let store = &app.hub.store;
+    let why = format!("pull request #{number} was closed");
+    store
+        .drop_pull_request_changes(project, number, None, &why)
+        .await?;
+    for build in store.open_builds_of_pull_request(project, number).await? {
+        tracing::info!(project, "cancelling build {build}: {why}");
+        store.note_build_error(build, &why).await?;
+        app.hub.cancel_build(build).await?;
+    }
+    app.hub.changed();
+    Ok(())
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+/// For the kinds a change row can have: the label shown for it.
+pub fn change_label(change: &ChangeRow) -> String {
+    match (change.kind, change.pull_request) {
+        (ChangeKind::PullRequest, Some(n)) => format!("PR #{n}"),
+        (ChangeKind::Tag, _) => format!("tag {}", change.branch),
+        _ => change.branch.clone(),
+    }
+}
