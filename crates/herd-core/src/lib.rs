@@ -7,6 +7,7 @@
 
 pub mod change;
 pub mod config_error;
+pub mod cron;
 pub mod duration;
 pub mod junit;
 pub mod needs;

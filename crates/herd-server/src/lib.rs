@@ -16,9 +16,11 @@ pub mod hub;
 pub mod install;
 pub mod limits;
 pub mod notify;
+pub mod owners;
 pub mod poll;
 pub mod pulls;
 pub mod report;
+pub mod schedules;
 pub mod serve;
 pub mod source;
 pub mod store;
@@ -299,6 +301,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         report::StatusReporter::spawn(&app),
         spawn_part_sweeper(Arc::clone(&app)),
     ];
+    background.extend(schedules::spawn(&app));
+    background.extend(owners::spawn(&app));
     if let Some(url) = app.hub.store.postgres_url() {
         background.extend(cluster::spawn(
             Arc::clone(&app.hub),

@@ -111,7 +111,9 @@ fn a_job_nobody_can_run_waits_with_the_reason_and_runs_when_a_capable_worker_joi
     let show = server.cli(&["build", "show", &id.to_string()]);
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(
-        text.contains("waiting: no online worker meets the requirements"),
+        text.contains(
+            "waiting: no capable worker online: none of the online workers meets the requirements"
+        ),
         "{text}"
     );
     assert!(
@@ -138,12 +140,34 @@ fn a_job_nobody_can_run_waits_with_the_reason_and_runs_when_a_capable_worker_joi
         "3.12.3",
         &[("gtk+-3.0", "3.24.41")],
     );
-    let _good = server.worker_with_env("kestrel", 1, &[], &[("PATH", good)]);
+    let mut good = server.worker_with_env("kestrel", 1, &[], &[("PATH", good)]);
     let b = server.wait_build(id, Duration::from_secs(30));
     assert_eq!(b["state"], "success");
     assert_eq!(
         server.job(&b, "gtk", "main")["attempts"][0]["worker"],
         "kestrel"
+    );
+
+    // The only capable worker goes away: its column says so in red, and a
+    // queued job says since when.
+    good.kill9();
+    wait_until(Duration::from_secs(30), "kestrel offline", || {
+        (server.get("/api/v1/workers/kestrel").ok()?["online"] == false).then_some(())
+    });
+    let id = server.start_build("gtk", &["--builder", "gtk"]);
+    let b = server.build(id);
+    let summary = server.job(&b, "gtk", "main")["waiting"]["summary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        summary.starts_with("no capable worker online since 20"),
+        "{summary}"
+    );
+    let grid = server.get_text("/").unwrap();
+    assert!(
+        grid.contains(r#"<div class="wcount nocap">no capable worker online</div>"#),
+        "the gtk column says it in red"
     );
 }
 

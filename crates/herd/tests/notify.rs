@@ -273,3 +273,65 @@ fn failure_fixed_and_always_reach_email_and_chat_and_a_failed_send_is_retried() 
         .count();
     assert_eq!(matrix_sends, 1);
 }
+
+#[test]
+fn a_workers_owner_hears_once_when_it_is_away_and_once_when_it_is_back() {
+    let (smtp_port, mails) = smtp_sink();
+    let server = Server::start_with_config(
+        &format!(
+            "smtp: {{host: 127.0.0.1, port: {smtp_port}, tls: none, from: herd@ci.example.org}}\noffline_notice: 1s\nprojects:\n  p:\n    pipeline: 'builders: {{b: {{steps: [{{run: \"true\"}}]}}}}'\n"
+        ),
+        &[],
+    );
+    let out = server.cli(&["token", "create", "--enroll", "--owner", "not-an-address"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("email address"));
+    let mut lent = server.worker("lent", 1, &[]);
+    let _other = server.worker("unowned", 1, &[]);
+    let out = server.cli(&["workers", "label", "lent", "owner=alice@example.org"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    lent.kill9();
+    let away = wait_until(LONG, "the away notice", || {
+        mails.lock().unwrap().first().cloned()
+    });
+    assert_eq!(away.0, ["alice@example.org"]);
+    assert!(
+        away.1.contains("Subject: [herd] worker lent is offline"),
+        "{}",
+        away.1
+    );
+    assert!(
+        away.1.contains(&format!("{}/workers/lent", server.url)),
+        "{}",
+        away.1
+    );
+    let page = server.get_text("/workers").unwrap();
+    assert!(
+        page.contains("alice@example.org (told it is away)"),
+        "{page}"
+    );
+    // One notice per absence, however long it lasts.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(mails.lock().unwrap().len(), 1);
+
+    let _back = server.worker("lent", 1, &[]);
+    let back = wait_until(LONG, "the back notice", || {
+        mails.lock().unwrap().get(1).cloned()
+    });
+    assert!(
+        back.1.contains("Subject: [herd] worker lent is back"),
+        "{}",
+        back.1
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        mails.lock().unwrap().len(),
+        2,
+        "nobody is told of the unowned worker"
+    );
+}

@@ -338,3 +338,87 @@ fn a_new_tag_builds_its_release_builder_with_the_tag() {
     let grid = server.get_text("/").unwrap();
     assert!(grid.contains("tag v1.0"), "the grid names the tag");
 }
+
+fn scheduled_builds(server: &Server) -> Vec<Value> {
+    let mut b: Vec<Value> = server.get("/api/v1/builds?project=p").unwrap()["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["kind"] == "schedule")
+        .cloned()
+        .collect();
+    b.sort_by_key(|b| b["id"].as_i64());
+    b
+}
+
+#[test]
+fn a_schedule_builds_the_branch_head_and_only_when_it_changed() {
+    let forge = Forge::new("builders:\n  nightly:\n    steps:\n      - run: echo scheduled\n");
+    // Every two seconds (a pattern with seconds) instead of a night.
+    let (server, _w) = watching(
+        &forge,
+        "    poll: off\n    schedule:\n      - {cron: '*/2 * * * * *', name: often, only_if_changed: true, timezone: Europe/Paris}\n",
+        1,
+    );
+    let first = wait_until(LONG, "the first scheduled build", || {
+        scheduled_builds(&server).first().cloned()
+    });
+    let build = server.wait_build(first["id"].as_i64().unwrap(), LONG);
+    assert_eq!(build["state"], "success", "{build:#}");
+    assert!(
+        build["reason"]
+            .as_str()
+            .unwrap()
+            .contains("scheduled: often"),
+        "{build}"
+    );
+    let head = String::from_utf8_lossy(&run_git(&forge.work, &["rev-parse", "HEAD"]).stdout)
+        .trim()
+        .to_string();
+    assert_eq!(build["revision"], head.as_str());
+    // Nothing new: the next firings build nothing.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(scheduled_builds(&server).len(), 1);
+    // A new commit (no poll, no hook): the next firing builds it.
+    let sha = forge.push(&[("n.txt", b"1")], "for tonight");
+    let second = wait_until(LONG, "a scheduled build of the new commit", || {
+        scheduled_builds(&server)
+            .into_iter()
+            .find(|b| b["revision"] == sha.as_str())
+    });
+    assert_eq!(
+        server.wait_build(second["id"].as_i64().unwrap(), LONG)["state"],
+        "success"
+    );
+    assert_eq!(scheduled_builds(&server).len(), 2);
+    let grid = server.get_text("/").unwrap();
+    assert!(grid.contains("scheduled · "), "the grid shows the origin");
+}
+
+#[test]
+fn servers_sharing_a_database_start_each_firing_once() {
+    let forge = Forge::new("builders:\n  b:\n    steps:\n      - run: 'true'\n");
+    let config = format!(
+        "projects:\n  p:\n    repo: {}\n    poll: off\n    schedule:\n      - cron: '* * * * * *'\n",
+        forge.repo()
+    );
+    let a = Server::start_on_postgres(&config, &[]);
+    let b = Server::start_sharing(&a, &config, &[]);
+    let builds = wait_until(LONG, "five scheduled builds", || {
+        let got = scheduled_builds(&a);
+        (got.len() >= 5).then_some(got)
+    });
+    drop(b);
+    // Each firing (one a second) is one build, whichever server took it:
+    // two servers firing alike would start builds milliseconds apart.
+    let times: Vec<i64> = builds
+        .iter()
+        .map(|b| b["created_at"].as_i64().unwrap())
+        .collect();
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 500,
+            "two builds for one firing: {times:?}"
+        );
+    }
+}

@@ -40,3 +40,7 @@ CREATE TABLE schedule_runs (
     skipped    TEXT,
     PRIMARY KEY (project, schedule, fire_at)
 );
+
+-- When a worker's owner (its server label `owner`) was told it is away;
+-- NULL while it is not (or no one was told).
+ALTER TABLE workers ADD COLUMN away_notified_at BIGINT;

@@ -30,7 +30,9 @@ use std::time::Duration;
 mod notify;
 mod project;
 pub use notify::{Channel, Notifier, SmtpConfig, SmtpTls};
-pub use project::{CheckoutFrom, ProjectConfig, Reporter, Secret, SecretConfig, DEFAULT_POLL};
+pub use project::{
+    CheckoutFrom, ProjectConfig, Reporter, ScheduleConfig, Secret, SecretConfig, DEFAULT_POLL,
+};
 use project::{RawProject, RawSecretConfig};
 
 #[derive(Debug, Clone, Default)]

@@ -54,6 +54,32 @@ pub struct ProjectConfig {
     pub pull_requests: Option<PullRequestPolicy>,
     /// Who hears of finished builds.
     pub notify: Vec<super::notify::Notifier>,
+    /// Builds started by the clock.
+    pub schedule: Vec<ScheduleConfig>,
+}
+
+/// One `schedule:` entry of a project (checked when the config is read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleConfig {
+    /// Names its firings in the store (default: the pattern).
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    /// None: the repository's default branch.
+    pub branch: Option<String>,
+    /// Build nothing when the branch's head is what it last built.
+    pub only_if_changed: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSchedule {
+    cron: String,
+    timezone: Option<String>,
+    branch: Option<String>,
+    #[serde(default)]
+    only_if_changed: bool,
+    name: Option<String>,
 }
 
 /// `pull_requests:` of a project: which pull requests wait for a
@@ -115,6 +141,7 @@ impl ProjectConfig {
             tags: Vec::new(),
             pull_requests: None,
             notify: Vec::new(),
+            schedule: Vec::new(),
         }
     }
 }
@@ -230,6 +257,8 @@ pub(super) struct RawProject {
     pub pull_requests: Option<Spanned<RawPullRequests>>,
     #[serde(default)]
     pub notify: Vec<Spanned<super::notify::RawNotifier>>,
+    #[serde(default)]
+    pub schedule: Vec<Spanned<RawSchedule>>,
 }
 
 /// `credentials: {user: NAME, token: SECRET}` of a project's repository.
@@ -353,6 +382,28 @@ impl Lower<'_> {
         }
         for n in &raw.notify {
             p.notify.push(self.notifier(n)?);
+        }
+        for s in &raw.schedule {
+            let r = &s.value;
+            let timezone = r.timezone.clone().unwrap_or_else(|| "UTC".into());
+            herd_core::cron::CronSchedule::parse(&r.cron, &timezone).map_err(|e| {
+                self.err(&s.referenced, e).with_help(
+                    "five fields `MIN HOUR DAY MONTH WEEKDAY` (`0 3 * * *`: 03:00 daily), six with seconds first, or @daily/@hourly/@weekly",
+                )
+            })?;
+            let name = r.name.clone().unwrap_or_else(|| r.cron.clone());
+            if p.schedule.iter().any(|o: &ScheduleConfig| o.name == name) {
+                return Err(self
+                    .err(&s.referenced, format!("two schedules are named `{name}`"))
+                    .with_help("give each a `name:`"));
+            }
+            p.schedule.push(ScheduleConfig {
+                name,
+                cron: r.cron.clone(),
+                timezone,
+                branch: r.branch.clone(),
+                only_if_changed: r.only_if_changed,
+            });
         }
         if let Some(c) = &raw.credentials {
             if c.value.user.is_empty() || c.value.user.contains(['\n', ':']) {

@@ -149,10 +149,26 @@ impl Hub {
             .filter(|w| w.unmet.is_none())
             .map(|w| w.worker.as_str())
             .collect();
+        // Since the last capable worker went away, when one did.
+        let since = if capable.is_empty() {
+            st.departed
+                .values()
+                .filter(|d| {
+                    schedule::fits(&spec.requires, &spec.trusted_requires, &d.caps, &d.trusted)
+                        .is_ok()
+                })
+                .map(|d| d.at_ms)
+                .max()
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| format!(" since {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         let summary = if workers.is_empty() {
-            "no worker is online".to_string()
+            format!("no worker is online{since}")
         } else if capable.is_empty() {
-            "no online worker meets the requirements".to_string()
+            format!("no capable worker online{since}: none of the online workers meets the requirements")
         } else {
             format!("waiting for a free slot on {}", capable.join(", "))
         };

@@ -127,7 +127,20 @@ struct HubState {
     /// Queued jobs with `needs:` whose needs have all ended well: the
     /// scheduler may place them (`needs`).
     released: std::collections::HashSet<i64>,
+    /// Workers that went away: what they could run and when they left
+    /// (what "no capable worker online since …" says). Bounded.
+    departed: HashMap<String, Departed>,
 }
+
+/// A worker that went away, as it was.
+struct Departed {
+    caps: herd_core::requirement::Capabilities,
+    trusted: herd_core::requirement::Capabilities,
+    at_ms: i64,
+}
+
+/// Most departed workers remembered.
+const MAX_DEPARTED: usize = 10_000;
 
 pub struct Hub {
     pub store: Store,
@@ -380,6 +393,7 @@ impl Hub {
             for a in &kept {
                 st.orphans.remove(a);
             }
+            st.departed.remove(name);
             if let Some(old) = st.workers.remove(name) {
                 let _ = old.tx.send(Outbound::Close(
                     "replaced by a new connection of the same worker".into(),
@@ -424,6 +438,7 @@ impl Hub {
                     paused,
                     first_seen: 0,
                     last_change: 0,
+                    away_notified_at: None,
                 },
                 &self.server_id,
             )
@@ -445,6 +460,21 @@ impl Hub {
             match st.workers.get(name) {
                 Some(w) if w.conn_id == conn_id => {
                     let w = st.workers.remove(name);
+                    if let Some(w) = &w {
+                        if st.departed.len() >= MAX_DEPARTED {
+                            st.departed.clear();
+                        }
+                        let caps = capabilities::capabilities(w, &st.probe_set);
+                        let trusted = capabilities::trusted_capabilities(w);
+                        st.departed.insert(
+                            name.to_string(),
+                            Departed {
+                                caps,
+                                trusted,
+                                at_ms: crate::store::now_ms(),
+                            },
+                        );
+                    }
                     let deadline = Instant::now() + grace;
                     for a in w.map(|w| w.running).unwrap_or_default() {
                         st.orphans.insert(

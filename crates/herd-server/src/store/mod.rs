@@ -19,6 +19,7 @@ mod migrate;
 mod probes;
 mod pulls;
 mod rows;
+mod schedules;
 mod servers;
 mod splits;
 mod timings;

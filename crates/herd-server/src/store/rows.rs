@@ -73,7 +73,10 @@ pub struct WorkerRow {
     pub online: bool,
     pub paused: bool,
     pub first_seen: i64,
+    /// When it came online or went offline.
     pub last_change: i64,
+    /// When its owner was told it is away (None: not told, or back).
+    pub away_notified_at: Option<i64>,
 }
 
 impl WorkerRow {
@@ -88,6 +91,7 @@ impl WorkerRow {
             paused: get::<i64>(r, "paused")? != 0,
             first_seen: get(r, "first_seen")?,
             last_change: get(r, "last_change")?,
+            away_notified_at: get(r, "away_notified_at")?,
         })
     }
 }

@@ -239,7 +239,7 @@ pub async fn grid_page(
                 .filter(|w| w.state == crate::hub::Fit::Busy)
                 .count();
             let workers_title = if capable.is_empty() {
-                "no connected worker can run it".to_string()
+                why.summary.clone()
             } else {
                 capable
                     .iter()

@@ -25,6 +25,10 @@ pub struct WorkerRowView {
     pub version: String,
     /// What its probes found: `python3 3.12.3, gcc 13.2.0`.
     pub capabilities: String,
+    /// Who lends it (its `owner` server label).
+    pub owner: String,
+    /// Its owner was told it is away.
+    pub owner_told: bool,
 }
 
 #[derive(Template)]
@@ -62,7 +66,13 @@ pub async fn workers(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
+            let given = server_labels.remove(&w.name).unwrap_or_default();
             WorkerRowView {
+                owner: given
+                    .get(crate::owners::OWNER_LABEL)
+                    .cloned()
+                    .unwrap_or_default(),
+                owner_told: w.away_notified_at.is_some(),
                 cpus: facts.get("cpus").cloned().unwrap_or_default(),
                 memory: facts.get("memory").cloned().unwrap_or_default(),
                 version: w.version.clone(),
@@ -77,9 +87,7 @@ pub async fn workers(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
                     facts.get("os").cloned().unwrap_or_default(),
                     facts.get("arch").cloned().unwrap_or_default()
                 ),
-                labels: server_labels
-                    .remove(&w.name)
-                    .unwrap_or_default()
+                labels: given
                     .iter()
                     .map(|(k, v)| format!("{k}={v} (server)"))
                     .chain(json_map(&w.labels).iter().map(|(k, v)| format!("{k}={v}")))

@@ -41,6 +41,11 @@ pub enum TokenCommand {
         /// KEY=VALUE labels the enrolled workers get (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", requires = "enroll")]
         labels: Vec<String>,
+        /// Who lends the machines enrolled with it: told by email when one
+        /// has been offline for the server's `offline_notice`, and when it
+        /// is back (the `owner` label).
+        #[arg(long, value_name = "EMAIL", requires = "enroll")]
+        owner: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -126,10 +131,19 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             uses,
             expires,
             labels,
+            owner,
             client,
             ..
         } => {
-            let labels = parse_labels(&labels)?;
+            let mut labels = parse_labels(&labels)?;
+            if let Some(owner) = owner {
+                if !owner.contains('@') || owner.contains(char::is_whitespace) {
+                    return Err(miette::miette!(
+                        "--owner {owner}: give the owner's email address, e.g. --owner alice@example.org"
+                    ));
+                }
+                labels.insert("owner".into(), owner);
+            }
             let (res, token) = create(
                 &client,
                 &CreateToken::Enroll {
