@@ -179,7 +179,7 @@ pub async fn retry(app: &App, id: i64, failed_only: bool) -> Result<i64, StartEr
     let pull_request = match (d.build.kind, d.build.pull_request) {
         (BuildKind::PullRequest, Some(number)) => Some(PullOrigin {
             number,
-            untrusted: crate::pulls::is_untrusted(app, &d.build.project, number).await?,
+            untrusted: is_untrusted(app, &d.build.project, number).await?,
         }),
         _ => None,
     };
@@ -198,6 +198,29 @@ pub async fn retry(app: &App, id: i64, failed_only: bool) -> Result<i64, StartEr
         Started::Build(new) => Ok(new),
         Started::NothingToBuild(why) => Err(StartError::NothingToBuild(why)),
     }
+}
+
+/// Whether a pull request's code counts as untrusted (for a retry of its
+/// build, which someone signed in asked for).
+async fn is_untrusted(app: &App, project: &str, number: i64) -> Result<bool, StoreError> {
+    let facts = app.hub.store.pull_request(project, number).await?;
+    let policy = app
+        .project_configs
+        .get(project)
+        .and_then(|p| p.pull_requests.clone())
+        .unwrap_or_default();
+    Ok(matches!(
+        herd_core::change::pull_request_verdict(
+            policy.approval,
+            &policy.authors,
+            herd_core::change::PullRequestFacts {
+                fork: facts.as_ref().and_then(|f| f.fork),
+                author: facts.as_ref().map(|f| f.author.as_str()),
+                approved_by: Some("retry"),
+            },
+        ),
+        herd_core::change::PullRequestVerdict::Build { untrusted: true }
+    ))
 }
 
 /// The revision and pipeline text a build reads, with the commit's author

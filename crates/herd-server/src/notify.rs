@@ -14,6 +14,7 @@ use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The context under which notifications are recorded.
@@ -114,7 +115,7 @@ pub async fn send(
             }))
         }
         Channel::Webhook { url, secret } => {
-            let body = crate::report::finished_payload(app, build, jobs);
+            let body = finished_payload(app, build, jobs);
             let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
             let mut req = http
                 .post(url)
@@ -184,6 +185,52 @@ pub async fn send_email(smtp: &SmtpConfig, to: &[String], msg: &Message) -> Resu
         .await
         .map(|_| ())
         .map_err(|e| format!("smtp {}:{}: {e}", smtp.host, smtp.port))
+}
+
+/// The JSON a webhook gets when a build ends (a `report:` webhook and a
+/// `notify:` one alike).
+pub fn finished_payload(app: &App, build: &BuildRow, jobs: &[JobRow]) -> serde_json::Value {
+    let builders: BTreeMap<String, &str> = builder_statuses(build.state, jobs)
+        .into_iter()
+        .map(|(c, w)| (c.trim_start_matches("herd/").to_string(), w.as_str()))
+        .collect();
+    json!({
+        "event": "build_finished",
+        "build": {
+            "id": build.id,
+            "project": build.project,
+            "revision": build.revision,
+            "branch": build.branch,
+            "ref": build.ref_name,
+            "kind": build.kind.as_str(),
+            "pull_request": build.pull_request,
+            "state": build.state,
+            "error": build.error,
+            "reason": build.reason,
+            "url": format!("{}/builds/{}", app.public_url, build.id),
+            "created_at": build.created_at,
+            "finished_at": build.finished_at,
+        },
+        "builders": builders,
+    })
+}
+
+/// One status per builder, from its jobs' states.
+pub fn builder_statuses(build_state: RunState, jobs: &[JobRow]) -> Vec<(String, RunState)> {
+    let mut per_builder: BTreeMap<&str, Vec<RunState>> = BTreeMap::new();
+    for j in jobs {
+        per_builder
+            .entry(j.builder.as_str())
+            .or_default()
+            .push(j.state);
+    }
+    if per_builder.is_empty() {
+        return vec![("herd".into(), build_state)];
+    }
+    per_builder
+        .into_iter()
+        .map(|(b, states)| (format!("herd/{b}"), RunState::of_build(&states)))
+        .collect()
 }
 
 /// A Matrix room id in a URL path.

@@ -46,9 +46,10 @@ pub async fn tick(app: &App, now: i64) -> Result<(), crate::store::StoreError> {
     };
     let wait = app.offline_notice.as_millis() as i64;
     for w in store.workers().await? {
-        let away = !w.online && now - w.last_change >= wait;
+        // Away long enough and not told yet, or back after being told.
+        let away = !w.online && now - w.last_change >= wait && w.away_notified_at.is_none();
         let back = w.online && w.away_notified_at.is_some();
-        if !(away && w.away_notified_at.is_none()) && !back {
+        if !away && !back {
             continue;
         }
         let labels = store.worker_labels(&w.name).await?;

@@ -439,6 +439,35 @@ pub(crate) async fn build_change(app: &App, change: ChangeRow) {
     }
 }
 
+/// What became of an approval.
+#[derive(Debug)]
+pub enum Approved {
+    /// Its build (or, when none was started, why).
+    Built(Option<i64>, Option<String>),
+    /// The change does not wait (unknown, built, skipped, approved).
+    NotWaiting,
+}
+
+/// A signed-in user lets a waiting pull request's head be built.
+pub async fn approve(
+    app: &App,
+    change_id: i64,
+    by: &str,
+) -> Result<Approved, crate::store::StoreError> {
+    let store = &app.hub.store;
+    let Some(change) = store.approve_change(change_id, by).await? else {
+        return Ok(Approved::NotWaiting);
+    };
+    tracing::info!(project = %change.project, "{by} approved change {change_id} ({})", change.revision.get(..12).unwrap_or(&change.revision));
+    build_change(app, change).await;
+    let after = store.change(change_id).await?;
+    app.hub.changed();
+    Ok(Approved::Built(
+        after.as_ref().and_then(|c| c.build_id),
+        after.and_then(|c| c.skipped),
+    ))
+}
+
 /// The build of a branch's or a tag's change.
 fn request_for(change: &ChangeRow) -> (BuildRequest, Origin) {
     let subject = change.message.lines().next().unwrap_or("").to_string();

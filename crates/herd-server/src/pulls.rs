@@ -13,15 +13,6 @@ use crate::App;
 use herd_core::change::{pull_request_verdict, PullRequestFacts, PullRequestVerdict};
 use herd_core::webhook::{PullRequestAction, PullRequestEvent};
 
-/// What became of an approval.
-#[derive(Debug)]
-pub enum Approved {
-    /// Its build (or, when none was started, why).
-    Built(Option<i64>, Option<String>),
-    /// The change does not wait (unknown, built, skipped, approved).
-    NotWaiting,
-}
-
 /// The build of a pull request's change, or None when it waits (recorded
 /// here, with the reason) or was dropped (the pull request is closed).
 pub async fn request_for(
@@ -110,29 +101,6 @@ fn verdict(
     )
 }
 
-/// Whether a pull request's code counts as untrusted (for a retry of its
-/// build, which someone signed in asked for).
-pub async fn is_untrusted(app: &App, project: &str, number: i64) -> Result<bool, StoreError> {
-    let facts = app.hub.store.pull_request(project, number).await?;
-    let policy = app
-        .project_configs
-        .get(project)
-        .and_then(|p| p.pull_requests.clone())
-        .unwrap_or_default();
-    Ok(matches!(
-        pull_request_verdict(
-            policy.approval,
-            &policy.authors,
-            PullRequestFacts {
-                fork: facts.as_ref().and_then(|f| f.fork),
-                author: facts.as_ref().map(|f| f.author.as_str()),
-                approved_by: Some("retry"),
-            },
-        ),
-        PullRequestVerdict::Build { untrusted: true }
-    ))
-}
-
 /// Waiting changes whose pull request is now known to be trusted (a
 /// webhook told after the poll) go on to be built; those of a closed one
 /// are dropped.
@@ -166,22 +134,6 @@ pub async fn recheck_waiting(app: &App, project: &str) {
             tracing::warn!(project, "cannot recheck change {}: {e}", change.id);
         }
     }
-}
-
-/// A signed-in user lets a waiting pull request's head be built.
-pub async fn approve(app: &App, change_id: i64, by: &str) -> Result<Approved, StoreError> {
-    let store = &app.hub.store;
-    let Some(change) = store.approve_change(change_id, by).await? else {
-        return Ok(Approved::NotWaiting);
-    };
-    tracing::info!(project = %change.project, "{by} approved change {change_id} ({})", short(&change.revision));
-    crate::poll::build_change(app, change).await;
-    let after = store.change(change_id).await?;
-    app.hub.changed();
-    Ok(Approved::Built(
-        after.as_ref().and_then(|c| c.build_id),
-        after.and_then(|c| c.skipped),
-    ))
 }
 
 /// What a forge's webhook said about a pull request: recorded; a closed

@@ -13,7 +13,6 @@ use crate::store::{BuildRow, JobRow};
 use crate::App;
 use herd_core::state::RunState;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -183,25 +182,7 @@ fn wanted_statuses(target: &Target, build: &BuildRow, jobs: &[JobRow]) -> Vec<(S
             Vec::new()
         };
     }
-    builder_statuses(build_state, jobs)
-}
-
-/// One status per builder, from its jobs' states.
-fn builder_statuses(build_state: RunState, jobs: &[JobRow]) -> Vec<(String, RunState)> {
-    let mut per_builder: BTreeMap<&str, Vec<RunState>> = BTreeMap::new();
-    for j in jobs {
-        per_builder
-            .entry(j.builder.as_str())
-            .or_default()
-            .push(j.state);
-    }
-    if per_builder.is_empty() {
-        return vec![("herd".into(), build_state)];
-    }
-    per_builder
-        .into_iter()
-        .map(|(b, states)| (format!("herd/{b}"), RunState::of_build(&states)))
-        .collect()
+    crate::notify::builder_statuses(build_state, jobs)
 }
 
 fn description(state: RunState, build: &BuildRow) -> String {
@@ -297,7 +278,7 @@ async fn send(
             .json(&body)
         }
         Target::Webhook { url, secret } => {
-            let body = finished_payload(app, build, jobs);
+            let body = crate::notify::finished_payload(app, build, jobs);
             let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
             let mut req = http
                 .post(url)
@@ -329,34 +310,6 @@ async fn send(
         "answered {status}: {}",
         text.chars().take(300).collect::<String>()
     ))
-}
-
-/// The JSON a webhook gets when a build ends (a `report:` webhook and a
-/// `notify:` one alike).
-pub fn finished_payload(app: &App, build: &BuildRow, jobs: &[JobRow]) -> serde_json::Value {
-    let builders: BTreeMap<String, &str> = builder_statuses(build.state, jobs)
-        .into_iter()
-        .map(|(c, w)| (c.trim_start_matches("herd/").to_string(), w.as_str()))
-        .collect();
-    json!({
-        "event": "build_finished",
-        "build": {
-            "id": build.id,
-            "project": build.project,
-            "revision": build.revision,
-            "branch": build.branch,
-            "ref": build.ref_name,
-            "kind": build.kind.as_str(),
-            "pull_request": build.pull_request,
-            "state": build.state,
-            "error": build.error,
-            "reason": build.reason,
-            "url": format!("{}/builds/{}", app.public_url, build.id),
-            "created_at": build.created_at,
-            "finished_at": build.finished_at,
-        },
-        "builders": builders,
-    })
 }
 
 /// The first test (by name) that failed in the build's split suites and

@@ -8,8 +8,8 @@ use herd_core::plan::JobSpec;
 use herd_core::state::RunState;
 use herd_proto::{StepAction, StepSpec, StepStatus};
 use herd_server::store::{
-    Applied, AttemptEvents, BuildKind, LostOutcome, NewBuild, NewChange, NewJob, ProjectRow, Store,
-    StoredEvent, TokenRow,
+    Applied, AttemptEvents, BuildKind, ChangeKind, LostOutcome, NewBuild, NewChange, NewJob,
+    ProjectRow, PullFacts, Store, StoredEvent, TokenRow,
 };
 use sqlx::Connection;
 use std::sync::Arc;
@@ -124,6 +124,8 @@ on_both!(
     branch_heads_move_once_and_deliveries_are_seen_once,
     status_reports_count_failures_and_keep_the_last_sent,
     a_change_is_claimed_by_one_server,
+    a_pull_requests_change_waits_until_approved_and_a_newer_push_drops_it,
+    a_schedules_firing_is_claimed_once,
     a_cancel_racing_claims_never_cancels_a_claimed_job,
 );
 
@@ -165,6 +167,7 @@ fn new_build(jobs: usize) -> NewBuild {
         patch: None,
         concurrency_group: None,
         params: Default::default(),
+        pull_request: None,
     }
 }
 
@@ -433,6 +436,8 @@ async fn branch_heads_move_once_and_deliveries_are_seen_once(store: Store) {
         message: "m".into(),
         committed_at: 1,
         files: Some(vec!["src/a".into()]),
+        kind: ChangeKind::Branch,
+        pull_request: None,
     };
     assert!(store
         .advance_branch("p", "main", None, "a1", &[])
@@ -516,6 +521,8 @@ async fn a_change_is_claimed_by_one_server(store: Store) {
         message: "m".into(),
         committed_at: 1,
         files: None,
+        kind: ChangeKind::Branch,
+        pull_request: None,
     };
     let ids = store
         .advance_branch("p", "main", None, "c1", &[change])
@@ -602,4 +609,157 @@ async fn a_cancel_racing_claims_never_cancels_a_claimed_job(store: Store) {
             }
         }
     }
+}
+
+async fn a_pull_requests_change_waits_until_approved_and_a_newer_push_drops_it(store: Store) {
+    let change = |rev: char| NewChange {
+        revision: rev.to_string().repeat(40),
+        author: "mallory".into(),
+        message: "m".into(),
+        committed_at: 1,
+        files: None,
+        kind: ChangeKind::PullRequest,
+        pull_request: Some(7),
+    };
+    store
+        .advance_branch("p", "pr:", None, "", &[])
+        .await
+        .unwrap();
+    let first = store
+        .advance_branch("p", "pr:7", None, "d1", &[change('d')])
+        .await
+        .unwrap()
+        .unwrap()[0];
+    let row = store.change(first).await.unwrap().unwrap();
+    assert_eq!(
+        (row.kind, row.pull_request, row.branch.as_str()),
+        (ChangeKind::PullRequest, Some(7), "7")
+    );
+    assert!(store.claim_change(first, "a").await.unwrap());
+    store.hold_change(first, "from a fork").await.unwrap();
+    assert!(
+        store.unsettled_changes("p").await.unwrap().is_empty(),
+        "a held change is not built"
+    );
+    assert_eq!(
+        store.waiting_changes("p").await.unwrap()[0]
+            .waiting
+            .as_deref(),
+        Some("from a fork")
+    );
+    // A newer push: the older head is dropped, the newer waits in turn.
+    let second = store
+        .advance_branch("p", "pr:7", Some("d1"), "e1", &[change('e')])
+        .await
+        .unwrap()
+        .unwrap()[0];
+    assert_eq!(
+        store
+            .drop_pull_request_changes("p", 7, Some(second), "a newer push")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .change(first)
+            .await
+            .unwrap()
+            .unwrap()
+            .skipped
+            .as_deref(),
+        Some("a newer push")
+    );
+    assert!(
+        store
+            .approve_change(first, "admin")
+            .await
+            .unwrap()
+            .is_none(),
+        "dropped"
+    );
+    store.hold_change(second, "from a fork").await.unwrap();
+    let approved = store
+        .approve_change(second, "admin")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(approved.approved_by.as_deref(), Some("admin"));
+    assert!(approved.waiting.is_none());
+    assert!(
+        store
+            .approve_change(second, "admin")
+            .await
+            .unwrap()
+            .is_none(),
+        "once"
+    );
+    // What a webhook said, the newest word winning.
+    let facts = PullFacts {
+        number: 7,
+        title: "t".into(),
+        author: "mallory".into(),
+        url: "https://forge/p/pull/7".into(),
+        fork: true,
+        base: Some("main".into()),
+        closed: false,
+    };
+    store.save_pull_request("p", &facts).await.unwrap();
+    store
+        .save_pull_request(
+            "p",
+            &PullFacts {
+                closed: true,
+                ..facts
+            },
+        )
+        .await
+        .unwrap();
+    let row = store.pull_request("p", 7).await.unwrap().unwrap();
+    assert_eq!(row.fork, Some(true));
+    assert!(row.closed_at.is_some());
+}
+
+async fn a_schedules_firing_is_claimed_once(store: Store) {
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_schedule_run("p", "nightly", 1_000, &format!("server-{i}"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1, "one server starts each firing");
+    store
+        .settle_schedule_run("p", "nightly", 1_000, Ok((5, "abc")))
+        .await
+        .unwrap();
+    assert!(store
+        .claim_schedule_run("p", "nightly", 2_000, "server-0")
+        .await
+        .unwrap());
+    store
+        .settle_schedule_run("p", "nightly", 2_000, Err("nothing changed"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.last_schedule_fire("p", "nightly").await.unwrap(),
+        Some(2_000)
+    );
+    assert_eq!(
+        store
+            .last_schedule_revision("p", "nightly")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("abc")
+    );
+    assert_eq!(store.last_schedule_fire("p", "other").await.unwrap(), None);
 }

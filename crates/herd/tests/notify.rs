@@ -12,12 +12,15 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Mails received: envelope recipients and the data.
+type Mailbox = Arc<Mutex<Vec<(Vec<String>, String)>>>;
+
 /// A tiny SMTP server: takes every message (no auth, no TLS) and keeps
 /// its envelope recipients and data.
-fn smtp_sink() -> (u16, Arc<Mutex<Vec<(Vec<String>, String)>>>) {
+fn smtp_sink() -> (u16, Mailbox) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let mails: Arc<Mutex<Vec<(Vec<String>, String)>>> = Arc::default();
+    let mails: Mailbox = Arc::default();
     let kept = Arc::clone(&mails);
     std::thread::spawn(move || {
         for stream in listener.incoming().take(200) {

@@ -135,15 +135,13 @@ pub async fn approve(
             "no change {id}: `herd project show PROJECT` lists the changes"
         )));
     };
-    match crate::pulls::approve(&app, id, "admin").await? {
-        crate::pulls::Approved::Built(build_id, skipped) => {
-            Ok(Json(herd_api::projects::Approval {
-                change: id,
-                build_id,
-                skipped,
-            }))
-        }
-        crate::pulls::Approved::NotWaiting => Err(ApiError::conflict(match change.build_id {
+    match crate::poll::approve(&app, id, "admin").await? {
+        crate::poll::Approved::Built(build_id, skipped) => Ok(Json(herd_api::projects::Approval {
+            change: id,
+            build_id,
+            skipped,
+        })),
+        crate::poll::Approved::NotWaiting => Err(ApiError::conflict(match change.build_id {
             Some(b) => format!("change {id} does not wait for approval: it is build {b}"),
             None => format!(
                 "change {id} does not wait for approval ({})",

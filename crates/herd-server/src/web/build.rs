@@ -216,7 +216,7 @@ pub async fn build_page(
         author: b.author.clone().unwrap_or_default(),
         reason: b.reason.clone(),
         origin: origin_label(b),
-        origin_url: super::view::origin_url(&app, b).await,
+        origin_url: super::view::origin_url(app, b).await,
         params: b
             .params
             .iter()

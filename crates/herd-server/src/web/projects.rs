@@ -223,8 +223,8 @@ pub async fn approve(
     let Some(user) = app.sessions.user_of(&headers, &f.csrf) else {
         return axum::response::Redirect::to(&format!("/login?next={back}")).into_response();
     };
-    match crate::pulls::approve(&app, id, &user).await {
-        Ok(crate::pulls::Approved::Built(Some(build), _)) => {
+    match crate::poll::approve(&app, id, &user).await {
+        Ok(crate::poll::Approved::Built(Some(build), _)) => {
             axum::response::Redirect::to(&format!("/builds/{build}")).into_response()
         }
         Ok(_) => axum::response::Redirect::to(&back).into_response(),
