@@ -30,6 +30,9 @@ pub struct BuildRequest {
     pub ref_name: Option<String>,
     /// Values for herd.yml's `params:` (the rest take their defaults).
     pub params: BTreeMap<String, String>,
+    /// Where the commit statuses go when not to `rev`: a pull request's
+    /// head when its merge with the base is built.
+    pub status_revision: Option<String>,
 }
 
 /// Where a build comes from, beyond what was asked.
@@ -175,6 +178,7 @@ pub async fn retry(app: &App, id: i64, failed_only: bool) -> Result<i64, StartEr
         only,
         ref_name: d.build.ref_name.clone(),
         params: d.build.params.clone(),
+        status_revision: d.build.status_revision.clone(),
     };
     let pull_request = match (d.build.kind, d.build.pull_request) {
         (BuildKind::PullRequest, Some(number)) => Some(PullOrigin {
@@ -380,6 +384,7 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
                 .and_then(|c| c.group_of(&project.name, origin.branch.as_deref())),
         },
         pull_request: origin.pull_request.map(|p| p.number),
+        status_revision: req.status_revision.clone(),
     };
     let (build_id, job_ids) = store.create_build(&new).await?;
     let queued = job_ids
@@ -531,6 +536,7 @@ impl ErrorBuild<'_> {
                 concurrency_group: None,
                 params: BTreeMap::new(),
                 pull_request: self.origin.pull_request.map(|p| p.number),
+                status_revision: self.req.status_revision.clone(),
             })
             .await?;
         app.hub.changed();

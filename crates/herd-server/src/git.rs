@@ -24,6 +24,8 @@ pub enum GitError {
     Timeout(String),
     #[error("no revision `{0}` in the repository")]
     UnknownRevision(String),
+    #[error("{0}")]
+    MergeConflict(String),
     #[error("no herd.yml at the root of the repository at {0}")]
     NoPipeline(String),
     #[error("the patch does not apply to the base revision: {0}")]
@@ -258,6 +260,92 @@ impl Mirrors {
             .and_then(|r| r.trim().strip_prefix("refs/heads/").map(str::to_string));
         heads.default_branch = default_branch;
         Ok(heads)
+    }
+
+    /// The merge of a pull request's `head` into `base` (a branch of the
+    /// mirror, else its default branch), made in the mirror without a work
+    /// tree and kept under `refs/herd/merge/N` (so that workers can fetch
+    /// it). Err(MergeConflict) when it does not merge cleanly.
+    pub async fn merge_for_pull_request(
+        &self,
+        project: &str,
+        number: i64,
+        base: Option<&str>,
+        head: &str,
+    ) -> Result<String, GitError> {
+        let lock = self.lock_for(project);
+        let _guard = lock.lock().await;
+        let mirror = self.mirror(project);
+        let base_ref = match base.filter(|b| !b.starts_with('-') && !b.is_empty()) {
+            Some(b) => format!("refs/heads/{b}"),
+            None => git(&mirror, &["symbolic-ref", "--quiet", "HEAD"])
+                .await?
+                .trim()
+                .to_string(),
+        };
+        let base_sha = git(
+            &mirror,
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                &format!("{base_ref}^{{commit}}"),
+            ],
+        )
+        .await
+        .map_err(|_| GitError::UnknownRevision(base_ref.clone()))?
+        .trim()
+        .to_string();
+        let tree = match git(&mirror, &["merge-tree", "--write-tree", "--no-messages", &base_sha, head]).await {
+            Ok(out) => out.lines().next().unwrap_or("").trim().to_string(),
+            Err(GitError::Failed { .. }) => {
+                return Err(GitError::MergeConflict(format!(
+                    "pull request #{number} does not merge cleanly into {}: build its head, or rebase it",
+                    base_ref.trim_start_matches("refs/heads/")
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        // A fixed author and date: the same head and base give the same
+        // merge commit on every server.
+        let stamp = "1970-01-01T00:00:00Z".to_string();
+        let env = [
+            ("GIT_AUTHOR_NAME", "herd".to_string()),
+            ("GIT_AUTHOR_EMAIL", "herd@localhost".to_string()),
+            ("GIT_COMMITTER_NAME", "herd".to_string()),
+            ("GIT_COMMITTER_EMAIL", "herd@localhost".to_string()),
+            ("GIT_AUTHOR_DATE", stamp.clone()),
+            ("GIT_COMMITTER_DATE", stamp),
+        ];
+        let message = format!(
+            "Merge pull request #{number} into {}",
+            base_ref.trim_start_matches("refs/heads/")
+        );
+        let merge = git_with(
+            &mirror,
+            &[
+                "commit-tree",
+                &tree,
+                "-p",
+                &base_sha,
+                "-p",
+                head,
+                "-m",
+                &message,
+            ],
+            &env,
+            None,
+        )
+        .await?
+        .trim()
+        .to_string();
+        git(
+            &mirror,
+            &["update-ref", &format!("refs/herd/merge/{number}"), &merge],
+        )
+        .await?;
+        Ok(merge)
     }
 
     /// Whether `name` is a tag of the project's mirror (and not a branch:

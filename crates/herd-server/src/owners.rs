@@ -13,6 +13,15 @@ use std::time::Duration;
 /// The label that names a worker's owner.
 pub const OWNER_LABEL: &str = "owner";
 
+/// An owner the server may mail: one plain address, nothing a mail header
+/// could be made of.
+pub fn valid_owner(a: &str) -> bool {
+    a.len() <= 254
+        && a.split_once('@')
+            .is_some_and(|(l, h)| !l.is_empty() && !h.is_empty())
+        && !a.contains(|c: char| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
+}
+
 /// Starts the loop when the server can send email.
 pub fn spawn(app: &Arc<App>) -> Option<tokio::task::JoinHandle<()>> {
     app.smtp.as_ref()?;

@@ -57,9 +57,33 @@ pub async fn request_for(
         .map(|f| f.author.clone())
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| change.author.clone());
+    let merge = app
+        .project_configs
+        .get(&change.project)
+        .and_then(|p| p.pull_requests.as_ref())
+        .is_some_and(|p| p.merge);
+    let rev = if merge {
+        let base = facts.as_ref().and_then(|f| f.base.as_deref());
+        match app
+            .mirrors
+            .merge_for_pull_request(&change.project, number, base, &change.revision)
+            .await
+        {
+            Ok(sha) => sha,
+            Err(e) => {
+                store
+                    .settle_change(change.id, None, Some(&e.to_string()))
+                    .await?;
+                return Ok(None);
+            }
+        }
+    } else {
+        change.revision.clone()
+    };
     let req = BuildRequest {
         project: change.project.clone(),
-        rev: Some(change.revision.clone()),
+        status_revision: merge.then(|| change.revision.clone()),
+        rev: Some(rev),
         reason: Some(match &change.approved_by {
             Some(by) => format!("pull request #{number}: {title} (approved by {by})"),
             None => format!("pull request #{number}: {title}"),

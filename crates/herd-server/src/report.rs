@@ -230,7 +230,7 @@ async fn send(
     wanted: RunState,
     jobs: &[JobRow],
 ) -> Result<(), String> {
-    let Some(sha) = &build.revision else {
+    let Some(sha) = build.status_revision.as_ref().or(build.revision.as_ref()) else {
         return Ok(()); // nothing to attach a status to
     };
     let link = format!("{}/builds/{}", app.public_url, build.id);

@@ -168,6 +168,7 @@ fn new_build(jobs: usize) -> NewBuild {
         concurrency_group: None,
         params: Default::default(),
         pull_request: None,
+        status_revision: None,
     }
 }
 

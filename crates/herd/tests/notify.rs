@@ -289,6 +289,48 @@ fn a_workers_owner_hears_once_when_it_is_away_and_once_when_it_is_back() {
     let out = server.cli(&["token", "create", "--enroll", "--owner", "not-an-address"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("email address"));
+    // The token names the owner; without one, whoever installs may.
+    let enroll = |extra: &[&str]| {
+        let mut args = vec!["token", "create", "--enroll", "--uses", "1"];
+        args.extend_from_slice(extra);
+        let out = server.cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let token = enroll(&["--owner", "carol@example.org"]);
+    let (status, answer) = server.post(
+        "/api/v1/enroll",
+        serde_json::json!({"token": token, "name": "carols", "owner": "mallory@example.org"}),
+        None,
+    );
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        answer["labels"]["owner"], "carol@example.org",
+        "the token's word wins"
+    );
+    let token = enroll(&[]);
+    let (status, answer) = server.post(
+        "/api/v1/enroll",
+        serde_json::json!({"token": token, "name": "bobs", "owner": "bob@example.org\r\nBcc: x@y"}),
+        None,
+    );
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = server.post(
+        "/api/v1/enroll",
+        serde_json::json!({"token": token, "name": "bobs", "owner": "bob@example.org"}),
+        None,
+    );
+    assert_eq!(status, 201, "a refused owner used nothing up: {answer}");
+    assert_eq!(answer["labels"]["owner"], "bob@example.org");
     let mut lent = server.worker("lent", 1, &[]);
     let _other = server.worker("unowned", 1, &[]);
     let out = server.cli(&["workers", "label", "lent", "owner=alice@example.org"]);

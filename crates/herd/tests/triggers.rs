@@ -422,3 +422,68 @@ fn servers_sharing_a_database_start_each_firing_once() {
         );
     }
 }
+
+#[test]
+fn a_pull_request_can_be_built_merged_with_its_base_and_a_conflict_says_so() {
+    let forge = Forge::new(
+        "builders:\n  b:\n    steps:\n      - run: 'cat base.txt pr.txt; git log -1 --format=parents=%P'\n",
+    );
+    let (server, _w) = watching(
+        &forge,
+        "    poll: 300ms\n    pull_requests: {merge: true, approval: none}\n",
+        1,
+    );
+    let main = String::from_utf8_lossy(
+        &run_git(&forge.work, &["rev-parse", "--abbrev-ref", "HEAD"]).stdout,
+    )
+    .trim()
+    .to_string();
+    // The pull request branches off before the base moves on.
+    run_git(&forge.work, &["checkout", "-q", "-b", "topic"]);
+    let head = commit(
+        &forge.work,
+        &[("pr.txt", b"from the pull request\n")],
+        "the change",
+    );
+    run_git(&forge.work, &["checkout", "-q", &main]);
+    let base = forge.push(&[("base.txt", b"from the base\n")], "meanwhile on the base");
+    run_git(&forge.work, &["checkout", "-q", "topic"]);
+    run_git(
+        &forge.work,
+        &["push", "-q", "origin", "HEAD:refs/pull/1/head"],
+    );
+
+    let change = settled_change(&server, "p", &head);
+    let build = server.wait_build(change["build_id"].as_i64().unwrap(), LONG);
+    assert_eq!(build["state"], "success", "{build:#}");
+    assert_ne!(
+        build["revision"],
+        head.as_str(),
+        "the merge is built, not the head"
+    );
+    let log = String::from_utf8(server.step_log(build["id"].as_i64().unwrap(), "b", "1")).unwrap();
+    assert!(
+        log.contains("from the base") && log.contains("from the pull request"),
+        "{log}"
+    );
+    assert!(log.contains(&format!("parents={base} {head}")), "{log}");
+
+    // A head that conflicts with the base: no build, and why.
+    let conflict = forge.push(
+        &[("base.txt", b"the pull request's own base.txt\n")],
+        "conflicting",
+    );
+    run_git(
+        &forge.work,
+        &["push", "-q", "-f", "origin", "HEAD:refs/pull/2/head"],
+    );
+    let change = settled_change(&server, "p", &conflict);
+    assert!(change["build_id"].is_null(), "{change}");
+    assert!(
+        change["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("does not merge cleanly"),
+        "{change}"
+    );
+}

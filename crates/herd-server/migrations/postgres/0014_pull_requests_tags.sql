@@ -44,3 +44,7 @@ CREATE TABLE schedule_runs (
 -- When a worker's owner (its server label `owner`) was told it is away;
 -- NULL while it is not (or no one was told).
 ALTER TABLE workers ADD COLUMN away_notified_at BIGINT;
+
+-- Where a build's commit statuses go when that is not its revision: a pull
+-- request's head, when the build is of its merge with the base.
+ALTER TABLE builds ADD COLUMN status_revision TEXT;

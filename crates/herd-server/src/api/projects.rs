@@ -119,6 +119,7 @@ pub async fn show(
     params(("id" = i64, Path, description = "The change's id (`herd project show` lists them)")),
     responses(
         (status = 200, body = herd_api::projects::Approval),
+        (status = 400, description = "A bad id", body = ErrorBody),
         (status = 404, description = "No such change", body = ErrorBody),
         (status = 409, description = "The change does not wait for approval", body = ErrorBody),
         TokenRefusals,

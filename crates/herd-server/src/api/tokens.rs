@@ -214,6 +214,15 @@ pub async fn enroll(
         return Ok(res);
     }
     let ApiJson(req) = body?;
+    if req
+        .owner
+        .as_deref()
+        .is_some_and(|o| !crate::owners::valid_owner(o))
+    {
+        return Err(ApiError::bad_request(
+            "`owner` is not an email address: give one such as alice@example.org",
+        ));
+    }
     let store = &app.hub.store;
     let (row, labels) = match auth::check_enroll(store, &req.token).await? {
         Ok(ok) => ok,
@@ -257,7 +266,15 @@ pub async fn enroll(
         return Err(ApiError::forbidden(EnrollRefusal::UsedUp.message()));
     }
     let token = auth::create_token(store, auth::TokenKind::Worker, Some(&name)).await?;
-    // The enrollment token's labels are the server's word, not the worker's.
+    // The enrollment token's labels are the server's word, not the worker's;
+    // whoever holds the token may name the machine's owner when the token
+    // does not (they lend it).
+    let mut labels = labels;
+    if let Some(owner) = &req.owner {
+        if !labels.contains_key(crate::owners::OWNER_LABEL) {
+            labels.insert(crate::owners::OWNER_LABEL.to_string(), owner.clone());
+        }
+    }
     if !labels.is_empty() {
         app.hub.set_server_labels(&name, &labels, &[]).await?;
     }

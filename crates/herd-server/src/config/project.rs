@@ -92,6 +92,8 @@ pub struct PullRequestPolicy {
     /// Labels (given by the server) a worker needs to run an untrusted
     /// pull request's jobs; empty: any worker, once approved.
     pub workers: std::collections::BTreeMap<String, String>,
+    /// Build the merge of the head into its base, not the head alone.
+    pub merge: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -103,6 +105,8 @@ pub(super) struct RawPullRequests {
     authors: Vec<String>,
     #[serde(default)]
     workers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    merge: bool,
 }
 
 /// `checkout:` of a project.
@@ -372,7 +376,13 @@ impl Lower<'_> {
                 approval: pr.value.approval,
                 authors: pr.value.authors.clone(),
                 workers: pr.value.workers.clone(),
+                merge: pr.value.merge,
             });
+            if pr.value.merge && p.checkout == CheckoutFrom::Direct {
+                return Err(self
+                    .err(&pr.referenced, "`merge: true` needs `checkout: server`")
+                    .with_help("the merge commit exists only in the server's mirror: workers fetch it from there"));
+            }
         }
         if let Some(s) = &raw.webhook_secret {
             p.webhook_secret = Some(self.secret(s)?);

@@ -36,6 +36,8 @@ pub struct NewBuild {
     pub params: std::collections::BTreeMap<String, String>,
     /// The pull request it builds.
     pub pull_request: Option<i64>,
+    /// Where its statuses go, when not to `revision`.
+    pub status_revision: Option<String>,
 }
 
 /// Where a build came from.
@@ -170,8 +172,8 @@ impl Store {
         };
         let row = sqlx::query(
             "INSERT INTO builds (project, ref_name, revision, state, priority, reason, error, created_at, finished_at, author, message, \
-             branch, kind, sender, report_pending, concurrency_group, params, pull_request) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
+             branch, kind, sender, report_pending, concurrency_group, params, pull_request, status_revision) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING id",
         )
         .bind(&b.project)
         .bind(&b.ref_name)
@@ -195,6 +197,7 @@ impl Store {
             serde_json::to_string(&b.params).ok()
         })
         .bind(b.pull_request)
+        .bind(&b.status_revision)
         .fetch_one(&mut *tx)
         .await?;
         let build_id: i64 = row.try_get("id")?;

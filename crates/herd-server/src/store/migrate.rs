@@ -79,6 +79,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("concurrency_group", Text),
             ("params", Text),
             ("pull_request", Int),
+            ("status_revision", Text),
         ],
     ),
     (

@@ -120,6 +120,9 @@ pub struct BuildRow {
     pub params: std::collections::BTreeMap<String, String>,
     /// The pull request it builds.
     pub pull_request: Option<i64>,
+    /// Where its statuses go, when not to `revision` (a pull request's
+    /// head when its merge was built).
+    pub status_revision: Option<String>,
 }
 
 impl BuildRow {
@@ -149,6 +152,7 @@ impl BuildRow {
             started_at: get(r, "started_at")?,
             finished_at: get(r, "finished_at")?,
             pull_request: get(r, "pull_request")?,
+            status_revision: get(r, "status_revision")?,
         })
     }
 }

@@ -33,6 +33,8 @@ pub struct InstallOptions {
     pub online_timeout: Duration,
     /// The server's TLS pin (`sha256//…`) for an https server.
     pub tls_pin: Option<String>,
+    /// Who lends the machine: told when it goes away and comes back.
+    pub owner: Option<String>,
 }
 
 /// Where things go: for a system install (as root) or for the current user.
@@ -174,7 +176,7 @@ pub async fn install(opts: InstallOptions) -> Result<(), String> {
                 .unwrap_or_else(|| "worker".into());
             let res = http
                 .post(format!("{server}/api/v1/enroll"))
-                .json(&serde_json::json!({ "token": opts.token, "name": opts.name, "hostname": hostname }))
+                .json(&serde_json::json!({ "token": opts.token, "name": opts.name, "hostname": hostname, "owner": opts.owner }))
                 .send()
                 .await
                 .map_err(|e| failed(&format!("cannot reach {server}: {e}")))?;

@@ -137,7 +137,7 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
         } => {
             let mut labels = parse_labels(&labels)?;
             if let Some(owner) = owner {
-                if !owner.contains('@') || owner.contains(char::is_whitespace) {
+                if !is_email(&owner) {
                     return Err(miette::miette!(
                         "--owner {owner}: give the owner's email address, e.g. --owner alice@example.org"
                     ));
@@ -240,4 +240,13 @@ pub fn hash_password() -> Result<ExitCode> {
         .map_err(|e| miette!("cannot hash: {e}"))?;
     outln!("{hash}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// An address the server can mail (and nothing a header could be made of).
+pub fn is_email(a: &str) -> bool {
+    a.len() <= 254
+        && a.split_once('@').is_some_and(|(l, h)| {
+            !l.is_empty() && h.contains('.') && !h.starts_with('.') && !h.ends_with('.')
+        })
+        && !a.contains(|c: char| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
 }

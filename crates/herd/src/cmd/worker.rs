@@ -51,6 +51,8 @@ pub struct WorkerArgs {
 }
 
 #[derive(clap::Subcommand)]
+// Parsed once at start: the size of the install variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum WorkerCommand {
     /// Make this machine a worker that starts at boot: service user,
     /// prerequisites, executable, registration, service, online.
@@ -85,6 +87,11 @@ pub enum WorkerCommand {
         /// The server's TLS pin (`sha256//…`); the install one-liner gives it.
         #[arg(long, env = "HERD_TLS_PIN")]
         tls_pin: Option<String>,
+        /// Your email address: the server tells you when this machine has
+        /// been offline for a while, and when it is back (unless the
+        /// enrollment token names an owner).
+        #[arg(long, value_name = "EMAIL")]
+        owner: Option<String>,
     },
     /// Stop and remove the service; with --purge also the user, the files
     /// and the worker's registration on the server.
@@ -115,9 +122,17 @@ async fn run_command(cmd: WorkerCommand) -> Result<ExitCode> {
             bin_dir,
             config,
             tls_pin,
+            owner,
         } => {
             if slots == 0 || slots > 1024 {
                 return Err(miette!("--slots must be between 1 and 1024"));
+            }
+            if let Some(o) = &owner {
+                if !crate::cmd::token::is_email(o) {
+                    return Err(miette!(
+                        "--owner {o}: give your email address, e.g. --owner alice@example.org"
+                    ));
+                }
             }
             herd_worker::install::install(herd_worker::install::InstallOptions {
                 server,
@@ -131,6 +146,7 @@ async fn run_command(cmd: WorkerCommand) -> Result<ExitCode> {
                 config,
                 online_timeout: std::time::Duration::from_secs(60),
                 tls_pin,
+                owner,
             })
             .await
         }
