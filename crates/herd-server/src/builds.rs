@@ -233,6 +233,8 @@ struct Source {
     revision: Option<String>,
     /// The branch or tag, when the revision was asked by one.
     ref_name: Option<String>,
+    /// `ref_name` is a tag.
+    is_tag: bool,
     pipeline_text: String,
     file: String,
     author: Option<String>,
@@ -292,14 +294,7 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
     // A build by hand of a tag is of that tag too.
     let tag = match origin.kind {
         BuildKind::Tag => origin.tag.clone(),
-        BuildKind::Manual => match &ref_name {
-            Some(r) => app
-                .mirrors
-                .is_tag(&project.name, r)
-                .await
-                .then(|| r.clone()),
-            None => None,
-        },
+        BuildKind::Manual if source.is_tag => source.ref_name.clone(),
         _ => None,
     };
     let no_labels = BTreeMap::new();
@@ -447,6 +442,7 @@ async fn resolve(
                 Ok(r) => Ok(Ok(Source {
                     revision: Some(r.revision),
                     ref_name: r.ref_name,
+                    is_tag: r.is_tag,
                     pipeline_text: r.pipeline_text,
                     file: "herd.yml".into(),
                     author: Some(r.author),
@@ -472,6 +468,7 @@ async fn resolve(
         (None, Some(text)) => Ok(Ok(Source {
             revision: None,
             ref_name: None,
+            is_tag: false,
             pipeline_text: text.clone(),
             file: format!("pipeline of project {}", project.name),
             author: None,

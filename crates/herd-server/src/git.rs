@@ -73,6 +73,8 @@ pub struct Resolved {
     /// The branch or tag built, when the revision was asked by one (or
     /// left to the repository's default branch).
     pub ref_name: Option<String>,
+    /// `ref_name` is a tag (not a branch).
+    pub is_tag: bool,
 }
 
 /// The environment of `herd __askpass`: the user and the token it gives git.
@@ -167,11 +169,14 @@ impl Mirrors {
     ) -> Result<Resolved, GitError> {
         let lock = self.lock_for(project);
         let _guard = lock.lock().await;
-        let (mirror, revision, ref_name) = self.update_and_resolve(project, repo, rev).await?;
+        let (mirror, revision, ref_name, is_tag) =
+            self.update_and_resolve(project, repo, rev).await?;
         let pipeline_text = git(&mirror, &["show", &format!("{revision}:herd.yml")])
             .await
             .map_err(|_| GitError::NoPipeline(revision.clone()))?;
-        commit_summary(&mirror, revision, pipeline_text, ref_name).await
+        let mut resolved = commit_summary(&mirror, revision, pipeline_text, ref_name).await?;
+        resolved.is_tag = is_tag;
+        Ok(resolved)
     }
 
     /// Like [`Mirrors::resolve`], with `patch` applied on top of the
@@ -187,7 +192,7 @@ impl Mirrors {
         let lock = self.lock_for(project);
         let _guard = lock.lock().await;
         // A try is of no branch: its patch is its sender's.
-        let (mirror, revision, _) = self.update_and_resolve(project, repo, rev).await?;
+        let (mirror, revision, _, _) = self.update_and_resolve(project, repo, rev).await?;
         let index = self
             .dir
             .join(format!("{project}.try-{}.index", std::process::id()));
@@ -348,24 +353,6 @@ impl Mirrors {
         Ok(merge)
     }
 
-    /// Whether `name` is a tag of the project's mirror (and not a branch:
-    /// a name is a branch first, as in [`Mirrors::resolve`]).
-    pub async fn is_tag(&self, project: &str, name: &str) -> bool {
-        if name.starts_with('-') {
-            return false;
-        }
-        let mirror = self.mirror(project);
-        let exists = |r: String| {
-            let mirror = mirror.clone();
-            async move {
-                git(&mirror, &["show-ref", "--verify", "--quiet", &r])
-                    .await
-                    .is_ok()
-            }
-        };
-        !exists(format!("refs/heads/{name}")).await && exists(format!("refs/tags/{name}")).await
-    }
-
     /// Commits reachable from `new` and not from `old`, newest first, at
     /// most `limit`.
     pub async fn new_commits(
@@ -457,13 +444,14 @@ impl Mirrors {
         project: &str,
         repo: &str,
         rev: Option<&str>,
-    ) -> Result<(PathBuf, String, Option<String>), GitError> {
+    ) -> Result<(PathBuf, String, Option<String>, bool), GitError> {
         let asked = rev.unwrap_or("HEAD");
         let mirror = self.update(project, repo, Some(asked)).await?;
         // A name is a branch first, then a tag, each by its full ref: git's
         // own order would let a pushed tag called `main` stand for the
         // branch, and a secret bound to `refs: [main]` follow it.
         let mut ref_name = None;
+        let mut is_tag = false;
         let mut full = None;
         match rev {
             None => {
@@ -480,6 +468,7 @@ impl Mirrors {
                         .is_ok()
                     {
                         ref_name = Some(r.to_string());
+                        is_tag = prefix == "refs/tags/";
                         full = Some(candidate);
                         break;
                     }
@@ -502,7 +491,7 @@ impl Mirrors {
         .map_err(|_| GitError::UnknownRevision(asked.to_string()))?
         .trim()
         .to_string();
-        Ok((mirror, revision, ref_name))
+        Ok((mirror, revision, ref_name, is_tag))
     }
 
     async fn update(
@@ -562,6 +551,7 @@ async fn commit_summary(
         author,
         message,
         ref_name,
+        is_tag: false,
     })
 }
 

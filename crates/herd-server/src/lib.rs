@@ -73,6 +73,20 @@ impl App {
         self.tls_pin.is_some() || self.public_url.starts_with("https://")
     }
 
+    /// Whether this server does what one server does for all that share
+    /// its database (reports, notices): alone, or the first live one.
+    pub async fn speaks_for_cluster(&self) -> Result<bool, store::StoreError> {
+        if self.hub.store.postgres_url().is_none() {
+            return Ok(true);
+        }
+        let first = self
+            .hub
+            .store
+            .first_live_server(hub::peers::alive_since())
+            .await?;
+        Ok(first.is_none_or(|id| id == self.hub.server_id))
+    }
+
     /// Whether builds of this project send statuses anywhere.
     pub fn reports_for(&self, project: &str) -> bool {
         self.project_configs

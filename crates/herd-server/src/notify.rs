@@ -115,23 +115,7 @@ pub async fn send(
             }))
         }
         Channel::Webhook { url, secret } => {
-            let body = finished_payload(app, build, jobs);
-            let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-            let mut req = http
-                .post(url)
-                .header("Content-Type", "application/json")
-                .header("X-Herd-Event", "build_finished")
-                .header("X-Herd-Delivery", format!("{}-{}", build.id, build.state));
-            if let Some(s) = secret {
-                req = req.header(
-                    "X-Herd-Signature-256",
-                    format!(
-                        "sha256={}",
-                        crate::auth::hmac_sha256_hex(s.0.as_bytes(), &bytes)
-                    ),
-                );
-            }
-            req.body(bytes)
+            finished_webhook(app, url, secret.as_ref(), build, jobs)?
         }
     };
     let response = request
@@ -231,6 +215,36 @@ pub fn builder_statuses(build_state: RunState, jobs: &[JobRow]) -> Vec<(String, 
         .into_iter()
         .map(|(b, states)| (format!("herd/{b}"), RunState::of_build(&states)))
         .collect()
+}
+
+/// The `build_finished` POST of a `report:` or `notify:` webhook, signed
+/// with its secret when it has one.
+pub fn finished_webhook(
+    app: &App,
+    url: &str,
+    secret: Option<&crate::config::Secret>,
+    build: &BuildRow,
+    jobs: &[JobRow],
+) -> Result<reqwest::RequestBuilder, String> {
+    let bytes =
+        serde_json::to_vec(&finished_payload(app, build, jobs)).map_err(|e| e.to_string())?;
+    let mut req = app
+        .reporter
+        .http
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("X-Herd-Event", "build_finished")
+        .header("X-Herd-Delivery", format!("{}-{}", build.id, build.state));
+    if let Some(s) = secret {
+        req = req.header(
+            "X-Herd-Signature-256",
+            format!(
+                "sha256={}",
+                crate::auth::hmac_sha256_hex(s.0.as_bytes(), &bytes)
+            ),
+        );
+    }
+    Ok(req.body(bytes))
 }
 
 /// A Matrix room id in a URL path.

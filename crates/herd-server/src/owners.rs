@@ -42,13 +42,8 @@ pub fn spawn(app: &Arc<App>) -> Option<tokio::task::JoinHandle<()>> {
 pub async fn tick(app: &App, now: i64) -> Result<(), crate::store::StoreError> {
     let store = &app.hub.store;
     // Several servers on one database: the first live one tells.
-    if store.postgres_url().is_some() {
-        let first = store
-            .first_live_server(crate::hub::peers::alive_since())
-            .await?;
-        if first.is_some_and(|id| id != app.hub.server_id) {
-            return Ok(());
-        }
+    if !app.speaks_for_cluster().await? {
+        return Ok(());
     }
     let Some(smtp) = &app.smtp else {
         return Ok(());

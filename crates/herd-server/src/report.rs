@@ -79,13 +79,8 @@ async fn reconcile(app: &App) -> Result<Option<i64>, crate::store::StoreError> {
     let store = &app.hub.store;
     // Several servers on one database: one of them reports (or one status
     // would be sent by each).
-    if store.postgres_url().is_some() {
-        let first = store
-            .first_live_server(crate::hub::peers::alive_since())
-            .await?;
-        if first.is_some_and(|id| id != app.hub.server_id) {
-            return Ok(Some(crate::store::now_ms() + IDLE_CHECK.as_millis() as i64));
-        }
+    if !app.speaks_for_cluster().await? {
+        return Ok(Some(crate::store::now_ms() + IDLE_CHECK.as_millis() as i64));
     }
     let mut next_due: Option<i64> = None;
     for build_id in store.builds_to_report().await? {
@@ -278,23 +273,7 @@ async fn send(
             .json(&body)
         }
         Target::Webhook { url, secret } => {
-            let body = crate::notify::finished_payload(app, build, jobs);
-            let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-            let mut req = http
-                .post(url)
-                .header("Content-Type", "application/json")
-                .header("X-Herd-Event", "build_finished")
-                .header("X-Herd-Delivery", format!("{}-{}", build.id, build.state));
-            if let Some(s) = secret {
-                req = req.header(
-                    "X-Herd-Signature-256",
-                    format!(
-                        "sha256={}",
-                        crate::auth::hmac_sha256_hex(s.0.as_bytes(), &bytes)
-                    ),
-                );
-            }
-            req.body(bytes)
+            crate::notify::finished_webhook(app, url, secret.as_ref(), build, jobs)?
         }
     };
     let response = request.send().await.map_err(|e| {

@@ -337,6 +337,12 @@ fn a_new_tag_builds_its_release_builder_with_the_tag() {
     assert_eq!(builders, ["test"], "{build:#}");
     let grid = server.get_text("/").unwrap();
     assert!(grid.contains("tag v1.0"), "the grid names the tag");
+    // A build by hand of a tag is of that tag too.
+    let id = server.start_build("p", &["--rev", "v1.0", "--builder", "release"]);
+    let build = server.wait_build(id, LONG);
+    assert_eq!(build["state"], "success", "{build:#}");
+    let log = String::from_utf8(server.step_log(id, "release", "1")).unwrap();
+    assert!(log.contains("release v1.0 as v1.0"), "{log}");
 }
 
 fn scheduled_builds(server: &Server) -> Vec<Value> {
