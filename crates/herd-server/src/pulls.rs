@@ -170,6 +170,12 @@ pub async fn on_event(
 ) -> Result<bool, StoreError> {
     let number = i64::try_from(event.number).unwrap_or(i64::MAX);
     let closed = event.action == PullRequestAction::Closed;
+    let was_closed = app
+        .hub
+        .store
+        .pull_request(project, number)
+        .await?
+        .is_some_and(|p| p.closed_at.is_some());
     app.hub
         .store
         .save_pull_request(
@@ -188,6 +194,14 @@ pub async fn on_event(
     if closed {
         close(app, project, number).await?;
         return Ok(false);
+    }
+    if was_closed && event.action == PullRequestAction::Opened {
+        // Reopened: its head was dropped when it closed; the next poll
+        // sees it as new and builds it again.
+        app.hub
+            .store
+            .forget_branch(project, &format!("pr:{number}"))
+            .await?;
     }
     Ok(true)
 }

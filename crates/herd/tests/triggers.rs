@@ -241,6 +241,15 @@ fn pull_requests_wait_for_approval_run_untrusted_apart_and_end_when_updated_or_c
             .contains("pull request #2 was closed"),
         "{closed:#}"
     );
+    // Reopened: its head builds again.
+    github_pull_request(&server, hook_secret, "reopened", 2, false, "d-2-reopened");
+    wait_until(LONG, "a build of the reopened pull request", || {
+        server.get("/api/v1/builds?project=p").ok()?["builds"]
+            .as_array()?
+            .iter()
+            .find(|b| b["revision"] == sha3.as_str() && b["id"].as_i64() > Some(second_build))
+            .and_then(|b| b["id"].as_i64())
+    });
 
     // 5. A fork's pull request waits even with a webhook, and says so.
     github_pull_request(&server, hook_secret, "opened", 3, true, "d-3-opened");
