@@ -247,8 +247,9 @@ pub fn finished_webhook(
     Ok(req.body(bytes))
 }
 
-/// A Matrix room id in a URL path.
-fn encode(s: &str) -> String {
+/// One URL path segment, percent-encoded (a Matrix room id, GitLab's
+/// `group/name`).
+pub fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -264,5 +265,7 @@ mod tests {
     #[test]
     fn room_ids_are_encoded() {
         assert_eq!(super::encode("!abc:matrix.org"), "%21abc%3Amatrix.org");
+        assert_eq!(super::encode("group/sub/name"), "group%2Fsub%2Fname");
+        assert_eq!(super::encode("42"), "42");
     }
 }

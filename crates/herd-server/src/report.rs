@@ -267,7 +267,7 @@ async fn send(
             }
             http.post(format!(
                 "{url}/api/v4/projects/{}/statuses/{sha}",
-                encode_path(project)
+                crate::notify::encode(project)
             ))
             .header("PRIVATE-TOKEN", &token.0)
             .json(&body)
@@ -382,19 +382,6 @@ impl Pass<'_> {
     }
 }
 
-/// GitLab takes `group/name` URL-encoded in the path.
-fn encode_path(project: &str) -> String {
-    project
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,11 +400,5 @@ mod tests {
         assert_eq!(retry_delay(1), Duration::from_secs(1));
         assert_eq!(retry_delay(2), Duration::from_secs(2));
         assert_eq!(retry_delay(20), MAX_RETRY);
-    }
-
-    #[test]
-    fn gitlab_paths_are_encoded() {
-        assert_eq!(encode_path("group/sub/name"), "group%2Fsub%2Fname");
-        assert_eq!(encode_path("42"), "42");
     }
 }

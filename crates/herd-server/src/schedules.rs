@@ -85,7 +85,7 @@ async fn fire(app: &App, project: &str, s: &ScheduleConfig, at: i64) {
             return;
         }
     }
-    let outcome = build(app, project, s).await;
+    let outcome = build(app, project, s, at).await;
     let settled = match &outcome {
         Ok((id, rev)) => {
             tracing::info!(project, "schedule {} started build {id}", s.name);
@@ -110,7 +110,12 @@ async fn fire(app: &App, project: &str, s: &ScheduleConfig, at: i64) {
 }
 
 /// Starts the scheduled build: its build and revision, or why none.
-async fn build(app: &App, project: &str, s: &ScheduleConfig) -> Result<(i64, String), String> {
+async fn build(
+    app: &App,
+    project: &str,
+    s: &ScheduleConfig,
+    at: i64,
+) -> Result<(i64, String), String> {
     let Some(row) = app
         .hub
         .store
@@ -148,7 +153,14 @@ async fn build(app: &App, project: &str, s: &ScheduleConfig) -> Result<(i64, Str
     let req = BuildRequest {
         project: project.to_string(),
         rev: (!revision.is_empty()).then(|| revision.clone()),
-        reason: Some(format!("scheduled: {} ({})", s.name, s.cron)),
+        reason: Some(format!(
+            "scheduled: {} ({}) for {}",
+            s.name,
+            s.cron,
+            chrono::DateTime::from_timestamp_millis(at)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                .unwrap_or_default()
+        )),
         ..Default::default()
     };
     let origin = Origin {
