@@ -17,6 +17,7 @@
 pub mod artifacts;
 pub mod builds;
 pub mod int;
+pub mod ops;
 pub mod projects;
 pub mod tests;
 pub mod tokens;

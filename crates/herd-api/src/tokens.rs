@@ -19,6 +19,8 @@ pub enum TokenKind {
     Try,
     /// Reading only (a private server's pages and API).
     Read,
+    /// Scraping `/metrics` only.
+    Metrics,
 }
 
 crate::wire_names!(TokenKind {
@@ -27,6 +29,7 @@ crate::wire_names!(TokenKind {
     Enroll => "enroll",
     Try => "try",
     Read => "read",
+    Metrics => "metrics",
 });
 
 /// A duration as people write it: `90s`, `20m`, `1h30m`, `7d`, or seconds.
@@ -77,6 +80,12 @@ pub enum CreateToken {
     },
     /// Reads only: a private server's pages and API.
     Read {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(pattern = "^ *(?:[0-9]{1,9}|(?:[0-9]{1,9} *(?:ms|s|m|h|d) *){1,8})$")]
+        expires: Option<String>,
+    },
+    /// Scrapes `GET /metrics` only (a Prometheus server's token).
+    Metrics {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[schema(pattern = "^ *(?:[0-9]{1,9}|(?:[0-9]{1,9} *(?:ms|s|m|h|d) *){1,8})$")]
         expires: Option<String>,

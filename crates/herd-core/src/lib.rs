@@ -18,6 +18,7 @@ pub mod probe;
 pub mod redact;
 pub mod requirement;
 pub mod results;
+pub mod retention;
 pub mod schedule;
 pub mod secret_ref;
 pub mod size;

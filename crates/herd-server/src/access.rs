@@ -88,6 +88,7 @@ pub fn scope_of(method: &Method, route: &str) -> Option<Scope> {
         "/api/v1/health" | "/download/{file}" | "/install.sh" | "/api/v1/enroll" | "/login"
         | "/logout" | "/static/app.css" | "/static/app.js" => Scope::Open,
         "/api/v1/whoami" => Scope::AnyToken,
+        "/metrics" => Scope::Metrics,
         herd_proto::WORKER_ENDPOINT => Scope::Worker,
         // The handlers check that the attempt is the worker's, and live.
         "/api/v1/attempts/{id}/uploads" | "/api/v1/attempts/{id}/artifacts/{artifact}" => {

@@ -18,6 +18,8 @@ pub enum TokenKind {
     Try,
     /// Reads only (a private server's pages and API, for dashboards).
     Read,
+    /// Scrapes `/metrics` only (a Prometheus server's token).
+    Metrics,
 }
 
 impl TokenKind {
@@ -28,6 +30,7 @@ impl TokenKind {
             TokenKind::Enroll => "enroll",
             TokenKind::Try => "try",
             TokenKind::Read => "read",
+            TokenKind::Metrics => "metrics",
         }
     }
 
@@ -38,6 +41,7 @@ impl TokenKind {
             TokenKind::Enroll,
             TokenKind::Try,
             TokenKind::Read,
+            TokenKind::Metrics,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -127,6 +131,10 @@ pub enum Principal {
     Read {
         token_id: String,
     },
+    /// Scrapes `/metrics`, nothing else.
+    Metrics {
+        token_id: String,
+    },
     /// An enrollment token presented as a bearer: it may only enroll (its
     /// own call takes it in the body), so it is refused everywhere else.
     Enroll {
@@ -155,6 +163,8 @@ pub enum Scope {
     /// Reading one worker: any reader, or that worker itself (the
     /// installer waits for it to come online).
     OwnWorkerOrRead,
+    /// `/metrics`: a metrics or admin token.
+    Metrics,
 }
 
 impl Scope {
@@ -168,6 +178,7 @@ impl Scope {
             Scope::Worker => "a worker token",
             Scope::OwnWorkerOrAdmin => "the worker's own token or the admin token",
             Scope::OwnWorkerOrRead => "the worker's own token or a read, try or admin token",
+            Scope::Metrics => "a metrics or admin token",
         }
     }
 }
@@ -179,6 +190,7 @@ impl Principal {
             Principal::Worker { .. } => TokenKind::Worker,
             Principal::Try { .. } => TokenKind::Try,
             Principal::Read { .. } => TokenKind::Read,
+            Principal::Metrics { .. } => TokenKind::Metrics,
             Principal::Enroll { .. } => TokenKind::Enroll,
         }
     }
@@ -200,7 +212,9 @@ impl Principal {
                         | Scope::Admin
                         | Scope::OwnWorkerOrAdmin
                         | Scope::OwnWorkerOrRead
+                        | Scope::Metrics
                 )
+                | (K::Metrics, Scope::Metrics)
                 | (K::Try, Scope::Read | Scope::Try | Scope::OwnWorkerOrRead)
                 | (K::Read, Scope::Read | Scope::OwnWorkerOrRead)
                 | (
@@ -286,6 +300,7 @@ pub async fn verify(store: &Store, presented: &str) -> Result<Option<Principal>,
             user,
         }),
         ("read", _) => Some(Principal::Read { token_id: row.id }),
+        ("metrics", _) => Some(Principal::Metrics { token_id: row.id }),
         ("enroll", _) if row.uses_left.is_none_or(|n| n > 0) => {
             Some(Principal::Enroll { token_id: row.id })
         }

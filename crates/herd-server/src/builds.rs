@@ -209,7 +209,8 @@ pub async fn retry(app: &App, id: i64, failed_only: bool) -> Result<i64, StartEr
 async fn is_untrusted(app: &App, project: &str, number: i64) -> Result<bool, StoreError> {
     let facts = app.hub.store.pull_request(project, number).await?;
     let policy = app
-        .project_configs
+        .live()
+        .projects
         .get(project)
         .and_then(|p| p.pull_requests.clone())
         .unwrap_or_default();
@@ -283,7 +284,7 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
             herd_core::probe::probes_for(&pipeline, &settings.probe_commands).into_values(),
         )
         .await?;
-    let rules = secret_rules(&settings.secrets);
+    let rules = secret_rules(&settings.secrets.load());
     // A change is of its branch; a build by hand of the ref it names.
     let ref_name = match origin.kind {
         BuildKind::Change | BuildKind::Schedule => origin.branch.clone(),
@@ -298,8 +299,9 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
         _ => None,
     };
     let no_labels = BTreeMap::new();
-    let untrusted_labels = app
-        .project_configs
+    let live = app.live();
+    let untrusted_labels = live
+        .projects
         .get(&project.name)
         .and_then(|p| p.pull_requests.as_ref())
         .map_or(&no_labels, |p| &p.workers);
@@ -311,7 +313,8 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
                 repo,
                 revision,
                 served: app
-                    .project_configs
+                    .live()
+                    .projects
                     .get(&project.name)
                     .map_or(crate::config::CheckoutFrom::Server, |p| p.checkout)
                     == crate::config::CheckoutFrom::Server,
@@ -393,6 +396,7 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
             job: j.name,
             revision: new.revision.clone(),
             priority: new.priority,
+            queued_at: crate::store::now_ms(),
             spec: j.spec,
         })
         .collect();

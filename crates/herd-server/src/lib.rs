@@ -7,6 +7,7 @@ pub mod access;
 pub mod api;
 pub mod artifacts;
 pub mod auth;
+pub mod backup;
 pub mod builds;
 pub mod cluster;
 pub mod config;
@@ -14,11 +15,14 @@ pub mod git;
 pub mod headers;
 pub mod hub;
 pub mod install;
+pub mod janitor;
 pub mod limits;
+pub mod metrics;
 pub mod notify;
 pub mod owners;
 pub mod poll;
 pub mod pulls;
+pub mod reload;
 pub mod report;
 pub mod schedules;
 pub mod serve;
@@ -43,12 +47,10 @@ pub struct App {
     pub dist_dir: Option<PathBuf>,
     /// Signed-in web sessions.
     pub sessions: web::Sessions,
-    /// Web sign-in users: name -> argon2 hash.
-    pub users: std::collections::BTreeMap<String, String>,
-    /// Reading needs a sign-in (or a token) too.
-    pub private: bool,
-    /// Projects as configured (branches, polling, webhook secret, reporters).
-    pub project_configs: std::collections::HashMap<String, ProjectConfig>,
+    /// What a reload of the config file changes (`live()`).
+    live: arc_swap::ArcSwap<LiveConfig>,
+    /// Where a reload rereads the config; None: started without one.
+    pub reload_from: Option<reload::ReloadSource>,
     pub pollers: poll::Pollers,
     pub reporter: report::StatusReporter,
     /// This server's address as others reach it (links in statuses).
@@ -66,7 +68,50 @@ pub struct App {
     pub offline_notice: std::time::Duration,
 }
 
+/// The part of the server config that a reload (SIGHUP, `herd server
+/// reload`) replaces while connections stay: readers take a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct LiveConfig {
+    /// Projects as configured (branches, polling, webhook secret, reporters).
+    pub projects: std::collections::HashMap<String, ProjectConfig>,
+    /// Web sign-in users: name -> argon2 hash.
+    pub users: std::collections::BTreeMap<String, String>,
+    /// Reading needs a sign-in (or a token) too.
+    pub private: bool,
+    /// What projects keep unless they say otherwise.
+    pub keep: config::KeepConfig,
+}
+
+impl LiveConfig {
+    pub fn new(
+        projects: &[ProjectConfig],
+        users: std::collections::BTreeMap<String, String>,
+        private: bool,
+        keep: config::KeepConfig,
+    ) -> LiveConfig {
+        LiveConfig {
+            projects: projects
+                .iter()
+                .map(|p| (p.name.clone(), p.clone()))
+                .collect(),
+            users,
+            private,
+            keep,
+        }
+    }
+}
+
 impl App {
+    /// The config as it is now (a reload swaps it whole).
+    pub fn live(&self) -> Arc<LiveConfig> {
+        self.live.load_full()
+    }
+
+    /// Puts `live` in place of the config (a reload).
+    pub fn replace_live(&self, live: LiveConfig) {
+        self.live.store(Arc::new(live));
+    }
+
     /// Whether browsers reach this server over HTTPS: it serves TLS itself,
     /// or its public address (behind a proxy) says `https`.
     pub fn https(&self) -> bool {
@@ -89,7 +134,8 @@ impl App {
 
     /// Whether builds of this project send statuses anywhere.
     pub fn reports_for(&self, project: &str) -> bool {
-        self.project_configs
+        self.live()
+            .projects
             .get(project)
             .is_some_and(|p| !p.report.is_empty() || !p.notify.is_empty())
     }
@@ -119,6 +165,12 @@ pub struct ServerOptions {
     pub smtp: Option<config::SmtpConfig>,
     /// How long a worker is away before its owner hears; None: 1 h.
     pub offline_notice: Option<std::time::Duration>,
+    /// What projects keep unless they say otherwise (`keep:`).
+    pub keep: config::KeepConfig,
+    /// How often the janitor runs; None: hourly.
+    pub janitor_interval: Option<std::time::Duration>,
+    /// The config file a reload rereads (None: no reload).
+    pub reload_from: Option<reload::ReloadSource>,
 }
 
 /// Where the server's TLS certificate comes from.
@@ -289,13 +341,13 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         data_dir: opts.data_dir.clone(),
         dist_dir: opts.dist_dir.clone(),
         sessions: web::Sessions::default(),
-        users: opts.users.clone(),
-        private: opts.private,
-        project_configs: opts
-            .projects
-            .iter()
-            .map(|p| (p.name.clone(), p.clone()))
-            .collect(),
+        live: arc_swap::ArcSwap::from_pointee(LiveConfig::new(
+            &opts.projects,
+            opts.users.clone(),
+            opts.private,
+            opts.keep,
+        )),
+        reload_from: opts.reload_from.clone(),
         pollers: poll::Pollers::new(&opts.projects),
         reporter,
         public_url: opts.public_url.clone().unwrap_or_else(|| {
@@ -315,6 +367,11 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer, ServerError> {
         report::StatusReporter::spawn(&app),
         spawn_part_sweeper(Arc::clone(&app)),
     ];
+    background.push(janitor::spawn(
+        &app,
+        opts.janitor_interval
+            .unwrap_or(std::time::Duration::from_secs(3600)),
+    ));
     background.extend(schedules::spawn(&app));
     background.extend(owners::spawn(&app));
     if let Some(url) = app.hub.store.postgres_url() {

@@ -42,29 +42,47 @@ pub struct PollStatus {
 
 #[derive(Default)]
 pub struct Pollers {
-    wake: HashMap<String, Arc<Notify>>,
+    wake: Mutex<HashMap<String, Arc<Notify>>>,
     status: Mutex<HashMap<String, PollStatus>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Pollers {
     pub fn new(projects: &[ProjectConfig]) -> Self {
-        Pollers {
-            wake: projects
-                .iter()
-                .filter(|p| p.repo.is_some())
-                .map(|p| (p.name.clone(), Arc::new(Notify::new())))
-                .collect(),
-            ..Default::default()
+        let pollers = Pollers::default();
+        pollers.set_projects(projects.iter());
+        pollers
+    }
+
+    /// One wake-up per project with a repository (kept for those that stay).
+    fn set_projects<'a>(&self, projects: impl Iterator<Item = &'a ProjectConfig>) {
+        let mut wake = lock(&self.wake);
+        let old = std::mem::take(&mut *wake);
+        for p in projects.filter(|p| p.repo.is_some()) {
+            let n = old
+                .get(&p.name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Notify::new()));
+            wake.insert(p.name.clone(), n);
         }
+    }
+
+    /// After a reload: stops every poller and starts one per project of
+    /// the config now in place (a fetch each, at once).
+    pub fn respawn(app: &Arc<App>) {
+        app.pollers.stop();
+        let live = app.live();
+        app.pollers.set_projects(live.projects.values());
+        lock(&app.pollers.status).retain(|name, _| live.projects.contains_key(name));
+        Pollers::spawn_all(app);
     }
 
     /// Starts one poller per project with a repository.
     pub fn spawn_all(app: &Arc<App>) {
         let mut tasks = Vec::new();
-        for project in app.project_configs.values() {
-            let (Some(repo), Some(wake)) = (&project.repo, app.pollers.wake.get(&project.name))
-            else {
+        let wakes = lock(&app.pollers.wake).clone();
+        for project in app.live().projects.values() {
+            let (Some(repo), Some(wake)) = (&project.repo, wakes.get(&project.name)) else {
                 continue;
             };
             let app = Arc::clone(app);
@@ -85,7 +103,8 @@ impl Pollers {
     /// Fetch now (a webhook said something was pushed). False for a project
     /// without a repository.
     pub fn wake(&self, project: &str) -> bool {
-        match self.wake.get(project) {
+        let n = lock(&self.wake).get(project).cloned();
+        match n {
             Some(n) => {
                 self.update(project, |s| s.wakes += 1);
                 n.notify_one();

@@ -58,7 +58,8 @@ pub async fn request_for(
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| change.author.clone());
     let merge = app
-        .project_configs
+        .live()
+        .projects
         .get(&change.project)
         .and_then(|p| p.pull_requests.as_ref())
         .is_some_and(|p| p.merge);
@@ -110,7 +111,8 @@ fn verdict(
     facts: Option<&crate::store::PullRow>,
 ) -> PullRequestVerdict {
     let policy = app
-        .project_configs
+        .live()
+        .projects
         .get(&change.project)
         .and_then(|p| p.pull_requests.clone())
         .unwrap_or_default();

@@ -89,7 +89,8 @@ async fn reconcile(app: &App) -> Result<Option<i64>, crate::store::StoreError> {
             continue;
         };
         let targets = app
-            .project_configs
+            .live()
+            .projects
             .get(&detail.build.project)
             .map(|p| p.report.clone())
             .unwrap_or_default();
@@ -114,7 +115,8 @@ async fn reconcile(app: &App) -> Result<Option<i64>, crate::store::StoreError> {
             }
         }
         let notifiers = app
-            .project_configs
+            .live()
+            .projects
             .get(&detail.build.project)
             .map(|p| p.notify.clone())
             .unwrap_or_default();
@@ -354,6 +356,7 @@ impl Pass<'_> {
         finished: bool,
     ) -> Result<(), crate::store::StoreError> {
         let build_id = self.build_id;
+        crate::metrics::global().report(if result.is_ok() { "sent" } else { "failed" });
         match result {
             Ok(()) => {
                 self.store

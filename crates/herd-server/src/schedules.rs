@@ -19,12 +19,9 @@ use std::time::Duration;
 /// second).
 const TICK: Duration = Duration::from_secs(1);
 
-/// Starts the loop when any project has a schedule.
+/// Starts the loop (it reads the schedules anew each tick: a reload may
+/// add some).
 pub fn spawn(app: &Arc<App>) -> Option<tokio::task::JoinHandle<()>> {
-    let any = app.project_configs.values().any(|p| !p.schedule.is_empty());
-    if !any {
-        return None;
-    }
     let app = Arc::clone(app);
     Some(tokio::spawn(async move {
         let started = crate::store::now_ms();
@@ -41,7 +38,7 @@ pub fn spawn(app: &Arc<App>) -> Option<tokio::task::JoinHandle<()>> {
 /// from its last recorded firing, else from `started` (what fell due while
 /// no server ran is built once, the latest firing only).
 pub async fn tick(app: &App, started: i64, now: i64, since: &mut HashMap<(String, String), i64>) {
-    for project in app.project_configs.values() {
+    for project in app.live().projects.values() {
         for s in &project.schedule {
             let key = (project.name.clone(), s.name.clone());
             let from = match since.get(&key) {

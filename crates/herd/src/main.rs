@@ -53,6 +53,14 @@ enum Command {
     /// Create, list and revoke tokens.
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
+    /// Remove what the projects' `keep:` lets go now (the server's janitor
+    /// does it hourly); --dry-run prints what would go.
+    Gc(cmd::ops::GcArgs),
+    /// Copy a running SQLite server's data (database, artifacts, TLS files,
+    /// admin token) into one file.
+    Backup(cmd::ops::BackupArgs),
+    /// Unpack a `herd backup` file into a new data directory.
+    Restore(cmd::ops::RestoreArgs),
     /// Hash a password (read from standard input) for `users:` in the
     /// server config: web sign-in without the admin token.
     HashPassword,
@@ -158,6 +166,9 @@ fn main() -> ExitCode {
             Command::Migrate(a) => cmd::migrate::run(a).await,
             Command::Try(a) => cmd::try_patch::run(a).await,
             Command::Token(c) => cmd::token::run(c).await,
+            Command::Gc(a) => cmd::ops::gc(a).await,
+            Command::Backup(a) => cmd::ops::backup(a).await,
+            Command::Restore(a) => cmd::ops::restore(a),
             Command::HashPassword => cmd::token::hash_password(),
             Command::Completions { shell } => {
                 let mut command = <Cli as clap::CommandFactory>::command();

@@ -22,6 +22,8 @@ enum Needs {
     OtherWorkerOrAdmin,
     /// A worker token (the handler then checks the attempt is its own).
     Worker,
+    /// A metrics or admin token.
+    Metrics,
 }
 
 /// Web actions take a signed-in session; a token is only ever refused there.
@@ -121,6 +123,9 @@ const ROUTES: &[(&str, &str, Needs, Check)] = &[
     ("POST", "/api/v1/enroll", Needs::Open, Check::All),
     ("GET", "/api/v1/whoami", Needs::AnyToken, Check::All),
     ("POST", "/api/v1/try", Needs::Try, Check::All),
+    ("POST", "/api/v1/gc", Needs::Admin, Check::All),
+    ("POST", "/api/v1/reload", Needs::Admin, Check::All),
+    ("GET", "/metrics", Needs::Metrics, Check::All),
     ("GET", "/install.sh", Needs::Open, Check::All),
     ("GET", "/download/nosuch", Needs::Open, Check::All),
     ("GET", "/", Needs::Read, Check::All),
@@ -178,6 +183,7 @@ enum Kind {
     Try,
     Worker,
     Enroll,
+    Metrics,
 }
 
 fn allowed(kind: Kind, needs: Needs) -> bool {
@@ -187,9 +193,10 @@ fn allowed(kind: Kind, needs: Needs) -> bool {
         Needs::Read => matches!(kind, K::Admin | K::Read | K::Try),
         Needs::Try => matches!(kind, K::Admin | K::Try),
         Needs::Admin => kind == K::Admin,
-        Needs::OwnWorkerOrRead => kind != K::Enroll,
+        Needs::OwnWorkerOrRead => !matches!(kind, K::Enroll | K::Metrics),
         Needs::OtherWorkerOrAdmin => kind == K::Admin,
         Needs::Worker => kind == K::Worker,
+        Needs::Metrics => matches!(kind, K::Admin | K::Metrics),
     }
 }
 
@@ -264,6 +271,10 @@ fn every_route_takes_only_its_own_kind_of_token() {
         (
             Kind::Enroll,
             new_token(&server, &["token", "create", "--enroll"]),
+        ),
+        (
+            Kind::Metrics,
+            new_token(&server, &["token", "create", "--metrics"]),
         ),
     ];
     // A revoked read token, and one that expired.

@@ -244,6 +244,7 @@ pub async fn cancel_build(
          )),
         (status = 400, description = "A bad id or query", body = ErrorBody),
         (status = 404, description = "No such step", body = ErrorBody),
+        (status = 410, description = "The log expired (`keep: {logs_days}`); the step's record stays", body = ErrorBody),
         TokenRefusals,
     ),
     security((), ("token" = [])),
@@ -272,6 +273,17 @@ pub async fn get_log(
             .attempt(attempt)
             .await?
             .is_some_and(|a| !a.state.is_finished());
+        if let Some(at) = app.hub.store.attempt_logs_expired(attempt).await? {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                format!(
+                    "the log of step {idx} of attempt {attempt} expired: the janitor removed it at {} (the project's keep: {{logs_days}}); the step's record stays",
+                    chrono::DateTime::from_timestamp_millis(at)
+                        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                        .unwrap_or_default()
+                ),
+            ));
+        }
         let size = step.log_size as u64;
         let more_coming = !step.state.is_finished() && attempt_live;
         if offset < size || !more_coming || tokio::time::Instant::now() >= deadline {

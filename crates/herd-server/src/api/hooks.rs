@@ -49,6 +49,21 @@ fn header<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
     security(()),
 )]
 pub async fn receive(
+    state: AppState,
+    path: ApiPath<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<HookAnswer>), ApiError> {
+    let answer = handle(state, path, headers, body).await;
+    crate::metrics::global().webhook(if answer.is_ok() {
+        "accepted"
+    } else {
+        "refused"
+    });
+    answer
+}
+
+async fn handle(
     State(app): AppState,
     ApiPath((forge, project)): ApiPath<(String, String)>,
     headers: HeaderMap,
@@ -60,8 +75,9 @@ pub async fn receive(
             "no webhook kind `{forge}`: use github, gitea, forgejo, gitlab or generic"
         )));
     };
-    let Some(secret) = app
-        .project_configs
+    let live = app.live();
+    let Some(secret) = live
+        .projects
         .get(&project)
         .and_then(|p| p.webhook_secret.as_ref())
     else {
@@ -120,7 +136,8 @@ pub async fn receive(
         HookEvent::Push { reference } => Some(reference),
         HookEvent::PullRequest(pr) => {
             let fetch = app
-                .project_configs
+                .live()
+                .projects
                 .get(&project)
                 .is_some_and(|p| p.pull_requests.is_some());
             if !fetch {

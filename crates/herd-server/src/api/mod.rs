@@ -16,6 +16,7 @@ mod builds;
 mod downloads;
 mod hooks;
 pub mod openapi;
+mod ops;
 mod projects;
 mod splits;
 mod tokens;
@@ -106,6 +107,9 @@ pub fn router(app: Arc<App>) -> Router {
             post(hooks::receive).layer(DefaultBodyLimit::max(hooks::MAX_HOOK_BODY)),
         )
         .route("/api/v1/try", post(try_build::create))
+        .route("/api/v1/gc", post(ops::gc))
+        .route("/api/v1/reload", post(ops::reload))
+        .route("/metrics", get(ops::metrics))
         .route("/install.sh", get(downloads::install_sh))
         .route("/download/{file}", get(downloads::download))
         .route(herd_proto::WORKER_ENDPOINT, get(crate::ws::worker_endpoint))

@@ -12,7 +12,8 @@ use herd_api::projects::{Change, PollStatus, Project, ProjectDetail, ProjectList
 use herd_api::ErrorBody;
 
 fn project_view(app: &App, row: &ProjectRow) -> Project {
-    let config = app.project_configs.get(&row.name);
+    let live = app.live();
+    let config = live.projects.get(&row.name);
     Project {
         name: row.name.clone(),
         repo: row.repo.as_deref().map(herd_core::redact::redact_url),

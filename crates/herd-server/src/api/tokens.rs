@@ -29,6 +29,7 @@ pub(crate) fn kind_view(k: auth::TokenKind) -> TokenKind {
         auth::TokenKind::Enroll => TokenKind::Enroll,
         auth::TokenKind::Try => TokenKind::Try,
         auth::TokenKind::Read => TokenKind::Read,
+        auth::TokenKind::Metrics => TokenKind::Metrics,
     }
 }
 
@@ -81,9 +82,13 @@ pub async fn create_token(
             auth::TokenKind::Read,
             token_options(None, expires.as_deref(), None)?,
         ),
+        CreateToken::Metrics { expires } => (
+            auth::TokenKind::Metrics,
+            token_options(None, expires.as_deref(), None)?,
+        ),
         other => {
             return Err(ApiError::bad_request(format!(
-                "this server does not create such tokens ({other:?}): it creates `worker`, `enroll`, `try` and `read` tokens"
+                "this server does not create such tokens ({other:?}): it creates `worker`, `enroll`, `try`, `read` and `metrics` tokens"
             )))
         }
     };

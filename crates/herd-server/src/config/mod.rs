@@ -27,8 +27,10 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::time::Duration;
 
+mod keep;
 mod notify;
 mod project;
+pub use keep::{KeepConfig, Limit};
 pub use notify::{Channel, Notifier, SmtpConfig, SmtpTls};
 pub use project::{
     CheckoutFrom, ProjectConfig, Reporter, ScheduleConfig, Secret, SecretConfig, DEFAULT_POLL,
@@ -68,6 +70,10 @@ pub struct ServerConfig {
     pub smtp: Option<SmtpConfig>,
     /// How long a worker is away before its owner hears (default 1 h).
     pub offline_notice: Option<Duration>,
+    /// What every project keeps unless it says otherwise (`keep:`).
+    pub keep: KeepConfig,
+    /// How often the janitor removes what `keep:` lets go (default 1 h).
+    pub janitor_interval: Option<Duration>,
 }
 
 /// `tls:` of the config file.
@@ -113,6 +119,8 @@ struct RawConfig {
     artifacts_dir: Option<String>,
     smtp: Option<Spanned<notify::RawSmtp>>,
     offline_notice: Option<Spanned<String>>,
+    keep: Option<Spanned<keep::RawKeep>>,
+    janitor_interval: Option<Spanned<String>>,
 }
 
 /// `limits:` of the config file: what one build and one sender may ask.
@@ -318,6 +326,13 @@ impl ServerConfig {
                 .map(|s| project::Lower { file, text }.smtp(s))
                 .transpose()?,
             offline_notice: duration(&raw.offline_notice)?,
+            keep: raw
+                .keep
+                .as_ref()
+                .map(|k| keep::lower(file, text, k))
+                .transpose()?
+                .unwrap_or_default(),
+            janitor_interval: duration(&raw.janitor_interval)?,
         })
     }
 }

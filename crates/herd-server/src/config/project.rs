@@ -56,6 +56,9 @@ pub struct ProjectConfig {
     pub notify: Vec<super::notify::Notifier>,
     /// Builds started by the clock.
     pub schedule: Vec<ScheduleConfig>,
+    /// How long its builds, logs and artifacts stay (falls back to the
+    /// server's `keep:`).
+    pub keep: super::KeepConfig,
 }
 
 /// One `schedule:` entry of a project (checked when the config is read).
@@ -146,6 +149,7 @@ impl ProjectConfig {
             pull_requests: None,
             notify: Vec::new(),
             schedule: Vec::new(),
+            keep: super::KeepConfig::default(),
         }
     }
 }
@@ -263,6 +267,7 @@ pub(super) struct RawProject {
     pub notify: Vec<Spanned<super::notify::RawNotifier>>,
     #[serde(default)]
     pub schedule: Vec<Spanned<RawSchedule>>,
+    pub keep: Option<Spanned<super::keep::RawKeep>>,
 }
 
 /// `credentials: {user: NAME, token: SECRET}` of a project's repository.
@@ -414,6 +419,9 @@ impl Lower<'_> {
                 branch: r.branch.clone(),
                 only_if_changed: r.only_if_changed,
             });
+        }
+        if let Some(k) = &raw.keep {
+            p.keep = super::keep::lower(self.file, self.text, k)?;
         }
         if let Some(c) = &raw.credentials {
             if c.value.user.is_empty() || c.value.user.contains(['\n', ':']) {

@@ -68,3 +68,30 @@ impl Hub {
             })
     }
 }
+
+impl Hub {
+    /// The live counts a metrics scrape shows (queue per builder, jobs
+    /// running, workers by state).
+    pub fn live_metrics(&self) -> crate::metrics::Live {
+        let st = self.lock();
+        let mut queued: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        for j in &st.queue {
+            *queued
+                .entry((j.project.clone(), j.builder.clone()))
+                .or_default() += 1;
+        }
+        let mut live = crate::metrics::Live {
+            queued: queued.into_iter().collect(),
+            ..Default::default()
+        };
+        for (name, w) in &st.workers {
+            live.workers_connected += 1;
+            live.jobs_running += w.running.len() as u64;
+            live.workers_busy += u64::from(!w.running.is_empty());
+            live.workers_paused += u64::from(w.paused);
+            live.workers_draining += u64::from(w.draining);
+            live.workers_quarantined += u64::from(Self::quarantined(&st, name));
+        }
+        live
+    }
+}

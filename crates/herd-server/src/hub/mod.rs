@@ -11,6 +11,7 @@ mod health;
 mod needs;
 pub mod peers;
 
+use crate::metrics::Loss;
 use capabilities::{capabilities, probe_requests, trusted_capabilities};
 pub use capabilities::{Fit, WhyNot, WorkerWhyNot};
 use health::Health;
@@ -32,6 +33,9 @@ pub const MAX_FETCH_FILES: usize = 2_000;
 /// Most bytes that list may take in the assignment (its frame is 1 MiB).
 pub const MAX_FETCH_LIST_BYTES: usize = 512 * 1024;
 
+/// The server's secrets, replaced whole by a config reload.
+pub type SharedSecrets = Arc<arc_swap::ArcSwap<BTreeMap<String, crate::config::SecretConfig>>>;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub heartbeat_interval: Duration,
@@ -50,7 +54,8 @@ pub struct Settings {
     pub quarantine_window: Duration,
     pub quarantine_base: Duration,
     /// `secrets:` of the server config (their Debug shows no value).
-    pub secrets: Arc<BTreeMap<String, crate::config::SecretConfig>>,
+    /// A reload swaps them whole.
+    pub secrets: SharedSecrets,
     /// Bytes of output kept per step (workers drop the rest with a notice).
     pub max_step_log: u64,
     /// Custom probes of the server's config: name -> command.
@@ -380,7 +385,7 @@ impl Hub {
             .collect();
         for attempt in lost {
             self.lock().orphans.remove(&attempt);
-            self.attempt_lost(attempt, "worker lost: it restarted")
+            self.attempt_lost(attempt, Loss::Restarted, "worker lost: it restarted")
                 .await?;
             self.record_loss(name);
         }
@@ -512,7 +517,7 @@ impl Hub {
             }
         };
         for a in attempts {
-            self.attempt_lost(a, &format!("worker lost: {name} stopped"))
+            self.attempt_lost(a, Loss::Stopped, &format!("worker lost: {name} stopped"))
                 .await?;
         }
         Ok(())
@@ -569,12 +574,20 @@ impl Hub {
         }
     }
 
-    async fn attempt_lost(&self, attempt: AttemptId, reason: &str) -> Result<(), StoreError> {
-        match self
+    async fn attempt_lost(
+        &self,
+        attempt: AttemptId,
+        why: Loss,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let outcome = self
             .store
             .attempt_lost(attempt, reason, self.settings.max_attempts)
-            .await?
-        {
+            .await?;
+        if outcome != LostOutcome::AlreadyEnded {
+            crate::metrics::global().attempt_lost(why);
+        }
+        match outcome {
             LostOutcome::Requeued(job_id) => {
                 tracing::info!("attempt {attempt} lost ({reason}); job {job_id} queued again");
                 let jobs = self.store.queued_jobs(Some(job_id)).await?;
@@ -713,7 +726,7 @@ impl Hub {
             if !granted.is_empty() || !job.spec.withheld.is_empty() {
                 // Values join here, on the way to the worker only; a
                 // withheld secret is empty.
-                let secrets = &self.settings.secrets;
+                let secrets = self.settings.secrets.load();
                 for s in &mut steps {
                     for v in s.env.values_mut() {
                         *v = herd_core::secret_ref::fill_secrets(v, |name| {
@@ -791,6 +804,14 @@ impl Hub {
                 .store
                 .create_attempt(job.job_id, &worker, &names)
                 .await?;
+            if attempt.is_some() {
+                let waited = crate::store::now_ms().saturating_sub(job.queued_at).max(0);
+                crate::metrics::global().queue_waited(
+                    &job.project,
+                    &job.builder,
+                    Duration::from_millis(waited as u64),
+                );
+            }
             let delivered = {
                 let mut st = self.lock();
                 match st.workers.get_mut(&worker) {
@@ -827,8 +848,12 @@ impl Hub {
                 }
             };
             if let (Some(a), false) = (&attempt, delivered) {
-                self.attempt_lost(a.id, "worker disconnected before it got the job")
-                    .await?;
+                self.attempt_lost(
+                    a.id,
+                    Loss::Undelivered,
+                    "worker disconnected before it got the job",
+                )
+                .await?;
             }
         }
         self.changed();
@@ -861,7 +886,7 @@ impl Hub {
                 continue;
             }
             let reason = format!("worker lost: {worker} did not come back in time");
-            match self.attempt_lost(attempt, &reason).await {
+            match self.attempt_lost(attempt, Loss::Gone, &reason).await {
                 Ok(()) => self.record_loss(&worker),
                 Err(e) => tracing::error!("could not move attempt {attempt}: {e}"),
             }

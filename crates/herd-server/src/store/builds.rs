@@ -96,6 +96,8 @@ pub struct QueuedJobInfo {
     pub job: String,
     pub revision: Option<String>,
     pub priority: i64,
+    /// When it last became queued (ms): created, or its last attempt lost.
+    pub queued_at: i64,
     pub spec: JobSpec,
 }
 
@@ -163,6 +165,7 @@ pub struct BuildDetail {
 
 impl Store {
     pub async fn create_build(&self, b: &NewBuild) -> Result<(i64, Vec<i64>)> {
+        let started = std::time::Instant::now();
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         let state = if b.error.is_some() {
@@ -225,6 +228,12 @@ impl Store {
             job_ids.push(row.try_get("id")?);
         }
         tx.commit().await?;
+        let m = crate::metrics::global();
+        m.build_started(&b.project);
+        if state.is_finished() {
+            m.build_finished(&b.project, state);
+        }
+        m.store_write("create_build", started.elapsed());
         Ok((build_id, job_ids))
     }
 
@@ -328,7 +337,8 @@ impl Store {
         build_id: Option<i64>,
     ) -> Result<Vec<QueuedJobInfo>> {
         let rows = sqlx::query(
-            "SELECT j.id, j.build_id, j.builder, j.name, j.spec, b.project, b.revision, b.priority \
+            "SELECT j.id, j.build_id, j.builder, j.name, j.spec, b.project, b.revision, b.priority, \
+             COALESCE((SELECT MAX(a.finished_at) FROM attempts a WHERE a.job_id = j.id), j.created_at) AS queued_at \
              FROM jobs j JOIN builds b ON b.id = j.build_id \
              WHERE j.state = 'queued' AND ($1 IS NULL OR j.id = $1) AND ($2 IS NULL OR j.build_id = $2) \
              ORDER BY j.id",
@@ -348,6 +358,7 @@ impl Store {
                     job: r.try_get("name")?,
                     revision: r.try_get("revision")?,
                     priority: r.try_get("priority")?,
+                    queued_at: r.try_get("queued_at")?,
                     spec: decode_job_spec(&spec)?,
                 })
             })
@@ -429,6 +440,7 @@ impl Store {
 
     /// Stores events of several attempts in one transaction.
     pub async fn apply_events(&self, batch: &[AttemptEvents]) -> Result<Vec<Applied>> {
+        let started = std::time::Instant::now();
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         let mut out = Vec::with_capacity(batch.len());
@@ -472,6 +484,19 @@ impl Store {
             out.push(Applied::Stored { finished });
         }
         tx.commit().await?;
+        let m = crate::metrics::global();
+        m.store_write("events", started.elapsed());
+        let stored: usize = batch
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| matches!(o, Applied::Stored { .. }))
+            .flat_map(|(a, _)| &a.events)
+            .map(|e| match e {
+                StoredEvent::Log { compressed, .. } => compressed.len(),
+                _ => 0,
+            })
+            .sum();
+        m.log_stored(stored as u64);
         Ok(out)
     }
 

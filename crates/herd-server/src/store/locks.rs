@@ -97,17 +97,28 @@ pub(super) async fn finish_job(
         })
         .collect::<Result<Vec<_>>>()?;
     let build_state = RunState::of_build(&states);
-    sqlx::query(
-        "UPDATE builds SET state = $2, finished_at = CASE WHEN $3 = 1 THEN $4 ELSE finished_at END WHERE id = $1",
+    let before: String = sqlx::query("SELECT state FROM builds WHERE id = $1")
+        .bind(build_id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("state")?;
+    let project: String = sqlx::query(
+        "UPDATE builds SET state = $2, finished_at = CASE WHEN $3 = 1 THEN $4 ELSE finished_at END WHERE id = $1 \
+         RETURNING project",
     )
     .bind(build_id)
     .bind(build_state.as_str())
     .bind(i64::from(build_state.is_finished()))
     .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("project")?;
     if build_state.is_finished() {
         finalize_splits(tx, build_id, now).await?;
+        let was_finished = RunState::parse(&before).is_some_and(|s| s.is_finished());
+        if !was_finished {
+            crate::metrics::global().build_finished(&project, build_state);
+        }
     }
     Ok(FinishedJob {
         job_id,

@@ -18,6 +18,7 @@ mod logs;
 mod migrate;
 mod probes;
 mod pulls;
+mod retention;
 mod rows;
 mod schedules;
 mod servers;
@@ -29,6 +30,7 @@ pub use builds::*;
 pub use changes::{ChangeKind, ChangeRow, NewChange, ReportRow};
 pub use logs::LOG_ZSTD_LEVEL;
 pub use pulls::{PullFacts, PullRow};
+pub use retention::{JanitorRun, Removed};
 pub use rows::*;
 pub use servers::NOTIFY_CHANNEL;
 pub use splits::{SplitAnswer, SplitRow, SPLIT_WAIT_MS};
@@ -58,6 +60,8 @@ pub struct Store {
     /// The PostgreSQL URL, when the store is there (servers sharing it
     /// listen for each other's notifications on their own connection).
     postgres: Option<String>,
+    /// The SQLite file, when the store is one.
+    sqlite: Option<std::path::PathBuf>,
 }
 
 /// Whether `database` names a PostgreSQL database rather than a file.
@@ -67,6 +71,32 @@ pub fn is_postgres_url(database: &str) -> bool {
 
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+
+/// Makes the SQLite file give freed pages back when asked
+/// (`PRAGMA incremental_vacuum`, the janitor's): a new file is made so, an
+/// older one is rewritten once (VACUUM), which takes a while for a big one.
+async fn incremental_vacuum_on(write: &AnyPool) -> Result<()> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = Row::try_get(
+        &sqlx::query("PRAGMA auto_vacuum").fetch_one(write).await?,
+        0,
+    )?;
+    if mode != INCREMENTAL {
+        let tables: i64 = Row::try_get(
+            &sqlx::query("SELECT COUNT(*) FROM sqlite_master")
+                .fetch_one(write)
+                .await?,
+            0,
+        )?;
+        if tables > 0 {
+            tracing::info!("rewriting the database once so that it gives space back (VACUUM)");
+        }
+        write
+            .execute("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+            .await?;
+    }
+    Ok(())
+}
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -88,6 +118,7 @@ impl Store {
             })
             .connect(&url)
             .await?;
+        incremental_vacuum_on(&write).await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
         let read = AnyPoolOptions::new()
             .max_connections(8)
@@ -104,6 +135,7 @@ impl Store {
             write,
             read,
             postgres: None,
+            sqlite: Some(path.to_path_buf()),
         })
     }
 
@@ -121,7 +153,22 @@ impl Store {
             write: pool.clone(),
             read: pool,
             postgres: Some(url.to_string()),
+            sqlite: None,
         })
+    }
+
+    /// The SQLite file of a store kept in one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        self.sqlite.as_deref()
+    }
+
+    /// Bytes of the SQLite file with its write-ahead log; None on PostgreSQL.
+    pub fn database_bytes(&self) -> Option<u64> {
+        let path = self.sqlite.as_ref()?;
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        Some(size(path) + size(Path::new(&wal)))
     }
 
     /// The PostgreSQL URL of a store kept there.

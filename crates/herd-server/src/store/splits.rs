@@ -208,7 +208,10 @@ impl Store {
             .as_ref()
             .is_some_and(|done| state.report(req.attempt, done, now));
         let reply = match state.next(job_id, req.attempt, worker, now) {
-            Next::Batch { id, tests } => SplitReply::Batch { id, tests },
+            Next::Batch { id, tests } => {
+                crate::metrics::global().split_batch();
+                SplitReply::Batch { id, tests }
+            }
             Next::Wait => SplitReply::Wait { ms: SPLIT_WAIT_MS },
             Next::Done { failed, summary } => SplitReply::Done { failed, summary },
         };

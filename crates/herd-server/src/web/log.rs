@@ -43,6 +43,8 @@ pub struct LogPage {
     pub follow: bool,
     pub first_line: u64,
     pub lines: String,
+    /// When the log was removed (`keep: {logs_days}`), if it was.
+    pub expired: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +86,10 @@ pub async fn log(
         })
     };
     let (prev_step, next_step) = (neighbour(idx - 1), neighbour(idx + 1));
+    let expired = match store.attempt_logs_expired(attempt).await {
+        Ok(t) => t.map(super::view::ago),
+        Err(e) => return server_error(e),
+    };
     let size = step.log_size as u64;
     // By default the end of the log (where the action is), a page of it.
     let offset = q
@@ -133,5 +139,6 @@ pub async fn log(
         follow,
         first_line,
         lines: super::ansi::to_html(&text, first_line),
+        expired,
     })
 }

@@ -92,7 +92,8 @@ pub async fn start(
 }
 
 fn view(app: &App, row: &crate::store::ProjectRow) -> ProjectView {
-    let config = app.project_configs.get(&row.name);
+    let live = app.live();
+    let config = live.projects.get(&row.name);
     let status = app.pollers.status(&row.name).unwrap_or_default();
     let polling = match (&row.repo, config.and_then(|c| c.poll)) {
         (None, _) => "no repository".to_string(),

@@ -126,7 +126,7 @@ pub async fn private_guard(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if !app.private {
+    if !app.live().private {
         return next.run(req).await;
     }
     let path = req.uri().path();
@@ -206,7 +206,7 @@ pub async fn login_form(
         page,
         error: None,
         next: safe_next(q.next.as_deref()),
-        users: !app.users.is_empty(),
+        users: !app.live().users.is_empty(),
     })
 }
 
@@ -225,7 +225,7 @@ pub struct LoginForm {
 /// A user's password against the config's argon2 hash (slow on purpose:
 /// off the async threads).
 async fn password_ok(app: &App, user: &str, password: &str) -> bool {
-    let Some(hash) = app.users.get(user).cloned() else {
+    let Some(hash) = app.live().users.get(user).cloned() else {
         return false;
     };
     let password = password.to_string();
@@ -252,7 +252,7 @@ pub async fn login(
             page,
             error: Some(msg.to_string()),
             next: next.clone(),
-            users: !app.users.is_empty(),
+            users: !app.live().users.is_empty(),
         });
         *r.status_mut() = status;
         r

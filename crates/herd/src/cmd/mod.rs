@@ -5,6 +5,7 @@ pub mod build;
 pub mod change;
 pub mod check;
 pub mod migrate;
+pub mod ops;
 pub mod project;
 pub mod server;
 pub mod token;

@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ServerArgs {
+    #[command(subcommand)]
+    command: Option<ServerCommand>,
     /// Address to serve the API, the worker endpoint and the web page on.
     #[arg(long)]
     listen: Option<String>,
@@ -71,6 +74,17 @@ pub struct ServerArgs {
     new_admin_token: bool,
 }
 
+#[derive(clap::Subcommand)]
+enum ServerCommand {
+    /// Make the running server reread its config file (as SIGHUP does):
+    /// projects, secrets, users, reporters, retention. Connections stay; a
+    /// config with an error changes nothing and says why.
+    Reload {
+        #[command(flatten)]
+        client: crate::ClientArgs,
+    },
+}
+
 pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
     let config = match &args.config {
         None => ServerConfig::default(),
@@ -81,10 +95,12 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
         }
     };
     let mut projects = config.projects.clone();
+    let mut cli_projects = Vec::new();
     for p in &args.projects {
         let p = parse_project_arg(p).map_err(|e| miette!("--project {e}"))?;
         projects.retain(|q| q.name != p.name);
-        projects.push(p);
+        projects.push(p.clone());
+        cli_projects.push(p);
     }
     let dur = |flag: &str, v: &Option<String>| -> Result<Option<std::time::Duration>> {
         v.as_ref()
@@ -93,7 +109,7 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
     };
     let mut settings = Settings {
         max_attempts: i64::from(args.retries) + 1,
-        secrets: std::sync::Arc::new(config.secrets.clone()),
+        secrets: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(config.secrets.clone())),
         probe_commands: std::sync::Arc::new(config.probes.clone()),
         limits: config.limits,
         ..Settings::default()
@@ -147,6 +163,15 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
         artifacts_dir: config.artifacts_dir.clone().map(PathBuf::from),
         smtp: config.smtp.clone(),
         offline_notice: config.offline_notice,
+        keep: config.keep,
+        janitor_interval: config.janitor_interval,
+        reload_from: args
+            .config
+            .clone()
+            .map(|file| herd_server::reload::ReloadSource {
+                file,
+                cli_projects: cli_projects.clone(),
+            }),
         users: config.users.clone(),
         private: config.private,
         listen: args
@@ -171,6 +196,9 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
 }
 
 pub async fn run(args: ServerArgs) -> Result<ExitCode> {
+    if let Some(ServerCommand::Reload { client }) = &args.command {
+        return super::ops::reload(client).await;
+    }
     crate::init_logging("info");
     let opts = load(&args)?;
     let data_dir = opts.data_dir.clone();
@@ -201,8 +229,35 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode> {
         "http"
     };
     crate::outln!("{scheme}://{}", server.addr);
+    let hangups = spawn_reload_on_hangup(std::sync::Arc::clone(&server.app));
     super::stop_signal().await;
+    hangups.abort();
     eprintln!("stopping");
     server.stop().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP rereads the config file (the answer goes to the log).
+fn spawn_reload_on_hangup(app: std::sync::Arc<herd_server::App>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match herd_server::reload::reload(&app).await {
+                Ok(r) => tracing::info!(
+                    "reloaded {}: {} projects; {}",
+                    r.file,
+                    r.projects.len(),
+                    if r.changes.is_empty() {
+                        "nothing changed".to_string()
+                    } else {
+                        r.changes.join("; ")
+                    }
+                ),
+                Err(e) => tracing::error!("reload refused: {e}"),
+            }
+        }
+    })
 }

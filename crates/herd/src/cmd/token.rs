@@ -12,8 +12,8 @@ use std::process::ExitCode;
 #[derive(Subcommand)]
 pub enum TokenCommand {
     /// Create a token; it is printed once and stored only as a hash.
-    /// Its kind is one of --worker NAME, --enroll, --try, --read.
-    #[command(group(clap::ArgGroup::new("kind").required(true).args(["worker", "enroll", "try_", "read"])))]
+    /// Its kind is one of --worker NAME, --enroll, --try, --read, --metrics.
+    #[command(group(clap::ArgGroup::new("kind").required(true).args(["worker", "enroll", "try_", "read", "metrics"])))]
     Create {
         /// A worker token for the worker of this name.
         #[arg(long)]
@@ -31,6 +31,10 @@ pub enum TokenCommand {
         /// A read-only token: a private server's pages and API, nothing else.
         #[arg(long, conflicts_with_all = ["enroll", "try_"])]
         read: bool,
+        /// A token that scrapes `GET /metrics` and nothing else (for
+        /// Prometheus: `authorization: {credentials: TOKEN}`).
+        #[arg(long, conflicts_with_all = ["enroll", "try_", "read"])]
+        metrics: bool,
         /// Try tokens: who it is for (shown on their try builds).
         #[arg(long, requires = "try_")]
         user: Option<String>,
@@ -92,6 +96,19 @@ pub async fn run(cmd: TokenCommand) -> Result<ExitCode> {
             eprintln!(
                 "in a checkout with changes, run:
   HERD_SERVER={} HERD_TOKEN={token} herd try --wait",
+                client.server
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Create {
+            metrics: true,
+            expires,
+            client,
+            ..
+        } => {
+            create(&client, &CreateToken::Metrics { expires }).await?;
+            eprintln!(
+                "it scrapes {}/metrics only: give it to Prometheus as `authorization: {{credentials: TOKEN}}`",
                 client.server
             );
             Ok(ExitCode::SUCCESS)

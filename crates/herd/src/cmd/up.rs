@@ -100,6 +100,9 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         artifacts_dir: None,
         smtp: None,
         offline_notice: None,
+        keep: Default::default(),
+        janitor_interval: None,
+        reload_from: None,
     })
     .await
     .map_err(|e| miette!("{e}"))?;

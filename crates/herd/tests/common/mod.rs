@@ -80,6 +80,28 @@ impl Server {
         )
     }
 
+    /// A server on SQLite on this data directory (a restored backup): its
+    /// admin token is the one in it.
+    pub fn start_on_data(data: &Path) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (child, url) = spawn_server(data, "127.0.0.1:0", &[], None);
+        let token = std::fs::read_to_string(data.join("admin-token"))
+            .expect("admin token in the data directory")
+            .trim()
+            .to_string();
+        Server {
+            url,
+            data: data.to_path_buf(),
+            token,
+            child,
+            dir,
+            args: Vec::new(),
+            database: None,
+            pin: None,
+            open_files: None,
+        }
+    }
+
     /// A server on a fresh PostgreSQL database (whatever HERD_TEST_BACKEND says).
     pub fn start_on_postgres(config: &str, extra: &[&str]) -> Server {
         Self::launch(config, extra, Some(fresh_postgres_database()), None)
