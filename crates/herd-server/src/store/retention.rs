@@ -141,7 +141,7 @@ impl Store {
         }
         let list = placeholders(1, ids.len());
         let log_bytes_sql = format!(
-            "SELECT COALESCE(SUM(LENGTH(data)), 0) AS n FROM log_chunks WHERE attempt_id IN ({})",
+            "SELECT CAST(COALESCE(SUM(LENGTH(data)), 0) AS BIGINT) AS n FROM log_chunks WHERE attempt_id IN ({})",
             attempts_of(ids.len())
         );
         let blobs_sql = format!("SELECT DISTINCT sha256 FROM artifacts WHERE build_id IN ({list})");
@@ -200,7 +200,7 @@ impl Store {
         }
         let mut tx = self.write.begin().await?;
         let log_bytes_sql = format!(
-            "SELECT COALESCE(SUM(LENGTH(data)), 0) AS n FROM log_chunks WHERE attempt_id IN ({})",
+            "SELECT CAST(COALESCE(SUM(LENGTH(data)), 0) AS BIGINT) AS n FROM log_chunks WHERE attempt_id IN ({})",
             attempts_of(ids.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(log_bytes_sql.clone()));
@@ -278,7 +278,7 @@ impl Store {
         let mut total = 0;
         for chunk in ids.chunks(500) {
             let sql = format!(
-                "SELECT COALESCE(SUM(LENGTH(data)), 0) AS n FROM log_chunks WHERE attempt_id IN ({})",
+                "SELECT CAST(COALESCE(SUM(LENGTH(data)), 0) AS BIGINT) AS n FROM log_chunks WHERE attempt_id IN ({})",
                 attempts_of(chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
@@ -295,7 +295,7 @@ impl Store {
         let mut total = 0;
         for chunk in ids.chunks(500) {
             let sql = format!(
-                "SELECT COALESCE(SUM(size), 0) AS n FROM artifacts WHERE build_id IN ({})",
+                "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS n FROM artifacts WHERE build_id IN ({})",
                 placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
