@@ -215,6 +215,9 @@ pub struct WorkerWhyNot {
     /// The first requirement it fails; null when it could run the job.
     pub unmet: Option<String>,
     pub state: WorkerFit,
+    /// More about the state, in the worker's words (why its disk is low).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// How a connected worker stands towards a job.
@@ -229,6 +232,9 @@ pub enum WorkerFit {
     Paused,
     /// It lost jobs again and again and rests a while.
     Quarantined,
+    /// Its disk is too full even without unused workspaces: no new jobs
+    /// until space is freed (`detail` says how full).
+    LowDisk,
     /// Every slot is taken.
     Busy,
     /// It could take the job now.
@@ -310,6 +316,7 @@ crate::wire_names!(WorkerFit {
     Draining => "draining",
     Paused => "paused",
     Quarantined => "quarantined",
+    LowDisk => "low_disk",
     Busy => "busy",
     Free => "free",
 });

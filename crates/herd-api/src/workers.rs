@@ -41,6 +41,20 @@ pub struct Worker {
     pub last_change: i64,
     /// Quarantined (it lost jobs again and again) until then.
     pub quarantined_until: Option<i64>,
+    /// The disk its workspaces live on, as it last said.
+    #[serde(default)]
+    pub disk: Option<WorkerDisk>,
+}
+
+/// The disk a worker keeps its workspaces on, as the worker said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerDisk {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    /// Workspaces kept warm.
+    pub workspaces: u32,
+    /// Set while it takes no new jobs because the disk is too full: why.
+    pub low: Option<String>,
 }
 
 /// `GET /api/v1/workers`.

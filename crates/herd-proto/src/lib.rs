@@ -76,6 +76,8 @@ pub enum WorkerMsg {
     Draining,
     /// The worker stops now: every attempt it ran is dead, move them at once.
     Stopping,
+    /// Its disk changed: while `low` is set it takes no new jobs.
+    Disk(DiskReport),
     /// A shard of a split step asks for tests to run, reporting the batch
     /// it ran before. The server answers with [`ServerMsg::Split`] carrying
     /// the same `req`; asking again (after a lost answer) is harmless.
@@ -196,6 +198,23 @@ pub struct Hello {
     /// The worker is shutting down gracefully: send it no new jobs.
     #[serde(default)]
     pub draining: bool,
+    /// Its disk where workspaces live (then [`WorkerMsg::Disk`] on change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskReport>,
+}
+
+/// The disk where a worker keeps its workspaces, as the worker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskReport {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    /// Workspaces kept warm on it.
+    pub workspaces: u32,
+    /// Set while the worker takes no new jobs because the disk is too
+    /// full even after removing every unused workspace: why, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

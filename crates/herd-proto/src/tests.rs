@@ -14,6 +14,12 @@ fn hello_round_trips_and_has_stable_json() {
             first_unacked_seq: 3,
         }],
         draining: false,
+        disk: Some(DiskReport {
+            free_bytes: 10,
+            total_bytes: 100,
+            workspaces: 3,
+            low: None,
+        }),
     });
     let text = hello.encode();
     assert!(
@@ -21,6 +27,19 @@ fn hello_round_trips_and_has_stable_json() {
         "{text}"
     );
     assert_eq!(WorkerMsg::decode(&text).unwrap(), hello);
+}
+
+#[test]
+fn a_disk_report_round_trips() {
+    let msg = WorkerMsg::Disk(DiskReport {
+        free_bytes: 1,
+        total_bytes: 2,
+        workspaces: 0,
+        low: Some("low disk".into()),
+    });
+    let text = msg.encode();
+    assert!(text.starts_with(r#"{"type":"disk","free_bytes":1"#), "{text}");
+    assert_eq!(WorkerMsg::decode(&text).unwrap(), msg);
 }
 
 #[test]

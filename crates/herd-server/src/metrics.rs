@@ -98,6 +98,7 @@ pub struct Live {
     pub workers_paused: u64,
     pub workers_quarantined: u64,
     pub workers_draining: u64,
+    pub workers_low_disk: u64,
     /// Bytes of the SQLite file (and its WAL); None on PostgreSQL.
     pub database_bytes: Option<u64>,
 }
@@ -386,6 +387,7 @@ impl Metrics {
             ("paused", live.workers_paused),
             ("quarantined", live.workers_quarantined),
             ("draining", live.workers_draining),
+            ("low_disk", live.workers_low_disk),
         ] {
             self.workers
                 .get_or_create(&StateLabel {

@@ -68,6 +68,13 @@ pub async fn run(
         }
     };
     let executors = Arc::new(AtomicUsize::new(0));
+    let disk = crate::disk::DiskKeeper::new(crate::disk::Workspaces::new(
+        opts.workdir.clone(),
+        opts.disk,
+    ));
+    // The first pass before the first hello, so that it carries the disk.
+    disk.pass().await;
+    let disk_task = tokio::spawn(Arc::clone(&disk).run(opts.disk_interval));
     let split = Arc::new(SplitLink::default());
     let secrets = crate::mask::KnownSecrets::new(vec![opts.token.trim().to_string()]);
     let mut failures: u32 = 0;
@@ -83,6 +90,7 @@ pub async fn run(
             split: Arc::clone(&split),
             tls: tls.clone(),
             secrets: secrets.clone(),
+            disk: Arc::clone(&disk),
         };
         let url = &urls[current % urls.len()];
         match session(url, &opts, &outbox, &shared, &mut shutdown).await {
@@ -117,6 +125,7 @@ pub async fn run(
     while executors.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    disk_task.abort();
     if let Some(r) = reaper {
         r.finish();
     }
@@ -133,6 +142,7 @@ struct Shared {
     /// The worker's token and the secrets of its running jobs: masked in
     /// all it sends.
     secrets: crate::mask::KnownSecrets,
+    disk: Arc<crate::disk::DiskKeeper>,
 }
 
 /// Exponential backoff with full jitter between half and all of the step.
@@ -216,6 +226,7 @@ async fn handshake<'a>(
         facts: facts::gather(),
         running: outbox.running(),
         draining: *shutdown.borrow() == Shutdown::Drain,
+        disk: shared.disk.current(),
     });
     if let Err(e) = sink.send(Message::Text(hello.encode().into())).await {
         return Err(SessionEnd::Lost(format!("cannot send hello: {e}")));
@@ -254,6 +265,7 @@ async fn handshake<'a>(
         secrets: shared.secrets.clone(),
         worker_name: name,
         workdir: opts.workdir.clone(),
+        disk: Arc::clone(&shared.disk),
         reaper: shared.reaper.clone(),
         split: Arc::clone(&shared.split),
     });
@@ -264,7 +276,11 @@ async fn handshake<'a>(
     ));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (ctl_tx, ctl_rx) = tokio::sync::mpsc::unbounded_channel::<WorkerMsg>();
+    let mut disk = shared.disk.subscribe();
+    // The hello carried the current report.
+    disk.mark_unchanged();
     Ok(Session {
+        disk,
         ctx,
         outbox,
         executors: &shared.executors,
@@ -344,6 +360,8 @@ struct Session<'a> {
     probed: HashSet<String>,
     /// Probes this worker defines itself (`--probe NAME=COMMAND`).
     own_probes: Arc<std::collections::BTreeMap<String, String>>,
+    /// The disk keeper's reports: sent when they change.
+    disk: watch::Receiver<Option<herd_proto::DiskReport>>,
 }
 
 impl Session<'_> {
@@ -409,6 +427,10 @@ impl Session<'_> {
             _ = ready, if !more => Event::OutboxReady,
             Some(msg) = self.split_rx.recv() => Event::Outgoing(msg),
             Some(msg) = self.ctl_rx.recv() => Event::Outgoing(msg),
+            Ok(()) = self.disk.changed() => match self.disk.borrow_and_update().clone() {
+                Some(report) => Event::Outgoing(WorkerMsg::Disk(report)),
+                None => Event::OutboxReady,
+            },
             _ = tokio::time::sleep_until((self.last_heard + self.hb_timeout).into()) => Event::Silence,
             _ = self.heartbeat.tick() => Event::HeartbeatDue,
             _ = emptied, if draining => Event::Emptied,

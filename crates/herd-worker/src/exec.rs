@@ -39,6 +39,8 @@ pub struct JobContext {
     /// Where split steps ask the server for batches.
     pub split: std::sync::Arc<crate::split::SplitLink>,
     pub workdir: PathBuf,
+    /// Workspaces and the disk they live on.
+    pub disk: std::sync::Arc<crate::disk::DiskKeeper>,
     pub reaper: Option<std::sync::Arc<crate::reaper::Reaper>>,
     /// What this worker must never send: its own token, and the secrets of
     /// the jobs it runs now (probes mask their output with them too).
@@ -67,20 +69,36 @@ pub async fn run_job(
     };
     let masker = output.mask.clone();
     let masked = |text: Option<String>| text.map(|t| crate::mask::mask_opt(masker.as_deref(), &t));
-    let workspace = ctx
-        .workdir
-        .join(safe(&job.project))
-        .join(safe(&job.builder))
-        .join(safe(&job.job));
+    let parts = [safe(&job.project), safe(&job.builder), safe(&job.job)];
+    let mut workspace = ctx.workdir.clone();
+    workspace.extend(&parts);
     let mut failed = false;
     let mut error: Option<String> = None;
     let mut cancelled = false;
-    if let Err(e) = std::fs::create_dir_all(&workspace) {
-        error = Some(format!(
-            "cannot create workspace {}: {e}",
-            workspace.display()
-        ));
-    }
+    // Held while the job runs: the disk keeper never removes it meanwhile.
+    let keeper = std::sync::Arc::clone(&ctx.disk);
+    let taken = tokio::task::spawn_blocking(move || {
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        keeper.workspaces.take(&parts)
+    })
+    .await;
+    let _workspace_held = match taken {
+        Ok(Ok(guard)) => Some(OnDrop(Some(guard), std::sync::Arc::clone(&ctx.disk))),
+        Ok(Err(e)) => {
+            error = Some(format!(
+                "cannot create workspace {}: {e}",
+                workspace.display()
+            ));
+            None
+        }
+        Err(e) => {
+            error = Some(format!(
+                "cannot create workspace {}: {e}",
+                workspace.display()
+            ));
+            None
+        }
+    };
     let mut base_env = BTreeMap::new();
     base_env.insert("HERD_BUILD_ID".to_string(), job.build.to_string());
     base_env.insert("HERD_PROJECT".to_string(), job.project.clone());
@@ -372,6 +390,20 @@ async fn run_step(
 }
 
 /// A path component made from a name the server sent.
+/// A held workspace that, when the job ends, lets go and asks the disk
+/// keeper to look again.
+struct OnDrop(
+    Option<crate::disk::WorkspaceGuard>,
+    std::sync::Arc<crate::disk::DiskKeeper>,
+);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        self.1.poke();
+    }
+}
+
 fn safe(name: &str) -> String {
     let s: String = name
         .chars()

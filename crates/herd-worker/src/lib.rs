@@ -6,6 +6,7 @@
 
 mod artifacts;
 mod conn;
+pub mod disk;
 pub mod exec;
 pub mod facts;
 pub mod install;
@@ -43,6 +44,10 @@ pub struct WorkerOptions {
     /// Custom probes this worker defines itself: name -> shell command.
     /// They win over the server's definition of the same name.
     pub probes: BTreeMap<String, String>,
+    /// When workspaces are removed and when the worker stops taking jobs.
+    pub disk: disk::DiskPolicy,
+    /// How often the worker looks at its disk (also after every job).
+    pub disk_interval: std::time::Duration,
 }
 
 /// What the worker's owner asked for.

@@ -369,7 +369,9 @@ pub(super) fn worker_why_not_view(w: &crate::hub::WorkerWhyNot) -> herd_api::bui
     herd_api::builds::WorkerWhyNot {
         worker: w.worker.clone(),
         unmet: w.unmet.clone(),
+        detail: w.detail.clone(),
         state: match w.state {
+            Fit::LowDisk => WorkerFit::LowDisk,
             Fit::Incapable => WorkerFit::Incapable,
             Fit::Draining => WorkerFit::Draining,
             Fit::Paused => WorkerFit::Paused,

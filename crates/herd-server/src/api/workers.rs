@@ -375,5 +375,15 @@ fn worker_view(
         first_seen: w.first_seen,
         last_change: w.last_change,
         quarantined_until,
+        disk: w
+            .disk
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<herd_proto::DiskReport>(d).ok())
+            .map(|d| herd_api::workers::WorkerDisk {
+                free_bytes: d.free_bytes,
+                total_bytes: d.total_bytes,
+                workspaces: d.workspaces,
+                low: d.low,
+            }),
     }
 }

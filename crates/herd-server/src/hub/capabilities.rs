@@ -128,17 +128,20 @@ impl Hub {
                 .map(|u| u.message);
                 let full = w.running.len() as u32 + w.reserved >= w.slots;
                 let quarantined = Self::quarantined(&st, name);
+                let low_disk = w.disk.as_ref().and_then(|d| d.low.clone());
                 let state = match (&unmet, w.draining, w.paused, full) {
                     (Some(_), _, _, _) => Fit::Incapable,
                     (None, true, _, _) => Fit::Draining,
                     (None, _, true, _) => Fit::Paused,
                     _ if quarantined => Fit::Quarantined,
+                    _ if low_disk.is_some() => Fit::LowDisk,
                     (None, false, false, true) => Fit::Busy,
                     (None, false, false, false) => Fit::Free,
                 };
                 WorkerWhyNot {
                     worker: name.clone(),
                     unmet,
+                    detail: low_disk.filter(|_| state == Fit::LowDisk),
                     state,
                 }
             })
@@ -169,6 +172,17 @@ impl Hub {
             format!("no worker is online{since}")
         } else if capable.is_empty() {
             format!("no capable worker online{since}: none of the online workers meets the requirements")
+        } else if workers
+            .iter()
+            .filter(|w| w.unmet.is_none())
+            .all(|w| !matches!(w.state, Fit::Busy | Fit::Free))
+        {
+            let notes: Vec<String> = workers
+                .iter()
+                .filter(|w| w.unmet.is_none())
+                .map(|w| format!("{} ({})", w.worker, w.note()))
+                .collect();
+            format!("no capable worker takes jobs now: {}", notes.join(", "))
         } else {
             format!("waiting for a free slot on {}", capable.join(", "))
         };
@@ -270,7 +284,19 @@ pub struct WorkerWhyNot {
     pub worker: String,
     /// None when the worker could run the job (it is busy or paused).
     pub unmet: Option<String>,
+    /// More about the state: the worker's own words on its low disk.
+    pub detail: Option<String>,
     pub state: Fit,
+}
+
+impl WorkerWhyNot {
+    /// The state, with its detail when there is one.
+    pub fn note(&self) -> String {
+        match &self.detail {
+            Some(d) => d.clone(),
+            None => self.state.as_str().to_string(),
+        }
+    }
 }
 
 /// How a connected worker stands towards a job.
@@ -281,6 +307,8 @@ pub enum Fit {
     Draining,
     Paused,
     Quarantined,
+    /// Its disk is too full: it takes no new jobs until space is freed.
+    LowDisk,
     /// Every slot is taken.
     Busy,
     Free,
@@ -293,6 +321,7 @@ impl Fit {
             Fit::Draining => "draining",
             Fit::Paused => "paused",
             Fit::Quarantined => "quarantined",
+            Fit::LowDisk => "low disk",
             Fit::Busy => "busy",
             Fit::Free => "free",
         }

@@ -90,6 +90,7 @@ impl Hub {
             live.workers_busy += u64::from(!w.running.is_empty());
             live.workers_paused += u64::from(w.paused);
             live.workers_draining += u64::from(w.draining);
+            live.workers_low_disk += u64::from(w.disk.as_ref().is_some_and(|d| d.low.is_some()));
             live.workers_quarantined += u64::from(Self::quarantined(&st, name));
         }
         live

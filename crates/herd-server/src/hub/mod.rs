@@ -113,6 +113,25 @@ struct LiveWorker {
     draining: bool,
     /// Paused by an admin: no new jobs; running ones finish. Kept in the store.
     paused: bool,
+    /// Its disk as it last said; while `low` is set it takes no new jobs.
+    disk: Option<herd_proto::DiskReport>,
+}
+
+/// What a worker says of its disk is its word: its reason is cut short
+/// before it is kept and shown.
+fn bounded_disk(mut d: herd_proto::DiskReport) -> herd_proto::DiskReport {
+    const MAX_REASON: usize = 500;
+    if let Some(low) = &mut d.low {
+        if low.len() > MAX_REASON {
+            let mut end = MAX_REASON;
+            while !low.is_char_boundary(end) {
+                end -= 1;
+            }
+            low.truncate(end);
+            low.push('…');
+        }
+    }
+    d
 }
 
 struct Orphan {
@@ -427,6 +446,7 @@ impl Hub {
                     recent: VecDeque::new(),
                     draining: hello.draining,
                     paused,
+                    disk: hello.disk.clone().map(bounded_disk),
                 },
             );
             conn_id
@@ -444,10 +464,16 @@ impl Hub {
                     first_seen: 0,
                     last_change: 0,
                     away_notified_at: None,
+                    disk: None,
                 },
                 &self.server_id,
             )
             .await?;
+        if let Some(d) = &hello.disk {
+            self.store
+                .set_worker_disk(name, &bounded_disk(d.clone()))
+                .await?;
+        }
         self.wake();
         self.changed();
         Ok(Admitted {
@@ -538,6 +564,30 @@ impl Hub {
         self.wake();
         self.changed();
         Ok(true)
+    }
+
+    /// The worker said how its disk is. Stored when its low state changed
+    /// (the worker sends only changes, at most about one a minute else).
+    pub async fn set_disk(
+        &self,
+        name: &str,
+        conn_id: u64,
+        disk: herd_proto::DiskReport,
+    ) -> Result<(), StoreError> {
+        let disk = bounded_disk(disk);
+        {
+            let mut st = self.lock();
+            match st.workers.get_mut(name) {
+                Some(w) if w.conn_id == conn_id => w.disk = Some(disk.clone()),
+                _ => return Ok(()),
+            }
+        }
+        self.store.set_worker_disk(name, &disk).await?;
+        if disk.low.is_none() {
+            self.wake();
+        }
+        self.changed();
+        Ok(())
     }
 
     /// The worker changed its mind about taking jobs (draining on SIGTERM).
@@ -676,7 +726,10 @@ impl Hub {
                         .collect(),
                     name: name.clone(),
                     free_slots: w.slots.saturating_sub(w.running.len() as u32 + w.reserved),
-                    accepting: !w.draining && !w.paused && !Self::quarantined(&st, name),
+                    accepting: !w.draining
+                        && !w.paused
+                        && w.disk.as_ref().is_none_or(|d| d.low.is_none())
+                        && !Self::quarantined(&st, name),
                     caps: capabilities(w, &st.probe_set),
                     trusted_caps: trusted_capabilities(w),
                     recent_builders: w.recent.iter().cloned().collect(),

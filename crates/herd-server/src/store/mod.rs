@@ -377,6 +377,17 @@ impl Store {
         Ok(())
     }
 
+    /// What a worker said of its disk (JSON of `herd_proto::DiskReport`).
+    pub async fn set_worker_disk(&self, name: &str, disk: &herd_proto::DiskReport) -> Result<()> {
+        let text = serde_json::to_string(disk).unwrap_or_else(|_| "{}".into());
+        sqlx::query("UPDATE workers SET disk = $2 WHERE name = $1")
+            .bind(name)
+            .bind(text)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
     /// Pauses or resumes a worker; false when no such worker has connected yet.
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<bool> {
         let res = sqlx::query("UPDATE workers SET paused = $2 WHERE name = $1")

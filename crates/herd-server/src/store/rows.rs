@@ -77,6 +77,8 @@ pub struct WorkerRow {
     pub last_change: i64,
     /// When its owner was told it is away (None: not told, or back).
     pub away_notified_at: Option<i64>,
+    /// Its disk as it last said (JSON of `herd_proto::DiskReport`).
+    pub disk: Option<String>,
 }
 
 impl WorkerRow {
@@ -92,6 +94,7 @@ impl WorkerRow {
             first_seen: get(r, "first_seen")?,
             last_change: get(r, "last_change")?,
             away_notified_at: get(r, "away_notified_at")?,
+            disk: get(r, "disk")?,
         })
     }
 }

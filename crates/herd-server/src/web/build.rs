@@ -151,7 +151,7 @@ pub async fn build_page(
                 .iter()
                 .map(|x| match &x.unmet {
                     Some(u) => format!("{}: {u}", x.worker),
-                    None => format!("{}: {}", x.worker, x.state.as_str()),
+                    None => format!("{}: {}", x.worker, x.note()),
                 })
                 .collect();
             (Some(w.summary), why)

@@ -52,7 +52,7 @@ pub async fn builder(
     let (mut capable, mut incapable) = (Vec::new(), Vec::new());
     for w in &why.workers {
         match &w.unmet {
-            None => capable.push((w.worker.clone(), w.state.as_str().to_string())),
+            None => capable.push((w.worker.clone(), w.note())),
             Some(u) => incapable.push((w.worker.clone(), u.clone())),
         }
     }

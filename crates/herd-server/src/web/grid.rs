@@ -243,7 +243,7 @@ pub async fn grid_page(
             } else {
                 capable
                     .iter()
-                    .map(|w| format!("{} ({})", w.worker, w.state.as_str()))
+                    .map(|w| format!("{} ({})", w.worker, w.note()))
                     .collect::<Vec<_>>()
                     .join(", ")
             };

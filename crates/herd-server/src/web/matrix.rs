@@ -90,7 +90,7 @@ async fn rows(app: &App) -> Result<Matrix, crate::store::StoreError> {
                 Some(x) => match &x.unmet {
                     None => MatrixCell {
                         can: true,
-                        note: x.state.as_str().to_string(),
+                        note: x.note(),
                     },
                     Some(why) => MatrixCell {
                         can: false,

@@ -124,11 +124,18 @@ pub(super) fn worker_state(app: &App, w: &crate::store::WorkerRow) -> String {
         "quarantined".into()
     } else if w.paused {
         "paused".into()
+    } else if w.online && disk_of(w).is_some_and(|d| d.low.is_some()) {
+        "low-disk".into()
     } else if w.online {
         "online".into()
     } else {
         "offline".into()
     }
+}
+
+/// What the worker last said of its disk.
+pub(super) fn disk_of(w: &crate::store::WorkerRow) -> Option<herd_proto::DiskReport> {
+    serde_json::from_str(w.disk.as_deref()?).ok()
 }
 
 pub(super) fn json_map(s: &str) -> BTreeMap<String, String> {

@@ -128,6 +128,10 @@ pub struct WorkerPage {
     pub server_labels: Vec<(String, String)>,
     pub facts: Vec<(String, String)>,
     pub probes: Vec<ProbeView>,
+    /// "12.3 GB free of 100.0 GB · 7 workspaces"; empty before it said.
+    pub disk: String,
+    /// Why it takes no new jobs for its disk; empty when it does.
+    pub disk_low: String,
 }
 
 pub async fn worker(
@@ -155,8 +159,21 @@ pub async fn worker(
         .into_iter()
         .map(|(b, job, n, st, at)| (b, job, n, st, ago(at)))
         .collect();
+    let disk = super::view::disk_of(&w);
     render(&WorkerPage {
         page: Page::new(&app, &headers, true),
+        disk: disk
+            .as_ref()
+            .map(|d| {
+                format!(
+                    "{} free of {} · {} workspace(s)",
+                    herd_core::size::human_bytes(d.free_bytes),
+                    herd_core::size::human_bytes(d.total_bytes),
+                    d.workspaces
+                )
+            })
+            .unwrap_or_default(),
+        disk_low: disk.and_then(|d| d.low).unwrap_or_default(),
         recent,
         state: worker_state(&app, &w),
         since: ago(w.last_change),

@@ -41,6 +41,8 @@ pub(super) struct Batch {
     splits: Vec<herd_proto::SplitRequest>,
     /// The worker said it stops now: its attempts are dead.
     stopping: bool,
+    /// The last disk report of the batch (only the last one counts).
+    disk: Option<herd_proto::DiskReport>,
     pub bytes: usize,
     pub frames: usize,
 }
@@ -143,6 +145,10 @@ impl Ledger {
                 }
                 Ok(WorkerMsg::Stopping) => {
                     batch.stopping = true;
+                    Flow::Continue
+                }
+                Ok(WorkerMsg::Disk(report)) => {
+                    batch.disk = Some(report);
                     Flow::Continue
                 }
                 Ok(WorkerMsg::ProbeResults { results }) => {
@@ -381,6 +387,9 @@ impl Ledger {
                 req: req.req,
                 reply,
             });
+        }
+        if let Some(disk) = batch.disk {
+            hub.set_disk(&self.name, self.conn_id, disk).await?;
         }
         if batch.stopping {
             hub.stopping(&self.name, self.conn_id).await?;

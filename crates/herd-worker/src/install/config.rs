@@ -26,6 +26,12 @@ pub struct WorkerConfig {
     /// The server's TLS pin (`sha256//…`), from the install one-liner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_pin: Option<String>,
+    /// Free space to keep where workspaces live (`10%`, `20GB`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_free: Option<String>,
+    /// Workspaces kept warm at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_workspaces: Option<usize>,
     /// What `herd worker install` set up, for `uninstall` and `upgrade`.
     #[serde(default)]
     pub install: Option<InstallInfo>,
@@ -84,6 +90,8 @@ mod tests {
             labels: BTreeMap::from([("gpu".into(), "a100".into())]),
             probes: BTreeMap::from([("wx".into(), "wx-config --version".into())]),
             tls_pin: None,
+            min_free: Some("15%".into()),
+            max_workspaces: Some(20),
             install: Some(InstallInfo {
                 user: "herd".into(),
                 home: "/var/lib/herd".into(),

@@ -221,6 +221,9 @@ pub async fn install(opts: InstallOptions) -> Result<(), String> {
             .map(|c| c.probes.clone())
             .unwrap_or_default(),
         tls_pin: opts.tls_pin.clone(),
+        // A reinstall keeps what the machine's owner set.
+        min_free: existing.as_ref().and_then(|c| c.min_free.clone()),
+        max_workspaces: existing.as_ref().and_then(|c| c.max_workspaces),
         install: Some(InstallInfo {
             user: layout.user.clone(),
             home: layout.home.clone(),

@@ -141,6 +141,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
             herd_bin: std::env::current_exe().ok(),
             tls_pin: None,
             probes: Default::default(),
+            disk: Default::default(),
+            disk_interval: herd_worker::disk::DEFAULT_INTERVAL,
         },
         stop_rx,
     ));

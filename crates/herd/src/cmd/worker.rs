@@ -48,6 +48,52 @@ pub struct WorkerArgs {
     /// exactly that key rather than the machine's CAs.
     #[arg(long, env = "HERD_TLS_PIN")]
     tls_pin: Option<String>,
+    #[command(flatten)]
+    disk: DiskArgs,
+    /// Seconds between two looks at the disk (the worker also looks after
+    /// every job).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    disk_interval: u64,
+}
+
+/// How a worker keeps its disk.
+#[derive(Args, Clone)]
+pub struct DiskArgs {
+    /// Free space to keep where workspaces live: a percentage of the disk
+    /// or a size (`10%`, `20GB`). Under it, least recently used workspaces
+    /// are removed; if that is not enough the worker takes no new jobs
+    /// (default 10%).
+    #[arg(long, value_name = "PERCENT|SIZE")]
+    min_free: Option<String>,
+    /// Workspaces kept warm at most; the least recently used go first
+    /// (default 50).
+    #[arg(long, value_name = "N")]
+    max_workspaces: Option<usize>,
+}
+
+impl DiskArgs {
+    /// The policy: these flags, else the config file's, else the defaults.
+    fn policy(
+        &self,
+        file: Option<&herd_worker::install::WorkerConfig>,
+    ) -> Result<herd_worker::disk::DiskPolicy> {
+        let default = herd_worker::disk::DiskPolicy::default();
+        let min_free = match self
+            .min_free
+            .clone()
+            .or(file.and_then(|f| f.min_free.clone()))
+        {
+            Some(t) => herd_worker::disk::MinFree::parse(&t).map_err(|e| miette!("{e}"))?,
+            None => default.min_free,
+        };
+        Ok(herd_worker::disk::DiskPolicy {
+            min_free,
+            max_workspaces: self
+                .max_workspaces
+                .or(file.and_then(|f| f.max_workspaces))
+                .unwrap_or(default.max_workspaces),
+        })
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -107,6 +153,24 @@ pub enum WorkerCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Remove workspaces now, least recently used first, as the running
+    /// worker would (never one a job holds, also of a running worker).
+    Gc {
+        /// The worker's config file (for its work directory and limits).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The work directory (default: the config file's, else ./herd-work).
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        #[command(flatten)]
+        disk: DiskArgs,
+        /// Remove every workspace no job holds.
+        #[arg(long)]
+        all: bool,
+        /// Say what would go; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 async fn run_command(cmd: WorkerCommand) -> Result<ExitCode> {
@@ -154,9 +218,74 @@ async fn run_command(cmd: WorkerCommand) -> Result<ExitCode> {
             herd_worker::install::uninstall(config.as_deref(), purge).await
         }
         WorkerCommand::Upgrade { config } => herd_worker::install::upgrade(config.as_deref()).await,
+        WorkerCommand::Gc {
+            config,
+            workdir,
+            disk,
+            all,
+            dry_run,
+        } => return gc(config, workdir, &disk, all, dry_run),
     };
     result.map_err(|e| miette!("{e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn gc(
+    config: Option<PathBuf>,
+    workdir: Option<PathBuf>,
+    disk: &DiskArgs,
+    all: bool,
+    dry_run: bool,
+) -> Result<ExitCode> {
+    let file = match &config {
+        Some(p) => Some(herd_worker::install::WorkerConfig::load(p).map_err(|e| miette!("{e}"))?),
+        None => None,
+    };
+    let workdir = workdir
+        .or(file.as_ref().map(|f| f.workdir.clone()))
+        .unwrap_or_else(|| PathBuf::from("./herd-work"));
+    if !workdir.is_dir() {
+        return Err(miette!(
+            "{} is not a directory: give the worker's --workdir (or --config FILE)",
+            workdir.display()
+        ));
+    }
+    let keeper = herd_worker::disk::Workspaces::new(workdir, disk.policy(file.as_ref())?);
+    let out = keeper.gc(all, dry_run).map_err(|e| {
+        miette!(
+            "cannot look after the workspaces in {}: {e}",
+            keeper.root.display()
+        )
+    })?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for e in &out.removed {
+        let ago = e.last_used.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+        println!("{verb} {} (last used {})", e.path.display(), ago_text(ago));
+    }
+    let r = &out.report;
+    println!(
+        "{} workspace(s) {}, {} kept ({} in use); {} free of {}",
+        out.removed.len(),
+        if dry_run { "would go" } else { "removed" },
+        r.workspaces,
+        out.in_use,
+        herd_core::size::human_bytes(r.free_bytes),
+        herd_core::size::human_bytes(r.total_bytes)
+    );
+    if let Some(why) = &r.low {
+        eprintln!("{why}");
+        return Ok(ExitCode::from(crate::exit_codes::FAILED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ago_text(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        7200..=172_799 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
 }
 
 pub fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
@@ -231,6 +360,8 @@ pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
             .tls_pin
             .or(file.as_ref().and_then(|f| f.tls_pin.clone())),
         probes,
+        disk: args.disk.policy(file.as_ref())?,
+        disk_interval: std::time::Duration::from_secs(args.disk_interval),
     };
     let (tx, rx) = tokio::sync::watch::channel(Shutdown::Run);
     tokio::spawn(shutdown_signals(tx));

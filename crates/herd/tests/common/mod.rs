@@ -253,13 +253,17 @@ impl Server {
 
     /// A worker started with extra command-line arguments (`--probe …`).
     pub fn worker_with_args(&self, name: &str, args: &[&str]) -> Worker {
+        self.worker_with_slots_and_args(name, 1, args)
+    }
+
+    pub fn worker_with_slots_and_args(&self, name: &str, slots: u32, args: &[&str]) -> Worker {
         let token = self.worker_token(name);
         let workdir = self.dir.path().join(format!("work-{name}"));
         let mut env = Vec::new();
         if let Some(pin) = &self.pin {
             env.push(("HERD_TLS_PIN", pin.clone()));
         }
-        let w = Worker::spawn_full(&self.url, &token, name, &workdir, 1, &[], &env, args);
+        let w = Worker::spawn_full(&self.url, &token, name, &workdir, slots, &[], &env, args);
         self.wait_online(name);
         w
     }
