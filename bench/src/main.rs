@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 mod artifacts;
 mod cluster;
 mod failover;
+mod soak;
 mod split;
 mod web;
 
@@ -60,14 +61,16 @@ impl Bench {
         database: Option<&str>,
         token: Option<&str>,
     ) -> Bench {
-        let dir = tempfile::tempdir().unwrap();
         let mut config = String::from("projects:\n");
         for (name, p) in pipelines {
-            config.push_str(&format!("  {name}:\n    pipeline: |\n"));
-            for line in p.lines() {
-                config.push_str(&format!("      {line}\n"));
-            }
+            config.push_str(&project_config(name, p));
         }
+        Self::start_config(&config, database, token)
+    }
+
+    /// A server with this whole config file.
+    pub(crate) fn start_config(config: &str, database: Option<&str>, token: Option<&str>) -> Bench {
+        let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("herd-server.yml");
         std::fs::write(&cfg, config).unwrap();
         let mut child = Command::new(herd_bin())
@@ -202,6 +205,15 @@ impl Bench {
         }
         panic!("build {id} did not finish in {LIMIT:?}");
     }
+}
+
+/// One project's entry under `projects:` of a server config.
+pub(crate) fn project_config(name: &str, pipeline: &str) -> String {
+    let mut out = format!("  {name}:\n    pipeline: |\n");
+    for line in pipeline.lines() {
+        out.push_str(&format!("      {line}\n"));
+    }
+    out
 }
 
 pub(crate) fn rss_mb(pid: u32) -> f64 {
@@ -437,6 +449,13 @@ fn main() {
     }
     if run("split") {
         split::run();
+    }
+    // Long: only when named.
+    if which.iter().any(|w| w == "soak") {
+        rt.block_on(soak::run("{builds: 2000}"));
+    }
+    if which.iter().any(|w| w == "soak-forever") {
+        rt.block_on(soak::run("forever"));
     }
     if run("idle") {
         raise_fd_limit();

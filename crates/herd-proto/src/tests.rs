@@ -38,7 +38,10 @@ fn a_disk_report_round_trips() {
         low: Some("low disk".into()),
     });
     let text = msg.encode();
-    assert!(text.starts_with(r#"{"type":"disk","free_bytes":1"#), "{text}");
+    assert!(
+        text.starts_with(r#"{"type":"disk","free_bytes":1"#),
+        "{text}"
+    );
     assert_eq!(WorkerMsg::decode(&text).unwrap(), msg);
 }
 

@@ -385,6 +385,14 @@ pub async fn start(app: &App, req: BuildRequest, origin: Origin) -> Result<Start
         status_revision: req.status_revision.clone(),
     };
     let (build_id, job_ids) = store.create_build(&new).await?;
+    tracing::info!(
+        build = build_id,
+        project = %new.project,
+        revision = new.revision.as_deref().unwrap_or(""),
+        jobs = job_ids.len(),
+        "build {build_id} queued: {}",
+        new.reason
+    );
     let queued = job_ids
         .into_iter()
         .zip(jobs)
@@ -514,6 +522,7 @@ struct ErrorBuild<'a> {
 impl ErrorBuild<'_> {
     async fn record(&self, revision: Option<String>, error: String) -> Result<Started, StartError> {
         let app = self.app;
+        let why = error.clone();
         let (id, _) = app
             .hub
             .store
@@ -540,6 +549,11 @@ impl ErrorBuild<'_> {
                 status_revision: self.req.status_revision.clone(),
             })
             .await?;
+        tracing::warn!(
+            build = id,
+            project = %self.req.project,
+            "build {id} could not start: {why}"
+        );
         app.hub.changed();
         app.reporter.wake();
         Ok(Started::Build(id))

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tracing::Instrument;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -527,30 +528,37 @@ fn handle(
             if outbox.running().iter().any(|r| r.attempt == job.attempt) {
                 return None;
             }
-            tracing::info!(
-                "running attempt {} of build {} ({}/{}/{})",
-                job.attempt,
-                job.build,
-                job.project,
-                job.builder,
-                job.job
-            );
+            // Every line the job's life logs carries its build and attempt.
+            let span = tracing::info_span!("job", build = job.build, attempt = job.attempt);
+            span.in_scope(|| {
+                tracing::info!(
+                    "running attempt {} of build {} ({}/{}/{})",
+                    job.attempt,
+                    job.build,
+                    job.project,
+                    job.builder,
+                    job.job
+                )
+            });
             let stop = outbox.open(job.attempt);
             let ctx = Arc::clone(ctx);
             let outbox = outbox.clone();
             let executors = Arc::clone(executors);
             executors.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                run_job(&ctx, *job, outbox, stop).await;
-                executors.fetch_sub(1, Ordering::SeqCst);
-            });
+            tokio::spawn(
+                async move {
+                    run_job(&ctx, *job, outbox, stop).await;
+                    executors.fetch_sub(1, Ordering::SeqCst);
+                }
+                .instrument(span),
+            );
         }
         ServerMsg::Cancel { attempt, reason } => {
-            tracing::info!("cancelling attempt {attempt}: {reason}");
+            tracing::info!(attempt, "cancelling attempt {attempt}: {reason}");
             outbox.stop(attempt, StopKind::Cancel);
         }
         ServerMsg::Abandon { attempt, reason } => {
-            tracing::info!("abandoning attempt {attempt}: {reason}");
+            tracing::info!(attempt, "abandoning attempt {attempt}: {reason}");
             outbox.stop(attempt, StopKind::Abandon);
         }
         ServerMsg::Ack { attempt, seq } => outbox.ack(attempt, seq),

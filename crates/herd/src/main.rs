@@ -194,12 +194,32 @@ fn main() -> ExitCode {
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level.
-pub fn init_logging(default: &str) {
+/// How the server and the worker write their log (stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors: `timestamp`, `level`,
+    /// `message`, the event's fields (`build`, `attempt`, `worker` …) and
+    /// the current `span`'s (a worker's job: `build`, `attempt`).
+    Json,
+}
+
+pub fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }

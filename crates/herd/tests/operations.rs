@@ -417,3 +417,69 @@ fn reload_takes_a_good_config_and_keeps_the_old_one_for_a_broken_one() {
     let id = server.start_build("p", &[]);
     assert_eq!(server.wait_build(id, LIMIT)["state"], "success");
 }
+
+/// Every line of a JSON log is one JSON object; the lines of a build's life
+/// carry its id as a field (the server's) or in the job's span (the
+/// worker's).
+#[test]
+fn json_logs_are_one_object_per_line_and_carry_the_build_id() {
+    let flags = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(
+        &flag_config(flags.path(), "{builds: 10}"),
+        &["--log-format", "json"],
+    );
+    let w = server.worker_with_args("w1", &["--log-format", "json"]);
+    let id = server.start_build("p", &[]);
+    assert_eq!(server.wait_build(id, LIMIT)["state"], "success");
+    // The last line (the attempt's end) is written after the build shows.
+    let parse = |text: &str| -> Vec<Value> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+            })
+            .collect()
+    };
+    let lines = wait_until(LIMIT, "the server to log the attempt's end", || {
+        let lines = parse(&server.log());
+        lines
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.contains("ended")))
+            .then_some(lines)
+    });
+    for l in &lines {
+        assert!(
+            l["timestamp"].is_string() && l["level"].is_string() && l["message"].is_string(),
+            "{l}"
+        );
+    }
+    let of_build: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["build"] == id)
+        .filter_map(|l| l["message"].as_str())
+        .collect();
+    for what in ["queued", "assigned to w1", "ended"] {
+        assert!(
+            of_build.iter().any(|m| m.contains(what)),
+            "no `{what}` line with build={id}: {of_build:?}"
+        );
+    }
+    // A line that names the build carries its id as a field.
+    for l in &lines {
+        let m = l["message"].as_str().unwrap();
+        if m.contains(&format!("build {id} ")) {
+            assert_eq!(l["build"], id, "{l}");
+        }
+    }
+    let worker = parse(&w.log());
+    let running = worker
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("running attempt"))
+        })
+        .unwrap_or_else(|| panic!("{worker:?}"));
+    assert_eq!(running["span"]["build"], id, "{running}");
+    assert!(running["span"]["attempt"].is_i64(), "{running}");
+}

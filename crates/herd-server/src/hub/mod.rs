@@ -639,12 +639,28 @@ impl Hub {
         }
         match outcome {
             LostOutcome::Requeued(job_id) => {
-                tracing::info!("attempt {attempt} lost ({reason}); job {job_id} queued again");
                 let jobs = self.store.queued_jobs(Some(job_id)).await?;
+                let build = jobs.first().map(|j| j.build_id);
+                tracing::info!(
+                    build,
+                    attempt,
+                    job_id,
+                    "attempt {attempt} lost ({reason}); job {job_id} queued again"
+                );
                 self.enqueue(jobs);
             }
-            LostOutcome::GaveUp(FinishedJob { job_id, .. }) => {
-                tracing::warn!("attempt {attempt} lost ({reason}); job {job_id} gave up");
+            LostOutcome::GaveUp(FinishedJob {
+                job_id,
+                build_id,
+                build_state,
+            }) => {
+                tracing::warn!(
+                    build = build_id,
+                    attempt,
+                    job_id,
+                    build_state = build_state.as_str(),
+                    "attempt {attempt} lost ({reason}); job {job_id} gave up"
+                );
                 self.changed();
             }
             LostOutcome::AlreadyEnded => {}
@@ -857,8 +873,18 @@ impl Hub {
                 .store
                 .create_attempt(job.job_id, &worker, &names)
                 .await?;
-            if attempt.is_some() {
+            if let Some(a) = &attempt {
                 let waited = crate::store::now_ms().saturating_sub(job.queued_at).max(0);
+                tracing::info!(
+                    build = job.build_id,
+                    attempt = a.id,
+                    job_id = job.job_id,
+                    worker = %worker,
+                    waited_ms = waited,
+                    "job {}/{} assigned to {worker}",
+                    job.builder,
+                    job.job
+                );
                 crate::metrics::global().queue_waited(
                     &job.project,
                     &job.builder,

@@ -34,23 +34,35 @@ pub struct FinishedJob {
 /// Takes the build's row lock for the rest of the transaction (a no-op
 /// UPDATE: a row lock in PostgreSQL).
 pub(super) async fn lock_build(tx: &mut Tx<'_>, build_id: i64) -> Result<()> {
-    sqlx::query("UPDATE builds SET state = state WHERE id = $1")
+    lock_build_state(tx, build_id).await.map(|_| ())
+}
+
+/// [`lock_build`], returning the build's state as the lock found it (the
+/// same statement: no extra round trip). None: no such build.
+async fn lock_build_state(tx: &mut Tx<'_>, build_id: i64) -> Result<Option<String>> {
+    let row = sqlx::query("UPDATE builds SET state = state WHERE id = $1 RETURNING state")
         .bind(build_id)
-        .execute(&mut **tx)
+        .fetch_optional(&mut **tx)
         .await?;
-    Ok(())
+    Ok(row.map(|r| r.try_get("state")).transpose()?)
 }
 
 /// The build a job belongs to, with its lock taken.
 pub(super) async fn lock_build_of_job(tx: &mut Tx<'_>, job_id: i64) -> Result<Option<i64>> {
+    Ok(lock_build_of_job_state(tx, job_id).await?.map(|(id, _)| id))
+}
+
+/// [`lock_build_of_job`] with the build's state under the lock.
+async fn lock_build_of_job_state(tx: &mut Tx<'_>, job_id: i64) -> Result<Option<(i64, String)>> {
     let row = sqlx::query("SELECT build_id FROM jobs WHERE id = $1")
         .bind(job_id)
         .fetch_optional(&mut **tx)
         .await?;
     let Some(row) = row else { return Ok(None) };
     let build_id: i64 = row.try_get("build_id")?;
-    lock_build(tx, build_id).await?;
-    Ok(Some(build_id))
+    Ok(lock_build_state(tx, build_id)
+        .await?
+        .map(|state| (build_id, state)))
 }
 
 /// The build an attempt belongs to, with its lock taken.
@@ -76,7 +88,7 @@ pub(super) async fn finish_job(
     error: Option<&str>,
     now: i64,
 ) -> Result<FinishedJob> {
-    let build_id = lock_build_of_job(tx, job_id)
+    let (build_id, before) = lock_build_of_job_state(tx, job_id)
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("job {job_id} has no build")))?;
     sqlx::query("UPDATE jobs SET state = $2, error = $3, finished_at = $4 WHERE id = $1")
@@ -97,11 +109,6 @@ pub(super) async fn finish_job(
         })
         .collect::<Result<Vec<_>>>()?;
     let build_state = RunState::of_build(&states);
-    let before: String = sqlx::query("SELECT state FROM builds WHERE id = $1")
-        .bind(build_id)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get("state")?;
     let project: String = sqlx::query(
         "UPDATE builds SET state = $2, finished_at = CASE WHEN $3 = 1 THEN $4 ELSE finished_at END WHERE id = $1 \
          RETURNING project",

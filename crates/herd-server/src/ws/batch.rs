@@ -340,6 +340,22 @@ impl Ledger {
                     .get(&a.attempt)
                     .and_then(|c| c.builder_key.clone());
                 hub.applied(&self.name, a.attempt, &outcome, builder_key.as_deref());
+                if let Applied::Stored {
+                    finished: Some(f), ..
+                } = &outcome
+                {
+                    tracing::info!(
+                        build = f.build_id,
+                        attempt = a.attempt,
+                        job_id = f.job_id,
+                        worker = %self.name,
+                        build_state = f.build_state.as_str(),
+                        "attempt {} ended; build {} is {}",
+                        a.attempt,
+                        f.build_id,
+                        f.build_state.as_str()
+                    );
+                }
                 match outcome {
                     Applied::Behind => {
                         // Our cursor is ahead of the store: start over from

@@ -72,6 +72,10 @@ pub struct ServerArgs {
     /// (the way to replace the admin token; the API does not revoke it).
     #[arg(long)]
     new_admin_token: bool,
+    /// `text` for people, `json` (one object per line, with `build`,
+    /// `attempt`, `worker` fields on a build's lines) for log collectors.
+    #[arg(long, value_enum, default_value_t, env = "HERD_LOG_FORMAT")]
+    log_format: crate::LogFormat,
 }
 
 #[derive(clap::Subcommand)]
@@ -199,24 +203,24 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode> {
     if let Some(ServerCommand::Reload { client }) = &args.command {
         return super::ops::reload(client).await;
     }
-    crate::init_logging("info");
+    crate::init_logging("info", args.log_format);
     let opts = load(&args)?;
     let data_dir = opts.data_dir.clone();
     let server = herd_server::start(opts).await.map_err(|e| miette!("{e}"))?;
     if server.new_admin_token.is_some() {
-        eprintln!(
+        tracing::info!(
             "created the admin token: {}",
             data_dir.join(herd_server::ADMIN_TOKEN_FILE).display()
         );
     }
     if let Some(tls) = &server.tls {
-        eprintln!(
+        tracing::info!(
             "serving TLS with {}; its pin (workers and the CLI take it as --tls-pin or HERD_TLS_PIN): {}",
             tls.cert_path.display(),
             tls.pin
         );
         if let Some(ca) = &tls.ca_path {
-            eprintln!(
+            tracing::info!(
                 "the CA that signed it (for a browser's trust store): {}",
                 ca.display()
             );
@@ -232,7 +236,7 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode> {
     let hangups = spawn_reload_on_hangup(std::sync::Arc::clone(&server.app));
     super::stop_signal().await;
     hangups.abort();
-    eprintln!("stopping");
+    tracing::info!("stopping");
     server.stop().await;
     Ok(ExitCode::SUCCESS)
 }

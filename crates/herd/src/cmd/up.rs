@@ -59,7 +59,7 @@ builders:
 "#;
 
 pub async fn run(args: UpArgs) -> Result<ExitCode> {
-    crate::init_logging("warn");
+    crate::init_logging("warn", crate::LogFormat::Text);
     // Before anything is created: a taken port leaves no herd-data behind.
     if let Err(e) = std::net::TcpListener::bind(&args.listen) {
         return Err(miette!(

@@ -54,6 +54,9 @@ pub struct WorkerArgs {
     /// every job).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     disk_interval: u64,
+    /// `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, value_enum, default_value_t, env = "HERD_LOG_FORMAT")]
+    log_format: crate::LogFormat,
 }
 
 /// How a worker keeps its disk.
@@ -307,7 +310,7 @@ pub async fn run(args: WorkerArgs) -> Result<ExitCode> {
     if let Some(cmd) = args.command {
         return run_command(cmd).await;
     }
-    crate::init_logging("info");
+    crate::init_logging("info", args.log_format);
     let file = match &args.config {
         Some(p) => Some(herd_worker::install::WorkerConfig::load(p).map_err(|e| miette!("{e}"))?),
         None => None,
