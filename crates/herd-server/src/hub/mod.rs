@@ -7,6 +7,7 @@
 //! before a worker hears of it.
 
 mod capabilities;
+mod disk;
 mod health;
 mod needs;
 pub mod peers;
@@ -115,23 +116,8 @@ struct LiveWorker {
     paused: bool,
     /// Its disk as it last said; while `low` is set it takes no new jobs.
     disk: Option<herd_proto::DiskReport>,
-}
-
-/// What a worker says of its disk is its word: its reason is cut short
-/// before it is kept and shown.
-fn bounded_disk(mut d: herd_proto::DiskReport) -> herd_proto::DiskReport {
-    const MAX_REASON: usize = 500;
-    if let Some(low) = &mut d.low {
-        if low.len() > MAX_REASON {
-            let mut end = MAX_REASON;
-            while !low.is_char_boundary(end) {
-                end -= 1;
-            }
-            low.truncate(end);
-            low.push('…');
-        }
-    }
-    d
+    /// When its disk report was last stored.
+    disk_written: Option<Instant>,
 }
 
 struct Orphan {
@@ -446,7 +432,8 @@ impl Hub {
                     recent: VecDeque::new(),
                     draining: hello.draining,
                     paused,
-                    disk: hello.disk.clone().map(bounded_disk),
+                    disk: hello.disk.clone().map(disk::bounded),
+                    disk_written: Some(Instant::now()),
                 },
             );
             conn_id
@@ -471,7 +458,7 @@ impl Hub {
             .await?;
         if let Some(d) = &hello.disk {
             self.store
-                .set_worker_disk(name, &bounded_disk(d.clone()))
+                .set_worker_disk(name, &disk::bounded(d.clone()))
                 .await?;
         }
         self.wake();
@@ -564,30 +551,6 @@ impl Hub {
         self.wake();
         self.changed();
         Ok(true)
-    }
-
-    /// The worker said how its disk is. Stored when its low state changed
-    /// (the worker sends only changes, at most about one a minute else).
-    pub async fn set_disk(
-        &self,
-        name: &str,
-        conn_id: u64,
-        disk: herd_proto::DiskReport,
-    ) -> Result<(), StoreError> {
-        let disk = bounded_disk(disk);
-        {
-            let mut st = self.lock();
-            match st.workers.get_mut(name) {
-                Some(w) if w.conn_id == conn_id => w.disk = Some(disk.clone()),
-                _ => return Ok(()),
-            }
-        }
-        self.store.set_worker_disk(name, &disk).await?;
-        if disk.low.is_none() {
-            self.wake();
-        }
-        self.changed();
-        Ok(())
     }
 
     /// The worker changed its mind about taking jobs (draining on SIGTERM).

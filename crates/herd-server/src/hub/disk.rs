@@ -1,0 +1,85 @@
+//! What workers say of their disk: while a worker's `low` is set it gets no
+//! new jobs (`schedule_once`), its jobs' why-not says why, and its page
+//! shows it on every server (the report is stored).
+
+use super::Hub;
+use crate::store::StoreError;
+use std::time::{Duration, Instant};
+
+/// How often a worker's report is stored while its low state stays.
+const WRITE_EVERY: Duration = Duration::from_secs(30);
+/// What a worker says is its word: its reason is cut short before it is
+/// kept and shown.
+const MAX_REASON: usize = 500;
+
+pub(super) fn bounded(mut d: herd_proto::DiskReport) -> herd_proto::DiskReport {
+    if let Some(low) = &mut d.low {
+        if low.len() > MAX_REASON {
+            let mut end = MAX_REASON;
+            while !low.is_char_boundary(end) {
+                end -= 1;
+            }
+            low.truncate(end);
+            low.push('…');
+        }
+    }
+    d
+}
+
+impl Hub {
+    /// The worker said how its disk is. A worker may say a lot: a report
+    /// costs a store write only when its low state changes, else at most
+    /// every `WRITE_EVERY`.
+    pub async fn set_disk(
+        &self,
+        name: &str,
+        conn_id: u64,
+        disk: herd_proto::DiskReport,
+    ) -> Result<(), StoreError> {
+        let disk = bounded(disk);
+        let (write, flipped) = {
+            let mut st = self.lock();
+            match st.workers.get_mut(name) {
+                Some(w) if w.conn_id == conn_id => {
+                    let flipped =
+                        w.disk.as_ref().map(|d| d.low.is_some()) != Some(disk.low.is_some());
+                    let due = w.disk_written.is_none_or(|at| at.elapsed() >= WRITE_EVERY);
+                    w.disk = Some(disk.clone());
+                    if flipped || due {
+                        w.disk_written = Some(Instant::now());
+                    }
+                    (flipped || due, flipped)
+                }
+                _ => return Ok(()),
+            }
+        };
+        if write {
+            self.store.set_worker_disk(name, &disk).await?;
+        }
+        if flipped {
+            if disk.low.is_none() {
+                self.wake();
+            }
+            self.changed();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_reason_is_cut_at_a_character_boundary() {
+        let d = bounded(herd_proto::DiskReport {
+            free_bytes: 0,
+            total_bytes: 0,
+            workspaces: 0,
+            low: Some("é".repeat(400)),
+        });
+        let low = d.low.unwrap();
+        assert!(low.len() <= MAX_REASON + '…'.len_utf8(), "{}", low.len());
+        assert!(low.ends_with('…'));
+    }
+}
