@@ -42,6 +42,7 @@ pub async fn list_workers(State(app): AppState) -> Result<Json<WorkerList>, ApiE
                 live.get(&w.name),
                 &probes,
                 app.hub.quarantined_until(&w.name),
+                app.hub.live_disk(&w.name),
             );
             v.server_labels = server_labels.remove(&w.name).unwrap_or_default();
             v
@@ -81,6 +82,7 @@ pub async fn get_worker(
         live.get(&name),
         &probes,
         app.hub.quarantined_until(&name),
+        app.hub.live_disk(&name),
     );
     v.server_labels = app.hub.store.worker_labels(&name).await?;
     Ok(Json(v))
@@ -350,6 +352,7 @@ fn worker_view(
     running: Option<&Vec<i64>>,
     probes: &[ProbeResult],
     quarantined_until: Option<i64>,
+    live_disk: Option<herd_proto::DiskReport>,
 ) -> Worker {
     let map = |s: &str| serde_json::from_str::<BTreeMap<String, String>>(s).unwrap_or_default();
     Worker {
@@ -375,10 +378,12 @@ fn worker_view(
         first_seen: w.first_seen,
         last_change: w.last_change,
         quarantined_until,
-        disk: w
-            .disk
-            .as_deref()
-            .and_then(|d| serde_json::from_str::<herd_proto::DiskReport>(d).ok())
+        disk: live_disk
+            .or_else(|| {
+                w.disk
+                    .as_deref()
+                    .and_then(|d| serde_json::from_str::<herd_proto::DiskReport>(d).ok())
+            })
             .map(|d| herd_api::workers::WorkerDisk {
                 free_bytes: d.free_bytes,
                 total_bytes: d.total_bytes,

@@ -4,10 +4,6 @@
 
 use super::Hub;
 use crate::store::StoreError;
-use std::time::{Duration, Instant};
-
-/// How often a worker's report is stored while its low state stays.
-const WRITE_EVERY: Duration = Duration::from_secs(30);
 /// What a worker says is its word: its reason is cut short before it is
 /// kept and shown.
 const MAX_REASON: usize = 500;
@@ -27,9 +23,10 @@ pub(super) fn bounded(mut d: herd_proto::DiskReport) -> herd_proto::DiskReport {
 }
 
 impl Hub {
-    /// The worker said how its disk is. A worker may say a lot: a report
-    /// costs a store write only when its low state changes, else at most
-    /// every `WRITE_EVERY`.
+    /// The worker said how its disk is. It is kept in memory (pages and
+    /// the API ask [`Hub::live_disk`] first) and stored when its low state
+    /// changes and when the worker goes: a worker may say a lot, and a
+    /// store write per word would let it.
     pub async fn set_disk(
         &self,
         name: &str,
@@ -37,32 +34,31 @@ impl Hub {
         disk: herd_proto::DiskReport,
     ) -> Result<(), StoreError> {
         let disk = bounded(disk);
-        let (write, flipped) = {
+        let flipped = {
             let mut st = self.lock();
             match st.workers.get_mut(name) {
                 Some(w) if w.conn_id == conn_id => {
                     let flipped =
                         w.disk.as_ref().map(|d| d.low.is_some()) != Some(disk.low.is_some());
-                    let due = w.disk_written.is_none_or(|at| at.elapsed() >= WRITE_EVERY);
                     w.disk = Some(disk.clone());
-                    if flipped || due {
-                        w.disk_written = Some(Instant::now());
-                    }
-                    (flipped || due, flipped)
+                    flipped
                 }
                 _ => return Ok(()),
             }
         };
-        if write {
-            self.store.set_worker_disk(name, &disk).await?;
-        }
         if flipped {
             if disk.low.is_none() {
                 self.wake();
             }
             self.changed();
+            self.store.set_worker_disk(name, &disk).await?;
         }
         Ok(())
+    }
+
+    /// What a worker connected here last said of its disk.
+    pub fn live_disk(&self, name: &str) -> Option<herd_proto::DiskReport> {
+        self.lock().workers.get(name).and_then(|w| w.disk.clone())
     }
 }
 

@@ -6,6 +6,7 @@
 //! plus the connections themselves; every decision is written to the store
 //! before a worker hears of it.
 
+mod assign;
 mod capabilities;
 mod disk;
 mod health;
@@ -116,8 +117,6 @@ struct LiveWorker {
     paused: bool,
     /// Its disk as it last said; while `low` is set it takes no new jobs.
     disk: Option<herd_proto::DiskReport>,
-    /// When its disk report was last stored.
-    disk_written: Option<Instant>,
 }
 
 struct Orphan {
@@ -433,7 +432,6 @@ impl Hub {
                     draining: hello.draining,
                     paused,
                     disk: hello.disk.clone().map(disk::bounded),
-                    disk_written: Some(Instant::now()),
                 },
             );
             conn_id
@@ -473,11 +471,13 @@ impl Hub {
     /// A worker's connection ended. Its attempts wait `grace` for it to
     /// come back before they are given to another worker.
     pub async fn disconnected(&self, name: &str, conn_id: u64, grace: Duration) {
+        let mut last_disk = None;
         let was_current = {
             let mut st = self.lock();
             match st.workers.get(name) {
                 Some(w) if w.conn_id == conn_id => {
                     let w = st.workers.remove(name);
+                    last_disk = w.as_ref().and_then(|w| w.disk.clone());
                     if let Some(w) = &w {
                         if st.departed.len() >= MAX_DEPARTED {
                             st.departed.clear();
@@ -511,6 +511,11 @@ impl Hub {
         if was_current {
             if let Err(e) = self.store.worker_offline(name, &self.server_id).await {
                 tracing::warn!("could not mark worker {name} offline: {e}");
+            }
+            if let Some(d) = &last_disk {
+                if let Err(e) = self.store.set_worker_disk(name, d).await {
+                    tracing::warn!("could not keep what worker {name} said of its disk: {e}");
+                }
             }
             self.changed();
         }
@@ -750,92 +755,17 @@ impl Hub {
         if placements.is_empty() {
             return Ok(false);
         }
-        for (job, worker, conn_id) in placements {
-            let names: Vec<String> = job.spec.steps.iter().map(|s| s.name.clone()).collect();
-            let mut steps = job.spec.steps.clone();
-            let mut mask = Vec::new();
-            let granted = &job.spec.secrets;
-            if !granted.is_empty() || !job.spec.withheld.is_empty() {
-                // Values join here, on the way to the worker only; a
-                // withheld secret is empty.
-                let secrets = self.settings.secrets.load();
-                for s in &mut steps {
-                    for v in s.env.values_mut() {
-                        *v = herd_core::secret_ref::fill_secrets(v, |name| {
-                            if !granted.iter().any(|g| g == name) {
-                                return Some(String::new());
-                            }
-                            let value = secrets.get(name)?.value.0.clone();
-                            mask.push(value.clone());
-                            Some(value)
-                        });
-                    }
+        let mut placements = placements.into_iter();
+        while let Some((job, worker, conn_id)) = placements.next() {
+            // Until its attempt exists the job is only ours in memory: a
+            // failed write (a busy database) puts it and the rest back.
+            let (steps, mask, notices, attempt) = match self.prepare(&job, &worker).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.unplace(std::iter::once((job, worker, conn_id)).chain(placements));
+                    return Err(e);
                 }
-            }
-            // Credentials in the repository's URL are masked like secrets
-            // (git may quote the URL in the checkout's log).
-            for s in &steps {
-                if let herd_proto::StepAction::Checkout { repo, .. } = &s.action {
-                    mask.extend(herd_core::redact::url_credentials(repo));
-                }
-            }
-            let mut notices: Vec<String> = job
-                .spec
-                .withheld
-                .iter()
-                .map(|w| {
-                    format!(
-                        "secret `{}` is withheld from this job: {}",
-                        w.secret, w.reason
-                    )
-                })
-                .collect();
-            // The artifacts of the jobs it needs join here: they exist now.
-            for s in &mut steps {
-                if let herd_proto::StepAction::Fetch { from, files } = &mut s.action {
-                    let rows = self.store.artifacts_from(job.build_id, from).await?;
-                    // The list must fit in the assignment's frame with the
-                    // rest: bounded in count and in bytes.
-                    let mut bytes = 0usize;
-                    let fit = rows
-                        .iter()
-                        .take(MAX_FETCH_FILES)
-                        .take_while(|r| {
-                            bytes += r.path.len() + r.job.len() + 160;
-                            bytes <= MAX_FETCH_LIST_BYTES
-                        })
-                        .count();
-                    if fit < rows.len() {
-                        notices.push(format!(
-                            "the jobs it needs kept {} artifacts; only the first {fit} are fetched (the list of one job is bounded)",
-                            rows.len()
-                        ));
-                    }
-                    *files = rows
-                        .into_iter()
-                        .take(fit)
-                        .map(|r| herd_proto::ArtifactFile {
-                            id: r.id,
-                            job: r.job,
-                            path: r.path,
-                            size: r.size.max(0) as u64,
-                            sha256: r.sha256,
-                        })
-                        .collect();
-                }
-            }
-            if job.spec.patched {
-                let patch = self.store.build_patch(job.build_id).await?;
-                for s in &mut steps {
-                    if let herd_proto::StepAction::Checkout { patch: p, .. } = &mut s.action {
-                        p.clone_from(&patch);
-                    }
-                }
-            }
-            let attempt = self
-                .store
-                .create_attempt(job.job_id, &worker, &names)
-                .await?;
+            };
             if let Some(a) = &attempt {
                 let waited = crate::store::now_ms().saturating_sub(job.queued_at).max(0);
                 tracing::info!(
@@ -890,12 +820,17 @@ impl Hub {
                 }
             };
             if let (Some(a), false) = (&attempt, delivered) {
-                self.attempt_lost(
-                    a.id,
-                    Loss::Undelivered,
-                    "worker disconnected before it got the job",
-                )
-                .await?;
+                if let Err(e) = self
+                    .attempt_lost(
+                        a.id,
+                        Loss::Undelivered,
+                        "worker disconnected before it got the job",
+                    )
+                    .await
+                {
+                    self.unplace(placements);
+                    return Err(e);
+                }
             }
         }
         self.changed();

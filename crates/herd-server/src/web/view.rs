@@ -124,7 +124,7 @@ pub(super) fn worker_state(app: &App, w: &crate::store::WorkerRow) -> String {
         "quarantined".into()
     } else if w.paused {
         "paused".into()
-    } else if w.online && disk_of(w).is_some_and(|d| d.low.is_some()) {
+    } else if w.online && disk_of(app, w).is_some_and(|d| d.low.is_some()) {
         "low-disk".into()
     } else if w.online {
         "online".into()
@@ -133,9 +133,12 @@ pub(super) fn worker_state(app: &App, w: &crate::store::WorkerRow) -> String {
     }
 }
 
-/// What the worker last said of its disk.
-pub(super) fn disk_of(w: &crate::store::WorkerRow) -> Option<herd_proto::DiskReport> {
-    serde_json::from_str(w.disk.as_deref()?).ok()
+/// What the worker last said of its disk: to this server if it is
+/// connected here, else as stored.
+pub(super) fn disk_of(app: &App, w: &crate::store::WorkerRow) -> Option<herd_proto::DiskReport> {
+    app.hub
+        .live_disk(&w.name)
+        .or_else(|| serde_json::from_str(w.disk.as_deref()?).ok())
 }
 
 pub(super) fn json_map(s: &str) -> BTreeMap<String, String> {

@@ -159,7 +159,7 @@ pub async fn worker(
         .into_iter()
         .map(|(b, job, n, st, at)| (b, job, n, st, ago(at)))
         .collect();
-    let disk = super::view::disk_of(&w);
+    let disk = super::view::disk_of(&app, &w);
     render(&WorkerPage {
         page: Page::new(&app, &headers, true),
         disk: disk
