@@ -12,14 +12,6 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// A project whose one builder fails while FLAG exists and sleeps while
 /// SLOW exists.
 fn flag_config(dir: &std::path::Path, keep: &str) -> String {

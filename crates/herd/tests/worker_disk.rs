@@ -14,14 +14,6 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn workspace(w: &Worker, builder: &str) -> std::path::PathBuf {
     w.workdir.join("p").join(builder).join("run")
 }

@@ -699,6 +699,15 @@ pub fn fresh_postgres_database() -> String {
 }
 
 /// Polls `f` until it gives a value, at most `limit`, every 50 ms.
+/// A command's stdout and stderr, for assertions and their messages.
+pub fn out(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 pub fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
