@@ -19,6 +19,8 @@ import os, sys, time
 N = int(os.environ.get("SUITE_SIZE", "300"))
 ran_dir = os.environ["RAN_DIR"]
 def duration(t):
+    if t == os.environ.get("LONG_TEST"):
+        return 0.5
     if os.environ.get("SLOW"):
         return float(os.environ["SLOW"])
     n = int(t[1:])
@@ -559,4 +561,66 @@ fn a_results_pattern_reads_each_tests_outcome_from_the_output() {
         "the output still reaches the log: {text}"
     );
     assert!(!text.contains("running parts of it again"), "{text}");
+}
+
+/// A builder's first split of a suite starts from the timings its sibling
+/// (another builder of the project with a step of the same name) measured:
+/// the longest test, last in the list, goes first.
+#[test]
+fn a_first_split_takes_its_siblings_timings_as_priors() {
+    let s = suite();
+    let builder = |name: &str| {
+        let ran = s.ran.join(name);
+        std::fs::create_dir_all(&ran).unwrap();
+        format!(
+            "  {name}:
+    steps:
+      - name: tests
+        split:
+          list: python3 {r} list
+          run: python3 {r} run {{junit}} \"$HERD_TESTS_FILE\"
+          junit: reports/junit.xml
+          workers: 1
+        env: {{RAN_DIR: {ran}, SUITE_SIZE: \"30\", LONG_TEST: t029}}
+",
+            r = s.runner,
+            ran = ran.display()
+        )
+    };
+    let pipeline = format!("builders:\n{}{}", builder("linux"), builder("macos"));
+    let server = Server::start_with_pipelines(&[("p", &pipeline)], &[]);
+    let _w = workers(&server, 1);
+    let first_batch = |name: &str| -> Vec<String> {
+        let dir = s.ran.join(name);
+        let mut batches: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("started-"))
+            .collect();
+        batches.sort_by_key(|n| n.rsplit('-').next().unwrap().parse::<u64>().unwrap());
+        std::fs::read_to_string(dir.join(&batches[0]))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let id = server.start_build("p", &["--builder", "linux"]);
+    assert_eq!(
+        server.wait_build(id, Duration::from_secs(120))["state"],
+        "success"
+    );
+    // No timings anywhere: the list's order.
+    assert_eq!(first_batch("linux")[0], "t000");
+    let id = server.start_build("p", &["--builder", "macos"]);
+    assert_eq!(
+        server.wait_build(id, Duration::from_secs(120))["state"],
+        "success"
+    );
+    // macos has none of its own; linux's say t029 is the longest.
+    assert_eq!(
+        first_batch("macos")[0],
+        "t029",
+        "{:?}",
+        first_batch("macos")
+    );
 }

@@ -169,7 +169,7 @@ impl Store {
                     return Ok(fail(msg));
                 }
                 let mut timings =
-                    timings::of_suite(&mut tx, &project, &builder, &shard.step_name).await?;
+                    timings::with_priors(&mut tx, &project, &builder, &shard.step_name).await?;
                 let startup = timings
                     .remove("")
                     .or(req.list_secs.filter(|s| s.is_finite() && *s > 0.0))

@@ -27,6 +27,36 @@ pub(super) async fn of_suite(
         .collect()
 }
 
+/// What a new split of a suite balances by: its own timings, and for the
+/// tests it has none of, the same test ids' from sibling builders of the
+/// project with a step of the same name (matrix cells, other platforms),
+/// averaged: a first run of a new builder starts from them, not blind.
+pub(super) async fn with_priors(
+    tx: &mut Tx<'_>,
+    project: &str,
+    builder: &str,
+    step: &str,
+) -> Result<HashMap<String, f64>> {
+    let mut timings = of_suite(tx, project, builder, step).await?;
+    let siblings = sqlx::query(
+        "SELECT test, AVG(secs) AS secs FROM test_timings \
+         WHERE project = $1 AND step = $2 AND builder <> $3 GROUP BY test",
+    )
+    .bind(project)
+    .bind(step)
+    .bind(builder)
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in &siblings {
+        let test: String = r.try_get("test")?;
+        let secs: f64 = r.try_get("secs")?;
+        if secs.is_finite() && secs >= 0.0 {
+            timings.entry(test).or_insert(secs);
+        }
+    }
+    Ok(timings)
+}
+
 /// A split ended: its passing tests' times join the moving averages.
 pub(super) async fn remember(
     tx: &mut Tx<'_>,
