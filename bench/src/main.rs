@@ -17,6 +17,7 @@ mod cluster;
 mod failover;
 mod soak;
 mod split;
+mod split_real;
 mod web;
 
 const LATENCY_BUILDS: usize = 200;
@@ -453,6 +454,9 @@ fn main() {
     // Long: only when named.
     if which.iter().any(|w| w == "soak") {
         rt.block_on(soak::run("{builds: 2000}"));
+    }
+    if which.iter().any(|w| w == "split-real") {
+        rt.block_on(split_real::run());
     }
     if which.iter().any(|w| w == "soak-forever") {
         rt.block_on(soak::run("forever"));
