@@ -160,8 +160,9 @@ impl Workspaces {
             let lock =
                 Flock::lock(dir, FlockArg::LockShared).map_err(|(_, e)| io::Error::from(e))?;
             // Still the directory at `path`, not one renamed into the trash?
+            let held = lock.metadata()?;
             match std::fs::metadata(&path) {
-                Ok(m) if m.ino() == lock.metadata()?.ino() && m.dev() == lock.metadata()?.dev() => {
+                Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
                     touch(&lock);
                     return Ok(WorkspaceGuard {
                         path,

@@ -10,6 +10,13 @@ const MAX_REASON: usize = 500;
 
 pub(super) fn bounded(mut d: herd_proto::DiskReport) -> herd_proto::DiskReport {
     if let Some(low) = &mut d.low {
+        // Shown on pages, in the API and on terminals: no control characters.
+        if low.chars().any(char::is_control) {
+            *low = low
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+        }
         if low.len() > MAX_REASON {
             let mut end = MAX_REASON;
             while !low.is_char_boundary(end) {
@@ -67,7 +74,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_long_reason_is_cut_at_a_character_boundary() {
+    fn a_workers_reason_is_cut_at_a_character_boundary_and_rid_of_controls() {
         let d = bounded(herd_proto::DiskReport {
             free_bytes: 0,
             total_bytes: 0,
@@ -77,5 +84,12 @@ mod tests {
         let low = d.low.unwrap();
         assert!(low.len() <= MAX_REASON + '…'.len_utf8(), "{}", low.len());
         assert!(low.ends_with('…'));
+        let d = bounded(herd_proto::DiskReport {
+            free_bytes: 0,
+            total_bytes: 0,
+            workspaces: 0,
+            low: Some("low\u{1b}[2J\ndisk".into()),
+        });
+        assert_eq!(d.low.as_deref(), Some("low [2J disk"));
     }
 }

@@ -449,16 +449,14 @@ impl Hub {
                     first_seen: 0,
                     last_change: 0,
                     away_notified_at: None,
-                    disk: None,
+                    disk: hello
+                        .disk
+                        .clone()
+                        .map(|d| crate::store::disk_json(&disk::bounded(d))),
                 },
                 &self.server_id,
             )
             .await?;
-        if let Some(d) = &hello.disk {
-            self.store
-                .set_worker_disk(name, &disk::bounded(d.clone()))
-                .await?;
-        }
         self.wake();
         self.changed();
         Ok(Admitted {
@@ -509,13 +507,12 @@ impl Hub {
             }
         };
         if was_current {
-            if let Err(e) = self.store.worker_offline(name, &self.server_id).await {
+            if let Err(e) = self
+                .store
+                .worker_offline(name, &self.server_id, last_disk.as_ref())
+                .await
+            {
                 tracing::warn!("could not mark worker {name} offline: {e}");
-            }
-            if let Some(d) = &last_disk {
-                if let Err(e) = self.store.set_worker_disk(name, d).await {
-                    tracing::warn!("could not keep what worker {name} said of its disk: {e}");
-                }
             }
             self.changed();
         }

@@ -98,6 +98,11 @@ async fn incremental_vacuum_on(write: &AnyPool) -> Result<()> {
     Ok(())
 }
 
+/// A worker's disk report as the `workers.disk` column keeps it.
+pub fn disk_json(disk: &herd_proto::DiskReport) -> String {
+    serde_json::to_string(disk).unwrap_or_else(|_| "{}".into())
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -346,10 +351,10 @@ impl Store {
     pub async fn worker_online(&self, w: &WorkerRow, server: &str) -> Result<()> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO workers (name, slots, labels, facts, version, online, paused, first_seen, last_change, server) \
-             VALUES ($1, $2, $3, $4, $5, 1, 0, $6, $6, $7) \
+            "INSERT INTO workers (name, slots, labels, facts, version, online, paused, first_seen, last_change, server, disk) \
+             VALUES ($1, $2, $3, $4, $5, 1, 0, $6, $6, $7, $8) \
              ON CONFLICT (name) DO UPDATE SET slots = $2, labels = $3, facts = $4, version = $5, \
-             online = 1, last_change = $6, server = $7",
+             online = 1, last_change = $6, server = $7, disk = COALESCE($8, workers.disk)",
         )
         .bind(&w.name)
         .bind(w.slots)
@@ -358,6 +363,7 @@ impl Store {
         .bind(&w.version)
         .bind(now)
         .bind(server)
+        .bind(&w.disk)
         .execute(&self.write)
         .await?;
         Ok(())
@@ -365,24 +371,31 @@ impl Store {
 
     /// The worker's connection to `server` ended (it may be on another
     /// server already: then nothing changes).
-    pub async fn worker_offline(&self, name: &str, server: &str) -> Result<()> {
+    /// `disk`: what it last said of its disk, kept for the pages.
+    pub async fn worker_offline(
+        &self,
+        name: &str,
+        server: &str,
+        disk: Option<&herd_proto::DiskReport>,
+    ) -> Result<()> {
         sqlx::query(
-            "UPDATE workers SET online = 0, last_change = $2 WHERE name = $1 AND (server = $3 OR server IS NULL)",
+            "UPDATE workers SET online = 0, last_change = $2, disk = COALESCE($4, disk) \
+             WHERE name = $1 AND (server = $3 OR server IS NULL)",
         )
-            .bind(name)
-            .bind(now_ms())
-            .bind(server)
-            .execute(&self.write)
-            .await?;
+        .bind(name)
+        .bind(now_ms())
+        .bind(server)
+        .bind(disk.map(disk_json))
+        .execute(&self.write)
+        .await?;
         Ok(())
     }
 
     /// What a worker said of its disk (JSON of `herd_proto::DiskReport`).
     pub async fn set_worker_disk(&self, name: &str, disk: &herd_proto::DiskReport) -> Result<()> {
-        let text = serde_json::to_string(disk).unwrap_or_else(|_| "{}".into());
         sqlx::query("UPDATE workers SET disk = $2 WHERE name = $1")
             .bind(name)
-            .bind(text)
+            .bind(disk_json(disk))
             .execute(&self.write)
             .await?;
         Ok(())
