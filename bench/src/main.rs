@@ -80,7 +80,7 @@ impl Bench {
             .arg("--config")
             .arg(&cfg)
             .args(database.map(|d| ["--database", d]).into_iter().flatten())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_filter())
             .stdout(Stdio::piped())
             .spawn()
             .expect("run herd server (build it with cargo build --release -p herd)");
@@ -140,7 +140,7 @@ impl Bench {
                 "--workdir",
             ])
             .arg(self.dir.path().join(format!("work-{name}")))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_filter())
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -479,4 +479,10 @@ fn raise_fd_limit() {
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
+}
+
+/// What the server and workers log: `HERD_BENCH_LOG` (a `RUST_LOG` filter)
+/// to see where a figure's time goes, warnings only by default.
+fn log_filter() -> String {
+    std::env::var("HERD_BENCH_LOG").unwrap_or_else(|_| "warn".into())
 }

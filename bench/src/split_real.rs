@@ -100,5 +100,57 @@ pub(crate) async fn run() {
         let finished = build["finished_at"].as_i64().unwrap_or(0);
         let secs = Duration::from_millis((finished - started).max(0) as u64).as_secs_f64();
         println!("  {label}: {secs:.2} s, {:.2}x the bound", secs / bound);
+        if std::env::var_os("HERD_BENCH_SPLIT_TRACE").is_some() {
+            trace(&b, id, started).await;
+        }
+    }
+}
+
+/// Each shard's batches on the build's clock: when handed out, when
+/// reported, how many tests and their real seconds (where the time goes).
+async fn trace(b: &Bench, id: i64, started: i64) {
+    let build = b.get(&format!("/api/v1/builds/{id}")).await;
+    let rel = |v: &serde_json::Value| (v.as_i64().unwrap_or(started) - started) as f64 / 1000.0;
+    for job in build["jobs"].as_array().into_iter().flatten() {
+        let mut line = format!(
+            "    job {} created {:.2} started {:.2}:",
+            job["name"].as_str().unwrap_or("?"),
+            rel(&job["created_at"]),
+            rel(&job["started_at"])
+        );
+        for a in job["attempts"].as_array().into_iter().flatten() {
+            for s in a["steps"].as_array().into_iter().flatten() {
+                line.push_str(&format!(
+                    " {} {:.2}-{:.2}",
+                    s["name"].as_str().unwrap_or("?"),
+                    rel(&s["started_at"]),
+                    rel(&s["finished_at"])
+                ));
+            }
+        }
+        println!("{line}");
+    }
+    let tests = b.get(&format!("/api/v1/builds/{id}/tests")).await;
+    let empty = Vec::new();
+    for split in tests["splits"].as_array().unwrap_or(&empty) {
+        for lane in split["workers"].as_array().unwrap_or(&empty) {
+            let mut line = format!("    {}:", lane["worker"].as_str().unwrap_or("?"));
+            for batch in lane["batches"].as_array().unwrap_or(&empty) {
+                let at = |k: &str| (batch[k].as_i64().unwrap_or(0) - started) as f64 / 1000.0;
+                let ids = batch["ids"].as_array().unwrap_or(&empty);
+                let real: f64 = ids
+                    .iter()
+                    .filter_map(|t| t.as_str()?.get(5..)?.parse::<usize>().ok())
+                    .map(duration)
+                    .sum();
+                line.push_str(&format!(
+                    " [{:.2}-{:.2} {}t {real:.2}s]",
+                    at("started_ms"),
+                    at("finished_ms"),
+                    ids.len()
+                ));
+            }
+            println!("{line}");
+        }
     }
 }

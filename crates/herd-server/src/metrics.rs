@@ -93,6 +93,8 @@ pub struct Live {
     /// Queued jobs per (project, builder).
     pub queued: Vec<((String, String), u64)>,
     pub jobs_running: u64,
+    /// Shards of split steps waiting on this server for work.
+    pub split_shards_waiting: u64,
     pub workers_connected: u64,
     pub workers_busy: u64,
     pub workers_paused: u64,
@@ -129,6 +131,7 @@ pub struct Metrics {
     reports: Family<OutcomeLabel, Counter>,
     queued: Family<BuilderLabels, Gauge>,
     jobs_running: Gauge,
+    split_shards_waiting: Gauge,
     workers: Family<StateLabel, Gauge>,
     database_bytes: Gauge,
 }
@@ -164,6 +167,7 @@ impl Metrics {
             reports: Family::default(),
             queued: Family::default(),
             jobs_running: Gauge::default(),
+            split_shards_waiting: Gauge::default(),
             workers: Family::default(),
             database_bytes: Gauge::default(),
         };
@@ -245,6 +249,11 @@ impl Metrics {
                 m.queued.clone(),
             );
             r.register("jobs_running", "Jobs running now", m.jobs_running.clone());
+            r.register(
+                "split_shards_waiting",
+                "Shards of split steps waiting on this server for work",
+                m.split_shards_waiting.clone(),
+            );
             r.register(
                 "workers",
                 "Workers by state (connected, busy, paused, quarantined, draining)",
@@ -381,6 +390,8 @@ impl Metrics {
                 .inc_by(*n as i64);
         }
         self.jobs_running.set(live.jobs_running as i64);
+        self.split_shards_waiting
+            .set(live.split_shards_waiting as i64);
         for (state, n) in [
             ("connected", live.workers_connected),
             ("busy", live.workers_busy),

@@ -165,6 +165,9 @@ impl StepRunner<'_> {
             .map_err(|e| format!("cannot duplicate a pipe: {e}"))?;
         let (out_reader, stdout) = if capture {
             let (r, w) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+            // Only the copy on stderr writes to the log: holding this one
+            // would keep the log's pipe open and the drain waiting its limit.
+            drop(writer);
             (Some(r), Stdio::from(w))
         } else {
             (None, Stdio::from(writer))
@@ -276,7 +279,14 @@ impl StepRunner<'_> {
             Ok(Err(_)) | Err(_) => {
                 pump.abort();
                 let _ = pump.await;
-                written.load(std::sync::atomic::Ordering::SeqCst)
+                let mut offset = written.load(std::sync::atomic::Ordering::SeqCst);
+                let note = format!(
+                    "[herd] a process this command started outside its process group still holds its output; herd stopped reading it {} s after the command ended\n",
+                    DRAIN_LIMIT.as_secs()
+                );
+                // Abandoned meanwhile: the attempt is gone, nothing to tell.
+                let _ = self.note(&mut offset, &note).await;
+                offset
             }
         };
         let stdout = match capture_task {
@@ -435,4 +445,86 @@ pub(crate) async fn kill_group(pgid: Pid, leader: &mut tokio::process::Child) {
         }
     }
     let _ = killpg(pgid, Signal::SIGKILL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> OutputRules {
+        OutputRules {
+            mask: None,
+            log_limit: 1 << 20,
+            attempt_limit: 1 << 20,
+            attempt_used: Default::default(),
+            notices: Default::default(),
+        }
+    }
+
+    fn logged(outbox: &Outbox) -> String {
+        let mut text = String::new();
+        for frame in outbox.take_unsent(1000) {
+            if let crate::outbox::Frame::Binary(bytes) = frame {
+                let log = herd_proto::LogFrame::decode(&bytes).unwrap();
+                text.push_str(&String::from_utf8_lossy(&log.data));
+            }
+        }
+        text
+    }
+
+    async fn run(script: &str, capture: bool) -> (Ran, String) {
+        let dir = tempfile::tempdir().unwrap();
+        run_in(dir.path(), script, capture).await
+    }
+
+    async fn run_in(dir: &Path, script: &str, capture: bool) -> (Ran, String) {
+        let outbox = Outbox::default();
+        let mut stop = outbox.open(1);
+        let env = BTreeMap::new();
+        let output = rules();
+        let runner = StepRunner {
+            reaper: None,
+            workspace: dir,
+            env: &env,
+            attempt: 1,
+            outbox: &outbox,
+            step: 0,
+            deadline: None,
+            output: &output,
+        };
+        let ran = runner.run(script, 0, capture, &mut stop).await.unwrap();
+        (ran, logged(&outbox))
+    }
+
+    #[tokio::test]
+    async fn a_captured_command_keeps_stdout_apart_and_its_log_closes_when_it_ends() {
+        let (ran, log) = run("echo listed; echo note >&2", true).await;
+        assert_eq!(String::from_utf8_lossy(&ran.stdout), "listed\n");
+        assert_eq!(
+            log, "note\n",
+            "nothing else holds the log's pipe: it closes with the command, without a note"
+        );
+        let (ran, log) = run("echo both; echo note >&2", false).await;
+        assert!(ran.stdout.is_empty());
+        assert_eq!(log, "both\nnote\n");
+    }
+
+    #[tokio::test]
+    async fn a_process_that_leaves_the_group_holding_the_output_is_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        // A new session, out of the step's group, holding the output; the
+        // step ends only once it is there (bounded wait).
+        let script = "echo before; setsid sh -c 'echo $$ > escaped.pid; exec sleep 30' & \
+            i=0; while [ ! -s escaped.pid ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; \
+            echo after";
+        let (_, log) = run_in(dir.path(), script, false).await;
+        let pid: i32 = std::fs::read_to_string(dir.path().join("escaped.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        assert!(log.contains("before") && log.contains("after"), "{log}");
+        assert!(log.contains("still holds its output"), "{log}");
+    }
 }

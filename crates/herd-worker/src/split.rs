@@ -113,6 +113,7 @@ impl SplitLink {
         let key = (req.attempt, req.req);
         let (tx, mut rx) = oneshot::channel();
         self.waiters().insert(key, tx);
+        let asked = Instant::now();
         let result = loop {
             let _ = self.tx.send(WorkerMsg::Split(req.clone()));
             let until_deadline = async {
@@ -143,6 +144,7 @@ impl SplitLink {
             }
         };
         self.waiters().remove(&key);
+        tracing::debug!(attempt = key.0, req = key.1, elapsed = ?asked.elapsed(), "split request answered");
         result
     }
 }
@@ -475,6 +477,7 @@ impl SplitStep<'_> {
             .await
             .map_err(|m| Some(spawn_error(m)))?;
         let wall_secs = started.elapsed().as_secs_f64();
+        tracing::debug!(batch = id, tests = tests.len(), wall_secs, "batch ran");
         let exit_code = match ran.end {
             End::Exited(Ok(status)) => status.code(),
             End::Exited(Err(e)) => {

@@ -40,6 +40,12 @@ if worker == os.environ.get("HANG_WORKER"):
     time.sleep(300)
 cases = []
 for t in ids:
+    if t == os.environ.get("GATE_TEST"):
+        # Held until the test opens the gate (bounded).
+        for _ in range(1200):
+            if os.path.exists(os.path.join(ran_dir, "open")):
+                break
+            time.sleep(0.1)
     time.sleep(duration(t))
     body = ""
     if t == os.environ.get("FLAKY_TEST"):
@@ -623,4 +629,49 @@ fn a_first_split_takes_its_siblings_timings_as_priors() {
         "{:?}",
         first_batch("macos")
     );
+}
+
+/// A shard with nothing left to take waits on the server, not on a timer:
+/// it is parked (the metric counts it) and answered once the batch it
+/// waits for reports.
+#[test]
+fn a_shard_with_nothing_to_take_waits_on_the_server_until_the_split_changes() {
+    let s = suite();
+    let p = pipeline(&s, 2, &[("SUITE_SIZE", "12"), ("GATE_TEST", "t000")]);
+    let server = Server::start_with_pipelines(&[("p", &p)], &[]);
+    let _w = workers(&server, 2);
+    let id = server.start_build("p", &[]);
+    let parked = |n: u32| {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "-H"])
+            .arg(format!("Authorization: Bearer {}", server.token))
+            .arg(format!("{}/metrics", server.url))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.lines()
+            .any(|l| l == format!("herd_split_shards_waiting {n}"))
+            .then_some(())
+    };
+    // One shard holds t000 behind the gate; the other runs the rest, then waits.
+    const LIMIT: Duration = Duration::from_secs(120);
+    wait_until(LIMIT, "one shard parked", || parked(1));
+    let split = tests_of(&server, id);
+    let pending: Vec<_> = split["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["outcome"] == "pending")
+        .collect();
+    assert!(
+        pending.iter().any(|t| t["id"] == "t000"),
+        "the gated test is still running: {split}"
+    );
+    std::fs::write(s.ran.join("open"), "").unwrap();
+    let build = server.wait_build(id, LIMIT);
+    assert_eq!(build["state"], "success", "{build}");
+    wait_until(LIMIT, "no shard parked", || parked(0));
+    let ran = ran(&s.ran, "ran-");
+    assert_eq!(ran.len(), 12, "every test ran: {ran:?}");
+    assert!(ran.values().all(|w| w.len() == 1), "{ran:?}");
 }

@@ -8,7 +8,8 @@
 //!   median of the known ones and goes early;
 //! * batches are sized from what is left: about `remaining / (2 x workers)`
 //!   of estimated time, so large at first and small at the end, but never
-//!   under the runner's start-up cost times [`MIN_BATCH_FACTOR`];
+//!   under the runner's start-up cost times [`MIN_BATCH_FACTOR`] unless
+//!   what is left, spread over every worker, is less;
 //! * a lost batch goes back to the front of the queue; a batch lost on two
 //!   different workers is halved; a single test lost on two workers fails
 //!   as "worker lost while running".
@@ -23,10 +24,14 @@ pub use state::*;
 pub const MIN_BATCH_FACTOR: f64 = 2.0;
 /// Share of the suite the first round of batches hands out, with every
 /// timing known, and with none known; later rounds hand out this share of
-/// what is left.
+/// what is left, with every timing known and with none. Each round costs
+/// every worker a runner start-up: with known timings the first round
+/// balances the load and one more round evens out the rest; with guessed
+/// ones, rounds halve what is left so that a surprise lands early.
 pub const FIRST_ROUND_KNOWN: f64 = 0.9;
 pub const FIRST_ROUND_UNKNOWN: f64 = 0.5;
-pub const LATER_ROUNDS: f64 = 0.5;
+pub const LATER_ROUNDS_KNOWN: f64 = 1.0;
+pub const LATER_ROUNDS_UNKNOWN: f64 = 0.5;
 /// Estimate for tests when nothing at all is known.
 pub const DEFAULT_ESTIMATE_SECS: f64 = 1.0;
 
@@ -220,14 +225,19 @@ impl SplitQueue {
         if self.round_left == 0 {
             // A round is one batch per worker. The first hands out most of
             // the suite when its timings are known (they are reliable), half
-            // when they are not; later rounds half of what is left.
-            let share = if self.next_id == 0 {
-                FIRST_ROUND_UNKNOWN + (FIRST_ROUND_KNOWN - FIRST_ROUND_UNKNOWN) * self.known_share
+            // when they are not; later rounds all of what is left, or half.
+            let (known, unknown) = if self.next_id == 0 {
+                (FIRST_ROUND_KNOWN, FIRST_ROUND_UNKNOWN)
             } else {
-                LATER_ROUNDS
+                (LATER_ROUNDS_KNOWN, LATER_ROUNDS_UNKNOWN)
             };
-            self.round_target = (self.remaining_secs() * share / self.workers as f64)
-                .max(self.startup_secs * MIN_BATCH_FACTOR);
+            let share = unknown + (known - unknown) * self.known_share;
+            // A batch is worth a few start-ups of the runner, unless what
+            // is left, spread over every worker, is less: then each takes
+            // its part, which ends soonest.
+            let remaining = self.remaining_secs();
+            let floor = (self.startup_secs * MIN_BATCH_FACTOR).min(remaining / self.workers as f64);
+            self.round_target = (remaining * share / self.workers as f64).max(floor);
             self.round_left = self.workers;
         }
         self.round_left -= 1;
@@ -250,6 +260,13 @@ impl SplitQueue {
             } else {
                 rest.push_back(t);
             }
+        }
+        // After the round's last batch, a rest shorter than a batch worth
+        // a start-up rides along: it would cost a worker another start-up
+        // in a round of its own. (Within a round, idle workers take it.)
+        let rest_secs: f64 = rest.iter().map(|t| self.estimate(t)).sum();
+        if self.round_left == 0 && rest_secs < self.startup_secs * MIN_BATCH_FACTOR {
+            tests.extend(rest.drain(..));
         }
         self.fresh = rest;
         Some(self.batch(tests, BTreeSet::new()))
@@ -486,6 +503,46 @@ mod tests {
         );
         let b = q.next_batch("w2").unwrap();
         assert_eq!(b.tests, ["long2", "s1"], "5 + 1 fits 6.3");
+    }
+
+    #[test]
+    fn a_rest_too_short_for_a_batch_of_its_own_rides_along() {
+        let timings = HashMap::from([
+            ("a".to_string(), 5.0),
+            ("b".to_string(), 5.0),
+            ("c".to_string(), 0.1),
+        ]);
+        let ids: Vec<String> = timings.keys().cloned().collect();
+        // Start-up 1 s: a batch of `c` alone (0.1 s) would cost 1.1 s.
+        let mut q = SplitQueue::new(ids, &timings, 2, 1.0);
+        let first = q.next_batch("w1").unwrap();
+        let second = q.next_batch("w2").unwrap();
+        assert_eq!(first.tests, ["a"]);
+        assert_eq!(
+            second.tests,
+            ["b", "c"],
+            "c rides along with the last batch"
+        );
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn the_tail_spreads_over_every_worker_even_when_the_runner_starts_slowly() {
+        let ids: Vec<String> = (0..80).map(|i| format!("t{i:02}")).collect();
+        let timings: HashMap<String, f64> = ids.iter().map(|t| (t.clone(), 0.3)).collect();
+        // Start-up 1 s: two start-ups (2 s) is more than each worker's
+        // share of the last 10% (0.3 s). One batch of it all would end
+        // 2.1 s later than eight small ones.
+        let mut q = SplitQueue::new(ids, &timings, 8, 1.0);
+        let first: Vec<Batch> = (0..8)
+            .map(|i| q.next_batch(&format!("w{i}")).unwrap())
+            .collect();
+        assert!(first.iter().all(|b| b.tests.len() == 9), "{first:?}");
+        let tail: Vec<Batch> = (0..8)
+            .map(|i| q.next_batch(&format!("w{i}")).unwrap())
+            .collect();
+        assert!(tail.iter().all(|b| b.tests.len() == 1), "{tail:?}");
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -93,6 +93,8 @@ impl Hub {
             live.workers_low_disk += u64::from(w.disk.as_ref().is_some_and(|d| d.low.is_some()));
             live.workers_quarantined += u64::from(Self::quarantined(&st, name));
         }
+        drop(st);
+        live.split_shards_waiting = self.parked_shards() as u64;
         live
     }
 }

@@ -12,6 +12,8 @@ mod disk;
 mod health;
 mod needs;
 pub mod peers;
+mod split_wait;
+pub use split_wait::SPLIT_PARK_MAX;
 
 use crate::metrics::Loss;
 use capabilities::{capabilities, probe_requests, trusted_capabilities};
@@ -164,6 +166,8 @@ pub struct Hub {
     /// Messages for the other servers sharing the database (None: alone).
     peers: Option<mpsc::UnboundedSender<PeerMsg>>,
     peer_outbox: Mutex<Option<mpsc::UnboundedReceiver<PeerMsg>>>,
+    /// Shards of splits waiting for work (`split_wait`).
+    split_waits: Mutex<split_wait::SplitWaits>,
 }
 
 /// The result of a worker's hello.
@@ -247,6 +251,7 @@ impl Hub {
             }),
             wake_scheduler: Notify::new(),
             changes: watch::channel(0).0,
+            split_waits: Mutex::default(),
         });
         tokio::spawn(scheduler_loop(Arc::clone(&hub)));
         tokio::spawn(orphan_loop(Arc::clone(&hub)));
@@ -315,24 +320,6 @@ impl Hub {
         if let Some(w) = self.lock().workers.get(name) {
             let _ = w.tx.send(Outbound::Close(reason.to_string()));
         }
-    }
-
-    /// A shard of a split step asks for work (see `Store::split_request`).
-    pub async fn split_request(
-        &self,
-        worker: &str,
-        req: &herd_proto::SplitRequest,
-    ) -> Result<herd_proto::SplitReply, StoreError> {
-        let answer = self.store.split_request(worker, req).await?;
-        if !answer.skipped.is_empty() {
-            self.lock()
-                .queue
-                .retain(|j| !answer.skipped.contains(&j.job_id));
-        }
-        if !matches!(answer.reply, herd_proto::SplitReply::Wait { .. }) {
-            self.changed();
-        }
-        Ok(answer.reply)
     }
 
     pub fn queue_len(&self) -> usize {

@@ -33,6 +33,8 @@ pub enum PeerMsg {
     Close { worker: String, reason: String },
     /// The labels the server gives a worker changed.
     Labels { worker: String },
+    /// A split changed: its shards waiting here ask again.
+    Split { split: i64 },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -139,6 +141,10 @@ impl Hub {
             }
             PeerMsg::Changed => {
                 self.changed_here();
+                Ok(())
+            }
+            PeerMsg::Split { split } => {
+                self.split_changed_here(*split);
                 Ok(())
             }
             PeerMsg::Jobs { build: Some(build) } => self.add_queued_of_build(*build).await,

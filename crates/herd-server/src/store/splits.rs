@@ -17,6 +17,8 @@ const DEFAULT_STARTUP_SECS: f64 = 0.5;
 
 pub struct SplitAnswer {
     pub reply: SplitReply,
+    /// The split asked about, once it exists.
+    pub split: Option<i64>,
     /// Shard jobs that ended `skipped` (nothing left for them).
     pub skipped: Vec<i64>,
 }
@@ -62,6 +64,7 @@ fn fail(message: impl Into<String>) -> SplitAnswer {
         reply: SplitReply::Fail {
             message: message.into(),
         },
+        split: None,
         skipped: Vec::new(),
     }
 }
@@ -222,7 +225,11 @@ impl Store {
             Vec::new()
         };
         tx.commit().await?;
-        Ok(SplitAnswer { reply, skipped })
+        Ok(SplitAnswer {
+            reply,
+            split: Some(split_id),
+            skipped,
+        })
     }
 
     pub async fn splits_of_build(&self, build_id: i64) -> Result<Vec<SplitRow>> {

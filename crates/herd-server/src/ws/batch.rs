@@ -388,7 +388,10 @@ impl Ledger {
             hub.changed();
         }
         for req in batch.splits {
-            let reply = hub.split_request(&self.name, &req).await?;
+            // None: parked, answered on this connection when there is work.
+            let Some(reply) = hub.split_request(&self.name, &req).await? else {
+                continue;
+            };
             if let herd_proto::SplitReply::Fail { message } = &reply {
                 tracing::warn!(
                     "split request of worker {} for attempt {} refused: {}",

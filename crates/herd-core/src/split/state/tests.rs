@@ -64,8 +64,9 @@ fn every_test_gets_one_outcome_and_the_verdict_is_per_shard() {
 
 #[test]
 fn failed_once_then_passed_elsewhere_is_flaky_and_twice_is_failed() {
-    let mut s = SplitState::new(ids(10), &HashMap::new(), 2, 100.0, false);
-    // w1 takes everything in one batch (large start-up): t001 and t002 fail.
+    // Planned for one shard: w1 takes everything in one batch; t001 and
+    // t002 fail. A second shard (w2) joins for the retries.
+    let mut s = SplitState::new(ids(10), &HashMap::new(), 1, 100.0, false);
     let Next::Batch { id, tests } = s.next(1, 10, "w1", 0) else {
         panic!("a batch")
     };
