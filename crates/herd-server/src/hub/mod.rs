@@ -571,6 +571,7 @@ impl Hub {
                 }
                 drop(st);
                 self.wake();
+                self.attempt_ended_for_splits(false);
             }
             Applied::Stored { finished: None } | Applied::Behind => {}
         }
@@ -588,6 +589,7 @@ impl Hub {
             .await?;
         if outcome != LostOutcome::AlreadyEnded {
             crate::metrics::global().attempt_lost(why);
+            self.attempt_ended_for_splits(true);
         }
         match outcome {
             LostOutcome::Requeued(job_id) => {

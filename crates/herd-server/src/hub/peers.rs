@@ -33,8 +33,8 @@ pub enum PeerMsg {
     Close { worker: String, reason: String },
     /// The labels the server gives a worker changed.
     Labels { worker: String },
-    /// A split changed: its shards waiting here ask again.
-    Split { split: i64 },
+    /// A split changed (None: any may have): its shards waiting here ask again.
+    Split { split: Option<i64> },
 }
 
 #[derive(Serialize, Deserialize)]

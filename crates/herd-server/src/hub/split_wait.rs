@@ -68,18 +68,33 @@ impl Hub {
         if !matches!(answer.reply, SplitReply::Wait { .. }) {
             self.changed();
             if let Some(split) = answer.split {
-                self.split_changed_here(split);
-                self.tell_peers(PeerMsg::Split { split });
+                self.split_changed_here(Some(split));
+                self.tell_peers(PeerMsg::Split { split: Some(split) });
             }
         }
         Ok(answer)
     }
 
     /// Split `split` changed (here, or on another server): its parked
-    /// shards ask again.
-    pub(super) fn split_changed_here(&self, split: i64) {
-        if let Some(tx) = self.split_waits().splits.get(&split) {
-            tx.send_modify(|v| *v = v.wrapping_add(1));
+    /// shards ask again. None: any split may have (an attempt ended or was
+    /// lost, and a batch it held went back to its queue).
+    pub(super) fn split_changed_here(&self, split: Option<i64>) {
+        let waits = self.split_waits();
+        for (id, tx) in &waits.splits {
+            if split.is_none_or(|s| s == *id) {
+                tx.send_modify(|v| *v = v.wrapping_add(1));
+            }
+        }
+    }
+
+    /// An attempt ended or was lost: a batch it held may be back in its
+    /// split's queue for a parked shard.
+    pub(super) fn attempt_ended_for_splits(&self, tell_peers: bool) {
+        if self.parked_shards() > 0 {
+            self.split_changed_here(None);
+        }
+        if tell_peers {
+            self.tell_peers(PeerMsg::Split { split: None });
         }
     }
 
