@@ -12,18 +12,14 @@ use std::time::Duration;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn sql(db: &std::path::Path, statement: &str) {
-    let out = std::process::Command::new("python3")
+    let o = std::process::Command::new("python3")
         .arg("-c")
         .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=30); c.execute(sys.argv[2]); c.commit()")
         .arg(db)
         .arg(statement)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(o.status.success(), "{}", out(&o));
 }
 
 #[test]

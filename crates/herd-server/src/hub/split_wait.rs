@@ -90,9 +90,8 @@ impl Hub {
     /// An attempt ended or was lost: a batch it held may be back in its
     /// split's queue for a parked shard.
     pub(super) fn attempt_ended_for_splits(&self, tell_peers: bool) {
-        if self.parked_shards() > 0 {
-            self.split_changed_here(None);
-        }
+        // Nothing parked, nothing in the map: no cost.
+        self.split_changed_here(None);
         if tell_peers {
             self.tell_peers(PeerMsg::Split { split: None });
         }
