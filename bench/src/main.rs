@@ -18,6 +18,7 @@ mod failover;
 mod soak;
 mod split;
 mod split_real;
+mod split_scale;
 mod web;
 
 const LATENCY_BUILDS: usize = 200;
@@ -457,6 +458,9 @@ fn main() {
     }
     if which.iter().any(|w| w == "split-real") {
         rt.block_on(split_real::run());
+    }
+    if which.iter().any(|w| w == "split-scale") {
+        rt.block_on(split_scale::run());
     }
     if which.iter().any(|w| w == "soak-forever") {
         rt.block_on(soak::run("forever"));

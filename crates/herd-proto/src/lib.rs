@@ -82,6 +82,15 @@ pub enum WorkerMsg {
     /// it ran before. The server answers with [`ServerMsg::Split`] carrying
     /// the same `req`; asking again (after a lost answer) is harmless.
     Split(SplitRequest),
+    /// One part of a test list too large for one frame, sent before the
+    /// [`SplitRequest`] that names how many parts it has (`list_parts`).
+    /// The parts live on this connection only: after a reconnect the
+    /// server asks for them again ([`SplitReply::SendList`]).
+    SplitList {
+        attempt: AttemptId,
+        step: u32,
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,9 +100,17 @@ pub struct SplitRequest {
     pub step: u32,
     /// Chosen by the worker; the answer repeats it.
     pub req: u64,
-    /// The test ids the `list` command printed (first request only).
+    /// The test ids the `list` command printed (first request only, when
+    /// they fit in one frame).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list: Option<Vec<String>>,
+    /// The list's digest (`herd_core::split::list_digest`), with the
+    /// first request: a server that holds this list already needs no copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_digest: Option<String>,
+    /// The list came just before, in this many [`WorkerMsg::SplitList`] parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_parts: Option<u32>,
     /// How long the `list` command took, a hint of the runner's start-up cost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list_secs: Option<f64>,
@@ -150,6 +167,10 @@ pub enum SplitReply {
     Done { failed: bool, summary: String },
     /// The split step fails on this worker (e.g. its list differs).
     Fail { message: String },
+    /// The server needs the test list (it has none with this digest):
+    /// send it in [`WorkerMsg::SplitList`] parts, then ask again with
+    /// `list_parts`.
+    SendList,
 }
 
 /// What a probe found on the worker.

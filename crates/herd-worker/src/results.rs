@@ -97,8 +97,10 @@ pub(crate) async fn report(
         attempt: cmd.attempt,
         step: cmd.step,
         req: 0,
+        list_digest: Some(herd_core::split::list_digest(&ids)),
         list: Some(ids),
         list_secs: None,
+        list_parts: None,
         done: None,
     };
     let mut first = true;
@@ -114,7 +116,11 @@ pub(crate) async fn report(
                 return ok.then_some(offset);
             }
         };
-        req.list = None;
+        // Until the server has the list, each request names it.
+        if !matches!(reply, SplitReply::Wait { .. }) {
+            req.list = None;
+            req.list_digest = None;
+        }
         req.done = None;
         match reply {
             SplitReply::Batch { id, tests } => {
@@ -138,6 +144,16 @@ pub(crate) async fn report(
                     .note(
                         &mut offset,
                         &format!("[herd] results not kept: {message}\n"),
+                    )
+                    .await;
+                return ok.then_some(offset);
+            }
+            // `request` sends the list itself when asked.
+            SplitReply::SendList => {
+                let ok = cmd
+                    .note(
+                        &mut offset,
+                        "[herd] results not kept: the server asked for the list again\n",
                     )
                     .await;
                 return ok.then_some(offset);

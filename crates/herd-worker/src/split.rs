@@ -10,6 +10,7 @@ use crate::process::{
     cancelled, signal_message, spawn_error, timed_out, End, StepOutcome, StepRunner,
 };
 use herd_core::junit;
+use herd_core::split::MAX_TEST_ID_LEN;
 use herd_proto::{
     AttemptId, BatchReport, RunOutcome, SplitReply, SplitRequest, StepStatus, TestRun, WorkerMsg,
     MAX_TEXT_FRAME,
@@ -25,6 +26,10 @@ const RESEND_AFTER: Duration = Duration::from_secs(10);
 /// A substituted `run` longer than this goes to a script file: one
 /// argument of `sh -c` may not exceed 128 KiB on Linux.
 const MAX_INLINE_SCRIPT: usize = 64 * 1024;
+/// Times a list too large for one frame is sent before giving up.
+const MAX_LIST_UPLOADS: usize = 4;
+/// Bytes of ids per part of such a list (a frame holds twice that).
+const LIST_PART_BYTES: usize = MAX_TEXT_FRAME / 2;
 /// Most runs spent narrowing one failed batch down (a batch where every
 /// test fails would otherwise run each test alone).
 pub const MAX_BISECT_RUNS: usize = 32;
@@ -102,6 +107,9 @@ impl SplitLink {
         }
     }
 
+    /// Sends a request and waits for its answer. The list's digest goes
+    /// with it; a list too large for one frame goes in parts
+    /// ([`WorkerMsg::SplitList`]) when the server asks for it.
     pub(crate) async fn request(
         &self,
         mut req: SplitRequest,
@@ -109,7 +117,81 @@ impl SplitLink {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<SplitReply, Interrupted> {
         req.req = self.next_req.fetch_add(1, Ordering::SeqCst);
+        // The digest goes first: the server asks for the list only when
+        // it has none with that digest (one shard of a split sends it).
+        let held = req.list.take();
+        if let Some(list) = &held {
+            if req.list_digest.is_none() {
+                req.list_digest = Some(herd_core::split::list_digest(list));
+            }
+        }
         fit_in_a_frame(&mut req)?;
+        for upload in 0..=MAX_LIST_UPLOADS {
+            let reply = self.ask(&req, stop, deadline).await?;
+            let SplitReply::SendList = reply else {
+                return Ok(reply);
+            };
+            let Some(list) = &held else {
+                return Ok(SplitReply::Fail {
+                    message: "the server asked for a test list this request has none of".into(),
+                });
+            };
+            if upload == MAX_LIST_UPLOADS {
+                break;
+            }
+            if upload > 0 {
+                // Asked again: the parts were lost (a reconnect) or the
+                // server was busy receiving others' lists.
+                tokio::time::sleep(Duration::from_secs(upload as u64)).await;
+            }
+            // In the request when it fits in a frame, else in parts before it.
+            req.list = Some(list.clone());
+            req.list_parts = None;
+            if WorkerMsg::Split(req.clone()).encode().len() > MAX_TEXT_FRAME {
+                req.list = None;
+                req.list_parts = Some(self.send_list(req.attempt, req.step, list));
+            }
+        }
+        Ok(SplitReply::Fail {
+            message: format!(
+                "the server did not take the test list, sent {MAX_LIST_UPLOADS} times in parts"
+            ),
+        })
+    }
+
+    /// Sends a list in parts that each fit in a frame; returns how many.
+    fn send_list(&self, attempt: AttemptId, step: u32, list: &[String]) -> u32 {
+        let mut parts = 0;
+        let mut ids = Vec::new();
+        let mut size = 0;
+        for id in list {
+            // An id's JSON form, and its comma.
+            let len = serde_json::to_string(id).map_or(id.len() * 6, |s| s.len()) + 1;
+            if !ids.is_empty() && size + len > LIST_PART_BYTES {
+                let _ = self.tx.send(WorkerMsg::SplitList {
+                    attempt,
+                    step,
+                    ids: std::mem::take(&mut ids),
+                });
+                parts += 1;
+                size = 0;
+            }
+            size += len;
+            ids.push(id.clone());
+        }
+        if !ids.is_empty() {
+            let _ = self.tx.send(WorkerMsg::SplitList { attempt, step, ids });
+            parts += 1;
+        }
+        parts
+    }
+
+    async fn ask(
+        &self,
+        req: &SplitRequest,
+        stop: &mut watch::Receiver<Option<StopKind>>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<SplitReply, Interrupted> {
         let key = (req.attempt, req.req);
         let (tx, mut rx) = oneshot::channel();
         self.waiters().insert(key, tx);
@@ -216,6 +298,15 @@ impl SplitStep<'_> {
                 .await;
             return Some(failure("the list command printed no test ids".into()));
         }
+        if let Some(long) = ids.iter().find(|t| t.len() > MAX_TEST_ID_LEN) {
+            let msg = format!(
+                "a test id is {} bytes long, more than the limit of {MAX_TEST_ID_LEN}: {}…",
+                long.len(),
+                long.chars().take(80).collect::<String>()
+            );
+            let _ = cmd.note(&mut offset, &format!("{msg}\n")).await;
+            return Some(failure(msg));
+        }
         if !cmd
             .note(&mut offset, &format!("listed {} tests\n", ids.len()))
             .await
@@ -238,8 +329,10 @@ impl SplitStep<'_> {
             attempt: cmd.attempt,
             step: cmd.step,
             req: 0,
+            list_digest: Some(herd_core::split::list_digest(&ids)),
             list: Some(ids),
             list_secs: Some(list_secs),
+            list_parts: None,
             done: None,
         };
         loop {
@@ -250,14 +343,19 @@ impl SplitStep<'_> {
                 Err(Interrupted::Stop(StopKind::Abandon)) => return None,
                 Err(Interrupted::TooLarge(n)) => {
                     let msg = format!(
-                        "the test list is too large to send: {n} bytes, the protocol's limit is {MAX_TEXT_FRAME}; split the suite into several jobs, or list shorter ids"
+                        "a split request is too large to send: {n} bytes, the protocol's limit is {MAX_TEXT_FRAME}; split the suite into several jobs, or list shorter ids"
                     );
                     let _ = cmd.note(&mut offset, &format!("{msg}\n")).await;
                     return Some(failure(msg));
                 }
             };
-            req.list = None;
-            req.list_secs = None;
+            // Until the server has the list (it may answer `wait` while
+            // another shard sends it), each request names it.
+            if !matches!(reply, SplitReply::Wait { .. }) {
+                req.list = None;
+                req.list_digest = None;
+                req.list_secs = None;
+            }
             req.done = None;
             match reply {
                 SplitReply::Batch { id, tests } => {
@@ -314,6 +412,12 @@ impl SplitStep<'_> {
                 SplitReply::Fail { message } => {
                     let _ = cmd.note(&mut offset, &format!("{message}\n")).await;
                     return Some(failure(message));
+                }
+                // `request` sends the list itself when asked.
+                SplitReply::SendList => {
+                    let message = "the server asked for the test list again after it had it";
+                    let _ = cmd.note(&mut offset, &format!("{message}\n")).await;
+                    return Some(failure(message.into()));
                 }
             }
         }
@@ -609,6 +713,8 @@ mod tests {
                     .collect()
             }),
             list_secs: None,
+            list_digest: None,
+            list_parts: None,
             done: Some(BatchReport {
                 batch: 1,
                 exit_code: Some(1),

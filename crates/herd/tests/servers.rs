@@ -394,3 +394,66 @@ fn a_worker_revoked_through_one_server_is_disconnected_from_the_other() {
         },
     );
 }
+
+/// A runner: `list` prints 600 ids; `run JUNIT FILE` passes them and
+/// records which worker ran them.
+const SPLIT_RUNNER: &str = r#"#!/bin/sh
+if [ "$1" = list ]; then seq -f 't%04g' 1 600; exit 0; fi
+mkdir -p "$(dirname "$2")"
+{ echo '<testsuites><testsuite name="s">'; sed 's/.*/<testcase classname="c" name="&" time="0.01"\/>/' "$3"; echo '</testsuite></testsuites>'; } > "$2"
+cp "$3" "$RAN_DIR/ran-$HERD_WORKER-$HERD_BATCH"
+sleep 0.2
+"#;
+
+#[test]
+fn a_split_whose_shards_ask_two_servers_runs_every_test_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = dir.path().join("runner.sh");
+    std::fs::write(&runner, SPLIT_RUNNER).unwrap();
+    let ran_dir = dir.path().join("ran");
+    std::fs::create_dir_all(&ran_dir).unwrap();
+    let pipeline = format!(
+        "builders:\n  suite:\n    steps:\n      - name: tests\n        split:\n          list: sh {r} list\n          run: sh {r} run {{junit}} \"$HERD_TESTS_FILE\"\n          junit: reports/junit.xml\n          workers: 4\n        env: {{RAN_DIR: {ran}}}\n",
+        r = runner.display(),
+        ran = ran_dir.display()
+    );
+    let config = inline_project("p", &pipeline);
+    let a = Server::start_on_postgres(&config, &[]);
+    let b = Server::start_sharing(&a, &config, &[]);
+    let _w = workers_on_both(&a, &b, 4);
+    // Two builds: the second plans by the first's timings. Each server
+    // answers its own workers' shards from the split's log, which the
+    // other server writes to as well.
+    for round in 0..2 {
+        for f in std::fs::read_dir(&ran_dir).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        let id = if round == 0 { &a } else { &b }.start_build("p", &[]);
+        assert_eq!(a.wait_build(id, LONG)["state"], "success");
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        let mut runners = std::collections::BTreeSet::new();
+        for f in std::fs::read_dir(&ran_dir).unwrap() {
+            let f = f.unwrap();
+            let name = f.file_name().to_string_lossy().into_owned();
+            runners.insert(name.split('-').nth(1).unwrap().to_string());
+            for t in std::fs::read_to_string(f.path()).unwrap().lines() {
+                *seen.entry(t.to_string()).or_default() += 1;
+            }
+        }
+        assert_eq!(seen.len(), 600, "round {round}");
+        assert!(
+            seen.values().all(|n| *n == 1),
+            "round {round}: a test ran twice"
+        );
+        assert!(
+            runners.iter().any(|w| w == "w0" || w == "w1")
+                && runners.iter().any(|w| w == "w2" || w == "w3"),
+            "round {round}: workers of both servers ran batches: {runners:?}"
+        );
+        // Both servers read the same split from the log.
+        for s in [&a, &b] {
+            let t = s.get(&format!("/api/v1/builds/{id}/tests")).unwrap();
+            assert_eq!(t["splits"][0]["summary"], "600 tests: 600 passed", "{t}");
+        }
+    }
+}

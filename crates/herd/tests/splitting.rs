@@ -142,6 +142,18 @@ fn outcome_map(split: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// Every step's message, over the build's jobs and attempts.
+fn step_messages(build: &Value) -> Vec<String> {
+    build["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|j| j["attempts"].as_array().unwrap().clone())
+        .flat_map(|a| a["steps"].as_array().unwrap().clone())
+        .filter_map(|st| st["message"].as_str().map(String::from))
+        .collect()
+}
+
 fn workers(server: &Server, n: usize) -> Vec<Worker> {
     (0..n)
         .map(|i| {
@@ -358,14 +370,7 @@ fn shards_that_list_different_tests_fail_with_the_difference() {
     let id = server.start_build("p", &[]);
     let b = server.wait_build(id, Duration::from_secs(120));
     assert_eq!(b["state"], "failure", "{b:#}");
-    let messages: Vec<String> = b["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|j| j["attempts"].as_array().unwrap().clone())
-        .flat_map(|a| a["steps"].as_array().unwrap().clone())
-        .filter_map(|st| st["message"].as_str().map(String::from))
-        .collect();
+    let messages = step_messages(&b);
     let diff = messages
         .iter()
         .find(|m| m.contains("listed other tests"))
@@ -674,4 +679,82 @@ fn a_shard_with_nothing_to_take_waits_on_the_server_until_the_split_changes() {
     let ran = ran(&s.ran, "ran-");
     assert_eq!(ran.len(), 12, "every test ran: {ran:?}");
     assert!(ran.values().all(|w| w.len() == 1), "{ran:?}");
+}
+
+/// A runner of a suite whose list is larger than one protocol frame
+/// (1 MiB): `list` prints 20,000 long ids (plus one more on ODD_WORKER);
+/// `run JUNIT FILE` passes each and records how many it ran.
+const BIG_RUNNER: &str = r#"
+import os, sys
+if sys.argv[1] == "list":
+    out = ["tests/test_module_%05d.py::TestSomethingLong::test_case_number_%05d" % (i // 40, i) for i in range(20000)]
+    if os.environ.get("HERD_WORKER") == os.environ.get("ODD_WORKER"):
+        out.append("tests/test_only_here.py::test_extra")
+    sys.stdout.write("\n".join(out) + "\n")
+    sys.exit(0)
+ids = [l.strip() for l in open(sys.argv[3]) if l.strip()]
+cases = "".join('<testcase classname="c" name="%s" time="0.001"/>' % t for t in ids)
+os.makedirs(os.path.dirname(sys.argv[2]) or ".", exist_ok=True)
+with open(sys.argv[2], "w") as f:
+    f.write('<testsuites><testsuite name="s" tests="%d">%s</testsuite></testsuites>' % (len(ids), cases))
+with open(os.path.join(os.environ["RAN_DIR"], "ran-%s-%s" % (os.environ["HERD_WORKER"], os.environ["HERD_BATCH"])), "w") as f:
+    f.write("\n".join(ids) + "\n")
+"#;
+
+#[test]
+fn a_list_larger_than_a_frame_goes_in_parts_and_a_different_one_still_shows_the_difference() {
+    let s = suite();
+    let runner = s.ran.parent().unwrap().join("big.py");
+    std::fs::write(&runner, BIG_RUNNER).unwrap();
+    let builder = |name: &str, odd: &str| {
+        format!(
+            "  {name}:
+    steps:
+      - name: tests
+        split:
+          list: python3 {r} list
+          run: python3 {r} run {{junit}} \"$HERD_TESTS_FILE\"
+          junit: reports/junit.xml
+          workers: 2
+        env: {{RAN_DIR: {ran}, ODD_WORKER: \"{odd}\"}}
+",
+            r = runner.display(),
+            ran = s.ran.display()
+        )
+    };
+    let yml = format!(
+        "builders:\n{}{}",
+        builder("same", "nobody"),
+        builder("odd", "w1")
+    );
+    let server = Server::start_with_pipelines(&[("p", &yml)], &[]);
+    let _w = workers(&server, 2);
+
+    // Every shard lists the same 20,000 ids (about 1.4 MB as JSON).
+    let id = server.start_build("p", &["--builder", "same"]);
+    let b = server.wait_build(id, Duration::from_secs(180));
+    assert_eq!(b["state"], "success", "{b:#}");
+    let split = tests_of(&server, id);
+    assert_eq!(split["summary"], "20000 tests: 20000 passed");
+    let ran = ran(&s.ran, "ran-");
+    assert_eq!(ran.len(), 20000);
+    assert!(ran.values().all(|w| w.len() == 1), "a test ran twice");
+
+    // w1 lists one more: the shard that did not list first fails and
+    // names the difference, which the server could only find with its list.
+    let id = server.start_build("p", &["--builder", "odd"]);
+    let b = server.wait_build(id, Duration::from_secs(180));
+    let messages = step_messages(&b);
+    let diff = messages
+        .iter()
+        .find(|m| m.contains("listed other tests"))
+        .unwrap_or_else(|| panic!("no mismatch message in {messages:?} ({b:#})"));
+    assert!(
+        diff.contains("20000 vs 20001") || diff.contains("20001 vs 20000"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("tests/test_only_here.py::test_extra"),
+        "{diff}"
+    );
 }

@@ -185,6 +185,11 @@ impl SplitQueue {
         self.returned.is_empty() && self.fresh.is_empty()
     }
 
+    /// How many tests wait to be handed out.
+    pub fn remaining_tests(&self) -> usize {
+        self.fresh.len() + self.returned.iter().map(|p| p.tests.len()).sum::<usize>()
+    }
+
     /// Whether something is left that `worker` need not avoid.
     pub fn has_for(&self, worker: &str) -> bool {
         !self.fresh.is_empty() || self.returned.iter().any(|p| !p.avoid.contains(worker))
@@ -243,33 +248,81 @@ impl SplitQueue {
         self.round_left -= 1;
         let target = self.round_target;
         // First fit, longest first: a test too long for what is left of
-        // the batch stays for a later one, smaller ones fill the gap.
+        // the batch stays for a later one, smaller ones fill the gap. Only
+        // what is looked at moves (O(batch), not O(suite)).
         let mut tests = Vec::new();
-        let mut rest = VecDeque::with_capacity(self.fresh.len());
+        let mut passed_over = Vec::new();
         let mut total = 0.0;
-        while let Some(t) = self.fresh.pop_front() {
-            if total >= target {
-                rest.push_back(t);
-                rest.extend(self.fresh.drain(..));
+        // At least one test: a batch of tests measured at 0 s is not empty.
+        while tests.is_empty() || total < target {
+            let Some(t) = self.fresh.pop_front() else {
                 break;
-            }
+            };
             let e = self.estimate(&t);
             if tests.is_empty() || total + e <= target {
                 total += e;
                 tests.push(t);
             } else {
-                rest.push_back(t);
+                passed_over.push(t);
             }
+        }
+        for t in passed_over.into_iter().rev() {
+            self.fresh.push_front(t);
         }
         // After the round's last batch, a rest shorter than a batch worth
         // a start-up rides along: it would cost a worker another start-up
         // in a round of its own. (Within a round, idle workers take it.)
-        let rest_secs: f64 = rest.iter().map(|t| self.estimate(t)).sum();
-        if self.round_left == 0 && rest_secs < self.startup_secs * MIN_BATCH_FACTOR {
-            tests.extend(rest.drain(..));
+        if self.round_left == 0 && self.fresh_secs_below(self.startup_secs * MIN_BATCH_FACTOR) {
+            tests.extend(self.fresh.drain(..));
         }
-        self.fresh = rest;
         Some(self.batch(tests, BTreeSet::new()))
+    }
+
+    /// Whether the fresh tests sum to less than `limit` seconds (stops
+    /// counting at the limit).
+    fn fresh_secs_below(&self, limit: f64) -> bool {
+        let mut sum = 0.0;
+        for t in &self.fresh {
+            sum += self.estimate(t);
+            if sum >= limit {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Undoes handing out `batch`: its tests go back to the front. For a
+    /// replay that finds the planner chose otherwise than the log says.
+    pub fn put_back(&mut self, batch: Batch) {
+        self.returned.push_front(Pending {
+            tests: batch.tests,
+            avoid: BTreeSet::new(),
+            lost_on: batch.lost_on,
+        });
+    }
+
+    /// Hands out exactly batch `id` with `tests` (as a log recorded it),
+    /// wherever in the queue they are. O(queue): only for a replay whose
+    /// planner chose otherwise (a log written by another release).
+    pub fn take_exact(&mut self, id: u64, tests: &[String]) -> Batch {
+        let wanted: BTreeSet<&str> = tests.iter().map(String::as_str).collect();
+        self.fresh.retain(|t| !wanted.contains(t.as_str()));
+        let mut lost_on = BTreeSet::new();
+        for p in &mut self.returned {
+            let before = p.tests.len();
+            p.tests.retain(|t| !wanted.contains(t.as_str()));
+            if p.tests.len() != before {
+                lost_on.extend(p.lost_on.iter().cloned());
+            }
+        }
+        self.returned.retain(|p| !p.tests.is_empty());
+        self.next_id = self.next_id.max(id);
+        Batch {
+            id,
+            estimate_secs: tests.iter().map(|t| self.estimate(t)).sum(),
+            tests: tests.to_vec(),
+            lost_on,
+        }
     }
 
     fn batch(&mut self, tests: Vec<String>, lost_on: BTreeSet<String>) -> Batch {

@@ -24,7 +24,7 @@ pub const MAX_TEST_ID_LEN: usize = 2048;
 /// How much of a failure's message is kept per test.
 pub const MAX_TEST_MESSAGE: usize = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Passed,
@@ -114,10 +114,118 @@ pub struct Summary {
     pub pending: usize,
 }
 
+/// What changes a split, as the store keeps it: replaying a split's events
+/// on its last snapshot gives its state again, so that a shard's request
+/// writes O(batch), not the whole state, and any server can answer the
+/// next one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SplitEvent {
+    /// A batch handed to a shard: what [`SplitState::next`] chose.
+    Handed {
+        job: i64,
+        attempt: i64,
+        worker: String,
+        at_ms: i64,
+        batch: u64,
+        tests: Vec<String>,
+    },
+    /// A shard's report of the batch it held: only the batch's tests, their
+    /// messages clipped.
+    Reported {
+        attempt: i64,
+        at_ms: i64,
+        report: BatchReport,
+    },
+    /// The attempt ended while it held a batch.
+    Released {
+        attempt: i64,
+        at_ms: i64,
+        reason: String,
+    },
+    /// No shard is left to run the rest.
+    Abandoned { reason: String },
+}
+
+/// Counts by outcome, and the names of the tests whose outcome is worth
+/// naming, kept as outcomes change so that a request does not walk the
+/// suite. Rebuilt from `tests` when missing (a state just decoded).
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    summary: Summary,
+    named: BTreeMap<Outcome, BTreeSet<String>>,
+}
+
+impl Tally {
+    fn of(tests: &BTreeMap<String, TestRecord>) -> Tally {
+        let mut t = Tally::default();
+        t.summary.total = tests.len();
+        t.summary.pending = tests.len();
+        for (name, rec) in tests {
+            t.record(name, None, rec.outcome);
+        }
+        t
+    }
+
+    fn count(&mut self, o: Option<Outcome>) -> &mut usize {
+        let s = &mut self.summary;
+        match o {
+            None => &mut s.pending,
+            Some(Outcome::Passed) => &mut s.passed,
+            Some(Outcome::Failed) => &mut s.failed,
+            Some(Outcome::Flaky) => &mut s.flaky,
+            Some(Outcome::Skipped) => &mut s.skipped,
+            Some(Outcome::Lost) => &mut s.lost,
+            Some(Outcome::NotRun) => &mut s.not_run,
+        }
+    }
+
+    fn record(&mut self, test: &str, old: Option<Outcome>, new: Option<Outcome>) {
+        if old == new {
+            return;
+        }
+        let c = self.count(old);
+        *c = c.saturating_sub(1);
+        *self.count(new) += 1;
+        if let Some(o) = old {
+            if let Some(set) = self.named.get_mut(&o) {
+                set.remove(test);
+            }
+        }
+        if let Some(o @ (Outcome::Failed | Outcome::Flaky | Outcome::Lost | Outcome::NotRun)) = new
+        {
+            self.named.entry(o).or_default().insert(test.to_string());
+        }
+    }
+
+    fn named(&self, o: Outcome) -> impl Iterator<Item = &String> {
+        self.named.get(&o).into_iter().flatten()
+    }
+}
+
+/// The digest of a test list as a split compares lists: over the ids
+/// sorted and without duplicates, so that two shards listing the same
+/// tests in another order agree. A shard sends it instead of a list the
+/// server already holds.
+pub fn list_digest<S: AsRef<str>>(list: &[S]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut ids: Vec<&str> = list.iter().map(AsRef::as_ref).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut h = Sha256::new();
+    for id in ids {
+        h.update(id.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SplitState {
-    /// The ids as listed by the first shard, sorted, without duplicates.
-    pub list: Vec<String>,
+    /// [`list_digest`] of the first shard's list (empty in states written
+    /// before digests).
+    #[serde(default)]
+    pub list_digest: String,
     pub queue: SplitQueue,
     pub batches: Vec<BatchRecord>,
     pub tests: BTreeMap<String, TestRecord>,
@@ -127,6 +235,11 @@ pub struct SplitState {
     /// Start-up costs measured in this run (wall time minus the report's
     /// test times), to remember for the next.
     pub measured_startup: Vec<f64>,
+    #[serde(skip)]
+    tally: Option<Tally>,
+    /// What changed since the store last took the events.
+    #[serde(skip)]
+    log: Vec<SplitEvent>,
 }
 
 impl SplitState {
@@ -137,30 +250,120 @@ impl SplitState {
         startup_secs: f64,
         flaky_fails: bool,
     ) -> SplitState {
-        let canonical = canonical(&list);
-        let queue = SplitQueue::new(list, timings, workers, startup_secs);
-        let tests = canonical
+        let list_digest = list_digest(&list);
+        let tests: BTreeMap<String, TestRecord> = list
             .iter()
             .map(|t| (t.clone(), TestRecord::default()))
             .collect();
+        let queue = SplitQueue::new(list, timings, workers, startup_secs);
+        let tally = Some(Tally::of(&tests));
         SplitState {
-            list: canonical,
+            list_digest,
             queue,
             batches: Vec::new(),
             tests,
             flaky_fails,
             startup_secs,
             measured_startup: Vec::new(),
+            tally,
+            log: Vec::new(),
         }
+    }
+
+    /// Whether something changed since the events were last taken.
+    pub fn has_changes(&self) -> bool {
+        !self.log.is_empty()
+    }
+
+    /// The events since the last call, for the store to append.
+    pub fn take_events(&mut self) -> Vec<SplitEvent> {
+        std::mem::take(&mut self.log)
+    }
+
+    /// Replays one stored event. A batch the planner would now choose
+    /// otherwise (the log was written by another release) is handed out
+    /// as the log says.
+    pub fn replay(&mut self, event: &SplitEvent) {
+        let mark = self.log.len();
+        match event {
+            SplitEvent::Handed {
+                job,
+                attempt,
+                worker,
+                at_ms,
+                batch,
+                tests,
+            } => {
+                let before = self.batches.len();
+                self.next(*job, *attempt, worker, *at_ms);
+                let same = self.batches.len() == before + 1
+                    && self
+                        .batches
+                        .last()
+                        .is_some_and(|b| b.batch.id == *batch && &b.batch.tests == tests);
+                if !same {
+                    if self.batches.len() > before {
+                        if let Some(wrong) = self.batches.pop() {
+                            self.queue.put_back(wrong.batch);
+                        }
+                    }
+                    let batch = self.queue.take_exact(*batch, tests);
+                    self.batches.push(BatchRecord {
+                        batch,
+                        job: *job,
+                        attempt: *attempt,
+                        worker: worker.clone(),
+                        state: BatchState::Running,
+                        started_ms: *at_ms,
+                        finished_ms: None,
+                        exit_code: None,
+                    });
+                }
+            }
+            SplitEvent::Reported {
+                attempt,
+                at_ms,
+                report,
+            } => {
+                self.report(*attempt, report, *at_ms);
+            }
+            SplitEvent::Released {
+                attempt,
+                at_ms,
+                reason,
+            } => {
+                self.release(*attempt, reason, *at_ms);
+            }
+            SplitEvent::Abandoned { reason } => self.abandon_rest(reason),
+        }
+        self.log.truncate(mark);
+    }
+
+    fn tally_mut(&mut self) -> &mut Tally {
+        let tests = &self.tests;
+        self.tally.get_or_insert_with(|| Tally::of(tests))
+    }
+
+    /// Reads the tally, or counts afresh when there is none yet.
+    fn with_tally<R>(&self, f: impl FnOnce(&Tally) -> R) -> R {
+        match &self.tally {
+            Some(t) => f(t),
+            None => f(&Tally::of(&self.tests)),
+        }
+    }
+
+    /// Whether a shard's list with this [`list_digest`] is the first shard's.
+    pub fn list_matches(&self, digest: &str) -> bool {
+        !self.list_digest.is_empty() && self.list_digest == digest
     }
 
     /// Every shard must list the same ids: the difference otherwise.
     pub fn check_list(&self, list: &[String]) -> Result<(), String> {
         let theirs = canonical(list);
-        if theirs == self.list {
+        if theirs.len() == self.tests.len() && theirs.iter().eq(self.tests.keys()) {
             return Ok(());
         }
-        let ours: BTreeSet<&String> = self.list.iter().collect();
+        let ours: BTreeSet<&String> = self.tests.keys().collect();
         let other: BTreeSet<&String> = theirs.iter().collect();
         let only_first: Vec<&&String> = ours.difference(&other).collect();
         let only_this: Vec<&&String> = other.difference(&ours).collect();
@@ -174,7 +377,7 @@ impl SplitState {
         let mut msg = format!(
             "this worker listed other tests than the first shard ({} vs {} ids)",
             theirs.len(),
-            self.list.len()
+            self.tests.len()
         );
         if !only_first.is_empty() {
             msg.push_str(&format!(
@@ -227,6 +430,14 @@ impl SplitState {
                     id: batch.id,
                     tests: batch.tests.clone(),
                 };
+                self.log.push(SplitEvent::Handed {
+                    job,
+                    attempt,
+                    worker: worker.to_string(),
+                    at_ms: now_ms,
+                    batch: batch.id,
+                    tests: batch.tests.clone(),
+                });
                 self.batches.push(BatchRecord {
                     batch,
                     job,
@@ -258,21 +469,37 @@ impl SplitState {
     /// Whether a test whose final outcome fails the build belongs to this
     /// shard job (its shard must run to report it).
     pub fn owes_failure(&self, job: i64) -> bool {
-        self.tests
-            .values()
-            .any(|t| t.job == Some(job) && t.outcome.is_some_and(|o| self.fails_build(o)))
+        self.with_tally(|tally| {
+            self.failing_outcomes()
+                .flat_map(|o| tally.named(o))
+                .any(|name| self.tests.get(name).is_some_and(|t| t.job == Some(job)))
+        })
     }
 
     /// Whether the split as a whole fails its build.
     pub fn failed(&self) -> bool {
-        self.tests
-            .values()
-            .any(|t| t.outcome.is_some_and(|o| self.fails_build(o)))
+        self.with_tally(|tally| {
+            self.failing_outcomes()
+                .any(|o| tally.named(o).next().is_some())
+        })
+    }
+
+    fn failing_outcomes(&self) -> impl Iterator<Item = Outcome> + '_ {
+        [
+            Outcome::Failed,
+            Outcome::Lost,
+            Outcome::NotRun,
+            Outcome::Flaky,
+        ]
+        .into_iter()
+        .filter(|o| self.fails_build(*o))
     }
 
     /// Records what a shard reported for the batch it held. False when the
     /// batch is not running on this attempt (a resend: nothing changes).
     pub fn report(&mut self, attempt: i64, report: &BatchReport, now_ms: i64) -> bool {
+        // Counted before outcomes change, so that changes are not counted twice.
+        self.tally_mut();
         let Some(pos) = self.batches.iter().position(|b| {
             b.batch.id == report.batch && b.attempt == attempt && b.state == BatchState::Running
         }) else {
@@ -290,6 +517,11 @@ impl SplitState {
         } else {
             0.0
         };
+        self.log.push(SplitEvent::Reported {
+            attempt,
+            at_ms: now_ms,
+            report: trimmed(report, &tests, wall),
+        });
         let mut again = Vec::new();
         match &report.tests {
             None => {
@@ -362,7 +594,7 @@ impl SplitState {
         rec.secs = secs.or(rec.secs);
         rec.worker = Some(worker.to_string());
         rec.job = Some(job);
-        match outcome {
+        let again = match outcome {
             RunOutcome::Passed => {
                 rec.outcome = Some(if rec.failures > 0 {
                     Outcome::Flaky
@@ -385,7 +617,10 @@ impl SplitState {
                     true
                 }
             }
-        }
+        };
+        let new = rec.outcome;
+        self.tally_mut().record(test, None, new);
+        again
     }
 
     /// A test its batch's report did not mention. True when it goes back.
@@ -405,6 +640,7 @@ impl SplitState {
                 "not in the runner's report, twice (the runner exited with {})",
                 exit.map_or("a signal".to_string(), |c| format!("code {c}"))
             ));
+            self.tally_mut().record(test, None, Some(Outcome::NotRun));
             false
         } else {
             true
@@ -414,6 +650,15 @@ impl SplitState {
     /// The attempt ended (its worker was lost, or it stopped) while holding
     /// a batch: the batch goes back, or its test is lost for good.
     pub fn release(&mut self, attempt: i64, reason: &str, now_ms: i64) -> bool {
+        if self.running_batch_of(attempt).is_none() {
+            return false;
+        }
+        self.tally_mut();
+        self.log.push(SplitEvent::Released {
+            attempt,
+            at_ms: now_ms,
+            reason: reason.to_string(),
+        });
         let mut changed = false;
         for i in 0..self.batches.len() {
             let b = &mut self.batches[i];
@@ -426,12 +671,13 @@ impl SplitState {
             changed = true;
             for t in self.queue.lost(batch, &worker) {
                 if let Some(rec) = self.tests.get_mut(&t) {
-                    rec.outcome = Some(Outcome::Lost);
+                    let old = rec.outcome.replace(Outcome::Lost);
                     rec.worker = Some(worker.clone());
                     rec.job = Some(job);
                     rec.message = Some(format!(
                         "worker lost while running it, on two workers (last: {reason})"
                     ));
+                    self.tally_mut().record(&t, old, Some(Outcome::Lost));
                 }
             }
         }
@@ -441,32 +687,27 @@ impl SplitState {
     /// No shard is left to run the rest (they ended or gave up): every test
     /// without an outcome is `not_run`.
     pub fn abandon_rest(&mut self, reason: &str) {
+        self.tally_mut();
+        self.log.push(SplitEvent::Abandoned {
+            reason: reason.to_string(),
+        });
         self.queue.clear();
-        for rec in self.tests.values_mut() {
+        let mut marked = Vec::new();
+        for (name, rec) in self.tests.iter_mut() {
             if rec.outcome.is_none() {
                 rec.outcome = Some(Outcome::NotRun);
                 rec.message = Some(reason.to_string());
+                marked.push(name.clone());
             }
+        }
+        let tally = self.tally_mut();
+        for name in marked {
+            tally.record(&name, None, Some(Outcome::NotRun));
         }
     }
 
     pub fn summary(&self) -> Summary {
-        let mut s = Summary {
-            total: self.tests.len(),
-            ..Summary::default()
-        };
-        for t in self.tests.values() {
-            match t.outcome {
-                None => s.pending += 1,
-                Some(Outcome::Passed) => s.passed += 1,
-                Some(Outcome::Failed) => s.failed += 1,
-                Some(Outcome::Flaky) => s.flaky += 1,
-                Some(Outcome::Skipped) => s.skipped += 1,
-                Some(Outcome::Lost) => s.lost += 1,
-                Some(Outcome::NotRun) => s.not_run += 1,
-            }
-        }
-        s
+        self.with_tally(|t| t.summary)
     }
 
     /// `400 tests: 396 passed, 1 flaky, 2 failed (a, b), 1 skipped`.
@@ -474,14 +715,10 @@ impl SplitState {
         let s = self.summary();
         let mut parts = vec![format!("{} passed", s.passed)];
         let names = |o: Outcome| {
-            let v: Vec<&str> = self
-                .tests
-                .iter()
-                .filter(|(_, t)| t.outcome == Some(o))
-                .map(|(k, _)| k.as_str())
-                .take(5)
-                .collect();
-            v.join(", ")
+            self.with_tally(|t| {
+                let v: Vec<&str> = t.named(o).map(String::as_str).take(5).collect();
+                v.join(", ")
+            })
         };
         for (n, o) in [
             (s.flaky, Outcome::Flaky),
@@ -525,11 +762,25 @@ impl SplitState {
     }
 }
 
-/// Moving average of a test's time over passing runs: new = old + (x - old) / 3.
-pub fn moving_average(old: Option<f64>, x: f64) -> f64 {
-    match old {
-        Some(o) if o.is_finite() => o + (x - o) / 3.0,
-        _ => x,
+/// A report as the log keeps it: only the batch's tests, messages
+/// clipped, a wall time that JSON can hold.
+fn trimmed(report: &BatchReport, batch: &[String], wall: f64) -> BatchReport {
+    let ids: BTreeSet<&str> = batch.iter().map(String::as_str).collect();
+    BatchReport {
+        batch: report.batch,
+        exit_code: report.exit_code,
+        wall_secs: wall,
+        tests: report.tests.as_ref().map(|runs| {
+            runs.iter()
+                .filter(|r| ids.contains(r.id.as_str()))
+                .map(|r| TestRun {
+                    id: r.id.clone(),
+                    outcome: r.outcome,
+                    secs: r.secs.filter(|s| s.is_finite()),
+                    message: r.message.as_deref().map(clip),
+                })
+                .collect()
+        }),
     }
 }
 

@@ -144,7 +144,7 @@ pub async fn get_build(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
     let mut build = build_view(&detail, version, &why_not_map(&app, &detail));
-    let splits = app.hub.store.splits_of_build(id).await?;
+    let splits = app.hub.store.split_heads_of_build(id).await?;
     build.splits = splits.iter().map(super::splits::summary).collect();
     Ok(Json(build))
 }

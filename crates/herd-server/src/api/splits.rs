@@ -3,7 +3,7 @@
 
 use super::{ApiError, ApiPath, AppState};
 use crate::access::TokenRefusals;
-use crate::store::SplitRow;
+use crate::store::{SplitHead, SplitRow};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// One line per split of a build, for the build's own answer.
-pub(super) fn summary(s: &SplitRow) -> SplitSummary {
-    let c = s.data.summary();
+pub(super) fn summary(s: &SplitHead) -> SplitSummary {
+    let c = s.counts;
     SplitSummary {
         id: s.id,
         builder: s.builder.clone(),
@@ -143,7 +143,7 @@ fn detail(s: &SplitRow) -> SplitDetail {
         })
         .collect();
     SplitDetail {
-        summary: summary(s),
+        summary: summary(&s.head()),
         workers,
         tests,
     }

@@ -47,7 +47,19 @@ impl Hub {
         let answer = self.answer_split(worker, req).await?;
         match (answer.reply, answer.split) {
             (SplitReply::Wait { .. }, Some(split)) => {
-                self.park(worker, split, req.clone());
+                // What it carried is in the split now: a parked request
+                // holds no list and no report.
+                let bare = SplitRequest {
+                    attempt: req.attempt,
+                    step: req.step,
+                    req: req.req,
+                    list: None,
+                    list_digest: None,
+                    list_parts: None,
+                    done: None,
+                    list_secs: None,
+                };
+                self.park(worker, split, bare);
                 Ok(None)
             }
             (reply, _) => Ok(Some(reply)),
@@ -59,7 +71,9 @@ impl Hub {
         worker: &str,
         req: &SplitRequest,
     ) -> Result<SplitAnswer, StoreError> {
+        let started = std::time::Instant::now();
         let answer = self.store.split_request(worker, req).await?;
+        tracing::debug!(worker, attempt = req.attempt, reply = ?std::mem::discriminant(&answer.reply), elapsed = ?started.elapsed(), "split request answered");
         if !answer.skipped.is_empty() {
             self.lock()
                 .queue
@@ -67,10 +81,10 @@ impl Hub {
         }
         if !matches!(answer.reply, SplitReply::Wait { .. }) {
             self.changed();
-            if let Some(split) = answer.split {
-                self.split_changed_here(Some(split));
-                self.tell_peers(PeerMsg::Split { split: Some(split) });
-            }
+        }
+        if let (true, Some(split)) = (answer.wakes, answer.split) {
+            self.split_changed_here(Some(split));
+            self.tell_peers(PeerMsg::Split { split: Some(split) });
         }
         Ok(answer)
     }

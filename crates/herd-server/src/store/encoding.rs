@@ -22,8 +22,14 @@ use serde::Serialize;
 /// The format `jobs.spec` is written in. 3 added `withheld` and
 /// `trusted_requires` (both empty in older rows).
 pub const JOB_SPEC_FORMAT: u64 = 3;
-/// The format `splits.data` is written in.
-pub const SPLIT_STATE_FORMAT: u64 = 2;
+/// The format split states are written in. 3 dropped `list` (the tests'
+/// keys are the list) for `list_digest`, and moved the state out of
+/// `splits.data` into `split_snapshots` (zstd), leaving there only
+/// [`SPLIT_STATE_MARKER`].
+pub const SPLIT_STATE_FORMAT: u64 = 3;
+/// What `splits.data` holds from format 3 on: an older server reading it
+/// is told to upgrade.
+pub const SPLIT_STATE_MARKER: &str = "{\"v\":3}";
 
 pub fn encode_job_spec(spec: &JobSpec) -> Result<String, StoreError> {
     encode("job spec", JOB_SPEC_FORMAT, spec)
@@ -44,9 +50,53 @@ pub fn encode_split_state(state: &SplitState) -> Result<String, StoreError> {
 
 pub fn decode_split_state(text: &str) -> Result<SplitState, StoreError> {
     match format_of("split state", text)? {
-        1 | 2 => from_text("split state", text),
+        1..=3 => from_text("split state", text),
         newer => Err(too_new("split state", newer, SPLIT_STATE_FORMAT)),
     }
+}
+
+/// A split's snapshot: its state in the newest format, zstd-compressed,
+/// written straight into the compressor (no copy of the whole text).
+pub fn encode_split_snapshot(state: &SplitState) -> Result<Vec<u8>, StoreError> {
+    #[derive(Serialize)]
+    struct Versioned<'a> {
+        v: u64,
+        #[serde(flatten)]
+        state: &'a SplitState,
+    }
+    let corrupt = |e: &dyn std::fmt::Display| {
+        StoreError::Corrupt(format!("cannot encode a split snapshot: {e}"))
+    };
+    let mut z = zstd::Encoder::new(Vec::new(), 3).map_err(|e| corrupt(&e))?;
+    serde_json::to_writer(
+        &mut z,
+        &Versioned {
+            v: SPLIT_STATE_FORMAT,
+            state,
+        },
+    )
+    .map_err(|e| corrupt(&e))?;
+    z.finish().map_err(|e| corrupt(&e))
+}
+
+pub fn decode_split_snapshot(bytes: &[u8]) -> Result<SplitState, StoreError> {
+    let text = zstd::decode_all(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("a split snapshot cannot be read: {e}")))?;
+    // The encoder writes `v` first: read it there rather than parse twice.
+    let head = String::from_utf8_lossy(&text[..text.len().min(24)]).into_owned();
+    let format = head
+        .strip_prefix("{\"v\":")
+        .map(|r| {
+            r.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|d| d.parse::<u64>().ok())
+        .ok_or_else(|| StoreError::Corrupt("a split snapshot without its format".into()))?;
+    if format > SPLIT_STATE_FORMAT {
+        return Err(too_new("split state", format, SPLIT_STATE_FORMAT));
+    }
+    serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt(format!("split state: {e}")))
 }
 
 /// The value's fields with `"v": format` first. (Spliced into the text:
@@ -120,6 +170,51 @@ mod tests {
         assert!(e.to_string().contains("written by a newer herd"), "{e}");
         assert!(decode_job_spec("[]").is_err());
         assert!(decode_job_spec(r#"{"v": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn a_split_state_of_format_2_with_its_list_is_read_and_compares_lists_without_a_digest() {
+        let state = SplitState::new(
+            vec!["a".into(), "b".into()],
+            &Default::default(),
+            2,
+            0.5,
+            false,
+        );
+        let mut v = serde_json::to_value(&state).expect("json");
+        let fields = v.as_object_mut().expect("object");
+        fields.remove("list_digest");
+        fields.insert("list".into(), serde_json::json!(["a", "b"]));
+        fields.insert("v".into(), serde_json::json!(2));
+        let read = decode_split_state(&v.to_string()).expect("format 2 reads");
+        assert!(!read.list_matches(&herd_core::split::list_digest(&["a", "b"])));
+        assert!(read.check_list(&["b".into(), "a".into()]).is_ok());
+        assert!(read.check_list(&["a".into()]).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_is_compressed_and_read_back_and_a_newer_one_refused() {
+        let ids: Vec<String> = (0..2000)
+            .map(|i| format!("tests/test_m.py::test_{i}"))
+            .collect();
+        let state = SplitState::new(ids, &Default::default(), 4, 0.5, false);
+        let bytes = encode_split_snapshot(&state).expect("encodes");
+        let plain = encode_split_state(&state).expect("encodes");
+        assert!(
+            bytes.len() * 4 < plain.len(),
+            "{} vs {}",
+            bytes.len(),
+            plain.len()
+        );
+        let read = decode_split_snapshot(&bytes).expect("reads");
+        assert_eq!(
+            serde_json::to_value(&read).expect("json"),
+            serde_json::to_value(&state).expect("json")
+        );
+        let newer = zstd::encode_all(&br#"{"v":9,"queue":{}}"#[..], 1).expect("zstd");
+        let e = decode_split_snapshot(&newer).expect_err("too new");
+        assert!(e.to_string().contains("newer herd"), "{e}");
+        assert!(decode_split_snapshot(b"garbage").is_err());
     }
 
     #[test]

@@ -15,9 +15,9 @@
 //! batch and may skip queued shards); `builds` and `splits` call them and
 //! never each other.
 
-use super::encoding::{decode_job_spec, decode_split_state, encode_split_state};
+use super::encoding::decode_job_spec;
+use super::split_log::{self, LoadedSplit};
 use super::{Result, StoreError};
-use herd_core::split::SplitState;
 use herd_core::state::RunState;
 use sqlx::{Any, Row, Transaction};
 
@@ -134,21 +134,9 @@ pub(super) async fn finish_job(
     })
 }
 
-/// One split row as the lock-order steps need it.
-struct OpenSplit {
-    id: i64,
-    data: SplitState,
-}
-
-fn open_split(r: &sqlx::any::AnyRow) -> Result<OpenSplit> {
-    Ok(OpenSplit {
-        id: r.try_get("id")?,
-        data: decode_split_state(&r.try_get::<String, _>("data")?)?,
-    })
-}
-
 /// The attempt ended while it may hold a batch of a split: the batch goes
-/// back to the queue (or its test is lost for good).
+/// back to the queue (or its test is lost for good). Only splits where
+/// it holds one are read (`split_holders`).
 pub(super) async fn release_attempt(
     tx: &mut Tx<'_>,
     attempt: i64,
@@ -156,17 +144,20 @@ pub(super) async fn release_attempt(
     now: i64,
 ) -> Result<()> {
     lock_build_of_attempt(tx, attempt).await?;
-    let rows = sqlx::query(
-        "SELECT s.id, s.data FROM splits s JOIN jobs j ON j.build_id = s.build_id AND j.builder = s.builder \
-         JOIN attempts a ON a.job_id = j.id WHERE a.id = $1 AND s.state = 'running'",
+    let held: Vec<i64> = sqlx::query(
+        "SELECT h.split_id FROM split_holders h JOIN splits s ON s.id = h.split_id \
+         WHERE h.attempt_id = $1 AND s.state = 'running' ORDER BY h.split_id",
     )
     .bind(attempt)
     .fetch_all(&mut **tx)
-    .await?;
-    for r in rows {
-        let mut split = open_split(&r)?;
-        if split.data.release(attempt, reason, now) {
-            persist_split(tx, split.id, &split.data, now).await?;
+    .await?
+    .iter()
+    .map(|r| r.try_get("split_id"))
+    .collect::<std::result::Result<_, _>>()?;
+    for id in held {
+        let mut split = split_log::load(tx, id, None).await?;
+        if split.state.release(attempt, reason, now) {
+            persist_split(tx, &mut split, now).await?;
         }
     }
     Ok(())
@@ -175,44 +166,48 @@ pub(super) async fn release_attempt(
 /// The build ended: a split that still has tests without an outcome (its
 /// shards gave up or were cancelled) ends with them `not_run`.
 async fn finalize_splits(tx: &mut Tx<'_>, build_id: i64, now: i64) -> Result<()> {
-    let rows = sqlx::query("SELECT id, data FROM splits WHERE build_id = $1 AND state = 'running'")
-        .bind(build_id)
-        .fetch_all(&mut **tx)
-        .await?;
-    for r in rows {
-        let mut split = open_split(&r)?;
+    let ids: Vec<i64> =
+        sqlx::query("SELECT id FROM splits WHERE build_id = $1 AND state = 'running' ORDER BY id")
+            .bind(build_id)
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<std::result::Result<_, _>>()?;
+    for id in ids {
+        let mut split = split_log::load(tx, id, None).await?;
         split
-            .data
+            .state
             .abandon_rest("no shard was left to run it (the build ended)");
-        write_split(tx, split.id, &split.data, now).await?;
+        write_split(tx, &mut split, now).await?;
     }
     Ok(())
 }
 
-/// Writes a split's state and, when nothing is left to hand out, ends its
-/// queued shards that owe no verdict as `skipped` (returned).
+/// Writes a split's changes and, when nothing is left to hand out, ends
+/// its queued shards that owe no verdict as `skipped` (returned).
 pub(super) async fn persist_split(
     tx: &mut Tx<'_>,
-    split_id: i64,
-    state: &SplitState,
+    split: &mut LoadedSplit,
     now: i64,
 ) -> Result<Vec<i64>> {
-    let Some((build_id, builder, job)) = write_split(tx, split_id, state, now).await? else {
+    let Some(saved) = write_split(tx, split, now).await? else {
         return Ok(Vec::new());
     };
+    let state = &split.state;
     let mut skipped = Vec::new();
     if state.queue.is_empty() {
         let queued = sqlx::query(
             "SELECT id, spec FROM jobs WHERE build_id = $1 AND builder = $2 AND state = 'queued'",
         )
-        .bind(build_id)
-        .bind(&builder)
+        .bind(saved.build_id)
+        .bind(&saved.builder)
         .fetch_all(&mut **tx)
         .await?;
         for r in queued {
             let id: i64 = r.try_get("id")?;
             let spec = decode_job_spec(&r.try_get::<String, _>("spec")?)?;
-            let ours = spec.shard.is_some_and(|s| s.job == job);
+            let ours = spec.shard.is_some_and(|s| s.job == saved.job);
             // A shard that a failure belongs to must run to report it.
             let owes = state.owes_failure(id);
             if ours && !owes {
@@ -231,37 +226,28 @@ pub(super) async fn persist_split(
     Ok(skipped)
 }
 
-/// Writes a split's state; when every test has its outcome, the split ends
-/// and its passing timings are remembered. None when it had ended already.
+/// Writes a split's changes; when every test has its outcome, the split
+/// ends and its passing timings are remembered. None when it had ended
+/// already.
 async fn write_split(
     tx: &mut Tx<'_>,
-    split_id: i64,
-    state: &SplitState,
+    split: &mut LoadedSplit,
     now: i64,
-) -> Result<Option<(i64, String, String)>> {
-    let complete = state.is_complete();
-    let was_running = sqlx::query(
-        "UPDATE splits SET data = $2, state = $3, failed = $4, summary = $5, \
-         finished_at = CASE WHEN $3 = 'done' THEN COALESCE(finished_at, $6) ELSE NULL END \
-         WHERE id = $1 AND state = 'running' RETURNING build_id, builder, job, step_name",
-    )
-    .bind(split_id)
-    .bind(encode_split_state(state)?)
-    .bind(if complete { "done" } else { "running" })
-    .bind(i64::from(state.failed()))
-    .bind(state.summary_line())
-    .bind(now)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(meta) = was_running else {
+) -> Result<Option<split_log::Saved>> {
+    let Some(saved) = split_log::save(tx, split, now).await? else {
         return Ok(None);
     };
-    let build_id: i64 = meta.try_get("build_id")?;
-    let builder: String = meta.try_get("builder")?;
-    let job: String = meta.try_get("job")?;
-    let step_name: String = meta.try_get("step_name")?;
-    if complete {
-        super::timings::remember(tx, build_id, &builder, &step_name, state, now).await?;
+    if saved.complete {
+        let _t = crate::store::split_log::Timed::new("timings remembered");
+        super::timings::remember(
+            tx,
+            saved.build_id,
+            &saved.builder,
+            &saved.step_name,
+            &split.state,
+            now,
+        )
+        .await?;
     }
-    Ok(Some((build_id, builder, job)))
+    Ok(Some(saved))
 }

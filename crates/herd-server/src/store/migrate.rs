@@ -169,8 +169,25 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("data", Text),
             ("created_at", Int),
             ("finished_at", Int),
+            ("seq", Int),
+            ("stamp", Int),
+            ("counts", Text),
         ],
     ),
+    (
+        "split_snapshots",
+        &[("split_id", Int), ("data_seq", Int), ("data", Bytes)],
+    ),
+    (
+        "split_events",
+        &[
+            ("split_id", Int),
+            ("seq", Int),
+            ("stamp", Int),
+            ("data", Text),
+        ],
+    ),
+    ("split_holders", &[("attempt_id", Int), ("split_id", Int)]),
     (
         "test_timings",
         &[

@@ -22,6 +22,7 @@ mod retention;
 mod rows;
 mod schedules;
 mod servers;
+mod split_log;
 mod splits;
 mod timings;
 
@@ -33,7 +34,7 @@ pub use pulls::{PullFacts, PullRow};
 pub use retention::{JanitorRun, Removed};
 pub use rows::*;
 pub use servers::NOTIFY_CHANNEL;
-pub use splits::{SplitAnswer, SplitRow, SPLIT_WAIT_MS};
+pub use splits::{SplitAnswer, SplitHead, SplitRow, SPLIT_WAIT_MS};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
@@ -62,6 +63,8 @@ pub struct Store {
     postgres: Option<String>,
     /// The SQLite file, when the store is one.
     sqlite: Option<std::path::PathBuf>,
+    /// Split states this server wrote last (`split_log`).
+    split_cache: std::sync::Arc<split_log::SplitCache>,
 }
 
 /// Whether `database` names a PostgreSQL database rather than a file.
@@ -141,6 +144,7 @@ impl Store {
             read,
             postgres: None,
             sqlite: Some(path.to_path_buf()),
+            split_cache: Default::default(),
         })
     }
 
@@ -159,6 +163,7 @@ impl Store {
             read: pool,
             postgres: Some(url.to_string()),
             sqlite: None,
+            split_cache: Default::default(),
         })
     }
 

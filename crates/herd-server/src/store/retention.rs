@@ -168,6 +168,15 @@ impl Store {
             format!(
                 "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE build_id IN ({list}))"
             ),
+            format!(
+                "DELETE FROM split_events WHERE split_id IN (SELECT id FROM splits WHERE build_id IN ({list}))"
+            ),
+            format!(
+                "DELETE FROM split_snapshots WHERE split_id IN (SELECT id FROM splits WHERE build_id IN ({list}))"
+            ),
+            format!(
+                "DELETE FROM split_holders WHERE split_id IN (SELECT id FROM splits WHERE build_id IN ({list}))"
+            ),
             format!("DELETE FROM splits WHERE build_id IN ({list})"),
             format!("DELETE FROM jobs WHERE build_id IN ({list})"),
             format!("DELETE FROM status_reports WHERE build_id IN ({list})"),

@@ -37,8 +37,9 @@ pub(super) struct Batch {
     /// Attempts the worker reported on that it does not hold.
     unknown: Vec<AttemptId>,
     probe_results: Vec<herd_proto::ProbeResult>,
-    /// Requests of split-step shards, answered after the events are stored.
-    splits: Vec<herd_proto::SplitRequest>,
+    /// Requests of split-step shards, answered after the events are
+    /// stored; with why, when one is refused here already.
+    splits: Vec<(herd_proto::SplitRequest, Option<String>)>,
     /// The worker said it stops now: its attempts are dead.
     stopping: bool,
     /// The last disk report of the batch (only the last one counts).
@@ -79,6 +80,8 @@ pub(super) struct Ledger {
     /// Reused for every log chunk of the connection (a context per chunk
     /// costs more than the chunk).
     compressor: zstd::bulk::Compressor<'static>,
+    /// Test lists arriving in parts.
+    uploads: super::uploads::Uploads,
 }
 
 impl Ledger {
@@ -94,6 +97,7 @@ impl Ledger {
             conn_id,
             cursors: HashMap::new(),
             compressor,
+            uploads: Default::default(),
         }
     }
 
@@ -155,8 +159,22 @@ impl Ledger {
                     batch.probe_results.extend(results);
                     Flow::Continue
                 }
-                Ok(WorkerMsg::Split(req)) => {
-                    batch.splits.push(req);
+                Ok(WorkerMsg::Split(mut req)) => {
+                    let mut refused = None;
+                    if let Some(parts) = req.list_parts.take() {
+                        match self.uploads.take(req.attempt, req.step, parts) {
+                            Ok(list) => req.list = list,
+                            Err(why) => refused = Some(why),
+                        }
+                    }
+                    batch.splits.push((req, refused));
+                    Flow::Continue
+                }
+                Ok(WorkerMsg::SplitList { attempt, step, ids }) => {
+                    // Only for an attempt this connection carries.
+                    if self.cursors.contains_key(&attempt) {
+                        self.uploads.part(attempt, step, ids);
+                    }
                     Flow::Continue
                 }
                 Ok(WorkerMsg::Event {
@@ -387,10 +405,14 @@ impl Ledger {
             }
             hub.changed();
         }
-        for req in batch.splits {
-            // None: parked, answered on this connection when there is work.
-            let Some(reply) = hub.split_request(&self.name, &req).await? else {
-                continue;
+        for (req, refused) in batch.splits {
+            let reply = match refused {
+                Some(message) => herd_proto::SplitReply::Fail { message },
+                // None: parked, answered on this connection when there is work.
+                None => match hub.split_request(&self.name, &req).await? {
+                    Some(reply) => reply,
+                    None => continue,
+                },
             };
             if let herd_proto::SplitReply::Fail { message } = &reply {
                 tracing::warn!(

@@ -15,6 +15,7 @@
 
 mod batch;
 mod session;
+mod uploads;
 
 use crate::access::{refusal, MaybeCaller};
 use crate::auth::Principal;

@@ -303,8 +303,189 @@ fn state_survives_a_round_trip_through_json() {
     assert_eq!(back.next(1, 10, "w1", 0), s.next(1, 10, "w1", 0));
 }
 
+/// A state as the store reads it back: no tally, no log.
+fn reread(s: &SplitState) -> SplitState {
+    serde_json::from_value(serde_json::to_value(s).unwrap()).unwrap()
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Next {
+        worker: usize,
+        attempt: usize,
+    },
+    Report {
+        attempt: usize,
+        fail_every: usize,
+        leave_out_every: usize,
+    },
+    Release {
+        attempt: usize,
+    },
+    Abandon,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (0..3usize, 0..4usize).prop_map(|(worker, attempt)| Op::Next { worker, attempt }),
+        6 => (0..4usize, 0..6usize, 0..8usize).prop_map(|(attempt, fail_every, leave_out_every)| Op::Report { attempt, fail_every, leave_out_every }),
+        1 => (0..4usize).prop_map(|attempt| Op::Release { attempt }),
+        1 => Just(Op::Abandon),
+    ]
+}
+
+/// Runs `ops` on a fresh split of `n` tests; returns the state right
+/// after it was made (the snapshot), the live state and its events.
+fn play(n: usize, ops: &[Op]) -> (SplitState, SplitState, Vec<SplitEvent>) {
+    let timings: HashMap<String, f64> = ids(n)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(i, t)| (t, 0.1 + (i % 7) as f64 * 0.3))
+        .collect();
+    let mut s = SplitState::new(ids(n), &timings, 3, 0.2, false);
+    let snapshot = reread(&s);
+    let mut events = s.take_events();
+    let mut held: HashMap<i64, (u64, Vec<String>)> = HashMap::new();
+    for (step, op) in ops.iter().enumerate() {
+        let now = step as i64 * 10;
+        match op {
+            Op::Next { worker, attempt } => {
+                let attempt = *attempt as i64 + 1;
+                if let Next::Batch { id, tests } =
+                    s.next(100 + attempt, attempt, &format!("w{worker}"), now)
+                {
+                    held.insert(attempt, (id, tests));
+                }
+            }
+            Op::Report {
+                attempt,
+                fail_every,
+                leave_out_every,
+            } => {
+                let attempt = *attempt as i64 + 1;
+                let Some((id, tests)) = held.remove(&attempt) else {
+                    continue;
+                };
+                let runs = tests
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *leave_out_every == 0 || i % leave_out_every != 1)
+                    .map(|(i, t)| {
+                        let failed = *fail_every > 0 && i % fail_every == 0;
+                        run(
+                            t,
+                            if failed {
+                                RunOutcome::Failed
+                            } else {
+                                RunOutcome::Passed
+                            },
+                        )
+                    })
+                    .collect();
+                s.report(
+                    attempt,
+                    &BatchReport {
+                        batch: id,
+                        exit_code: Some(1),
+                        wall_secs: 2.0,
+                        tests: Some(runs),
+                    },
+                    now,
+                );
+            }
+            Op::Release { attempt } => {
+                let attempt = *attempt as i64 + 1;
+                held.remove(&attempt);
+                s.release(attempt, "worker lost", now);
+            }
+            Op::Abandon => s.abandon_rest("the build ended"),
+        }
+        events.extend(s.take_events());
+        // The tally kept along the way is what a recount finds.
+        let recount = reread(&s);
+        assert_eq!(s.summary(), recount.summary());
+        assert_eq!(s.summary_line(), recount.summary_line());
+        assert_eq!(s.failed(), recount.failed());
+        for job in 101..=104 {
+            assert_eq!(s.owes_failure(job), recount.owes_failure(job));
+        }
+    }
+    (snapshot, s, events)
+}
+
+proptest::proptest! {
+    /// What the store does: the snapshot plus the events replayed is the
+    /// live state, whatever happened in between.
+    #[test]
+    fn replaying_the_events_on_the_snapshot_gives_the_live_state(
+        n in 1..60usize,
+        ops in proptest::collection::vec(op(), 0..60),
+    ) {
+        let (mut replayed, live, events) = play(n, &ops);
+        for e in &events {
+            replayed.replay(e);
+        }
+        proptest::prop_assert_eq!(serde_json::to_value(&replayed).unwrap(), serde_json::to_value(&live).unwrap());
+        proptest::prop_assert_eq!(replayed.summary_line(), live.summary_line());
+        proptest::prop_assert!(replayed.take_events().is_empty(), "a replay logs nothing");
+        // Every test is handed out at most once at a time and none is lost
+        // track of: pending tests are queued or in a running batch.
+        let running: usize = live.batches.iter().filter(|b| b.state == BatchState::Running).map(|b| b.batch.tests.len()).sum();
+        let queued = live.queue.remaining_tests();
+        proptest::prop_assert!(live.summary().pending <= running + queued);
+    }
+}
+
 #[test]
-fn moving_average_moves_a_third_of_the_way() {
-    assert_eq!(moving_average(None, 3.0), 3.0);
-    assert!((moving_average(Some(3.0), 6.0) - 4.0).abs() < 1e-9);
+fn a_replay_hands_out_what_the_log_says_when_the_planner_would_choose_otherwise() {
+    let mut s = SplitState::new(ids(20), &HashMap::new(), 2, 0.0, false);
+    // Another release's planner handed t005 and t017 out as batch 1.
+    let chosen = vec!["t005".to_string(), "t017".to_string()];
+    s.replay(&SplitEvent::Handed {
+        job: 1,
+        attempt: 10,
+        worker: "w1".into(),
+        at_ms: 5,
+        batch: 1,
+        tests: chosen.clone(),
+    });
+    let held = s.batches.last().unwrap();
+    assert_eq!((held.batch.id, &held.batch.tests), (1, &chosen));
+    // Asking again returns that batch; the rest runs elsewhere, each test once.
+    assert_eq!(
+        s.next(1, 10, "w1", 6),
+        Next::Batch {
+            id: 1,
+            tests: chosen.clone()
+        }
+    );
+    let rest = drain(&mut s, 2, 20, "w2", &mut |_| RunOutcome::Passed);
+    let mut seen: Vec<String> = rest.into_iter().flatten().chain(chosen).collect();
+    seen.sort();
+    assert_eq!(seen, ids(20));
+    assert!(
+        s.batches.iter().skip(1).all(|b| b.batch.id > 1),
+        "batch ids go on after the logged one"
+    );
+}
+
+#[test]
+fn the_list_digest_ignores_order_and_repeats_and_sees_any_difference() {
+    let a = list_digest(&["b", "a", "c"]);
+    assert_eq!(a, list_digest(&["a", "b", "c", "a"]));
+    assert_ne!(a, list_digest(&["a", "b"]));
+    assert_ne!(a, list_digest(&["a", "b", "c", "d"]));
+    // Ids are separated: "ab" + "c" is not "a" + "bc".
+    assert_ne!(list_digest(&["ab", "c"]), list_digest(&["a", "bc"]));
+    let s = SplitState::new(
+        vec!["c".into(), "a".into(), "b".into()],
+        &HashMap::new(),
+        1,
+        0.0,
+        false,
+    );
+    assert!(s.list_matches(&a));
+    assert!(!reread(&s).list_matches(&list_digest(&["a"])));
 }
