@@ -142,6 +142,23 @@ fn outcome_map(split: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// A builder whose one step splits the suite of `runner` (its `list` and
+/// `run JUNIT FILE`) over `workers`, with `env` (YAML mapping entries).
+fn split_builder(name: &str, runner: &str, workers: u32, env: &str) -> String {
+    format!(
+        "  {name}:
+    steps:
+      - name: tests
+        split:
+          list: python3 {runner} list
+          run: python3 {runner} run {{junit}} \"$HERD_TESTS_FILE\"
+          junit: reports/junit.xml
+          workers: {workers}
+        env: {{{env}}}
+"
+    )
+}
+
 /// Every step's message, over the build's jobs and attempts.
 fn step_messages(build: &Value) -> Vec<String> {
     build["jobs"]
@@ -583,19 +600,14 @@ fn a_first_split_takes_its_siblings_timings_as_priors() {
     let builder = |name: &str| {
         let ran = s.ran.join(name);
         std::fs::create_dir_all(&ran).unwrap();
-        format!(
-            "  {name}:
-    steps:
-      - name: tests
-        split:
-          list: python3 {r} list
-          run: python3 {r} run {{junit}} \"$HERD_TESTS_FILE\"
-          junit: reports/junit.xml
-          workers: 1
-        env: {{RAN_DIR: {ran}, SUITE_SIZE: \"30\", LONG_TEST: t029}}
-",
-            r = s.runner,
-            ran = ran.display()
+        split_builder(
+            name,
+            &s.runner,
+            1,
+            &format!(
+                "RAN_DIR: {}, SUITE_SIZE: \"30\", LONG_TEST: t029",
+                ran.display()
+            ),
         )
     };
     let pipeline = format!("builders:\n{}{}", builder("linux"), builder("macos"));
@@ -707,19 +719,11 @@ fn a_list_larger_than_a_frame_goes_in_parts_and_a_different_one_still_shows_the_
     let runner = s.ran.parent().unwrap().join("big.py");
     std::fs::write(&runner, BIG_RUNNER).unwrap();
     let builder = |name: &str, odd: &str| {
-        format!(
-            "  {name}:
-    steps:
-      - name: tests
-        split:
-          list: python3 {r} list
-          run: python3 {r} run {{junit}} \"$HERD_TESTS_FILE\"
-          junit: reports/junit.xml
-          workers: 2
-        env: {{RAN_DIR: {ran}, ODD_WORKER: \"{odd}\"}}
-",
-            r = runner.display(),
-            ran = s.ran.display()
+        split_builder(
+            name,
+            &runner.display().to_string(),
+            2,
+            &format!("RAN_DIR: {}, ODD_WORKER: \"{odd}\"", s.ran.display()),
         )
     };
     let yml = format!(

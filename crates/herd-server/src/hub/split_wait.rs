@@ -73,7 +73,7 @@ impl Hub {
     ) -> Result<SplitAnswer, StoreError> {
         let started = std::time::Instant::now();
         let answer = self.store.split_request(worker, req).await?;
-        tracing::debug!(worker, attempt = req.attempt, reply = ?std::mem::discriminant(&answer.reply), elapsed = ?started.elapsed(), "split request answered");
+        tracing::debug!(worker, attempt = req.attempt, reply = reply_kind(&answer.reply), elapsed = ?started.elapsed(), "split request answered");
         if !answer.skipped.is_empty() {
             self.lock()
                 .queue
@@ -194,5 +194,16 @@ impl Hub {
     /// Shards parked now (for tests and metrics).
     pub fn parked_shards(&self) -> usize {
         self.split_waits().parked.len()
+    }
+}
+
+/// A reply's kind as the protocol names it, for the log.
+fn reply_kind(reply: &SplitReply) -> &'static str {
+    match reply {
+        SplitReply::Batch { .. } => "batch",
+        SplitReply::Wait { .. } => "wait",
+        SplitReply::Done { .. } => "done",
+        SplitReply::Fail { .. } => "fail",
+        SplitReply::SendList => "send_list",
     }
 }

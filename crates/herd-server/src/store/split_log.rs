@@ -41,6 +41,9 @@ pub(super) struct LoadedSplit {
     data_seq: i64,
     /// The stamp of the write this state is as of.
     stamp: i64,
+    /// It holds changes that were not written (the split had ended): the
+    /// cache must not get it.
+    unwritten: bool,
 }
 
 impl LoadedSplit {
@@ -52,6 +55,7 @@ impl LoadedSplit {
             seq: 0,
             data_seq: 0,
             stamp: 0,
+            unwritten: false,
         }
     }
 }
@@ -166,6 +170,7 @@ pub(super) async fn load(
                 seq,
                 data_seq,
                 stamp,
+                unwritten: false,
             });
         }
         if c.seq >= data_seq && c.seq < seq {
@@ -187,6 +192,7 @@ pub(super) async fn load(
                     seq,
                     data_seq,
                     stamp,
+                    unwritten: false,
                 });
             }
         }
@@ -205,6 +211,7 @@ pub(super) async fn load(
         seq,
         data_seq,
         stamp,
+        unwritten: false,
     })
 }
 
@@ -250,6 +257,7 @@ pub(super) async fn save(
     .fetch_optional(&mut **tx)
     .await?;
     let Some(meta) = meta else {
+        split.unwritten = true;
         return Ok(None);
     };
     for (i, e) in events.iter().enumerate() {
@@ -335,7 +343,7 @@ where
 /// state as the row has it. A state with changes not written is dropped.
 /// A split that ended stays: its late shards still ask, once each.
 pub(super) fn remember(cache: &SplitCache, mut split: LoadedSplit) {
-    if !split.state.take_events().is_empty() {
+    if split.unwritten || !split.state.take_events().is_empty() {
         cache.forget(split.id);
     } else {
         cache.put(split.id, split.seq, split.stamp, split.state);
