@@ -5,7 +5,7 @@ use crate::{now_ns, rss_mb, Bench};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -149,17 +149,45 @@ pub async fn idle_workers(n: usize) {
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     let online = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Why connections failed, by reason: a figure with workers missing
+    // says why.
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        usize,
+    >::new()));
+    // Upgrades in progress at once, under the server's per-address limit
+    // of HTTP connections (a quarter of its connection limit): all these
+    // workers share 127.0.0.1, where real ones would have their own
+    // addresses or retry.
+    let connecting = std::sync::Arc::new(tokio::sync::Semaphore::new(1000));
+    // HERD_BENCH_PROTOCOLS=1 simulates workers of protocol 1 (a heartbeat
+    // every busy interval, idle or not).
+    let protocols: Vec<u32> = std::env::var("HERD_BENCH_PROTOCOLS")
+        .unwrap_or_else(|_| "1,2".into())
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
     for token in tokens {
         let url = ws_url.clone();
         let online = std::sync::Arc::clone(&online);
+        let failures = std::sync::Arc::clone(&failures);
+        let connecting = std::sync::Arc::clone(&connecting);
+        let protocols = protocols.clone();
         tasks.push(tokio::spawn(async move {
             let mut req = url.into_client_request().unwrap();
             req.headers_mut()
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
-            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await else {
-                return;
+            let permit = connecting.acquire_owned().await.unwrap();
+            let upgraded = tokio_tungstenite::connect_async(req).await;
+            drop(permit);
+            let mut ws = match upgraded {
+                Ok((ws, _)) => ws,
+                Err(e) => {
+                    *failures.lock().unwrap().entry(e.to_string()).or_default() += 1;
+                    return;
+                }
             };
-            let hello = json!({"type": "hello", "protocols": [1], "version": "sim", "slots": 1,
+            let hello = json!({"type": "hello", "protocols": protocols, "version": env!("CARGO_PKG_VERSION"), "slots": 1,
                                "facts": {"os": "linux", "arch": "x86_64", "cpus": "1"}});
             if ws
                 .send(Message::Text(hello.to_string().into()))
@@ -168,18 +196,33 @@ pub async fn idle_workers(n: usize) {
             {
                 return;
             }
-            let mut welcomed = false;
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            // As a real worker running nothing: a heartbeat every idle
+            // interval of the welcome (the busy one from a protocol-1 server).
+            let interval = loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let Ok(welcome) = serde_json::from_str::<Value>(&t) else {
+                            return;
+                        };
+                        if welcome["type"] != "welcome" {
+                            continue;
+                        }
+                        online.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let ms = welcome["idle_heartbeat_interval_ms"]
+                            .as_u64()
+                            .or(welcome["heartbeat_interval_ms"].as_u64())
+                            .unwrap_or(5000);
+                        break Duration::from_millis(ms);
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            };
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             // Bounded: the benchmark ends these tasks by aborting them.
             loop {
                 tokio::select! {
                     m = ws.next() => match m {
-                        Some(Ok(Message::Text(t))) => {
-                            if !welcomed && t.contains("\"welcome\"") {
-                                welcomed = true;
-                                online.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            }
-                        }
                         Some(Ok(_)) => {}
                         _ => return,
                     },
@@ -214,7 +257,9 @@ pub async fn idle_workers(n: usize) {
     let cpu1 = cpu_ticks(pid);
     let ticks_per_s = 100.0; // USER_HZ on Linux
     let cpu = (cpu1 - cpu0) as f64 / ticks_per_s / window.as_secs_f64() * 100.0;
-    println!("{n} simulated idle workers (hello + heartbeat every 5 s):");
+    println!(
+        "{n} simulated idle workers (hello, then a heartbeat every idle interval of the welcome):"
+    );
     println!(
         "  {connected} online after {:.1} s; server RSS {:.0} MB; server CPU {:.1} % of one core over {}s",
         connect_time.as_secs_f64(),
@@ -222,6 +267,9 @@ pub async fn idle_workers(n: usize) {
         cpu,
         window.as_secs()
     );
+    for (why, count) in failures.lock().unwrap().iter() {
+        println!("  {count} could not connect: {why}");
+    }
     for t in tasks {
         t.abort();
     }

@@ -17,7 +17,7 @@ pub use log_frame::{LogFrame, LOG_FRAME_HEADER_LEN, LOG_FRAME_KIND};
 
 /// Protocol versions this build speaks, oldest first. The hello negotiates the
 /// highest version both sides know.
-pub const SUPPORTED_PROTOCOLS: &[u32] = &[1];
+pub const SUPPORTED_PROTOCOLS: &[u32] = &[1, 2];
 
 /// Largest text frame either side accepts. Larger frames close the connection.
 pub const MAX_TEXT_FRAME: usize = 1024 * 1024;
@@ -355,6 +355,14 @@ pub struct Welcome {
     pub worker: String,
     pub heartbeat_interval_ms: u64,
     pub heartbeat_timeout_ms: u64,
+    /// Protocol 2: the heartbeat interval and silence timeout while a
+    /// worker runs nothing (it sends nothing else then). A worker given a
+    /// job answers within `heartbeat_timeout_ms` again. Absent (protocol
+    /// 1): the same as busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_heartbeat_interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_heartbeat_timeout_ms: Option<u64>,
     /// Attempts the server resumes: the worker resends events after `acked_seq`.
     #[serde(default)]
     pub resume: Vec<ResumeAttempt>,

@@ -105,7 +105,9 @@ fn step_status_names_match_the_wire() {
 
 #[test]
 fn negotiation_picks_highest_common_version() {
-    assert_eq!(negotiate(&[1, 2, 3]), Some(1));
+    assert_eq!(negotiate(&[1, 2, 3]), Some(2));
+    // A protocol-1 worker is still served.
+    assert_eq!(negotiate(&[1]), Some(1));
     assert_eq!(negotiate(&[5]), None);
 }
 

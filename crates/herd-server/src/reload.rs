@@ -122,6 +122,18 @@ fn fixed_at_start(app: &App, config: &ServerConfig) -> Vec<(&'static str, bool)>
                 .heartbeat_timeout
                 .is_some_and(|d| d != s.heartbeat_timeout),
         ),
+        (
+            "idle_heartbeat_interval",
+            config
+                .idle_heartbeat_interval
+                .is_some_and(|d| d != s.idle_heartbeat_interval),
+        ),
+        (
+            "idle_heartbeat_timeout",
+            config
+                .idle_heartbeat_timeout
+                .is_some_and(|d| d != s.idle_heartbeat_timeout),
+        ),
         ("limits", config.limits != s.limits),
         ("probes", config.probes != *s.probe_commands),
     ]

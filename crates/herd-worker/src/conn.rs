@@ -272,10 +272,21 @@ async fn handshake<'a>(
     });
     // This connection sends the split requests of all running steps.
     let split_rx = shared.split.rx.lock().await;
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(
-        welcome.heartbeat_interval_ms.max(100),
-    ));
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let busy = (
+        Duration::from_millis(welcome.heartbeat_interval_ms.max(100)),
+        Duration::from_millis(welcome.heartbeat_timeout_ms.max(1000)),
+    );
+    // A protocol-1 server says nothing of idle: busy cadence always.
+    let idle = match (
+        welcome.idle_heartbeat_interval_ms,
+        welcome.idle_heartbeat_timeout_ms,
+    ) {
+        (Some(interval), Some(timeout)) => Some((
+            Duration::from_millis(interval).max(busy.0),
+            Duration::from_millis(timeout).max(busy.1),
+        )),
+        _ => None,
+    };
     let (ctl_tx, ctl_rx) = tokio::sync::mpsc::unbounded_channel::<WorkerMsg>();
     let mut disk = shared.disk.subscribe();
     // The hello carried the current report.
@@ -291,9 +302,10 @@ async fn handshake<'a>(
         split_rx,
         ctl_tx,
         ctl_rx,
-        heartbeat,
-        hb_timeout: Duration::from_millis(welcome.heartbeat_timeout_ms.max(1000)),
+        busy,
+        idle,
         last_heard: Instant::now(),
+        last_sent: Instant::now(),
         probed: HashSet::new(),
         own_probes: Arc::new(opts.probes.clone()),
     })
@@ -354,9 +366,14 @@ struct Session<'a> {
     /// Messages from tasks of this session (probe results) to the server.
     ctl_tx: tokio::sync::mpsc::UnboundedSender<WorkerMsg>,
     ctl_rx: tokio::sync::mpsc::UnboundedReceiver<WorkerMsg>,
-    heartbeat: tokio::time::Interval,
-    hb_timeout: Duration,
+    /// Heartbeat interval and silence timeout while running jobs (or
+    /// holding their unsent events), and while idle (protocol 2).
+    busy: (Duration, Duration),
+    idle: Option<(Duration, Duration)>,
     last_heard: Instant,
+    /// Any frame sent is a sign of life: a heartbeat goes only after an
+    /// interval without one.
+    last_sent: Instant,
     /// Probes run on this connection (a `fresh` request runs them again).
     probed: HashSet<String>,
     /// Probes this worker defines itself (`--probe NAME=COMMAND`).
@@ -392,6 +409,9 @@ impl Session<'_> {
     async fn send_outbox(&mut self) -> Result<bool, SessionEnd> {
         let frames = self.outbox.take_unsent(SEND_BATCH);
         let more = frames.len() == SEND_BATCH;
+        if !frames.is_empty() {
+            self.last_sent = Instant::now();
+        }
         for f in frames {
             let msg = match f {
                 Frame::Text(t) => Message::Text(t.into()),
@@ -418,6 +438,7 @@ impl Session<'_> {
     ) -> Event {
         // `ready` keeps a permit when nobody waits: no wake-up is missed.
         let ready = self.outbox.ready.notified();
+        let (interval, timeout) = self.cadence();
         tokio::select! {
             biased;
             incoming = self.stream.next() => match incoming {
@@ -432,8 +453,8 @@ impl Session<'_> {
                 Some(report) => Event::Outgoing(WorkerMsg::Disk(report)),
                 None => Event::OutboxReady,
             },
-            _ = tokio::time::sleep_until((self.last_heard + self.hb_timeout).into()) => Event::Silence,
-            _ = self.heartbeat.tick() => Event::HeartbeatDue,
+            _ = tokio::time::sleep_until((self.last_heard + timeout).into()) => Event::Silence,
+            _ = tokio::time::sleep_until((self.last_sent + interval).into()) => Event::HeartbeatDue,
             _ = emptied, if draining => Event::Emptied,
             changed = self.shutdown.changed() => {
                 Event::Shutdown(if changed.is_ok() { *self.shutdown.borrow() } else { Shutdown::Now })
@@ -454,7 +475,7 @@ impl Session<'_> {
             Event::Outgoing(msg) => self.send(&msg).await.err(),
             Event::Silence => Some(SessionEnd::Lost(format!(
                 "no heartbeat from the server for {:?}",
-                self.hb_timeout
+                self.cadence().1
             ))),
             Event::HeartbeatDue => self.send(&WorkerMsg::Heartbeat).await.err(),
             Event::Shutdown(Shutdown::Run) => None,
@@ -509,7 +530,18 @@ impl Session<'_> {
     }
 
     /// The one way out for control messages (log frames go by the outbox).
+    /// (interval, timeout) now: busy while a job runs or its events wait.
+    fn cadence(&self) -> (Duration, Duration) {
+        match self.idle {
+            Some(idle) if self.executors.load(Ordering::SeqCst) == 0 && self.outbox.is_empty() => {
+                idle
+            }
+            _ => self.busy,
+        }
+    }
+
     async fn send(&mut self, msg: &WorkerMsg) -> Result<(), SessionEnd> {
+        self.last_sent = Instant::now();
         self.sink
             .send(Message::Text(msg.encode().into()))
             .await

@@ -179,6 +179,98 @@ fn a_hung_worker_loses_its_job_after_the_heartbeat_timeout_and_its_late_report_i
     assert!(String::from_utf8_lossy(&out.stderr).contains("no attempt 7"));
 }
 
+/// An idle worker heartbeats seldom and is watched loosely (here a 60 s
+/// idle timeout); a job given to it must be answered within the busy
+/// timeout all the same, or it moves.
+#[test]
+fn a_job_given_to_a_hung_idle_worker_moves_after_the_busy_timeout_not_the_idle_one() {
+    let pipeline = "builders:\n  job:\n    steps:\n      - run: echo \"done on $HERD_WORKER\"\n";
+    let server = Server::start_with_pipelines(
+        &[("p", pipeline)],
+        &[
+            "--heartbeat-interval",
+            "300ms",
+            "--heartbeat-timeout",
+            "1500ms",
+            "--idle-heartbeat-interval",
+            "1s",
+            "--idle-heartbeat-timeout",
+            "60s",
+        ],
+    );
+    let sleeper = server.worker("sleeper", 1, &[]);
+    signal(sleeper.pid(), Signal::SIGSTOP);
+    // Twice the busy timeout (the stimulus): idle, it is still online.
+    std::thread::sleep(Duration::from_secs(3));
+    let w = server.get("/api/v1/workers/sleeper").unwrap();
+    assert_eq!(w["online"], true, "{w}");
+    let id = server.start_build("p", &[]);
+    wait_until(
+        Duration::from_secs(20),
+        "the job to be given to the sleeper",
+        || (attempts(&server.build(id)).first()?["worker"] == "sleeper").then_some(()),
+    );
+    let _spare = server.worker("spare", 1, &[]);
+    // Well within the idle timeout: the busy one applied from the assignment.
+    let b = server.wait_build(id, Duration::from_secs(20));
+    assert_eq!(b["state"], "success", "{b}");
+    let att = attempts(&b);
+    assert_eq!(
+        (att[0]["worker"].as_str(), att[0]["state"].as_str()),
+        (Some("sleeper"), Some("lost"))
+    );
+    assert_eq!(att[1]["worker"], "spare");
+    signal(sleeper.pid(), Signal::SIGCONT);
+}
+
+/// The idle cadence is protocol 2: a protocol-1 worker's welcome has no
+/// field it would refuse, and such a worker keeps the busy cadence.
+#[test]
+fn the_welcome_names_the_idle_cadence_only_to_a_worker_of_protocol_2() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(&["--idle-heartbeat-interval", "40s"]);
+    let token = server.worker_token("raw");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let welcome = |protocols: Vec<u32>| {
+        rt.block_on(async {
+            let mut ws = connect(&server.url, Some(&token)).await.unwrap();
+            let hello = serde_json::json!({"type": "hello", "protocols": protocols, "version": "test", "slots": 1});
+            ws.send(Message::Text(hello.to_string().into())).await.unwrap();
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                panic!("no welcome");
+            };
+            serde_json::from_str::<Value>(&t).unwrap()
+        })
+    };
+    let old = welcome(vec![1]);
+    assert_eq!(
+        (old["type"].as_str(), old["protocol"].as_u64()),
+        (Some("welcome"), Some(1))
+    );
+    assert!(old.get("idle_heartbeat_interval_ms").is_none(), "{old}");
+    let new = welcome(vec![1, 2]);
+    assert_eq!(new["protocol"], 2);
+    assert_eq!(new["idle_heartbeat_interval_ms"], 40_000);
+    assert_eq!(new["idle_heartbeat_timeout_ms"], 90_000);
+    assert_eq!(new["heartbeat_interval_ms"], 5_000);
+    // An idle cadence tighter than the busy one is refused at the start.
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(HERD)
+        .args(["server", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .args(["--idle-heartbeat-interval", "1s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("must be at least the busy ones")
+            && text.contains("--idle-heartbeat-interval"),
+        "{text}"
+    );
+}
+
 #[test]
 fn the_server_killed_with_builds_in_flight_loses_nothing() {
     let pipeline =

@@ -6,6 +6,8 @@
 //! data: ./herd-data
 //! heartbeat_interval: 5s
 //! heartbeat_timeout: 15s
+//! idle_heartbeat_interval: 30s   # a worker running nothing
+//! idle_heartbeat_timeout: 90s
 //! max_step_log: 268435456        # bytes of output kept per step
 //! tls: self-signed               # or tls: {cert: FILE, key: FILE}
 //! client_timeout: 10s
@@ -47,6 +49,8 @@ pub struct ServerConfig {
     pub data: Option<String>,
     pub heartbeat_interval: Option<Duration>,
     pub heartbeat_timeout: Option<Duration>,
+    pub idle_heartbeat_interval: Option<Duration>,
+    pub idle_heartbeat_timeout: Option<Duration>,
     pub projects: Vec<ProjectConfig>,
     /// Web sign-in: user name -> argon2 password hash (`herd hash-password`).
     pub users: std::collections::BTreeMap<String, String>,
@@ -99,6 +103,8 @@ struct RawConfig {
     data: Option<String>,
     heartbeat_interval: Option<Spanned<String>>,
     heartbeat_timeout: Option<Spanned<String>>,
+    idle_heartbeat_interval: Option<Spanned<String>>,
+    idle_heartbeat_timeout: Option<Spanned<String>>,
     /// `projects:` with nothing under it is allowed (null).
     #[serde(default)]
     projects: Option<IndexMap<Spanned<String>, RawProject>>,
@@ -296,6 +302,8 @@ impl ServerConfig {
             data: raw.data,
             heartbeat_interval: duration(&raw.heartbeat_interval)?,
             heartbeat_timeout: duration(&raw.heartbeat_timeout)?,
+            idle_heartbeat_interval: duration(&raw.idle_heartbeat_interval)?,
+            idle_heartbeat_timeout: duration(&raw.idle_heartbeat_timeout)?,
             projects,
             max_step_log: raw.max_step_log,
             tls: match raw.tls {

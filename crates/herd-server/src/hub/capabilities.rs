@@ -62,7 +62,7 @@ impl Hub {
             })
             .collect();
         for w in st.workers.values() {
-            let _ = w.tx.send(Outbound::Send(ServerMsg::Probe {
+            let _ = w.tx.send(Outbound::send(ServerMsg::Probe {
                 probes: probes.clone(),
                 fresh: false,
             }));
@@ -99,7 +99,7 @@ impl Hub {
             .iter()
             .filter(|(n, _)| name.is_none_or(|want| want == n.as_str()))
             .filter(|(_, w)| {
-                w.tx.send(Outbound::Send(ServerMsg::Probe {
+                w.tx.send(Outbound::send(ServerMsg::Probe {
                     probes: probes.clone(),
                     fresh: true,
                 }))

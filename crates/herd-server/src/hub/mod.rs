@@ -44,6 +44,11 @@ pub type SharedSecrets = Arc<arc_swap::ArcSwap<BTreeMap<String, crate::config::S
 pub struct Settings {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// The same for a worker running nothing (protocol 2): thousands of
+    /// idle workers cost a sixth of the wake-ups. A job given to one is
+    /// answered within `heartbeat_timeout` again.
+    pub idle_heartbeat_interval: Duration,
+    pub idle_heartbeat_timeout: Duration,
     /// How long a worker whose connection closed may take to come back and
     /// resume its attempts before they move elsewhere.
     pub reconnect_grace: Duration,
@@ -73,6 +78,8 @@ impl Default for Settings {
         Settings {
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(15),
+            idle_heartbeat_interval: Duration::from_secs(30),
+            idle_heartbeat_timeout: Duration::from_secs(90),
             reconnect_grace: Duration::from_secs(2),
             restart_grace: Duration::from_secs(30),
             max_attempts: 3,
@@ -88,12 +95,21 @@ impl Default for Settings {
 }
 
 /// What the hub asks a connection task to do.
+///
+/// Small (boxed payloads): each worker's channel holds a block of 32 of
+/// them from the start, idle or not.
 #[derive(Debug)]
 pub enum Outbound {
-    Send(ServerMsg),
+    Send(Box<ServerMsg>),
     /// A new attempt: register it, then send the assignment.
     Assign(Box<Assignment>),
     Close(String),
+}
+
+impl Outbound {
+    pub fn send(msg: ServerMsg) -> Outbound {
+        Outbound::Send(Box::new(msg))
+    }
 }
 
 struct LiveWorker {
@@ -397,7 +413,7 @@ impl Hub {
             }
             let probes = probe_requests(&st.probe_set);
             if !probes.is_empty() {
-                let _ = tx.send(Outbound::Send(ServerMsg::Probe {
+                let _ = tx.send(Outbound::send(ServerMsg::Probe {
                     probes,
                     fresh: false,
                 }));
@@ -543,6 +559,15 @@ impl Hub {
     }
 
     /// The worker changed its mind about taking jobs (draining on SIGTERM).
+    /// Whether the hub counts attempts on this connection of the worker:
+    /// then its silence is judged by the busy heartbeat timeout.
+    pub fn runs_attempts(&self, name: &str, conn_id: u64) -> bool {
+        self.lock()
+            .workers
+            .get(name)
+            .is_some_and(|w| w.conn_id == conn_id && !w.running.is_empty())
+    }
+
     pub fn set_draining(&self, name: &str, draining: bool) {
         if let Some(w) = self.lock().workers.get_mut(name) {
             w.draining = draining;
@@ -632,7 +657,7 @@ impl Hub {
                 st.workers.get(&worker).is_some_and(|w| {
                     w.running.contains(&attempt)
                         && w.tx
-                            .send(Outbound::Send(ServerMsg::Cancel {
+                            .send(Outbound::send(ServerMsg::Cancel {
                                 attempt,
                                 reason: "build cancelled".into(),
                             }))

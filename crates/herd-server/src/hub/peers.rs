@@ -206,7 +206,7 @@ impl Hub {
         let st = self.lock();
         if let Some(w) = st.workers.get(worker) {
             if w.running.contains(&attempt) {
-                let _ = w.tx.send(Outbound::Send(ServerMsg::Cancel {
+                let _ = w.tx.send(Outbound::send(ServerMsg::Cancel {
                     attempt,
                     reason: "build cancelled".into(),
                 }));

@@ -187,7 +187,7 @@ impl Hub {
     /// matched by attempt and request number).
     fn send_to_worker(&self, worker: &str, msg: ServerMsg) {
         if let Some(w) = self.lock().workers.get(worker) {
-            let _ = w.tx.send(Outbound::Send(msg));
+            let _ = w.tx.send(Outbound::send(msg));
         }
     }
 

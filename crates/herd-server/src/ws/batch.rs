@@ -3,7 +3,7 @@
 //! step's log, the log limit), and a batch is stored in one transaction
 //! before anything is acknowledged.
 
-use crate::store::{Applied, AttemptEvents, StoreError, StoredEvent};
+use crate::store::{Applied, AttemptEvents, StoreError, StoredEvent, LOG_ZSTD_LEVEL};
 use crate::App;
 use axum::extract::ws::Message;
 use herd_core::state::RunState;
@@ -78,25 +78,33 @@ pub(super) struct Ledger {
     conn_id: u64,
     cursors: HashMap<AttemptId, Cursor>,
     /// Reused for every log chunk of the connection (a context per chunk
-    /// costs more than the chunk).
-    compressor: zstd::bulk::Compressor<'static>,
+    /// costs more than the chunk); made at the first chunk, so that an
+    /// idle worker's connection holds none.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
     /// Test lists arriving in parts.
     uploads: super::uploads::Uploads,
 }
 
+/// `data` compressed with the connection's compressor, made on first use.
+fn compress(
+    compressor: &mut Option<zstd::bulk::Compressor<'static>>,
+    data: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let compressor = match compressor {
+        Some(c) => c,
+        None => compressor.insert(zstd::bulk::Compressor::new(LOG_ZSTD_LEVEL)?),
+    };
+    compressor.compress(data)
+}
+
 impl Ledger {
-    pub fn new(
-        app: Arc<App>,
-        name: String,
-        conn_id: u64,
-        compressor: zstd::bulk::Compressor<'static>,
-    ) -> Ledger {
+    pub fn new(app: Arc<App>, name: String, conn_id: u64) -> Ledger {
         Ledger {
             app,
             name,
             conn_id,
             cursors: HashMap::new(),
-            compressor,
+            compressor: None,
             uploads: Default::default(),
         }
     }
@@ -212,7 +220,7 @@ impl Ledger {
             Message::Binary(bytes) => match LogFrame::decode(&bytes) {
                 Err(e) => Flow::Stop(e.to_string()),
                 Ok(frame) => {
-                    let compressed = match self.compressor.compress(&frame.data) {
+                    let compressed = match compress(&mut self.compressor, &frame.data) {
                         Ok(c) => c,
                         Err(e) => return Flow::Stop(format!("could not compress output: {e}")),
                     };

@@ -19,7 +19,6 @@ mod uploads;
 
 use crate::access::{refusal, MaybeCaller};
 use crate::auth::Principal;
-use crate::store::LOG_ZSTD_LEVEL;
 use crate::App;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -35,7 +34,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-const READ_BUFFER: usize = 16 * 1024;
+/// Bytes read from a worker's socket at a time. Every connection holds
+/// this much while it waits, and tungstenite zeroes it before each read:
+/// small, for thousands of idle workers. A larger frame is read whole
+/// into a buffer of its own size, 8 KiB at a time.
+const READ_BUFFER: usize = 8 * 1024;
 
 /// The worker endpoint: a WebSocket speaking the worker protocol
 /// (docs/protocol.md), for a worker token only.
@@ -81,11 +84,14 @@ pub async fn worker_endpoint(
     ws.max_message_size(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME))
         .max_frame_size(MAX_TEXT_FRAME.max(MAX_BINARY_FRAME))
         // Thousands of mostly idle workers: small buffers per connection
-        // (the defaults are 128 KiB each way).
+        // (the defaults are 128 KiB each way; see READ_BUFFER).
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
-            if let Some(session) = handshake(app, worker, expires_at, socket).await {
+            // Boxed, as the session's store work: a task is as large as
+            // its largest future, and thousands of idle ones wait in
+            // `run`'s small one.
+            if let Some(session) = Box::pin(handshake(app, worker, expires_at, socket)).await {
                 session.run().await;
             }
         })
@@ -119,17 +125,6 @@ async fn handshake(
     if hello.slots == 0 || hello.slots > 1024 {
         return refuse(&mut sink, &name, "slots must be between 1 and 1024").await;
     }
-    let compressor = match zstd::bulk::Compressor::new(LOG_ZSTD_LEVEL) {
-        Ok(c) => c,
-        Err(e) => {
-            return refuse(
-                &mut sink,
-                &name,
-                &format!("server error: cannot compress: {e}"),
-            )
-            .await
-        }
-    };
     let (tx, rx) = mpsc::unbounded_channel();
     let hub = Arc::clone(&app.hub);
     let admitted = match hub.admit(&name, &hello, tx).await {
@@ -158,11 +153,16 @@ async fn handshake(
             .collect::<Vec<_>>()
     );
     let settings = &hub.settings;
+    let cadence = session::Cadence::of(settings, protocol);
     let welcome = ServerMsg::Welcome(Welcome {
         protocol,
         worker: name.clone(),
         heartbeat_interval_ms: settings.heartbeat_interval.as_millis() as u64,
         heartbeat_timeout_ms: settings.heartbeat_timeout.as_millis() as u64,
+        idle_heartbeat_interval_ms: cadence
+            .idle
+            .map(|(interval, _)| interval.as_millis() as u64),
+        idle_heartbeat_timeout_ms: cadence.idle.map(|(_, timeout)| timeout.as_millis() as u64),
         resume: admitted.resume.clone(),
         server_version: Some(env!("CARGO_PKG_VERSION").to_string()),
     });
@@ -171,7 +171,7 @@ async fn handshake(
         name,
         admitted.conn_id,
         token_expires_at,
-        compressor,
+        cadence,
         sink,
         stream,
         rx,

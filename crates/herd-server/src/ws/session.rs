@@ -73,12 +73,46 @@ pub(super) struct Session {
     sink: SplitSink<WebSocket, Message>,
     stream: SplitStream<WebSocket>,
     hub_rx: mpsc::UnboundedReceiver<Outbound>,
-    heartbeat: tokio::time::Interval,
-    /// Silence is noticed when it reaches the timeout, not at the next tick.
+    cadence: Cadence,
+    /// Since when the worker's silence counts: its last frame, or a job
+    /// given to it (it owes an answer within the busy timeout).
+    silent_since: Instant,
+    last_sent: Instant,
+    /// The two timers are re-armed when they fire, not on every frame:
+    /// an idle connection costs one wake-up per heartbeat it receives.
+    /// Silence is noticed when it reaches the timeout, not at a tick.
     silence: Pin<Box<tokio::time::Sleep>>,
+    heartbeat: Pin<Box<tokio::time::Sleep>>,
     expiry: Pin<Box<tokio::time::Sleep>>,
     expires: bool,
-    last_sent: Instant,
+}
+
+/// Heartbeat interval and silence timeout, busy and idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Cadence {
+    pub busy: (Duration, Duration),
+    /// None: a protocol-1 worker, busy cadence always.
+    pub idle: Option<(Duration, Duration)>,
+}
+
+impl Cadence {
+    pub fn of(settings: &crate::hub::Settings, protocol: u32) -> Cadence {
+        Cadence {
+            busy: (settings.heartbeat_interval, settings.heartbeat_timeout),
+            idle: (protocol >= 2).then_some((
+                settings.idle_heartbeat_interval,
+                settings.idle_heartbeat_timeout,
+            )),
+        }
+    }
+
+    /// (interval, timeout) for a worker that runs attempts or not.
+    pub fn now(&self, busy: bool) -> (Duration, Duration) {
+        match self.idle {
+            Some(idle) if !busy => idle,
+            _ => self.busy,
+        }
+    }
 }
 
 impl Session {
@@ -88,15 +122,17 @@ impl Session {
         name: String,
         conn_id: u64,
         token_expires_at: Option<i64>,
-        compressor: zstd::bulk::Compressor<'static>,
+        cadence: Cadence,
         sink: SplitSink<WebSocket, Message>,
         stream: SplitStream<WebSocket>,
         hub_rx: mpsc::UnboundedReceiver<Outbound>,
     ) -> Session {
-        let settings = &app.hub.settings;
-        let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let silence = Box::pin(tokio::time::sleep(settings.heartbeat_timeout));
+        // Busy at first: the attempts it resumes, if any, are known only
+        // once the session runs; the timers settle at their first firing.
+        let (interval, timeout) = cadence.busy;
+        let now = Instant::now();
+        let heartbeat = Box::pin(tokio::time::sleep(interval));
+        let silence = Box::pin(tokio::time::sleep(timeout));
         let expiry = Box::pin(tokio::time::sleep(
             token_expires_at
                 .map(|at| {
@@ -105,18 +141,20 @@ impl Session {
                 .unwrap_or(Duration::MAX / 4),
         ));
         Session {
-            ledger: Ledger::new(Arc::clone(&app), name.clone(), conn_id, compressor),
+            ledger: Ledger::new(Arc::clone(&app), name.clone(), conn_id),
             app,
             name,
             conn_id,
             sink,
             stream,
             hub_rx,
-            heartbeat,
+            cadence,
+            silent_since: now,
+            last_sent: now,
             silence,
+            heartbeat,
             expiry,
             expires: token_expires_at.is_some(),
-            last_sent: Instant::now(),
         }
     }
 
@@ -145,7 +183,7 @@ impl Session {
                 break end;
             }
         };
-        self.end(end).await;
+        Box::pin(self.end(end)).await;
     }
 
     /// Says why (when asked to), closes, and lets the hub know.
@@ -184,7 +222,7 @@ impl Session {
             },
             _ = &mut self.silence => Event::Silence,
             _ = &mut self.expiry, if self.expires => Event::TokenExpired,
-            _ = self.heartbeat.tick() => Event::HeartbeatDue,
+            _ = &mut self.heartbeat => Event::HeartbeatDue,
         }
     }
 
@@ -194,21 +232,59 @@ impl Session {
             Event::Frame(first) => self.frames(first).await,
             Event::Closed(reason) => Err(End::quiet(reason)),
             Event::Hub(Outbound::Close(reason)) => Err(End::told(reason)),
-            Event::Hub(Outbound::Send(m)) => self.send(m).await,
+            Event::Hub(Outbound::Send(m)) => self.send(*m).await,
             Event::Hub(Outbound::Assign(a)) => {
                 self.ledger.assigned(&a);
+                self.now_busy();
                 self.send(ServerMsg::Assign(a)).await
             }
             Event::Replaced => Err(End::quiet("replaced")),
             Event::Silence => {
-                let timeout = self.app.hub.settings.heartbeat_timeout;
+                let (_, timeout) = self.cadence();
+                let deadline = self.silent_since + timeout;
+                if Instant::now() < deadline {
+                    self.silence.as_mut().reset(deadline.into());
+                    return Ok(());
+                }
                 Err(End::quiet(format!("no heartbeat for {timeout:?}")).without_grace())
             }
             Event::TokenExpired => Err(End::told(
                 "its token expired: create a new one with `herd token create --worker NAME`",
             )
             .without_grace()),
-            Event::HeartbeatDue => self.send(ServerMsg::Heartbeat).await,
+            Event::HeartbeatDue => {
+                let (interval, _) = self.cadence();
+                if self.last_sent.elapsed() >= interval {
+                    self.send(ServerMsg::Heartbeat).await?;
+                }
+                self.heartbeat
+                    .as_mut()
+                    .reset((self.last_sent + interval).into());
+                Ok(())
+            }
+        }
+    }
+
+    /// The heartbeat interval and timeout that hold now: busy while the
+    /// hub counts attempts on this connection.
+    fn cadence(&self) -> (Duration, Duration) {
+        let busy =
+            self.cadence.idle.is_none() || self.app.hub.runs_attempts(&self.name, self.conn_id);
+        self.cadence.now(busy)
+    }
+
+    /// A job was given: the worker owes an answer within the busy timeout
+    /// from now, and hears from us at the busy interval.
+    fn now_busy(&mut self) {
+        let now = Instant::now();
+        self.silent_since = now;
+        let (interval, timeout) = self.cadence.busy;
+        let (silence_at, heartbeat_at) = ((now + timeout).into(), (now + interval).into());
+        if self.silence.deadline() > silence_at {
+            self.silence.as_mut().reset(silence_at);
+        }
+        if self.heartbeat.deadline() > heartbeat_at {
+            self.heartbeat.as_mut().reset(heartbeat_at);
         }
     }
 
@@ -217,9 +293,7 @@ impl Session {
     /// heartbeat takes no more: looking would cost a read.
     async fn frames(&mut self, first: Message) -> Result<(), End> {
         let settings = &self.app.hub.settings;
-        self.silence
-            .as_mut()
-            .reset((Instant::now() + settings.heartbeat_timeout).into());
+        self.silent_since = Instant::now();
         let mut batch = Batch::default();
         let mut flow = self.ledger.take(first, &mut batch);
         let mut ended = None;
@@ -240,7 +314,7 @@ impl Session {
         }
         // Store (and acknowledge) what arrived intact even when the
         // connection is about to end.
-        let mut replies = match self.ledger.flush(batch).await {
+        let mut replies = match Box::pin(self.ledger.flush(batch)).await {
             Ok((_, true)) => {
                 return Err(End::quiet(
                     "out of step with the store: reconnect to resume",
@@ -254,7 +328,8 @@ impl Session {
         };
         // Answer a worker's heartbeat with ours when ours is due within
         // half an interval: one wake-up per interval for an idle worker
-        // instead of two.
+        // instead of two. Half the busy interval, whatever the cadence: a
+        // worker that thinks itself busy hears back in time.
         if replies.is_empty() && self.last_sent.elapsed() >= settings.heartbeat_interval / 2 {
             replies.push(ServerMsg::Heartbeat);
         }
@@ -270,10 +345,9 @@ impl Session {
         }
     }
 
-    /// The one way out to the worker. Any send resets our heartbeat.
+    /// The one way out to the worker. Any send counts as our heartbeat.
     async fn send(&mut self, msg: ServerMsg) -> Result<(), End> {
         self.last_sent = Instant::now();
-        self.heartbeat.reset();
         self.sink
             .send(Message::Text(msg.encode().into()))
             .await

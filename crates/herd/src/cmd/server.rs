@@ -39,6 +39,13 @@ pub struct ServerArgs {
     /// Silence after which a worker counts as lost, e.g. 15s.
     #[arg(long)]
     heartbeat_timeout: Option<String>,
+    /// Interval of heartbeats while a worker runs nothing, e.g. 30s.
+    #[arg(long)]
+    idle_heartbeat_interval: Option<String>,
+    /// Silence after which a worker running nothing counts as lost, e.g.
+    /// 90s (one given a job answers within --heartbeat-timeout).
+    #[arg(long)]
+    idle_heartbeat_timeout: Option<String>,
     /// Extra attempts a job gets when its worker is lost (a step that fails
     /// on its own is never retried).
     #[arg(long, default_value_t = 2)]
@@ -136,6 +143,24 @@ pub fn load(args: &ServerArgs) -> Result<ServerOptions> {
     {
         settings.heartbeat_timeout = d;
     }
+    // Unset, the idle cadence is never tighter than the busy one.
+    settings.idle_heartbeat_interval =
+        dur("--idle-heartbeat-interval", &args.idle_heartbeat_interval)?
+            .or(config.idle_heartbeat_interval)
+            .unwrap_or(
+                settings
+                    .idle_heartbeat_interval
+                    .max(settings.heartbeat_interval),
+            );
+    settings.idle_heartbeat_timeout =
+        dur("--idle-heartbeat-timeout", &args.idle_heartbeat_timeout)?
+            .or(config.idle_heartbeat_timeout)
+            .unwrap_or(
+                settings
+                    .idle_heartbeat_timeout
+                    .max(settings.heartbeat_timeout),
+            );
+    check_heartbeats(&settings)?;
     // Flags win over the config file.
     let tls = match (&args.tls, &args.tls_cert, &args.tls_key, &config.tls) {
         (Some(_), _, _, _) => herd_server::TlsSetting::SelfSigned,
@@ -264,4 +289,36 @@ fn spawn_reload_on_hangup(app: std::sync::Arc<herd_server::App>) -> tokio::task:
             }
         }
     })
+}
+
+/// Each timeout longer than its interval, and an idle worker no more
+/// watched than a busy one: else connections end between heartbeats.
+fn check_heartbeats(s: &Settings) -> Result<()> {
+    let pairs = [
+        ("heartbeat", s.heartbeat_interval, s.heartbeat_timeout),
+        (
+            "idle heartbeat",
+            s.idle_heartbeat_interval,
+            s.idle_heartbeat_timeout,
+        ),
+    ];
+    for (what, interval, timeout) in pairs {
+        if timeout <= interval {
+            return Err(miette!(
+                "the {what} timeout ({timeout:?}) must be longer than its interval ({interval:?}): a worker would be lost between two heartbeats"
+            ));
+        }
+    }
+    if s.idle_heartbeat_interval < s.heartbeat_interval
+        || s.idle_heartbeat_timeout < s.heartbeat_timeout
+    {
+        return Err(miette!(
+            "the idle heartbeat interval and timeout ({:?}, {:?}) must be at least the busy ones ({:?}, {:?}): raise --idle-heartbeat-interval/--idle-heartbeat-timeout",
+            s.idle_heartbeat_interval,
+            s.idle_heartbeat_timeout,
+            s.heartbeat_interval,
+            s.heartbeat_timeout
+        ));
+    }
+    Ok(())
 }
