@@ -529,7 +529,6 @@ impl Session<'_> {
         }
     }
 
-    /// The one way out for control messages (log frames go by the outbox).
     /// (interval, timeout) now: busy while a job runs or its events wait.
     fn cadence(&self) -> (Duration, Duration) {
         match self.idle {
@@ -540,6 +539,7 @@ impl Session<'_> {
         }
     }
 
+    /// The one way out for control messages (log frames go by the outbox).
     async fn send(&mut self, msg: &WorkerMsg) -> Result<(), SessionEnd> {
         self.last_sent = Instant::now();
         self.sink
