@@ -75,8 +75,11 @@ pub fn fits(
 
 /// Places queued jobs (given oldest first) on free worker slots. `running`
 /// counts the jobs of each builder that run now (for `max_concurrent`).
-pub fn plan(
-    queue: &[QueuedJob],
+///
+/// The queue may be borrowed views (`&[&QueuedJob]`): the server keeps one
+/// per queued job and passes them every pass without copying.
+pub fn plan<Q: std::borrow::Borrow<QueuedJob>>(
+    queue: &[Q],
     workers: &[WorkerView],
     running: &HashMap<String, u32>,
 ) -> Vec<Placement> {
@@ -141,9 +144,9 @@ pub fn plan(
 
 /// Orders the queue: priority descending, then builders in turn (each
 /// builder's jobs keep their queue order).
-fn fair_order(queue: &[QueuedJob]) -> Vec<&QueuedJob> {
+fn fair_order<Q: std::borrow::Borrow<QueuedJob>>(queue: &[Q]) -> Vec<&QueuedJob> {
     let mut by_priority: BTreeMap<std::cmp::Reverse<i64>, Vec<&QueuedJob>> = BTreeMap::new();
-    for job in queue {
+    for job in queue.iter().map(Q::borrow) {
         by_priority
             .entry(std::cmp::Reverse(job.priority))
             .or_default()

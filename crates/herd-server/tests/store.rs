@@ -127,6 +127,8 @@ on_both!(
     a_pull_requests_change_waits_until_approved_and_a_newer_push_drops_it,
     a_schedules_firing_is_claimed_once,
     a_cancel_racing_claims_never_cancels_a_claimed_job,
+    an_attempt_of_many_steps_keeps_every_step_in_order,
+    a_claim_that_finds_no_queued_job_changes_nothing,
 );
 
 fn shell_job(builder: &str) -> NewJob {
@@ -763,4 +765,58 @@ async fn a_schedules_firing_is_claimed_once(store: Store) {
         Some("abc")
     );
     assert_eq!(store.last_schedule_fire("p", "other").await.unwrap(), None);
+}
+
+/// The steps of an attempt are written in chunks (one statement each):
+/// every one is there, in order, across the chunks' edges.
+async fn an_attempt_of_many_steps_keeps_every_step_in_order(store: Store) {
+    let (build, jobs) = store.create_build(&new_build(1)).await.unwrap();
+    let names: Vec<String> = (0..901).map(|i| format!("step {i}")).collect();
+    let a = store
+        .create_attempt(jobs[0], "w1", &names)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.number, 1);
+    let detail = store.build_detail(build).await.unwrap().unwrap();
+    assert_eq!(detail.build.state, RunState::Running);
+    assert!(detail.build.started_at.is_some());
+    let mut steps: Vec<_> = detail
+        .steps
+        .iter()
+        .filter(|s| s.attempt_id == a.id)
+        .collect();
+    steps.sort_by_key(|s| s.idx);
+    assert_eq!(steps.len(), names.len());
+    for (i, s) in steps.iter().enumerate() {
+        assert_eq!((s.idx, s.name.as_str()), (i as i64, names[i].as_str()));
+    }
+    // A second attempt is numbered after the first.
+    let lost = store.attempt_lost(a.id, "gone", 3).await.unwrap();
+    assert_eq!(lost, LostOutcome::Requeued(jobs[0]));
+    let b = store
+        .create_attempt(jobs[0], "w2", &names[..1])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.number, 2);
+}
+
+/// A claim of a job that is no longer queued (its build was cancelled)
+/// leaves the build as it was: the build is marked running in the same
+/// transaction as the claim, and undone with it.
+async fn a_claim_that_finds_no_queued_job_changes_nothing(store: Store) {
+    let (build, jobs) = store.create_build(&new_build(1)).await.unwrap();
+    store.cancel_build(build).await.unwrap();
+    let before = store.build(build).await.unwrap().unwrap();
+    assert_eq!(before.state, RunState::Cancelled);
+    assert!(store
+        .create_attempt(jobs[0], "w1", &["run".to_string()])
+        .await
+        .unwrap()
+        .is_none());
+    let after = store.build(build).await.unwrap().unwrap();
+    assert_eq!(after.state, RunState::Cancelled);
+    assert_eq!(after.started_at, before.started_at);
+    assert!(store.live_attempts(None).await.unwrap().is_empty());
 }

@@ -123,7 +123,7 @@ impl Hub {
             if !job.spec.needs.is_empty() {
                 st.released.insert(job.job_id);
             }
-            st.queue.push(job);
+            st.queue.push_back(job);
         }
     }
 }

@@ -148,7 +148,13 @@ struct HubState {
     workers: HashMap<String, LiveWorker>,
     /// Probes the builders need: name -> custom command.
     probe_set: BTreeMap<String, Option<String>>,
-    queue: Vec<QueuedJobInfo>,
+    /// A deque: placed jobs are mostly near its front, and taking one out
+    /// then moves few others (its entries are large).
+    queue: VecDeque<QueuedJobInfo>,
+    /// What the planner sees of each queued job, made once per job (not on
+    /// every pass: a pass places a few jobs, the queue may hold thousands).
+    /// Entries of jobs that left the queue are pruned in passes.
+    views: HashMap<i64, QueuedJob>,
     orphans: HashMap<AttemptId, Orphan>,
     next_conn_id: u64,
     /// Queued jobs with `needs:` whose needs have all ended well: the
@@ -260,7 +266,7 @@ impl Hub {
             store,
             settings,
             state: Mutex::new(HubState {
-                queue,
+                queue: queue.into(),
                 orphans,
                 probe_set,
                 ..HubState::default()
@@ -710,6 +716,15 @@ impl Hub {
             if st.queue.is_empty() || st.workers.is_empty() {
                 return Ok(false);
             }
+            // Most passes (a build queued while every slot is taken) end
+            // here, before any work that grows with the queue or the workers.
+            if !st
+                .workers
+                .iter()
+                .any(|(name, w)| Self::accepting(&st, name, w) && Self::free_slots(w) > 0)
+            {
+                return Ok(false);
+            }
             let workers: Vec<WorkerView> = st
                 .workers
                 .iter()
@@ -720,45 +735,58 @@ impl Hub {
                         .filter_map(|a| w.spreads.get(a).cloned())
                         .collect(),
                     name: name.clone(),
-                    free_slots: w.slots.saturating_sub(w.running.len() as u32 + w.reserved),
-                    accepting: !w.draining
-                        && !w.paused
-                        && w.disk.as_ref().is_none_or(|d| d.low.is_none())
-                        && !Self::quarantined(&st, name),
+                    free_slots: Self::free_slots(w),
+                    accepting: Self::accepting(&st, name, w),
                     caps: capabilities(w, &st.probe_set),
                     trusted_caps: trusted_capabilities(w),
                     recent_builders: w.recent.iter().cloned().collect(),
                 })
                 .collect();
-            let queue: Vec<QueuedJob> = st
+            let st = &mut *st;
+            if st.views.len() > 2 * st.queue.len() + 64 {
+                let queued: HashSet<i64> = st.queue.iter().map(|j| j.job_id).collect();
+                st.views.retain(|id, _| queued.contains(id));
+            }
+            for j in &st.queue {
+                if Self::is_released(st, j) && !st.views.contains_key(&j.job_id) {
+                    st.views.insert(j.job_id, planner_view(j));
+                }
+            }
+            let queue: Vec<&QueuedJob> = st
                 .queue
                 .iter()
-                .filter(|j| Self::is_released(&st, j))
-                .map(|j| QueuedJob {
-                    job_id: j.job_id,
-                    builder: format!("{}/{}", j.project, j.builder),
-                    priority: j.priority,
-                    requires: j.spec.requires.clone(),
-                    trusted_requires: j.spec.trusted_requires.clone(),
-                    cap: j.spec.cap,
-                    spread: j
-                        .spec
-                        .shard
-                        .as_ref()
-                        .map(|s| s.spread_key(j.build_id, &j.builder)),
-                })
+                .filter(|j| Self::is_released(st, j))
+                .filter_map(|j| st.views.get(&j.job_id))
                 .collect();
             let plan = schedule::plan(&queue, &workers, &running);
+            let placed: HashSet<i64> = plan.iter().map(|p| p.job_id).collect();
+            let positions: Vec<usize> = st
+                .queue
+                .iter()
+                .enumerate()
+                .filter(|(_, j)| placed.contains(&j.job_id))
+                .map(|(i, _)| i)
+                .collect();
+            let mut taken: HashMap<i64, QueuedJobInfo> = HashMap::with_capacity(plan.len());
+            // From the back, so that the positions before stay true.
+            for i in positions.into_iter().rev() {
+                if let Some(job) = st.queue.remove(i) {
+                    taken.insert(job.job_id, job);
+                }
+            }
             let mut out = Vec::with_capacity(plan.len());
             for p in plan {
-                let Some(pos) = st.queue.iter().position(|j| j.job_id == p.job_id) else {
+                let Some(job) = taken.remove(&p.job_id) else {
                     continue;
                 };
-                let job = st.queue.remove(pos);
                 st.released.remove(&job.job_id);
-                if let Some(w) = st.workers.get_mut(&p.worker) {
-                    w.reserved += 1;
-                    out.push((job, p.worker, w.conn_id));
+                st.views.remove(&job.job_id);
+                match st.workers.get_mut(&p.worker) {
+                    Some(w) => {
+                        w.reserved += 1;
+                        out.push((job, p.worker, w.conn_id));
+                    }
+                    None => st.queue.push_back(job),
                 }
             }
             out
@@ -848,6 +876,19 @@ impl Hub {
         Ok(true)
     }
 
+    fn free_slots(w: &LiveWorker) -> u32 {
+        w.slots.saturating_sub(w.running.len() as u32 + w.reserved)
+    }
+
+    /// Whether a worker takes new jobs now (not paused, draining, short
+    /// of disk or quarantined).
+    fn accepting(st: &HubState, name: &str, w: &LiveWorker) -> bool {
+        !w.draining
+            && !w.paused
+            && w.disk.as_ref().is_none_or(|d| d.low.is_none())
+            && !Self::quarantined(st, name)
+    }
+
     async fn expire_orphans(&self) {
         let now = Instant::now();
         let expired: Vec<(AttemptId, String)> = {
@@ -895,6 +936,23 @@ impl Hub {
             self.wake();
             self.changed();
         }
+    }
+}
+
+/// The planner's view of a queued job.
+fn planner_view(j: &QueuedJobInfo) -> QueuedJob {
+    QueuedJob {
+        job_id: j.job_id,
+        builder: format!("{}/{}", j.project, j.builder),
+        priority: j.priority,
+        requires: j.spec.requires.clone(),
+        trusted_requires: j.spec.trusted_requires.clone(),
+        cap: j.spec.cap,
+        spread: j
+            .spec
+            .shard
+            .as_ref()
+            .map(|s| s.spread_key(j.build_id, &j.builder)),
     }
 }
 

@@ -166,7 +166,7 @@ impl Hub {
     /// join; jobs they claimed leave).
     pub async fn reload_queue(&self) -> Result<(), crate::store::StoreError> {
         let queue = self.store.queued_jobs(None).await?;
-        self.lock().queue = queue;
+        self.lock().queue = queue.into();
         self.wake();
         self.changed_here();
         Ok(())

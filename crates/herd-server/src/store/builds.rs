@@ -3,7 +3,14 @@
 
 use super::encoding::{decode_job_spec, encode_job_spec};
 pub use super::locks::FinishedJob;
-use super::locks::{finish_job, lock_build, lock_build_of_job, release_attempt, Tx};
+use super::locks::{
+    finish_job, finish_job_of_locked_build, lock_build, lock_build_of_job,
+    lock_build_of_job_for_attempt, release_attempt, Tx,
+};
+
+/// Step rows one INSERT writes at most (two parameters each, well under
+/// SQLite's oldest limit of 999).
+const STEP_ROWS_PER_INSERT: usize = 400;
 use super::{now_ms, AttemptRow, BuildRow, JobRow, Result, StepRow, Store, StoreError};
 use herd_core::plan::JobSpec;
 use herd_core::state::{AttemptState, RunState};
@@ -375,8 +382,10 @@ impl Store {
     ) -> Result<Option<AttemptRow>> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
-        // Build before job, as everywhere: no two transactions wait on each other.
-        if lock_build_of_job(&mut tx, job_id).await?.is_none() {
+        // Build before job, as everywhere: no two transactions wait on each
+        // other. The lock also marks a queued build running (undone with
+        // the rest when the job turns out not to be queued).
+        if !lock_build_of_job_for_attempt(&mut tx, job_id, now).await? {
             return Ok(None);
         }
         let claimed = sqlx::query(
@@ -390,40 +399,34 @@ impl Store {
         if claimed.rows_affected() == 0 {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT COUNT(*) AS n, MAX(j.build_id) AS build_id FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.job_id = $1")
-            .bind(job_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let number: i64 = row.try_get::<i64, _>("n")? + 1;
         let row = sqlx::query(
             "INSERT INTO attempts (job_id, number, worker, state, last_seq, created_at) \
-             VALUES ($1, $2, $3, 'assigned', 0, $4) RETURNING id",
+             SELECT $1, COUNT(*) + 1, $2, 'assigned', 0, $3 FROM attempts WHERE job_id = $1 \
+             RETURNING id, number",
         )
         .bind(job_id)
-        .bind(number)
         .bind(worker)
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
         let attempt_id: i64 = row.try_get("id")?;
-        for (idx, name) in step_names.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO steps (attempt_id, idx, name, state, log_size) VALUES ($1, $2, $3, 'pending', 0)",
-            )
-            .bind(attempt_id)
-            .bind(idx as i64)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        let number: i64 = row.try_get("number")?;
+        // All its steps in one statement per chunk (a round trip each).
+        for (chunk_no, chunk) in step_names.chunks(STEP_ROWS_PER_INSERT).enumerate() {
+            let base = chunk_no * STEP_ROWS_PER_INSERT;
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("($1, ${}, ${}, 'pending', 0)", 2 * i + 2, 2 * i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO steps (attempt_id, idx, name, state, log_size) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(attempt_id);
+            for (i, name) in chunk.iter().enumerate() {
+                q = q.bind((base + i) as i64).bind(name);
+            }
+            q.execute(&mut *tx).await?;
         }
-        sqlx::query(
-            "UPDATE builds SET state = 'running', started_at = COALESCE(started_at, $2) \
-             WHERE id = (SELECT build_id FROM jobs WHERE id = $1) AND state = 'queued'",
-        )
-        .bind(job_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(Some(AttemptRow {
             id: attempt_id,
@@ -929,21 +932,32 @@ async fn apply_one(
                 .await?;
         }
         StoredEvent::Finished { result, error } => {
-            release_attempt(tx, attempt, "the job ended while it held the batch", now).await?;
-            sqlx::query("UPDATE attempts SET state = $2, finished_at = $3 WHERE id = $1")
-                .bind(attempt)
-                .bind(result.as_str())
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
-            let job_id: i64 = sqlx::query("SELECT job_id FROM attempts WHERE id = $1")
-                .bind(attempt)
-                .fetch_one(&mut **tx)
-                .await?
-                .try_get("job_id")?;
-            return Ok(Some(
-                finish_job(tx, job_id, *result, error.as_deref(), now).await?,
-            ));
+            let locked =
+                release_attempt(tx, attempt, "the job ended while it held the batch", now).await?;
+            let job_id: i64 = sqlx::query(
+                "UPDATE attempts SET state = $2, finished_at = $3 WHERE id = $1 RETURNING job_id",
+            )
+            .bind(attempt)
+            .bind(result.as_str())
+            .bind(now)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("job_id")?;
+            let finished = match &locked {
+                Some((build_id, before)) => {
+                    finish_job_of_locked_build(
+                        tx,
+                        job_id,
+                        (*build_id, before),
+                        *result,
+                        error.as_deref(),
+                        now,
+                    )
+                    .await?
+                }
+                None => finish_job(tx, job_id, *result, error.as_deref(), now).await?,
+            };
+            return Ok(Some(finished));
         }
     }
     Ok(None)

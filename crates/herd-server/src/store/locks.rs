@@ -65,18 +65,41 @@ async fn lock_build_of_job_state(tx: &mut Tx<'_>, job_id: i64) -> Result<Option<
         .map(|state| (build_id, state)))
 }
 
-/// The build an attempt belongs to, with its lock taken.
-pub(super) async fn lock_build_of_attempt(tx: &mut Tx<'_>, attempt: i64) -> Result<Option<i64>> {
+/// [`lock_build_of_job`] for a new attempt of the job, in one statement
+/// that also marks a queued build running. False: no such job.
+pub(super) async fn lock_build_of_job_for_attempt(
+    tx: &mut Tx<'_>,
+    job_id: i64,
+    now: i64,
+) -> Result<bool> {
     let row = sqlx::query(
-        "SELECT j.build_id FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = $1",
+        "UPDATE builds SET state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
+         started_at = CASE WHEN state = 'queued' THEN COALESCE(started_at, $2) ELSE started_at END \
+         WHERE id = (SELECT build_id FROM jobs WHERE id = $1) RETURNING id",
+    )
+    .bind(job_id)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// The build an attempt belongs to, with its lock taken, and its state as
+/// the lock found it (one statement).
+pub(super) async fn lock_build_of_attempt(
+    tx: &mut Tx<'_>,
+    attempt: i64,
+) -> Result<Option<(i64, String)>> {
+    let row = sqlx::query(
+        "UPDATE builds SET state = state WHERE id = \
+         (SELECT j.build_id FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = $1) \
+         RETURNING id, state",
     )
     .bind(attempt)
     .fetch_optional(&mut **tx)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let build_id: i64 = row.try_get("build_id")?;
-    lock_build(tx, build_id).await?;
-    Ok(Some(build_id))
+    row.map(|r| Ok((r.try_get("id")?, r.try_get("state")?)))
+        .transpose()
 }
 
 /// Ends a job and brings its build's state up to date; a build that ends
@@ -91,6 +114,19 @@ pub(super) async fn finish_job(
     let (build_id, before) = lock_build_of_job_state(tx, job_id)
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("job {job_id} has no build")))?;
+    finish_job_of_locked_build(tx, job_id, (build_id, &before), state, error, now).await
+}
+
+/// [`finish_job`] where this transaction holds the build's lock already
+/// and read its state (`before`) since its last write to the build.
+pub(super) async fn finish_job_of_locked_build(
+    tx: &mut Tx<'_>,
+    job_id: i64,
+    (build_id, before): (i64, &str),
+    state: RunState,
+    error: Option<&str>,
+    now: i64,
+) -> Result<FinishedJob> {
     sqlx::query("UPDATE jobs SET state = $2, error = $3, finished_at = $4 WHERE id = $1")
         .bind(job_id)
         .bind(state.as_str())
@@ -122,7 +158,7 @@ pub(super) async fn finish_job(
     .try_get("project")?;
     if build_state.is_finished() {
         finalize_splits(tx, build_id, now).await?;
-        let was_finished = RunState::parse(&before).is_some_and(|s| s.is_finished());
+        let was_finished = RunState::parse(before).is_some_and(|s| s.is_finished());
         if !was_finished {
             crate::metrics::global().build_finished(&project, build_state);
         }
@@ -137,13 +173,15 @@ pub(super) async fn finish_job(
 /// The attempt ended while it may hold a batch of a split: the batch goes
 /// back to the queue (or its test is lost for good). Only splits where
 /// it holds one are read (`split_holders`).
+/// Returns the build's id and state as its lock found them when no batch
+/// was held (then nothing of the build changed since); None otherwise.
 pub(super) async fn release_attempt(
     tx: &mut Tx<'_>,
     attempt: i64,
     reason: &str,
     now: i64,
-) -> Result<()> {
-    lock_build_of_attempt(tx, attempt).await?;
+) -> Result<Option<(i64, String)>> {
+    let locked = lock_build_of_attempt(tx, attempt).await?;
     let held: Vec<i64> = sqlx::query(
         "SELECT h.split_id FROM split_holders h JOIN splits s ON s.id = h.split_id \
          WHERE h.attempt_id = $1 AND s.state = 'running' ORDER BY h.split_id",
@@ -154,13 +192,16 @@ pub(super) async fn release_attempt(
     .iter()
     .map(|r| r.try_get("split_id"))
     .collect::<std::result::Result<_, _>>()?;
+    if held.is_empty() {
+        return Ok(locked);
+    }
     for id in held {
         let mut split = split_log::load(tx, id, None).await?;
         if split.state.release(attempt, reason, now) {
             persist_split(tx, &mut split, now).await?;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The build ended: a split that still has tests without an outcome (its

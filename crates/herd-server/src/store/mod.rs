@@ -118,6 +118,9 @@ impl Store {
         let write = AnyPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(60))
+            // A connection to a local file does not go stale: no ping (a
+            // round trip to its thread) before every transaction.
+            .test_before_acquire(false)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(SQLITE_PRAGMAS).await?;
@@ -131,6 +134,7 @@ impl Store {
         let read = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(60))
+            .test_before_acquire(false)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(SQLITE_PRAGMAS).await?;

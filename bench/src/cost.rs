@@ -1,0 +1,160 @@
+//! Where the trigger-to-step-start time goes: the latency series again,
+//! with the server and the worker logging JSON lines (`info`) to files,
+//! and each build's moments read from those lines: the build stored and
+//! queued, its attempt written and handed to the connection, the worker
+//! holding the assignment, the step's process running `date`. Logging
+//! costs a few microseconds a line, so the total is a little above the
+//! `latency` figure; the parts are what to compare.
+
+use crate::{now_ns, stamp_pipeline, Bench};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const BUILDS: usize = 200;
+
+/// Where the processes started while measuring costs write their logs.
+static LOG_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// `HERD_BENCH_LOG_DIR=DIR`: every started process logs JSON lines at
+/// `info` to a file there (`server.log`, `worker-NAME.log`), for any mode.
+pub(crate) fn keep_logs_from_env() {
+    if let Some(dir) = std::env::var_os("HERD_BENCH_LOG_DIR") {
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = LOG_DIR.set(PathBuf::from(dir));
+    }
+}
+
+/// The environment of a started process: JSON logs at `info` while
+/// logs are kept, nothing extra otherwise.
+pub(crate) fn log_env() -> Vec<(&'static str, &'static str)> {
+    match LOG_DIR.get() {
+        Some(_) => vec![("RUST_LOG", "info"), ("HERD_LOG_FORMAT", "json")],
+        None => Vec::new(),
+    }
+}
+
+/// A started process's stderr: its log file while measuring costs.
+pub(crate) fn log_file(name: &str) -> Stdio {
+    match LOG_DIR.get() {
+        Some(dir) => std::fs::File::create(dir.join(format!("{name}.log")))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::inherit()),
+        None => Stdio::inherit(),
+    }
+}
+
+/// Nanoseconds since the epoch of a log line's `timestamp`.
+fn stamp_ns(line: &serde_json::Value) -> Option<i128> {
+    let t = line["timestamp"].as_str()?;
+    let t = chrono::DateTime::parse_from_rfc3339(t).ok()?;
+    Some(i128::from(t.timestamp_nanos_opt()?))
+}
+
+/// Per build: the first moment a log line matching `what` names it.
+fn moments(path: &Path, what: impl Fn(&serde_json::Value) -> Option<i64>) -> HashMap<i64, i128> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(build), Some(t)) = (what(&v), stamp_ns(&v)) {
+            out.entry(build).or_insert(t);
+        }
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub async fn run() {
+    let logs = tempfile::tempdir().unwrap();
+    let logs_path = LOG_DIR.get_or_init(|| logs.path().to_path_buf()).clone();
+    let stamps = tempfile::tempdir().unwrap();
+    let mut b = Bench::start(&[("lat", stamp_pipeline(stamps.path()))]);
+    b.add_worker("idle", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (build, client before the POST, client with the answer, step's date)
+    let mut runs = Vec::with_capacity(BUILDS);
+    for _ in 0..BUILDS {
+        let t0 = now_ns() as i128;
+        let id = b.start_build("lat").await;
+        let answered = now_ns() as i128;
+        b.wait_build(id).await;
+        let text = std::fs::read_to_string(stamps.path().join(id.to_string())).unwrap();
+        let ran: i128 = text.trim().parse().unwrap();
+        runs.push((id, t0, answered, ran));
+    }
+    drop(b);
+    let queued = moments(&logs_path.join("server.log"), |v| {
+        let m = v["message"].as_str()?;
+        (m.starts_with("build ") && m.contains(" queued")).then(|| v["build"].as_i64())?
+    });
+    let assigned = moments(&logs_path.join("server.log"), |v| {
+        let m = v["message"].as_str()?;
+        m.contains(" assigned to ").then(|| v["build"].as_i64())?
+    });
+    let received = moments(&logs_path.join("worker-idle.log"), |v| {
+        let m = v["message"].as_str()?;
+        m.starts_with("running attempt ")
+            .then(|| v["span"]["build"].as_i64().or(v["build"].as_i64()))?
+    });
+    let ms = |a: i128, b: i128| (b - a) as f64 / 1e6;
+    let mut parts: [Vec<f64>; 6] = Default::default();
+    for (id, t0, answered, ran) in &runs {
+        let (Some(q), Some(a), Some(r)) = (queued.get(id), assigned.get(id), received.get(id))
+        else {
+            continue;
+        };
+        parts[0].push(ms(*t0, *q));
+        parts[1].push(ms(*q, *a));
+        parts[2].push(ms(*a, *r));
+        parts[3].push(ms(*r, *ran));
+        parts[4].push(ms(*t0, *ran));
+        parts[5].push(ms(*t0, *answered));
+    }
+    let matched = parts[4].len();
+    // The floor of the last part: a plain process starting the same step.
+    let mut spawn = Vec::with_capacity(BUILDS);
+    let floor_file = stamps.path().join("floor");
+    for _ in 0..BUILDS {
+        let t0 = now_ns() as i128;
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!("date +%s%N > {}", floor_file.display()))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let ran: i128 = std::fs::read_to_string(&floor_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        spawn.push(ms(t0, ran));
+    }
+    println!("where trigger-to-step-start goes, medians of {matched} of {BUILDS} builds (server and worker logging JSON at info):");
+    let rows = [
+        "POST sent -> build stored and queued (HTTP, token, project, herd.yml, plan, one transaction)",
+        "queued -> attempt stored, handed to the worker's connection (scheduler pass, one transaction)",
+        "handed over -> the worker holds the assignment (frame, loopback, parse)",
+        "worker holds it -> the step's `date` runs (workspace, step started, sh starts)",
+        "total: POST sent -> `date` runs",
+        "(the client has the POST's answer)",
+    ];
+    for (label, v) in rows.iter().zip(parts) {
+        println!("  {:>7.2} ms  {label}", median(v));
+    }
+    println!(
+        "  {:>7.2} ms  (floor of the last part: a plain process spawning `sh -c 'date ...'`)",
+        median(spawn)
+    );
+}
