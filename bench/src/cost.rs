@@ -5,8 +5,12 @@
 //! holding the assignment, the step's process running `date`. Logging
 //! costs a few microseconds a line, so the total is a little above the
 //! `latency` figure; the parts are what to compare.
+//!
+//! Then the same for throughput: 2,000 trivial builds on 4 workers of one
+//! slot, each worker's cycle from one assignment to the next cut into its
+//! parts, while builds are still being posted and after.
 
-use crate::{now_ns, stamp_pipeline, Bench};
+use crate::{now_ns, stamp_pipeline, Bench, THROUGHPUT_BUILDS};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,6 +48,36 @@ pub(crate) fn log_file(name: &str) -> Stdio {
             .unwrap_or_else(|_| Stdio::inherit()),
         None => Stdio::inherit(),
     }
+}
+
+/// Every moment a log line matching `what` names a build, in order.
+fn all_moments(path: &Path, what: impl Fn(&serde_json::Value) -> Option<i64>) -> Vec<(i128, i64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|v| Some((stamp_ns(&v)?, what(&v)?)))
+        .collect()
+}
+
+fn queued_line(v: &serde_json::Value) -> Option<i64> {
+    let m = v["message"].as_str()?;
+    (m.starts_with("build ") && m.contains(" queued")).then(|| v["build"].as_i64())?
+}
+
+fn assigned_line(v: &serde_json::Value) -> Option<i64> {
+    let m = v["message"].as_str()?;
+    m.contains(" assigned to ").then(|| v["build"].as_i64())?
+}
+
+fn ended_line(v: &serde_json::Value) -> Option<i64> {
+    let m = v["message"].as_str()?;
+    (m.starts_with("attempt ") && m.contains(" ended")).then(|| v["build"].as_i64())?
+}
+
+fn received_line(v: &serde_json::Value) -> Option<i64> {
+    let m = v["message"].as_str()?;
+    m.starts_with("running attempt ")
+        .then(|| v["span"]["build"].as_i64().or(v["build"].as_i64()))?
 }
 
 /// Nanoseconds since the epoch of a log line's `timestamp`.
@@ -95,19 +129,9 @@ pub async fn run() {
         runs.push((id, t0, answered, ran));
     }
     drop(b);
-    let queued = moments(&logs_path.join("server.log"), |v| {
-        let m = v["message"].as_str()?;
-        (m.starts_with("build ") && m.contains(" queued")).then(|| v["build"].as_i64())?
-    });
-    let assigned = moments(&logs_path.join("server.log"), |v| {
-        let m = v["message"].as_str()?;
-        m.contains(" assigned to ").then(|| v["build"].as_i64())?
-    });
-    let received = moments(&logs_path.join("worker-idle.log"), |v| {
-        let m = v["message"].as_str()?;
-        m.starts_with("running attempt ")
-            .then(|| v["span"]["build"].as_i64().or(v["build"].as_i64()))?
-    });
+    let queued = moments(&logs_path.join("server.log"), queued_line);
+    let assigned = moments(&logs_path.join("server.log"), assigned_line);
+    let received = moments(&logs_path.join("worker-idle.log"), received_line);
     let ms = |a: i128, b: i128| (b - a) as f64 / 1e6;
     let mut parts: [Vec<f64>; 6] = Default::default();
     for (id, t0, answered, ran) in &runs {
@@ -156,5 +180,57 @@ pub async fn run() {
     println!(
         "  {:>7.2} ms  (floor of the last part: a plain process spawning `sh -c 'date ...'`)",
         median(spawn)
+    );
+    throughput_cycle(&logs_path).await;
+}
+
+/// Each worker's cycle in a throughput run, from the logs in `logs`.
+pub(crate) async fn throughput_cycle(logs: &Path) {
+    let b = crate::trivial_bench().await;
+    crate::post_trivial(&b).await;
+    b.wait_all_ended().await;
+    drop(b);
+    let server = logs.join("server.log");
+    let queued = all_moments(&server, queued_line);
+    let assigned: HashMap<i64, i128> = moments(&server, assigned_line);
+    let ended: HashMap<i64, i128> = moments(&server, ended_line);
+    let last_posted = queued.iter().map(|(t, _)| *t).max().unwrap_or(0);
+    let ms = |a: i128, b: i128| (b - a) as f64 / 1e6;
+    // [posting, after] x [cycle, run and stored, to the next assignment, to the worker]
+    let mut parts: [[Vec<f64>; 4]; 2] = Default::default();
+    for w in 0..4 {
+        let got = all_moments(&logs.join(format!("worker-w{w}.log")), received_line);
+        for pair in got.windows(2) {
+            let ((t, b), (t2, b2)) = (pair[0], pair[1]);
+            let (Some(end), Some(next)) = (ended.get(&b), assigned.get(&b2)) else {
+                continue;
+            };
+            let phase = usize::from(t >= last_posted);
+            parts[phase][0].push(ms(t, t2));
+            parts[phase][1].push(ms(t, *end));
+            parts[phase][2].push(ms(*end, *next));
+            parts[phase][3].push(ms(*next, t2));
+        }
+    }
+    println!("a worker's cycle in the throughput run ({THROUGHPUT_BUILDS} builds of `true`, 4 workers x 1 slot; medians, logs on):");
+    println!("  {:>28}  {:>12}  {:>12}", "", "while posting", "after");
+    let rows = [
+        "cycle (assignment to next)",
+        "step runs, its end stored",
+        "end stored -> next assigned",
+        "assigned -> worker has it",
+    ];
+    for (i, label) in rows.iter().enumerate() {
+        println!(
+            "  {label:>28}  {:>9.2} ms  {:>9.2} ms",
+            median(parts[0][i].clone()),
+            median(parts[1][i].clone())
+        );
+    }
+    println!(
+        "  {:>28}  {:>12}  {:>12}",
+        "cycles counted",
+        parts[0][0].len(),
+        parts[1][0].len()
     );
 }

@@ -23,7 +23,7 @@ mod split_scale;
 mod web;
 
 const LATENCY_BUILDS: usize = 200;
-const THROUGHPUT_BUILDS: usize = 2000;
+pub(crate) const THROUGHPUT_BUILDS: usize = 2000;
 const LOG_BYTES: u64 = 100_000_000;
 pub(crate) const LIMIT: Duration = Duration::from_secs(300);
 
@@ -316,7 +316,9 @@ async fn latency() {
     );
 }
 
-async fn throughput() {
+/// A server with one trivial project (`triv`: a step running `true`)
+/// and 4 workers of one slot.
+pub(crate) async fn trivial_bench() -> std::sync::Arc<Bench> {
     let mut b = Bench::start(&[(
         "triv",
         "builders:\n  t:\n    steps:\n      - run: \"true\"\n".to_string(),
@@ -324,12 +326,14 @@ async fn throughput() {
     for i in 0..4 {
         b.add_worker(&format!("w{i}"), 1).await;
     }
-    let b = std::sync::Arc::new(b);
-    let start = Instant::now();
-    let start_ms = (now_ns() / 1_000_000) as i64;
+    std::sync::Arc::new(b)
+}
+
+/// 8 clients at once post `THROUGHPUT_BUILDS` builds of `triv`: their ids.
+pub(crate) async fn post_trivial(b: &std::sync::Arc<Bench>) -> Vec<i64> {
     let mut posters = Vec::new();
     for p in 0..8 {
-        let b = std::sync::Arc::clone(&b);
+        let b = std::sync::Arc::clone(b);
         posters.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for _ in (p..THROUGHPUT_BUILDS).step_by(8) {
@@ -342,6 +346,14 @@ async fn throughput() {
     for p in posters {
         ids.extend(p.await.unwrap());
     }
+    ids
+}
+
+async fn throughput() {
+    let b = trivial_bench().await;
+    let start = Instant::now();
+    let start_ms = (now_ns() / 1_000_000) as i64;
+    let ids = post_trivial(&b).await;
     let posted = start.elapsed();
     b.wait_all_ended().await;
     let seen = start.elapsed();

@@ -139,8 +139,21 @@ impl Workspaces {
     }
 
     /// The workspace of a job, created if needed and held (shared: two
-    /// attempts of the same job on one worker share it, as before).
+    /// attempts of the same job on one worker share it, as before). Waits
+    /// while the disk keeper removes it.
     pub fn take(&self, parts: &[&str]) -> io::Result<WorkspaceGuard> {
+        self.take_with(parts, FlockArg::LockShared)?
+            .ok_or_else(|| io::Error::other("a blocking lock returned without the lock"))
+    }
+
+    /// [`Workspaces::take`] without waiting: None while the disk keeper
+    /// holds the workspace (then take it on a blocking thread). The common
+    /// case costs no thread hand-off before a job's first step.
+    pub fn try_take(&self, parts: &[&str]) -> io::Result<Option<WorkspaceGuard>> {
+        self.take_with(parts, FlockArg::LockSharedNonblock)
+    }
+
+    fn take_with(&self, parts: &[&str], how: FlockArg) -> io::Result<Option<WorkspaceGuard>> {
         let mut path = self.root.clone();
         for p in parts {
             path.push(p);
@@ -157,17 +170,20 @@ impl Workspaces {
                 }
                 Err(e) => return Err(e),
             };
-            let lock =
-                Flock::lock(dir, FlockArg::LockShared).map_err(|(_, e)| io::Error::from(e))?;
+            let lock = match Flock::lock(dir, how) {
+                Ok(lock) => lock,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+                Err((_, e)) => return Err(io::Error::from(e)),
+            };
             // Still the directory at `path`, not one renamed into the trash?
             let held = lock.metadata()?;
             match std::fs::metadata(&path) {
                 Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
                     touch(&lock);
-                    return Ok(WorkspaceGuard {
+                    return Ok(Some(WorkspaceGuard {
                         path,
                         lock: Some(lock),
-                    });
+                    }));
                 }
                 Ok(_) => continue,
                 Err(e) => last = Some(e),
@@ -498,6 +514,25 @@ mod tests {
         let f = File::open(path).unwrap();
         let t = SystemTime::now() - std::time::Duration::from_secs(secs_ago);
         f.set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn taking_without_waiting_gives_way_to_the_keeper_and_takes_when_it_is_done() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = keeper(tmp.path(), 10, MinFree::Bytes(0));
+        let first = ws.try_take(&["p", "b", "j"]).unwrap().unwrap();
+        let path = first.path.clone();
+        drop(first);
+        // The keeper's lock while it removes a workspace.
+        let removing = Flock::lock(File::open(&path).unwrap(), FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        assert!(ws.try_take(&["p", "b", "j"]).unwrap().is_none());
+        drop(removing);
+        let again = ws.try_take(&["p", "b", "j"]).unwrap().unwrap();
+        assert_eq!(again.path, path);
+        // Shared: a second attempt of the same job takes it too.
+        assert!(ws.try_take(&["p", "b", "j"]).unwrap().is_some());
     }
 
     #[test]

@@ -77,11 +77,20 @@ pub async fn run_job(
     let mut cancelled = false;
     // Held while the job runs: the disk keeper never removes it meanwhile.
     let keeper = std::sync::Arc::clone(&ctx.disk);
-    let taken = tokio::task::spawn_blocking(move || {
-        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-        keeper.workspaces.take(&parts)
-    })
-    .await;
+    let part_refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let taken = match keeper.workspaces.try_take(&part_refs) {
+        Ok(Some(guard)) => Ok(Ok(guard)),
+        Err(e) => Ok(Err(e)),
+        // The disk keeper holds it (removing it): wait off the runtime.
+        Ok(None) => {
+            let parts = parts.clone();
+            tokio::task::spawn_blocking(move || {
+                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                keeper.workspaces.take(&parts)
+            })
+            .await
+        }
+    };
     let _workspace_held = match taken {
         Ok(Ok(guard)) => Some(OnDrop(Some(guard), std::sync::Arc::clone(&ctx.disk))),
         Ok(Err(e)) => {
