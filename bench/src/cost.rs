@@ -14,27 +14,36 @@ use crate::{now_ns, stamp_pipeline, Bench, THROUGHPUT_BUILDS};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 const BUILDS: usize = 200;
 
-/// Where the processes started while measuring costs write their logs.
-static LOG_DIR: OnceLock<PathBuf> = OnceLock::new();
+/// Where the processes started while measuring costs write their logs
+/// (None: they log as usual, to the benchmark's stderr).
+static LOG_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+fn log_dir() -> Option<PathBuf> {
+    LOG_DIR.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn set_log_dir(dir: Option<PathBuf>) {
+    *LOG_DIR.lock().unwrap_or_else(|p| p.into_inner()) = dir;
+}
 
 /// `HERD_BENCH_LOG_DIR=DIR`: every started process logs JSON lines at
 /// `info` to a file there (`server.log`, `worker-NAME.log`), for any mode.
 pub(crate) fn keep_logs_from_env() {
     if let Some(dir) = std::env::var_os("HERD_BENCH_LOG_DIR") {
         let _ = std::fs::create_dir_all(&dir);
-        let _ = LOG_DIR.set(PathBuf::from(dir));
+        set_log_dir(Some(PathBuf::from(dir)));
     }
 }
 
 /// The environment of a started process: JSON logs at `info` while
 /// logs are kept, nothing extra otherwise.
 pub(crate) fn log_env() -> Vec<(&'static str, &'static str)> {
-    match LOG_DIR.get() {
+    match log_dir() {
         Some(_) => vec![("RUST_LOG", "info"), ("HERD_LOG_FORMAT", "json")],
         None => Vec::new(),
     }
@@ -42,7 +51,7 @@ pub(crate) fn log_env() -> Vec<(&'static str, &'static str)> {
 
 /// A started process's stderr: its log file while measuring costs.
 pub(crate) fn log_file(name: &str) -> Stdio {
-    match LOG_DIR.get() {
+    match log_dir() {
         Some(dir) => std::fs::File::create(dir.join(format!("{name}.log")))
             .map(Stdio::from)
             .unwrap_or_else(|_| Stdio::inherit()),
@@ -112,7 +121,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub async fn run() {
     let logs = tempfile::tempdir().unwrap();
-    let logs_path = LOG_DIR.get_or_init(|| logs.path().to_path_buf()).clone();
+    let kept = log_dir();
+    let logs_path = kept.clone().unwrap_or_else(|| logs.path().to_path_buf());
+    set_log_dir(Some(logs_path.clone()));
     let stamps = tempfile::tempdir().unwrap();
     let mut b = Bench::start(&[("lat", stamp_pipeline(stamps.path()))]);
     b.add_worker("idle", 1).await;
@@ -182,6 +193,8 @@ pub async fn run() {
         median(spawn)
     );
     throughput_cycle(&logs_path).await;
+    // The modes after this one log as they did before it.
+    set_log_dir(kept);
 }
 
 /// Each worker's cycle in a throughput run, from the logs in `logs`.

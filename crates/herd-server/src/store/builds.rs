@@ -7,15 +7,15 @@ use super::locks::{
     finish_job, finish_job_of_locked_build, lock_build, lock_build_of_job,
     lock_build_of_job_for_attempt, release_attempt, Tx,
 };
-
-/// Step rows one INSERT writes at most (two parameters each, well under
-/// SQLite's oldest limit of 999).
-const STEP_ROWS_PER_INSERT: usize = 400;
 use super::{now_ms, AttemptRow, BuildRow, JobRow, Result, StepRow, Store, StoreError};
 use herd_core::plan::JobSpec;
 use herd_core::state::{AttemptState, RunState};
 use herd_proto::StepStatus;
 use sqlx::Row;
+
+/// Step rows one INSERT writes at most (two parameters each, well under
+/// SQLite's oldest limit of 999).
+const STEP_ROWS_PER_INSERT: usize = 400;
 
 pub struct NewBuild {
     pub project: String,

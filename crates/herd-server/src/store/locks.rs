@@ -173,6 +173,7 @@ pub(super) async fn finish_job_of_locked_build(
 /// The attempt ended while it may hold a batch of a split: the batch goes
 /// back to the queue (or its test is lost for good). Only splits where
 /// it holds one are read (`split_holders`).
+///
 /// Returns the build's id and state as its lock found them when no batch
 /// was held (then nothing of the build changed since); None otherwise.
 pub(super) async fn release_attempt(
