@@ -98,15 +98,9 @@ fn stamp_ns(line: &serde_json::Value) -> Option<i128> {
 
 /// Per build: the first moment a log line matching `what` names it.
 fn moments(path: &Path, what: impl Fn(&serde_json::Value) -> Option<i64>) -> HashMap<i64, i128> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut out = HashMap::new();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if let (Some(build), Some(t)) = (what(&v), stamp_ns(&v)) {
-            out.entry(build).or_insert(t);
-        }
+    for (t, build) in all_moments(path, what) {
+        out.entry(build).or_insert(t);
     }
     out
 }

@@ -802,9 +802,9 @@ async fn an_attempt_of_many_steps_keeps_every_step_in_order(store: Store) {
     assert_eq!(b.number, 2);
 }
 
-/// A claim of a job that is no longer queued (its build was cancelled)
-/// leaves the build as it was: the build is marked running in the same
-/// transaction as the claim, and undone with it.
+/// A claim of a job that is no longer queued (its build was cancelled) is
+/// refused and leaves the build as it was: no attempt, its state and start
+/// untouched by the lock that marks a queued build running.
 async fn a_claim_that_finds_no_queued_job_changes_nothing(store: Store) {
     let (build, jobs) = store.create_build(&new_build(1)).await.unwrap();
     store.cancel_build(build).await.unwrap();

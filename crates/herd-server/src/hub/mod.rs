@@ -703,6 +703,20 @@ impl Hub {
         if self.has_held() {
             self.gate_needs().await?;
         }
+        {
+            // Most passes (a build queued while every slot is taken) end
+            // here, before any work that grows with the queue or the
+            // workers, and before the store is asked anything.
+            let st = self.lock();
+            if st.queue.is_empty()
+                || !st
+                    .workers
+                    .iter()
+                    .any(|(name, w)| Self::accepting(&st, name, w) && Self::free_slots(w) > 0)
+            {
+                return Ok(false);
+            }
+        }
         // Only builders with `max_concurrent` need the count, from the store
         // (the truth, whatever happened to attempts meanwhile).
         let capped = self.lock().queue.iter().any(|j| j.spec.cap.is_some());
@@ -714,15 +728,6 @@ impl Hub {
         let placements: Vec<(QueuedJobInfo, String, u64)> = {
             let mut st = self.lock();
             if st.queue.is_empty() || st.workers.is_empty() {
-                return Ok(false);
-            }
-            // Most passes (a build queued while every slot is taken) end
-            // here, before any work that grows with the queue or the workers.
-            if !st
-                .workers
-                .iter()
-                .any(|(name, w)| Self::accepting(&st, name, w) && Self::free_slots(w) > 0)
-            {
                 return Ok(false);
             }
             let workers: Vec<WorkerView> = st
